@@ -1,0 +1,1 @@
+"""data_prep: offline dataset tools (image lists -> LMDB, means, PCA colour statistics, demo data)."""

@@ -1,0 +1,266 @@
+"""Blob: an N-d array of data and one of gradients (diff), like Caffe's Blob.
+
+Storage is a flat buffer that only grows: reshaping to a size that fits reuses it, so a net that is
+reshaped every iteration (or per image in dense evaluation) does not reallocate. The diff buffer is
+allocated on first use, so nets that never run backward pay nothing for it.
+"""
+import math
+
+import numpy as np
+
+from .backend import CPU, to_numpy
+from .errors import VggtoolError
+
+
+def _as_shape(args):
+    if len(args) == 1 and not isinstance(args[0], (int, np.integer)):
+        arg = args[0]
+        if hasattr(arg, "dim"):  # BlobShape message
+            arg = list(arg.dim)
+        args = tuple(arg)
+    shape = tuple(int(d) for d in args)
+    if any(d < 0 for d in shape):
+        raise VggtoolError(f"negative blob dimension in shape {shape}")
+    return shape
+
+
+class Blob:
+    def __init__(self, shape=(), dtype=np.float32, device=CPU):
+        self.device = device
+        self.dtype = np.dtype(dtype)
+        self._data_buf = None
+        self._diff_buf = None
+        self._data = None
+        self._diff = None
+        self._shape = None
+        self.reshape(_as_shape((shape,)) if not isinstance(shape, int) else (shape,))
+
+    # -- shape -------------------------------------------------------------------------------------------
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def count(self):
+        return math.prod(self._shape)
+
+    @property
+    def num_axes(self):
+        return len(self._shape)
+
+    def count_range(self, start, end=None):
+        end = self.num_axes if end is None else end
+        return math.prod(self._shape[start:end])
+
+    def canonical_axis(self, axis):
+        n = self.num_axes
+        if not -n <= axis < max(n, 1):
+            raise VggtoolError(f"axis {axis} out of range for a {n}-axis blob of shape {self._shape}")
+        return axis + n if axis < 0 else axis
+
+    def legacy_dim(self, i):
+        """Caffe's num/channels/height/width accessors: missing trailing axes count as 1."""
+        if self.num_axes > 4:
+            raise VggtoolError(f"legacy 4-d accessor used on a blob of shape {self._shape}")
+        return self._shape[i] if i < self.num_axes else 1
+
+    num = property(lambda self: self.legacy_dim(0))
+    channels = property(lambda self: self.legacy_dim(1))
+    height = property(lambda self: self.legacy_dim(2))
+    width = property(lambda self: self.legacy_dim(3))
+
+    def shape_string(self):
+        return " ".join(str(d) for d in self._shape) + f" ({self.count})"
+
+    def reshape(self, *shape):
+        shape = _as_shape(shape)
+        if shape == self._shape:
+            return
+        self._shape = shape
+        count = math.prod(shape)
+        xp = self.device.xp
+        with self.device:
+            if self._data_buf is None or self._data_buf.size < count:
+                self._data_buf = xp.zeros(count, dtype=self.dtype)
+                self._diff_buf = None
+            if self._diff_buf is not None and self._diff_buf.size < count:
+                self._diff_buf = None
+        self._refresh_views()
+
+    def reshape_like(self, other):
+        self.reshape(other.shape)
+
+    def _refresh_views(self):
+        count = self.count
+        self._data = self._data_buf[:count].reshape(self._shape)
+        self._diff = None if self._diff_buf is None else self._diff_buf[:count].reshape(self._shape)
+
+    # -- data and diff -----------------------------------------------------------------------------------
+    @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        self._assign(self._data, value, "data")
+
+    @property
+    def diff(self):
+        if self._diff is None:
+            with self.device:
+                self._diff_buf = self.device.xp.zeros(max(self._data_buf.size, 1), dtype=self.dtype)
+            self._refresh_views()
+        return self._diff
+
+    @diff.setter
+    def diff(self, value):
+        self._assign(self.diff, value, "diff")
+
+    @property
+    def has_diff(self):
+        return self._diff is not None
+
+    def _assign(self, target, value, what):
+        value = self.device.asarray(value, dtype=self.dtype)
+        if value.shape != target.shape and value.size != target.size:
+            raise VggtoolError(f"cannot assign an array of shape {tuple(value.shape)} to blob {what} "
+                               f"of shape {self._shape}")
+        target[...] = value.reshape(target.shape)
+
+    def share_data(self, other):
+        """Use `other`'s data storage (shared parameters); shapes must agree."""
+        if other.count != self.count:
+            raise VggtoolError(f"cannot share data between blobs of shapes {self._shape} and {other.shape}")
+        self._data_buf = other._data_buf
+        self._refresh_views()
+
+    def share_diff(self, other):
+        if other.count != self.count:
+            raise VggtoolError(f"cannot share diff between blobs of shapes {self._shape} and {other.shape}")
+        other.diff  # allocate
+        self._diff_buf = other._diff_buf
+        self._refresh_views()
+
+    # -- serialisation (BlobProto) -----------------------------------------------------------------------
+    def to_proto(self, proto, write_diff=False):
+        proto.Clear()
+        proto.shape.dim.extend(self._shape)
+        set_proto_values(proto, self._data)
+        if write_diff:
+            set_proto_values(proto, self.diff, diff=True)
+        return proto
+
+    def from_proto(self, proto, reshape=True):
+        shape = proto_shape(proto)
+        if reshape:
+            self.reshape(shape)
+        elif math.prod(shape) != self.count:
+            raise VggtoolError(f"blob proto of shape {shape} does not fit blob of shape {self._shape}")
+        values = proto_values(proto)
+        if values.size != self.count:
+            raise VggtoolError(f"blob proto holds {values.size} values but its shape {shape} needs {self.count}")
+        self.data = values.reshape(self._shape)
+        diff = proto_values(proto, diff=True)
+        if diff.size == self.count:
+            self.diff = diff.reshape(self._shape)
+
+
+def proto_shape(proto):
+    """The shape of a BlobProto: its `shape` field, or the legacy num/channels/height/width."""
+    if proto.HasField("shape"):
+        return tuple(int(d) for d in proto.shape.dim)
+    if any(proto.HasField(f) for f in ("num", "channels", "height", "width")):
+        return (proto.num, proto.channels, proto.height, proto.width)
+    return (len(proto.data) or len(proto.double_data),)
+
+
+# BlobProto's packed value fields: (field number, dtype). Reading them through the protobuf runtime one
+# Python float at a time takes seconds for VGG-sized blobs, so they are read from the wire bytes.
+_VALUE_FIELDS = {"data": (5, np.float32), "diff": (6, np.float32),
+                 "double_data": (8, np.float64), "double_diff": (9, np.float64)}
+
+
+def _varint(buf, pos):
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _packed_fields(proto):
+    """{field number: [byte chunks]} for the length-delimited fields of a serialised BlobProto."""
+    buf = proto.SerializeToString()
+    out = {}
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = _varint(buf, pos)
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            out.setdefault(field, []).append(buf[pos:pos + length])
+            pos += length
+        elif wire == 5:
+            out.setdefault(field, []).append(buf[pos:pos + 4])  # unpacked float
+            pos += 4
+        elif wire == 1:
+            out.setdefault(field, []).append(buf[pos:pos + 8])
+            pos += 8
+        else:
+            raise VggtoolError(f"corrupt BlobProto: wire type {wire}")
+    return out
+
+
+def proto_values(proto, diff=False):
+    """The values of a BlobProto as a NumPy array (float32 or float64 as stored)."""
+    fields = _packed_fields(proto)
+    double = "double_diff" if diff else "double_data"
+    single = "diff" if diff else "data"
+    for name in (double, single):
+        number, dtype = _VALUE_FIELDS[name]
+        if number in fields:
+            return np.frombuffer(b"".join(fields[number]), dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype)
+    return np.zeros(0, dtype=np.float32)
+
+
+def _encode_varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def set_proto_values(proto, array, diff=False):
+    """Append `array` to the BlobProto's data (or diff), as float32 unless it is float64."""
+    array = to_numpy(array)
+    double = array.dtype == np.float64
+    name = ("double_diff" if diff else "double_data") if double else ("diff" if diff else "data")
+    number, dtype = _VALUE_FIELDS[name]
+    raw = np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+    if raw:
+        proto.MergeFromString(_encode_varint(number << 3 | 2) + _encode_varint(len(raw)) + raw)
+
+
+def array_to_proto(array, proto=None):
+    """A NumPy array as a BlobProto (float32 unless the array is float64)."""
+    from .proto import caffe_pb2
+
+    proto = caffe_pb2.BlobProto() if proto is None else proto
+    array = to_numpy(array)
+    proto.shape.dim.extend(array.shape)
+    set_proto_values(proto, array)
+    return proto
+
+
+def proto_to_array(proto):
+    return proto_values(proto).reshape(proto_shape(proto))

@@ -1,0 +1,60 @@
+"""`vggtool` command line: Caffe's subcommands (train, test, time, device_query) plus VGG's own.
+
+Each subcommand lives in its own module of this package with `HELP`, `add_arguments(parser)` and
+`run(args) -> exit code`. Caffe's single-dash spelling (`-solver=x`, `-gpu 0`) is accepted too.
+"""
+import argparse
+import importlib
+import re
+import sys
+
+from ..errors import VggtoolError
+
+# subcommand name -> module (in this package)
+COMMANDS = {
+    "device_query": "device_query",
+}
+
+
+def normalise_argv(argv):
+    """Accept Caffe's `-flag=value` / `-flag value` beside `--flag value`."""
+    out = []
+    for arg in argv:
+        m = re.fullmatch(r"-([A-Za-z][\w-]+)(=.*)?", arg)
+        if m and len(m.group(1)) > 1:
+            arg = "--" + m.group(1) + (m.group(2) or "")
+        out.append(arg)
+    return out
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="vggtool", description="Caffe-style VGG toolbox")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules = {}
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"{__name__}.{module_name}")
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        modules[name] = module
+    return parser, modules
+
+
+def main(argv=None):
+    argv = normalise_argv(sys.argv[1:] if argv is None else list(argv))
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(modules[args.command].run(args) or 0)
+    except VggtoolError as e:
+        print(f"vggtool {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"vggtool {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

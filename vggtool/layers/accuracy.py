@@ -1,0 +1,60 @@
+"""Accuracy: the fraction of predictions whose true class is among the top_k scores (Caffe's rule:
+correct unless top_k other classes score strictly higher; ties count in favour)."""
+import numpy as np
+
+from .base import Layer, register_layer
+
+
+@register_layer("Accuracy")
+class AccuracyLayer(Layer):
+    exact_bottoms = 2
+    min_tops = 1
+    max_tops = 2
+
+    def layer_setup(self, bottom, top):
+        p = self.param.accuracy_param
+        self.top_k = p.top_k
+        self.axis = bottom[0].canonical_axis(p.axis)
+        self.ignore_label = p.ignore_label if p.HasField("ignore_label") else None
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        self.outer = bottom[0].count_range(0, self.axis)
+        self.inner = bottom[0].count_range(self.axis + 1)
+        self.classes = shape[self.axis]
+        if self.top_k > self.classes:
+            raise self.error(f"top_k ({self.top_k}) must not exceed the number of classes ({self.classes})")
+        if bottom[1].count != self.outer * self.inner:
+            raise self.error(f"label count ({bottom[1].count}) must equal the number of predictions "
+                             f"({self.outer * self.inner}) of scores shaped {shape}")
+        top[0].reshape(())
+        if len(top) == 2:
+            top[1].reshape((self.classes,))
+
+    def forward(self, bottom, top):
+        xp = self.xp
+        scores = bottom[0].data.reshape(self.outer, self.classes, self.inner)
+        labels = bottom[1].data.reshape(self.outer, self.inner).astype(np.int64)
+        valid = xp.ones(labels.shape, dtype=bool) if self.ignore_label is None else labels != self.ignore_label
+        safe = xp.where(valid, labels, 0)
+        if bool((valid & ((safe < 0) | (safe >= self.classes))).any()):
+            raise self.error(f"a label is outside [0, {self.classes})")
+        true_score = xp.take_along_axis(scores, safe[:, None, :], axis=1)
+        better = (scores > true_score).sum(axis=1)
+        correct = (better < self.top_k) & valid
+        count = int(valid.sum())
+        top[0].data[...] = float(correct.sum()) / count if count else 0.0
+        if len(top) == 2:
+            per_class = xp.zeros(self.classes, dtype=self.dtype)
+            for c in range(self.classes):
+                mask = valid & (safe == c)
+                n = int(mask.sum())
+                per_class[c] = float((correct & mask).sum()) / n if n else 0.0
+            top[1].data[...] = per_class
+
+    def backward(self, top, propagate_down, bottom):
+        if any(propagate_down):
+            raise self.error("Accuracy has no gradient; do not backpropagate through it")
+
+    def allow_force_backward(self, bottom_index):
+        return False

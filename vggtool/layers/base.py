@@ -1,0 +1,158 @@
+"""The layer lifecycle, as in Caffe: setup = check blob counts -> layer_setup -> reshape -> loss weights.
+
+Subclasses declare their arity (`exact_bottoms`, `min_bottoms`, ...) and fill in `layer_setup`,
+`reshape`, `forward` and `backward`. Conventions (Caffe's):
+- parameter gradients ACCUMULATE into `self.blobs[i].diff` (the solver zeroes them), which makes
+  iter_size, shared parameters and multi-device sums free;
+- bottom gradients are OVERWRITTEN;
+- a loss layer reads its loss weight from `top[0].diff` (set by the net) and scales its gradient by it.
+"""
+import math
+
+import numpy as np
+
+from ..errors import VggtoolError
+
+_REGISTRY = {}
+
+
+def register_layer(type_name):
+    """Class decorator: make the class the implementation of prototxt `type: "<type_name>"`."""
+
+    def decorate(cls):
+        if type_name in _REGISTRY:
+            raise RuntimeError(f"layer type '{type_name}' registered twice "
+                               f"({_REGISTRY[type_name].__name__} and {cls.__name__})")
+        cls.type = type_name
+        _REGISTRY[type_name] = cls
+        return cls
+
+    return decorate
+
+
+def layer_types():
+    return sorted(_REGISTRY)
+
+
+def layer_class(type_name, layer_name="?"):
+    if type_name == "Python":
+        raise VggtoolError(f"layer '{layer_name}': the Python layer type runs code named by the prototxt "
+                           "and is refused (vggtool never executes code from a model file)")
+    try:
+        return _REGISTRY[type_name]
+    except KeyError:
+        raise VggtoolError(f"layer '{layer_name}': unknown layer type '{type_name}' "
+                           f"(known types: {', '.join(layer_types())})") from None
+
+
+class Workspace:
+    """Scratch buffers shared by the layers of one net (im2col columns, padded copies, ...).
+
+    `get(slot, shape)` returns a view of a flat buffer that only grows, so scratch memory is allocated
+    once per slot, not per layer or per iteration. A view is valid until the next `get` of that slot.
+    """
+
+    def __init__(self, device):
+        self.device = device
+        self._buffers = {}
+
+    def get(self, slot, shape, dtype, zero=False):
+        dtype = np.dtype(dtype)
+        key = (slot, dtype.str)
+        size = math.prod(shape)
+        buf = self._buffers.get(key)
+        if buf is None or buf.size < size:
+            with self.device:
+                buf = self.device.xp.empty(max(size, 1), dtype=dtype)
+            self._buffers[key] = buf
+        view = buf[:size].reshape(shape)
+        if zero:
+            view.fill(0)
+        return view
+
+
+class Layer:
+    type = None
+    exact_bottoms = None
+    min_bottoms = None
+    max_bottoms = None
+    exact_tops = None
+    min_tops = None
+    max_tops = None
+    # Loss layers: the default loss_weight of top 0 is 1 (Caffe's *Loss layers).
+    is_loss = False
+    # Data layers (no bottoms) are told the net's iteration for their per-sample randomness.
+
+    def __init__(self, param, net=None, device=None, dtype=np.float32):
+        from ..backend import CPU
+
+        self.param = param
+        self.name = param.name
+        self.net = net
+        self.phase = net.phase if net is not None else "TEST"
+        self.device = device if device is not None else (net.device if net is not None else CPU)
+        self.xp = self.device.xp
+        self.dtype = np.dtype(dtype if net is None else net.dtype)
+        self.blobs = []  # learnable parameters (Blob)
+        self.param_propagate_down = []
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def setup(self, bottom, top):
+        self._check_counts(bottom, top)
+        self.layer_setup(bottom, top)
+        self.reshape(bottom, top)
+        if not self.param_propagate_down or len(self.param_propagate_down) != len(self.blobs):
+            self.param_propagate_down = [True] * len(self.blobs)
+
+    def _check_counts(self, bottom, top):
+        def check(what, n, exact, lo, hi):
+            if exact is not None and n != exact:
+                raise self.error(f"takes {exact} {what} blob(s) as input, got {n}"
+                                 if what == "bottom" else f"produces {exact} {what} blob(s), got {n}")
+            if lo is not None and n < lo:
+                raise self.error(f"takes at least {lo} {what} blob(s), got {n}")
+            if hi is not None and n > hi:
+                raise self.error(f"takes at most {hi} {what} blob(s), got {n}")
+
+        check("bottom", len(bottom), self.exact_bottoms, self.min_bottoms, self.max_bottoms)
+        check("top", len(top), self.exact_tops, self.min_tops, self.max_tops)
+
+    def layer_setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        raise NotImplementedError
+
+    def forward(self, bottom, top):
+        raise NotImplementedError
+
+    def backward(self, top, propagate_down, bottom):
+        raise NotImplementedError
+
+    def allow_force_backward(self, bottom_index):
+        return True
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def error(self, message):
+        return VggtoolError(f"layer '{self.name}' ({self.type}): {message}")
+
+    def new_param(self, shape):
+        from ..blob import Blob
+
+        blob = Blob(shape, dtype=self.dtype, device=self.device)
+        self.blobs.append(blob)
+        return blob
+
+    def workspace(self, slot, shape, zero=False):
+        """A scratch array from the net's shared Workspace (see Workspace)."""
+        owner = self.net if self.net is not None else self
+        ws = getattr(owner, "_workspace", None)
+        if ws is None:
+            ws = owner._workspace = Workspace(self.device)
+        return ws.get(slot, shape, self.dtype, zero)
+
+    def rng(self):
+        """A NumPy Generator for initialisation, from the net's seed and this layer's name."""
+        if self.net is not None:
+            return self.net.layer_rng(self.name)
+        return np.random.default_rng()

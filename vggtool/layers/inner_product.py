@@ -1,0 +1,56 @@
+"""InnerProduct (fully connected): top = bottom (M x K) @ W^T + b, with Caffe's axis and transpose."""
+from ..fillers import fill
+from .base import Layer, register_layer
+
+
+@register_layer("InnerProduct")
+class InnerProductLayer(Layer):
+    exact_bottoms = 1
+    exact_tops = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.inner_product_param
+        if p.num_output <= 0:
+            raise self.error("num_output must be positive")
+        self.num_output = p.num_output
+        self.axis = bottom[0].canonical_axis(p.axis)
+        self.k = bottom[0].count_range(self.axis)
+        self.transpose = p.transpose
+        self.bias_term = p.bias_term
+        # Caffe stores W as (num_output, K), or (K, num_output) with transpose: true.
+        shape = (self.k, self.num_output) if self.transpose else (self.num_output, self.k)
+        fill(self.new_param(shape), p.weight_filler, self.rng())
+        if self.bias_term:
+            fill(self.new_param((self.num_output,)), p.bias_filler, self.rng())
+
+    def reshape(self, bottom, top):
+        k = bottom[0].count_range(self.axis)
+        if k != self.k:
+            raise self.error(f"input of shape {bottom[0].shape} has {k} values per item after axis {self.axis}; "
+                             f"the weights expect {self.k}")
+        self.m = bottom[0].count_range(0, self.axis)
+        top[0].reshape(bottom[0].shape[:self.axis] + (self.num_output,))
+
+    def _w_as_kn(self):
+        w = self.blobs[0].data
+        return w if self.transpose else w.T
+
+    def forward(self, bottom, top):
+        x = bottom[0].data.reshape(self.m, self.k)
+        y = top[0].data.reshape(self.m, self.num_output)
+        self.xp.matmul(x, self._w_as_kn(), out=y)
+        if self.bias_term:
+            y += self.blobs[1].data
+
+    def backward(self, top, propagate_down, bottom):
+        dy = top[0].diff.reshape(self.m, self.num_output)
+        x = bottom[0].data.reshape(self.m, self.k)
+        if self.param_propagate_down[0]:
+            if self.transpose:
+                self.blobs[0].diff += x.T @ dy
+            else:
+                self.blobs[0].diff += dy.T @ x
+        if self.bias_term and self.param_propagate_down[1]:
+            self.blobs[1].diff += dy.sum(axis=0)
+        if propagate_down[0]:
+            self.xp.matmul(dy, self._w_as_kn().T, out=bottom[0].diff.reshape(self.m, self.k))
