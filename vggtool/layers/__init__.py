@@ -11,4 +11,8 @@ from . import (  # noqa: F401,E402
     softmax,
     accuracy,
     split,
+    lrn,
+    eltwise,
+    shape,
+    loss,
 )
