@@ -159,6 +159,7 @@ def accuracy_reference(x, labels, k, ignore):
     """Direct loop of Caffe's rule over N x C x H x W scores."""
     n_, c_, h_, w_ = x.shape
     hits = count = 0
+    class_hits, class_count = [0] * c_, [0] * c_
     for n in range(n_):
         for i in range(h_):
             for j in range(w_):
@@ -168,7 +169,10 @@ def accuracy_reference(x, labels, k, ignore):
                 better = sum(1 for c in range(c_) if c != lab and x[n, c, i, j] >= x[n, lab, i, j])
                 hits += better < k
                 count += 1
-    return hits / count if count else 0.0
+                class_hits[lab] += better < k
+                class_count[lab] += 1
+    per_class = [h / c if c else 0.0 for h, c in zip(class_hits, class_count)]
+    return (hits / count if count else 0.0), per_class
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
@@ -176,8 +180,10 @@ def test_accuracy_spatial_matches_loop(k):
     rng = np.random.default_rng(54)
     x = rng.integers(0, 3, size=(2, 5, 3, 2)).astype(np.float32)  # small integers: many ties
     labels = rng.integers(0, 5, size=(2, 3, 2)).astype(np.float32)
-    net = run(acc_text(f"top_k: {k} ignore_label: 4"), {"x": x, "label": labels})
-    assert float(net.blobs["acc"].data) == pytest.approx(accuracy_reference(x, labels, k, 4))
+    net = run(acc_text(f"top_k: {k} ignore_label: 4", per_class=True), {"x": x, "label": labels})
+    overall, per_class = accuracy_reference(x, labels, k, 4)
+    assert float(net.blobs["acc"].data) == pytest.approx(overall)
+    np.testing.assert_allclose(net.blobs["per_class"].data, per_class, rtol=1e-6)
 
 
 def test_accuracy_has_no_gradient_and_does_not_block_force_backward():

@@ -48,12 +48,10 @@ class AccuracyLayer(Layer):
         count = int(valid.sum())
         top[0].data[...] = float(correct.sum()) / count if count else 0.0
         if len(top) == 2:
-            per_class = xp.zeros(self.classes, dtype=self.dtype)
-            for c in range(self.classes):
-                mask = valid & (safe == c)
-                n = int(mask.sum())
-                per_class[c] = float((correct & mask).sum()) / n if n else 0.0
-            top[1].data[...] = per_class
+            # One bincount each instead of a loop over (possibly 1000) classes.
+            totals = xp.bincount(safe[valid].ravel(), minlength=self.classes)
+            hits = xp.bincount(safe[correct].ravel(), minlength=self.classes)
+            top[1].data[...] = xp.where(totals > 0, hits / xp.maximum(totals, 1), 0)
 
     def backward(self, top, propagate_down, bottom):
         if any(propagate_down):
