@@ -21,7 +21,14 @@ from ..net import Net
 from ..proto import caffe_pb2
 from . import lr_policy, snapshot
 from .glog import GLog, fmt
+from ..upgrade import upgrade_solver
 from .sgd import RULES
+
+
+def _copy(message):
+    out = type(message)()
+    out.CopyFrom(message)
+    return out
 
 
 class TrainingDiverged(VggtoolError):
@@ -72,6 +79,8 @@ class Solver:
         if not isinstance(param, caffe_pb2.SolverParameter):
             source = str(param)
             param = protoio.read_solver_param(param)
+        else:
+            param = upgrade_solver(_copy(param))  # the deprecated solver_type enum -> type
         self.param = param
         self.source = source or "solver"
         self.log = log if log is not None else GLog()
