@@ -91,6 +91,9 @@ def _copy_weights(solver, path, only, log):
     report = solver.net.copy_from(source, only=only)
     for line in report.lines():
         log.info("net.cpp:1137", line)
+    kept = [name for name, layer in solver.net.layer_dict.items() if layer.blobs and name not in report.copied]
+    if kept:
+        log.info("net.cpp:1137", f"Not copied (keep their initialisation): {', '.join(kept)}")
     for net in solver.test_nets:  # layers only the test nets have (shared ones already hold the values)
         net.copy_from(source, only=only)
 
