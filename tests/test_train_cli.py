@@ -256,3 +256,53 @@ def test_sigint_snapshots_and_exits_cleanly(tmp_path):
     assert m and os.path.exists(m.group(1))
     state = caffe_pb2.SolverState.FromString(open(m.group(1), "rb").read())
     assert state.iter >= 10 and os.path.exists(state.learned_net)
+
+
+def test_sighup_snapshots_and_goes_on(tmp_path):
+    solver = write_solver(tmp_path / "hup", max_iter=10**7, snapshot=0)
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "vggtool", "train", "--solver", solver, "-sigint_effect=none"],
+                            cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        lines, sent_int = [], False
+        for line in proc.stderr:
+            lines.append(line)
+            if "Iteration 10," in line and not any("Snapshotting" in x for x in lines):
+                proc.send_signal(signal.SIGHUP)
+            if "Snapshotting solver state" in line and not sent_int:
+                proc.send_signal(signal.SIGINT)  # sigint_effect none: ignored
+                sent_int = True
+                at = len(lines)
+            if sent_int and len(lines) > at + 40:
+                break
+        assert proc.poll() is None, "".join(lines)[-2000:]  # still training
+        proc.terminate()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = "".join(lines)
+    m = re.search(r"Snapshotting to binary proto file (\S+_iter_(\d+)\.caffemodel)", err)
+    assert m and int(m.group(2)) >= 11 and os.path.exists(m.group(1))
+    assert "Optimization stopped early." not in err
+
+
+def test_get_solver_api_and_multiple_test_nets(tmp_path, capsys, monkeypatch):
+    import vggtool
+    folder = tmp_path / "api"
+    net = TINY_NET.replace('include { phase: TEST }', 'include { phase: TEST stage: "val" }')
+    path = write_solver(folder, max_iter=4, snapshot=0, net_text=net,
+                        extra='test_iter: 3\ntest_state { }\ntest_state { stage: "val" }\n'
+                              'test_compute_loss: true\naverage_loss: 2\n')
+    monkeypatch.chdir(tmp_path)  # net path relative to the solver's folder, not the cwd
+    solver = vggtool.get_solver(path)
+    assert len(solver.test_nets) == 2
+    assert "accuracy" not in solver.test_nets[0].outputs and "accuracy" in solver.test_nets[1].outputs
+    # test nets share the train net's weights
+    solver.step(3)
+    assert solver.iter == 3
+    np.testing.assert_array_equal(solver.test_nets[1].params["ip1"][0].data, solver.net.params["ip1"][0].data)
+    err = capsys.readouterr().err
+    assert "Testing net (#1)" in err and "Test loss: " in err
+    solver.solve()
+    assert solver.iter == 4 and os.path.exists(str(folder / "snap_iter_4.solverstate"))

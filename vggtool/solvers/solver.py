@@ -207,6 +207,15 @@ class Solver:
             return [xp.zeros(lp.blob.shape, dtype=self.net.dtype)
                     for _ in range(self.rule.history_per_param) for lp in self.net.learnable_params]
 
+    def _scratch(self, shape):
+        """Two work arrays of `shape`, views of buffers sized for the largest parameter (allocated once)."""
+        count = math.prod(shape)
+        if getattr(self, "_scratch_bufs", None) is None or self._scratch_bufs[0].size < count:
+            biggest = max(lp.blob.count for lp in self.net.learnable_params)
+            with self.device:
+                self._scratch_bufs = [self.net.xp.empty(max(biggest, count), dtype=self.net.dtype) for _ in range(2)]
+        return [b[:count].reshape(shape) for b in self._scratch_bufs]
+
     def param_history(self, i):
         n = len(self.net.learnable_params)
         return [self.history[i + j * n] for j in range(self.rule.history_per_param)]
@@ -283,13 +292,16 @@ class Solver:
                 w = lp.blob.data
                 if p.iter_size > 1:
                     g *= 1.0 / p.iter_size
+                tmp = self._scratch(g.shape)
                 decay = p.weight_decay * lp.decay_mult
                 if decay:
                     if p.regularization_type == "L2":
-                        g += decay * w
+                        xp.multiply(w, decay, out=tmp[0])
                     else:
-                        g += decay * xp.sign(w)
-                self.rule.update(g, self.param_history(i), rate * lp.lr_mult, self.iter)
+                        xp.sign(w, out=tmp[0])
+                        tmp[0] *= decay
+                    g += tmp[0]
+                self.rule.update(g, self.param_history(i), rate * lp.lr_mult, self.iter, tmp)
                 w -= g
 
     # -- the loop ------------------------------------------------------------------------------------------
@@ -305,7 +317,8 @@ class Solver:
                 if self.requested_early_exit:
                     break
             display = p.display and self.iter % p.display == 0
-            loss = self.compute_gradients()
+            with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf are reported by check_finite
+                loss = self.compute_gradients()
             self.check_finite(loss)
             losses.append(float(loss))
             losses = losses[-p.average_loss:]
