@@ -221,16 +221,19 @@ class Solver:
         return [self.history[i + j * n] for j in range(self.rule.history_per_param)]
 
     # -- gradients ---------------------------------------------------------------------------------------
-    def forward_backward_micro(self, k, net=None):
-        """One forward/backward pass (micro-batch k of this iteration); diffs accumulate. Returns the loss
-        (device scalar). The per-sample random draws depend on (seed, iter * iter_size + k, index)."""
+    def forward_backward_micro(self, k, net=None, sample_offset=0):
+        """One forward/backward pass (micro-batch k of this iteration) of `net` (default: the train net; a
+        multi-device wrapper passes its replicas and their first sample's index in the whole batch); diffs
+        accumulate. Returns the loss (device scalar). Per-sample random draws depend on
+        (seed, iter * iter_size + k, sample index)."""
         net = self.net if net is None else net
         net.iteration = self.iter * self.param.iter_size + k
-        net.sample_offset = 0
+        net.sample_offset = sample_offset
         return net.forward_backward()
 
     def compute_gradients(self):
-        """Clear diffs and run iter_size passes; return the mean loss (device scalar)."""
+        """Clear diffs and run iter_size passes; return the mean loss (device scalar). A multi-device
+        wrapper overrides this: replicas' passes, their diffs summed into self.net, then apply_update()."""
         self.net.clear_param_diffs()
         loss = 0.0
         for k in range(self.param.iter_size):
@@ -330,7 +333,8 @@ class Solver:
                                                 f"{p.display} iters), loss = {fmt(smoothed)}")
                 timer, last_display = time.perf_counter(), self.iter
                 self._log_outputs(self.net, "Train", {})
-            self.apply_update()
+            with np.errstate(over="ignore", invalid="ignore"):  # overflowing weights: caught next iteration
+                self.apply_update()
             self.iter += 1
             action, self.requested_action = self.requested_action, NONE
             if (p.snapshot and self.iter % p.snapshot == 0) or action == SNAPSHOT:
