@@ -102,7 +102,7 @@ layer { name: "acc" type: "Accuracy" bottom: "s" bottom: "y" top: "accuracy" inc
 """
 
 
-def test_plateau_drives_the_solver_rate(monkeypatch):
+def test_plateau_drives_the_solver_rate(monkeypatch, tmp_path):
     """The solver feeds each test round of the watched net to the policy (scripted test values)."""
     param = sp('lr_policy: "plateau" base_lr: 0.1 gamma: 0.1 plateau_patience: 1 test_iter: 1 '
                'test_interval: 2 max_iter: 12 random_seed: 1 display: 1 snapshot_after_train: false')
@@ -125,6 +125,14 @@ def test_plateau_drives_the_solver_rate(monkeypatch):
     np.testing.assert_allclose(rates[:4], [0.1, 0.1, 0.1, 0.1], rtol=1e-6)
     np.testing.assert_allclose(rates[4:6], [0.01, 0.01], rtol=1e-6)
     np.testing.assert_allclose(rates[-1], 0.1 * 0.1 ** 3, rtol=1e-6)
+    # the plateau state travels in the .solverstate
+    solver.prefix = str(tmp_path / "p")
+    _, state = solver.snapshot()
+    again = Solver(param, log=GLog(stream=False))
+    again.restore(state)
+    assert (again.plateau.drops, again.plateau.best, again.plateau.bad_rounds, again.iter) == \
+        (3, np.float32(0.7), solver.plateau.bad_rounds, 12)
+    assert again.learning_rate() == solver.learning_rate()
 
 
 def test_plateau_needs_the_watched_output():

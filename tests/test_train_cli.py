@@ -210,6 +210,9 @@ def test_bad_input_gives_one_clear_message(tmp_path, capsys):
     run_bad(["train", "--solver", good, "--snapshot", str(folder / "snap_iter_5.solverstate"),
              "--weights", str(tmp_path / "other.caffemodel")], capsys, r"not both")
     run_bad(["train", "--solver", good, "--devices", "cpu:2"], capsys, r"multi-device training")
+    (folder / "s2.prototxt").write_text(base.replace(str(folder / "x"), str(folder / "nodir" / "x"))
+                                        .replace("snapshot: 0", "snapshot: 2"))
+    run_bad(["train", "--solver", str(folder / "s2.prototxt")], capsys, r"cannot write to snapshot prefix")
     assert sorted(os.listdir(folder)) == sorted(kept + ["missing.prototxt", "s2.prototxt"])
 
 
