@@ -13,6 +13,7 @@ from ..errors import VggtoolError
 # subcommand name -> module (in this package)
 COMMANDS = {
     "device_query": "device_query",
+    "time": "time",
 }
 
 
