@@ -249,13 +249,12 @@ class Net:
             self.bottom_names[name] = list(layer_param.bottom)
             self.top_names[name] = list(layer_param.top)
             # Which blobs carry gradients (forward pass of the need-backward analysis).
-            bneed = []
-            for j, bname in enumerate(layer_param.bottom):
-                b = blob_need_backward.get(bname, False)
-                if len(layer_param.propagate_down) and not layer_param.propagate_down[j]:
-                    b = False
-                bneed.append(b)
-            need = any(layer.param_propagate_down) or any(bneed)
+            # As Caffe: an explicit propagate_down decides the bottom's flag; the layer needs backward if
+            # any bottom blob carries gradients or any parameter learns (propagate_down is applied later).
+            blob_needs = [blob_need_backward.get(b, False) for b in layer_param.bottom]
+            bneed = [bool(layer_param.propagate_down[j]) if len(layer_param.propagate_down) else b
+                     for j, b in enumerate(blob_needs)]
+            need = any(layer.param_propagate_down) or any(blob_needs)
             for tname in layer_param.top:
                 blob_need_backward[tname] = need
             self.layer_need_backward.append(need)
@@ -312,24 +311,33 @@ class Net:
             self.learnable_params.append(LearnableParam(blob, lr_mult, decay_mult, layer.name, k))
 
     def _prune_backward(self, param):
-        """Layers that do not lead to a loss need no backward (unless force_backward)."""
-        under_loss = set()
+        """Caffe's backward pass of Net::Init: layers that do not lead to a loss, or whose every top is
+        cut off by its consumers' propagate_down, run no backward (unless force_backward)."""
+        under_loss, skip = set(), set()
         for i in range(len(self.layers) - 1, -1, -1):
             name = self._layer_names[i]
-            contributes = any(t in self.blob_loss_weights or t in under_loss for t in self.top_names[name])
-            if not contributes and not param.force_backward:
+            tops = self.top_names[name]
+            contributes = any(t in self.blob_loss_weights or t in under_loss for t in tops)
+            skipped = all(t in skip for t in tops)
+            if self.layer_need_backward[i] and skipped:
                 self.layer_need_backward[i] = False
                 self.bottom_need_backward[i] = [False] * len(self.bottom_vecs[i])
-            if self.layer_need_backward[i]:
-                under_loss.update(self.bottom_names[name])
+            if not contributes:
+                self.layer_need_backward[i] = False
+            for j, bname in enumerate(self.bottom_names[name]):
+                if contributes:
+                    under_loss.add(bname)
+                else:
+                    self.bottom_need_backward[i][j] = False
+                if not self.bottom_need_backward[i][j]:
+                    skip.add(bname)
         if param.force_backward:
-            # Caffe's force_backward: every layer runs backward, to every bottom that allows it.
+            # Every layer runs backward, to every bottom that allows it, and every parameter gets a gradient.
             for i, layer in enumerate(self.layers):
                 self.layer_need_backward[i] = True
-                pd = layer.param.propagate_down
-                self.bottom_need_backward[i] = [
-                    (need or layer.allow_force_backward(j)) and not (len(pd) and not pd[j])
-                    for j, need in enumerate(self.bottom_need_backward[i])]
+                self.bottom_need_backward[i] = [need or layer.allow_force_backward(j)
+                                                for j, need in enumerate(self.bottom_need_backward[i])]
+                layer.param_propagate_down = [True] * len(layer.blobs)
 
     # -- randomness ---------------------------------------------------------------------------------------
     def layer_rng(self, layer_name):
