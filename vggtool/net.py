@@ -471,9 +471,8 @@ class Net:
                 if len(src.blobs):
                     rep.ignored.append(src.name)
                 continue
-            seen.add(src.name)
-            if len(src.blobs) == 0 and len(target.blobs):
-                continue
+            if len(src.blobs) == 0:
+                continue  # nothing to copy (a parameterless layer, or a definition without weights)
             if len(src.blobs) != len(target.blobs):
                 raise VggtoolError(f"{label}: cannot copy layer '{src.name}': the source has {len(src.blobs)} "
                                    f"parameter blob(s), the target has {len(target.blobs)}")
@@ -495,6 +494,7 @@ class Net:
                                        f"its shape needs {blob.count} (truncated or corrupt file?)")
                 blob.data = values.reshape(blob.shape)
             rep.copied.append(src.name)
+            seen.add(src.name)
         rep.missing.extend(n for n, l in self.layer_dict.items()
                            if l.blobs and n not in seen and (only is None or n in only))
         return rep
