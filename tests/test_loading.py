@@ -143,6 +143,8 @@ NET = 'layer { name: "input" type: "Input" top: "x" input_param { shape { dim: 2
     ((None, vggtool.TRAIN), {}, vggtool.TRAIN),  # Net(model, weights, phase)
     ((), {"phase": "test"}, vggtool.TEST),
     ((), {"phase": caffe_pb2.TRAIN}, vggtool.TRAIN),
+    ((vggtool.TRAIN,), {"weights": None}, vggtool.TRAIN),  # pycaffe's Net(model, phase, weights=w)
+    ((None,), {"phase": "TRAIN"}, vggtool.TRAIN),
 ])
 def test_net_call_forms(tmp_path, args, kwargs, phase):
     path = tmp_path / "n.prototxt"
@@ -159,3 +161,50 @@ def test_net_from_net_parameter_is_not_modified():
     net = Net(param, phase="TEST")
     assert param.SerializeToString() == before
     assert net._layer_names[0] == "input"
+
+
+@pytest.mark.parametrize("args,kwargs", [
+    (("a.caffemodel", "TRAIN", "x"), {}),
+    ((vggtool.TRAIN,), {"phase": "TEST"}),
+    (("a.caffemodel",), {"weights": "b.caffemodel"}),
+    (("a.caffemodel", "TRAIN"), {"phase": "TEST"}),
+])
+def test_net_call_forms_given_twice(args, kwargs):
+    with pytest.raises(TypeError):
+        Net(parse_net_text(NET), *args, **kwargs)
+
+
+def test_pycaffe_style_weights_keyword(tmp_path):
+    a = Net(parse_net_text(NEW), vggtool.TEST, seed=1)
+    a.save(str(tmp_path / "m.caffemodel"))
+    b = Net(parse_net_text(NEW), vggtool.TEST, weights=str(tmp_path / "m.caffemodel"), seed=2)
+    np.testing.assert_array_equal(a.params["fc"][0].data, b.params["fc"][0].data)
+
+
+def test_pycaffe_attributes(tmp_path):
+    text = NEW + ('layer { name: "lab" type: "Input" top: "label" input_param { shape { dim: 2 } } }\n'
+                  'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }\n')
+    net = Net(parse_net_text(text), "TEST")
+    assert net._layer_names == list(net.layer_dict) == [l.name for l in net.layers]
+    assert net.inputs == ["data", "label"]
+    assert net.outputs == ["prob", "loss"]
+    assert net.top_names["conv1"] == ["conv1"] and net.bottom_names["relu1"] == ["conv1"]
+    assert net.top_names["fc"] == ["fc"] and net.bottom_names["prob"] == ["fc_fc_0_split_0"]
+    assert net.blob_loss_weights == {"loss": 1.0}
+    assert net.layer_dict["conv1"].type == "Convolution" and net.layer_dict["conv1"].blobs[0] is net.params["conv1"][0]
+    assert list(net.params) == ["conv1", "fc"]
+    assert net.blobs["data"].data.shape == (2, 3, 6, 6) and net.blobs["data"].num == 2
+    assert net.num_params() == 4 * 27 + 4 + 10 * 36 + 10
+    rng = np.random.default_rng(0)
+    out = net.forward(data=rng.standard_normal((2, 3, 6, 6)), label=np.array([1, 7]), blobs=["pool1"])
+    assert set(out) == {"prob", "loss", "pool1"}
+    net.backward()
+    path = tmp_path / "x.caffemodel"
+    net.save(str(path))
+    other = Net(parse_net_text(NEW), vggtool.TEST)
+    rep = other.copy_from(str(path))
+    assert rep.copied == ["conv1", "fc"]
+    np.testing.assert_array_equal(other.params["conv1"][0].data, net.params["conv1"][0].data)
+    assert "Net('small', phase=TEST" in repr(net)
+    outs = net.forward(end="relu1")
+    assert list(outs) == ["conv1"]

@@ -131,6 +131,30 @@ def insert_splits(net_param, source="net"):
     return out
 
 
+def _is_phase(x):
+    return isinstance(x, (int, np.integer)) or (isinstance(x, str) and x.upper() in ("TRAIN", "TEST"))
+
+
+def _weights_and_phase(args, weights, phase):
+    """pycaffe's call forms: Net(model, phase), Net(model, weights, phase), Net(model, phase, weights=w)."""
+    if len(args) > 2:
+        raise TypeError(f"Net() takes at most 3 positional arguments ({len(args) + 1} given)")
+    args = list(args)
+    if args and _is_phase(args[0]):
+        if phase is not None or len(args) > 1:
+            raise TypeError("Net(): the phase is given twice")
+        phase = args.pop(0)
+    elif args:
+        if weights is not None:
+            raise TypeError("Net(): the weights are given twice")
+        weights = args.pop(0)
+        if args:
+            if phase is not None:
+                raise TypeError("Net(): the phase is given twice")
+            phase = args.pop(0)
+    return weights, TEST if phase is None else phase
+
+
 class CopyReport:
     """What `Net.copy_from` did: layers copied, source layers ignored, target layers left as they were."""
 
@@ -156,10 +180,9 @@ class Net:
     prototxt path or a NetParameter.
     """
 
-    def __init__(self, model, weights=None, phase=TEST, *, stages=(), level=0, device=CPU,
+    def __init__(self, model, *args, weights=None, phase=None, stages=(), level=0, device=CPU,
                  dtype=np.float32, seed=None, source=None):
-        if isinstance(weights, (int, np.integer)) or (isinstance(weights, str) and weights.upper() in ("TRAIN", "TEST")):
-            weights, phase = None, weights  # pycaffe's Net(model, phase)
+        weights, phase = _weights_and_phase(args, weights, phase)
         if isinstance(model, caffe_pb2.NetParameter):
             net_param = caffe_pb2.NetParameter()
             net_param.CopyFrom(model)
