@@ -99,3 +99,20 @@ def test_time_missing_file(tmp_path, capsys):
 def test_time_rejects_zero_iterations(tmp_path, capsys):
     assert main(["time", "--net", write(tmp_path, INPUT_NET), "--iterations", "0"]) == 1
     assert "--iterations" in capsys.readouterr().err
+
+
+def test_time_gpu_without_gpu(tmp_path, capsys):
+    from vggtool import backend
+
+    if backend.gpu_count():
+        pytest.skip("a GPU is visible here")
+    assert main(["time", "--net", write(tmp_path, INPUT_NET), "--gpu", "0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "vggtool time: error:" in err
+
+
+@pytest.mark.gpu
+def test_time_on_gpu(tmp_path, capsys):
+    assert main(["time", "--net", write(tmp_path, INPUT_NET), "--gpu", "0", "--iterations", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Use GPU with device ID 0." in out and f"{'conv1':>10}\tbackward: " in out
