@@ -203,3 +203,29 @@ def test_source_layer_without_blobs_counts_as_missing():
     src = parse_net_text(TEXT)  # a definition, no weights
     rep = make(1).copy_from(src)
     assert (rep.copied, rep.ignored, rep.missing) == ([], [], ["conv", "fc"])
+
+
+def test_v1_binary_caffemodel_as_in_the_model_zoo(tmp_path):
+    """The published VGG .caffemodel files are V1 nets (`layers`, enum types) with legacy 4-d blobs."""
+    rng = np.random.default_rng(3)
+    fc_w = rng.standard_normal((6, 36)).astype(np.float32)
+    fc_b = rng.standard_normal(6).astype(np.float32)
+    conv_w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    conv_b = rng.standard_normal(4).astype(np.float32)
+    new = legacy_source(fc_w, fc_b, conv_w, conv_b)
+    v1 = caffe_pb2.NetParameter(name="VGG_ILSVRC_16_layers")
+    types = {"Convolution": caffe_pb2.V1LayerParameter.CONVOLUTION,
+             "InnerProduct": caffe_pb2.V1LayerParameter.INNER_PRODUCT}
+    relu = v1.layers.add(name="relu", type=caffe_pb2.V1LayerParameter.RELU)
+    relu.bottom.append("conv")
+    for layer in new.layer:
+        old = v1.layers.add(name=layer.name, type=types[layer.type])
+        old.blobs.extend(layer.blobs)
+        old.blobs_lr.extend([1, 2])
+    path = tmp_path / "zoo.caffemodel"
+    path.write_bytes(v1.SerializeToString())
+    net = make(1)
+    rep = net.copy_from(str(path))
+    assert (rep.copied, rep.ignored, rep.missing) == (["conv", "fc"], [], [])
+    np.testing.assert_array_equal(to_numpy(net.params["fc"][0].data), fc_w)
+    np.testing.assert_array_equal(to_numpy(net.params["conv"][1].data), conv_b)
