@@ -137,3 +137,10 @@ def test_share_data_and_diff():
     assert b.diff.sum() == 6
     with pytest.raises(VggtoolError, match="cannot share"):
         Blob((5,)).share_data(a)
+
+
+def test_proto_to_array_is_writable():
+    a = proto_to_array(array_to_proto(np.ones((2, 3), dtype=np.float32)))
+    a -= 1  # e.g. a mean image modified in place
+    assert not a.any()
+    assert proto_values(array_to_proto(np.ones(3)), writable=True).flags.writeable

@@ -229,3 +229,16 @@ def test_v1_binary_caffemodel_as_in_the_model_zoo(tmp_path):
     assert (rep.copied, rep.ignored, rep.missing) == (["conv", "fc"], [], [])
     np.testing.assert_array_equal(to_numpy(net.params["fc"][0].data), fc_w)
     np.testing.assert_array_equal(to_numpy(net.params["conv"][1].data), conv_b)
+
+
+@pytest.mark.parametrize("dtype,write_diff", [(np.float32, False), (np.float64, True)])
+def test_saved_file_equals_to_proto(tmp_path, dtype, write_diff):
+    net = make(1, dtype=dtype)
+    rng = np.random.default_rng(0)
+    for blobs in net.params.values():
+        for b in blobs:
+            b.diff = rng.standard_normal(b.shape)
+    path = tmp_path / "m.caffemodel"
+    net.save(str(path), write_diff=write_diff)
+    stored = caffe_pb2.NetParameter.FromString(path.read_bytes())
+    assert stored == net.to_proto(write_diff=write_diff)

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import protoio
 from .backend import CPU, to_numpy
-from .blob import Blob, proto_shape, proto_values
+from .blob import Blob, _encode_varint, blob_field_chunks, chunks_size, proto_shape, proto_values
 from .errors import VggtoolError
 from .layers import layer_class
 from .proto import caffe_pb2
@@ -129,6 +129,10 @@ def insert_splits(net_param, source="net"):
             else:
                 del split.loss_weight[:]
     return out
+
+
+def _field_header(number, size):
+    return _encode_varint(number << 3 | 2) + _encode_varint(size)
 
 
 def _is_phase(x):
@@ -511,7 +515,7 @@ class Net:
                         f"shape is {' '.join(map(str, shape))} ({math.prod(shape)}); target param shape is "
                         f"{blob.shape_string()}. To learn this layer's parameters from scratch rather than "
                         "copying them from a saved net, rename the layer.")
-                values = proto_values(blob_proto)
+                values = proto_values(blob_proto, writable=False)
                 if values.size != blob.count:
                     raise VggtoolError(f"{label}: layer '{src.name}' param {k} holds {values.size} values, "
                                        f"its shape needs {blob.count} (truncated or corrupt file?)")
@@ -534,8 +538,28 @@ class Net:
         return out
 
     def save(self, path, write_diff=False):
-        """Write the weights as a binary .caffemodel, atomically."""
-        protoio.write_binary_proto(path, self.to_proto(write_diff))
+        """Write the weights as a binary .caffemodel, atomically (the same bytes as to_proto() would
+        serialise to, up to field order, streamed from the arrays without an intermediate copy)."""
+        protoio.atomic_write_chunks(path, self._caffemodel_chunks(write_diff))
+
+    def _caffemodel_chunks(self, write_diff):
+        head = caffe_pb2.NetParameter()
+        head.CopyFrom(self.param)
+        head.ClearField("layer")
+        chunks = [head.SerializeToString()]
+        layer_field = caffe_pb2.NetParameter.DESCRIPTOR.fields_by_name["layer"].number
+        blobs_field = caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name["blobs"].number
+        for layer_param in self.param.layer:
+            lp = caffe_pb2.LayerParameter()
+            lp.CopyFrom(layer_param)
+            lp.ClearField("blobs")
+            body = [lp.SerializeToString()]
+            layer = self.layer_dict.get(layer_param.name)
+            for blob in (layer.blobs if layer is not None else []):
+                body += blob_field_chunks(blobs_field, blob.shape, blob.data, blob.diff if write_diff else None)
+            chunks.append(_field_header(layer_field, chunks_size(body)))
+            chunks += body
+        return chunks
 
     # -- information --------------------------------------------------------------------------------------
     def num_params(self):
