@@ -187,7 +187,7 @@ def test_pycaffe_attributes(tmp_path):
     net = Net(parse_net_text(text), "TEST")
     assert net._layer_names == list(net.layer_dict) == [l.name for l in net.layers]
     assert net.inputs == ["data", "label"]
-    assert net.outputs == ["prob", "loss"]
+    assert net.outputs == ["loss", "prob"]  # name order, as Caffe's net_output_blobs_
     assert net.top_names["conv1"] == ["conv1"] and net.bottom_names["relu1"] == ["conv1"]
     assert net.top_names["fc"] == ["fc"] and net.bottom_names["prob"] == ["fc_fc_0_split_0"]
     assert net.blob_loss_weights == {"loss": 1.0}

@@ -337,3 +337,19 @@ def test_propagate_down_false_below_a_learning_layer(rng):
     net.forward_backward()
     assert np.any(to_numpy(net.params["fc2"][0].diff))
     assert not np.any(to_numpy(net.params["fc"][0].diff))
+
+
+def test_partial_passes_and_nonfinite_detection(rng):
+    net = build(inputs(x=(2, 3)) + ip("a", "x", 4) + ip("b", "a", 2, "loss_weight: 1"))
+    x = rng.standard_normal((2, 3))
+    out = net.forward(x=x, end="a")
+    assert list(out) == ["a"] and not net.blobs["b"].data.any()
+    net.forward(start="b")
+    w, bias = (to_numpy(p.data) for p in net.params["b"])
+    np.testing.assert_allclose(to_numpy(net.blobs["b"].data), to_numpy(net.blobs["a"].data) @ w.T + bias)
+    assert net.first_nonfinite_layer() is None
+    net.params["b"][0].data[0, 0] = np.inf
+    net.forward()
+    assert net.first_nonfinite_layer() == "b"
+    with pytest.raises(VggtoolError, match="no layer named 'c'"):
+        net.forward(end="c")

@@ -286,7 +286,7 @@ class Net:
                 blob_need_backward[tname] = need
             self.layer_need_backward.append(need)
             self.bottom_need_backward.append(bneed)
-        self.outputs = list(available)
+        self.outputs = sorted(available)  # Caffe keeps them in a std::set: output #i is in name order
         self._prune_backward(param)
         self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
         self.params = OrderedDict((n, l.blobs) for n, l in zip(self._layer_names, self.layers) if l.blobs)
