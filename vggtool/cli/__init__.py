@@ -15,6 +15,7 @@ COMMANDS = {
     "device_query": "device_query",
     "train": "train",
     "plot": "plot",
+    "time": "time",
 }
 
 
