@@ -13,6 +13,10 @@ from ..errors import VggtoolError
 # subcommand name -> module (in this package)
 COMMANDS = {
     "device_query": "device_query",
+    "test": "test",
+    "convolutionalize": "convolutionalize",
+    "fuse": "fuse",
+    "classify": "classify",
 }
 
 
