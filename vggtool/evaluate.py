@@ -74,8 +74,9 @@ def grid_positions(h, w, crop_h, crop_w, grid=GRID):
     return [(int(y), int(x)) for y in ys for x in xs]
 
 
-def load_mean(mean_value=None, mean_file=None, channels=3):
-    """Per-channel mean (C,) float32 from `B,G,R` values or a .binaryproto mean image; zeros if neither."""
+def load_mean(mean_value=None, mean_file=None, channels=None):
+    """Per-channel mean (C,) float32 from `B,G,R` values or a .binaryproto mean image; zeros if neither.
+    One value is repeated to `channels` when given."""
     if mean_value is not None and mean_file is not None:
         raise VggtoolError("give either --mean-value or --mean-file, not both")
     if mean_file is not None:
@@ -91,9 +92,9 @@ def load_mean(mean_value=None, mean_file=None, channels=3):
             raise VggtoolError(f"--mean-value expects numbers like 104,117,123, got '{mean_value}'") from None
     else:
         mean = np.zeros(1)
-    if mean.size == 1:
+    if mean.size == 1 and channels:
         mean = np.repeat(mean, channels)
-    if mean.size != channels:
+    if channels and mean.size != channels:
         raise VggtoolError(f"the mean has {mean.size} channel(s), the net's input has {channels}")
     return mean.astype(np.float32)
 
@@ -131,7 +132,9 @@ class Evaluator:
                 raise VggtoolError(f"--scales: Q={q} is smaller than the {self.crop[0]}x{self.crop[1]} crop; "
                                    f"use scales >= {max(self.crop)} or a smaller --crop")
         self.mode, self.flip, self.batch = mode, bool(flip), max(1, int(batch))
-        self.mean = np.zeros(self.channels, np.float32) if mean is None else np.asarray(mean, np.float32)
+        self.mean = np.zeros(self.channels, np.float32) if mean is None else np.ravel(mean).astype(np.float32)
+        if self.mean.size == 1:
+            self.mean = np.repeat(self.mean, self.channels)
         if self.mean.shape != (self.channels,):
             raise VggtoolError(f"the mean has {self.mean.size} channel(s), the net's input has {self.channels}")
         self.score_blob, self.end_layer, self.is_posterior = self._pick_score_blob(blob, source)
@@ -239,8 +242,9 @@ def read_list(path):
     return out
 
 
-def iterate_samples(path, root="", limit=None):
-    """Yield (key, HxWxC BGR uint8 image, label) from an LMDB of Datum or a list file + root folder."""
+def iterate_samples(path, root="", limit=None, color=True):
+    """Yield (key, HxWxC BGR uint8 image, label) from an LMDB of Datum or a list file + root folder
+    (`color`: 3-channel BGR, else 1-channel gray)."""
     if not os.path.exists(path):
         raise VggtoolError(f"--data: {path} does not exist (give an LMDB folder or an image list file)")
     count = 0
@@ -252,14 +256,14 @@ def iterate_samples(path, root="", limit=None):
             if limit is not None and count >= limit:
                 return
             k = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
-            yield k, datum_to_image(datum, source=f"{path}:{k}"), int(datum.label)
+            yield k, datum_to_image(datum, color=color, source=f"{path}:{k}"), int(datum.label)
             count += 1
         return
     for name, label, n in read_list(path):
         if limit is not None and count >= limit:
             return
         file = os.path.join(root, name) if root else name
-        image = cv2.imread(file, cv2.IMREAD_COLOR)
+        image = cv2.imread(file, cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
         if image is None:
             raise VggtoolError(f"{path}:{n}: cannot read image {file} (missing file or wrong --root?)")
         yield name, image, label
@@ -274,8 +278,8 @@ def evaluate(evaluator, data, root="", limit=None, progress=True):
     if total is not None and limit is not None:
         total = min(total, limit)
     posts, labels, keys = [], [], []
-    bar = tqdm(iterate_samples(data, root, limit), total=total, unit="img", disable=not progress,
-               desc="evaluating")
+    samples = iterate_samples(data, root, limit, color=evaluator.channels == 3)
+    bar = tqdm(samples, total=total, unit="img", disable=not progress, desc="evaluating")
     for key, image, label in bar:
         posts.append(evaluator.evaluate_image(image))
         labels.append(label)

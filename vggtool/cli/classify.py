@@ -40,7 +40,7 @@ def run(args):
             raise VggtoolError(f"{path} does not exist")
     mean = None
     if args.mean_value is not None or args.mean_file is not None:
-        mean = ev.load_mean(args.mean_value, args.mean_file, channels=3)
+        mean = ev.load_mean(args.mean_value, args.mean_file)
     labels = read_labels(args.labels) if args.labels else None
     evaluator = ev.Evaluator(args.net, args.weights, scales=[10**9], mode=args.mode, flip=args.flip,
                              mean=mean, blob=args.blob, device=_device(args))

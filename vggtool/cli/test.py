@@ -99,7 +99,7 @@ def run_evaluation(args):
         raise VggtoolError(f"--root: {args.root} is not a folder")
     mean = None
     if args.mean_value is not None or args.mean_file is not None:
-        mean = ev.load_mean(args.mean_value, args.mean_file, channels=3)
+        mean = ev.load_mean(args.mean_value, args.mean_file)
     evaluator = ev.Evaluator(args.net, args.weights, scales=scales, mode=args.mode, flip=args.flip,
                              crop=args.crop, mean=mean, blob=args.blob, device=_device(args), batch=args.batch)
     print(f"evaluating {args.net} ({args.mode}, scales {','.join(map(str, scales))}"
