@@ -99,6 +99,11 @@ def load_mean(mean_value=None, mean_file=None, channels=None):
     return mean.astype(np.float32)
 
 
+def default_scales(crop):
+    """The paper's Q in {256, 384, 512} for a 224 crop, i.e. crop x 8/7, 12/7, 16/7."""
+    return [int(round(max(crop) * f / 7)) for f in (8, 12, 16)]
+
+
 # -- the evaluator ----------------------------------------------------------------------------------------
 class Evaluator:
     """Runs a deploy net (InnerProducts convolutionalised in memory) under the VGG testing protocol."""
@@ -124,7 +129,7 @@ class Evaluator:
             raise VggtoolError(f"{source}: input blob '{self.input}' has shape {shape}; expected N x C x H x W")
         self.channels = shape[1]
         self.crop = (shape[2], shape[3]) if crop is None else (int(crop), int(crop))
-        self.scales = [int(q) for q in scales]
+        self.scales = default_scales(self.crop) if scales is None else [int(q) for q in scales]
         if not self.scales:
             raise VggtoolError("give at least one test scale (--scales)")
         for q in self.scales:
@@ -274,7 +279,7 @@ def evaluate(evaluator, data, root="", limit=None, progress=True):
     """(posteriors (N, classes) float32, labels (N,), keys (N,)) over a data set."""
     from tqdm import tqdm
 
-    total = count_samples(data) if os.path.exists(data) else None
+    total = count_samples(data) if is_lmdb(data) or os.path.isfile(data) else None
     if total is not None and limit is not None:
         total = min(total, limit)
     posts, labels, keys = [], [], []

@@ -85,7 +85,8 @@ def convert_ip_weights(weights, bias, num_input_channels, kernel, transpose=Fals
     if transpose:
         w = w.T
     n = w.shape[0]
-    return w.reshape(n, num_input_channels, kernel[0], kernel[1]).copy(), (None if bias is None else np.asarray(bias).copy())
+    w = w.reshape(n, num_input_channels, kernel[0], kernel[1]).copy()
+    return w, (None if bias is None else np.asarray(bias).copy())
 
 
 def convolutionalize(model, weights, source=None, device=None):
@@ -96,13 +97,14 @@ def convolutionalize(model, weights, source=None, device=None):
     net_param = _param_of(model)
     deploy = Net(net_param, weights, phase="TEST", source=source)
     conv_param, kernels = convolutionalize_param(net_param, source, net=deploy)
-    conv = Net(conv_param, phase="TEST", source=source, **({"device": device} if device is not None else {}))
+    extra = {"device": device} if device is not None else {}
+    conv = Net(conv_param, phase="TEST", source=source, **extra)
     for name, layer in conv.layer_dict.items():
         src = deploy.layer_dict[name]
         if name in kernels:
-            c = layer.blobs[0].shape[1]
-            w, b = convert_ip_weights(to_numpy(src.blobs[0].data), to_numpy(src.blobs[1].data) if len(src.blobs) > 1 else None,
-                                      c, kernels[name], src.param.inner_product_param.transpose)
+            bias = to_numpy(src.blobs[1].data) if len(src.blobs) > 1 else None
+            w, b = convert_ip_weights(to_numpy(src.blobs[0].data), bias, layer.blobs[0].shape[1], kernels[name],
+                                      src.param.inner_product_param.transpose)
             if w.shape != layer.blobs[0].shape:
                 raise VggtoolError(f"{source}: layer '{name}': weights of shape {src.blobs[0].shape} do not "
                                    f"fit a convolution of shape {layer.blobs[0].shape}")

@@ -42,15 +42,9 @@ def run(args):
     if args.mean_value is not None or args.mean_file is not None:
         mean = ev.load_mean(args.mean_value, args.mean_file)
     labels = read_labels(args.labels) if args.labels else None
-    evaluator = ev.Evaluator(args.net, args.weights, scales=[10**9], mode=args.mode, flip=args.flip,
+    scales = ev.parse_scales(args.scales) if args.scales else None
+    evaluator = ev.Evaluator(args.net, args.weights, scales=scales, mode=args.mode, flip=args.flip,
                              mean=mean, blob=args.blob, device=_device(args))
-    crop = min(evaluator.crop)
-    evaluator.scales = ev.parse_scales(args.scales) if args.scales else \
-        [int(round(crop * f / 7)) for f in (8, 12, 16)]
-    for q in evaluator.scales:
-        if q < max(evaluator.crop):
-            raise VggtoolError(f"--scales: Q={q} is smaller than the {evaluator.crop[0]}x{evaluator.crop[1]} "
-                               f"crop; use scales >= {max(evaluator.crop)}")
     for path in args.images:
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:

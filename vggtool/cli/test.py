@@ -22,7 +22,8 @@ def add_arguments(parser):
     g = parser.add_argument_group("VGG evaluation (with --data)")
     g.add_argument("--data", default=None, help="LMDB of Datum, or an image list file 'path label'")
     g.add_argument("--root", default="", help="folder the list file's paths are relative to")
-    g.add_argument("--scales", default=None, help="test scales Q (smallest image side), e.g. 256,384,512")
+    g.add_argument("--scales", default=None, help="test scales Q, the smallest image side (default: crop x 8/7, 12/7, "
+                   "16/7, i.e. 256,384,512 for a 224 crop)")
     g.add_argument("--flip", action="store_true", help="also evaluate horizontal flips (dense: flipped "
                    "image; multi-crop: mirrored crops, 50 per scale)")
     g.add_argument("--mode", default="dense", choices=("dense", "multicrop", "both"))
@@ -44,8 +45,9 @@ def _device(args):
 def glog(message, file=None):
     """One log line with glog's classic prefix (as `caffe test` prints)."""
     t = time.time()
+    line = sys._getframe(1).f_lineno
     stamp = time.strftime("%m%d %H:%M:%S", time.localtime(t)) + f".{int((t % 1) * 1e6):06d}"
-    print(f"I{stamp} {os.getpid():5d} test.py:0] {message}", file=file or sys.stdout, flush=True)
+    print(f"I{stamp} {os.getpid():5d} test.py:{line}] {message}", file=file or sys.stdout, flush=True)
 
 
 def fmt(x):
@@ -90,9 +92,7 @@ def run_caffe_test(args):
 def run_evaluation(args):
     from .. import evaluate as ev
 
-    if args.scales is None:
-        raise VggtoolError("--data needs --scales, e.g. --scales 256,384,512")
-    scales = ev.parse_scales(args.scales)
+    scales = ev.parse_scales(args.scales) if args.scales is not None else None
     if not os.path.exists(args.data):
         raise VggtoolError(f"--data: {args.data} does not exist (give an LMDB folder or an image list file)")
     if args.root and not os.path.isdir(args.root):
@@ -102,13 +102,13 @@ def run_evaluation(args):
         mean = ev.load_mean(args.mean_value, args.mean_file)
     evaluator = ev.Evaluator(args.net, args.weights, scales=scales, mode=args.mode, flip=args.flip,
                              crop=args.crop, mean=mean, blob=args.blob, device=_device(args), batch=args.batch)
-    print(f"evaluating {args.net} ({args.mode}, scales {','.join(map(str, scales))}"
+    print(f"evaluating {args.net} ({args.mode}, scales {','.join(map(str, evaluator.scales))}"
           f"{', flips' if args.flip else ''}, score blob '{evaluator.score_blob}')", flush=True)
     posteriors, labels, keys = ev.evaluate(evaluator, args.data, args.root, args.limit)
     for line in ev.report_lines(posteriors, labels):
         print(line)
     if args.out:
-        ev.save_scores(args.out, posteriors, labels, keys, scales=np.array(scales), mode=args.mode,
+        ev.save_scores(args.out, posteriors, labels, keys, scales=np.array(evaluator.scales), mode=args.mode,
                        flip=args.flip)
         print(f"wrote {args.out}")
     return 0
