@@ -11,7 +11,7 @@ def conv(name, bottom, n):
     return f"""
 layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}"
   convolution_param {{ num_output: {n} kernel_size: 3 pad: 1
-    weight_filler {{ type: "gaussian" std: 0.3 }} bias_filler {{ type: "gaussian" std: 0.1 }} }} }}
+    weight_filler {{ type: "gaussian" std: 0.12 }} bias_filler {{ type: "gaussian" std: 0.1 }} }} }}
 layer {{ name: "relu_{name}" type: "ReLU" bottom: "{name}" top: "{name}" }}"""
 
 
@@ -25,7 +25,7 @@ def fc(name, bottom, n, relu=True):
     text = f"""
 layer {{ name: "{name}" type: "InnerProduct" bottom: "{bottom}" top: "{name}"
   inner_product_param {{ num_output: {n}
-    weight_filler {{ type: "gaussian" std: 0.1 }} bias_filler {{ type: "gaussian" std: 0.1 }} }} }}"""
+    weight_filler {{ type: "gaussian" std: 0.06 }} bias_filler {{ type: "gaussian" std: 0.1 }} }} }}"""
     if relu:
         text += f"""
 layer {{ name: "relu_{name}" type: "ReLU" bottom: "{name}" top: "{name}" }}

@@ -59,6 +59,7 @@ def test_multicrop_is_50_crops_per_scale_averaged(model, rng):
         window = image[y:y + CROP, x:x + CROP]
         refs.append(single_crop_posterior(deploy, window))
         refs.append(single_crop_posterior(deploy, window[:, ::-1]))
+    assert np.ptp(refs, axis=0).max() > 1e-3  # crops really differ: the average is not trivial
     np.testing.assert_allclose(e.multicrop(image), np.mean(refs, axis=0), atol=1e-6)
     assert len(evaluator(model, mode="multicrop", flip=False).crops(image)) == 25
 
@@ -77,6 +78,12 @@ def test_dense_is_softmax_per_location_then_average(model, rng):
     scores = e.net.forward(data=x)["prob"][0]  # the converted net still ends in Softmax over channels
     assert scores.shape[1:] == (3, 5)
     np.testing.assert_allclose(e.dense(image), scores.reshape(CLASSES, -1).mean(axis=1), atol=1e-6)
+    # average='scores': the paper's sum-pooled score map, then softmax
+    fc8 = e.net.blobs["fc8"].data[0].reshape(CLASSES, -1).mean(axis=1).astype(np.float64)
+    expected = np.exp(fc8 - fc8.max()) / np.exp(fc8 - fc8.max()).sum()
+    pooled = evaluator(model, mode="dense", flip=False, average="scores")
+    np.testing.assert_allclose(pooled.dense(image), expected, atol=1e-6)
+    assert np.abs(pooled.dense(image) - e.dense(image)).max() > 1e-4  # the two really differ
 
 
 def test_flip_and_scale_averaging(model, rng):
@@ -87,9 +94,12 @@ def test_flip_and_scale_averaging(model, rng):
     for q in (32, 40, 48):
         img = ev.rescale(image, q)
         assert min(img.shape[:2]) == q
-        one = (plain.dense(img) + plain.dense(np.ascontiguousarray(img[:, ::-1]))) / 2
+        a, b = plain.dense(img), plain.dense(np.ascontiguousarray(img[:, ::-1]))
+        assert np.abs(a - b).max() > 1e-4
+        one = (a + b) / 2
         np.testing.assert_allclose(flipped.dense(img), one, atol=1e-6)
         per_scale.append(one)
+    assert np.abs(per_scale[0] - per_scale[2]).max() > 1e-4
     np.testing.assert_allclose(flipped.evaluate_image(image), np.mean(per_scale, axis=0), atol=1e-6)
     both = evaluator(model, flip=True, scales=[32, 40], mode="both")
     dense = np.mean([flipped.dense(ev.rescale(image, q)) for q in (32, 40)], axis=0)

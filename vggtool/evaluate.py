@@ -3,6 +3,7 @@
 Per image and test scale Q the image is rescaled isotropically so its smallest side is Q, then
 - dense: the convolutionalised net (vggtool.surgery) runs on the whole image -> class score map ->
   softmax over classes at every location -> spatial average (and the same for the flipped image);
+  `average='scores'` instead averages the score map then applies softmax (the paper's sum-pooling);
 - multi-crop: a 5x5 regular grid of crop x crop windows (corners included) and, with flips, their
   mirrors: 50 crops per scale, batched -> softmax -> average.
 Posteriors are averaged over flips and scales; `both` averages the dense and multi-crop posteriors.
@@ -26,6 +27,7 @@ from .net import Net
 from .proto import caffe_pb2
 
 MODES = ("dense", "multicrop", "both")
+AVERAGES = ("posteriors", "scores")  # dense map: softmax per location then average, or average then softmax
 GRID = 5  # multi-crop grid per side (the paper: 5x5 crops, 2 flips -> 50 per scale)
 
 
@@ -108,9 +110,12 @@ def default_scales(crop):
 class Evaluator:
     """Runs a deploy net (InnerProducts convolutionalised in memory) under the VGG testing protocol."""
 
-    def __init__(self, model, weights, *, scales, mode="dense", flip=False, crop=None, mean=None,
-                 blob=None, device=CPU, batch=50, source=None):
+    def __init__(self, model, weights, *, scales=None, mode="dense", flip=False, crop=None, mean=None,
+                 blob=None, device=CPU, batch=50, average="posteriors", source=None):
         source = source or (model if isinstance(model, str) else "net")
+        if average not in AVERAGES:
+            raise VggtoolError(f"--average must be one of {', '.join(AVERAGES)}, got '{average}'")
+        self.average = average
         if mode not in MODES:
             raise VggtoolError(f"--mode must be one of {', '.join(MODES)}, got '{mode}'")
         if weights is not None and not os.path.exists(str(weights)):
@@ -176,12 +181,16 @@ class Evaluator:
         return np.ascontiguousarray(x.transpose(2, 0, 1))
 
     def posteriors(self, batch):
-        """N x C x H x W input -> (N, classes) posteriors, softmax per location then spatial average."""
+        """N x C x H x W input -> (N, classes) posteriors: softmax per location then spatial average
+        (average='scores': the paper's sum-pooling of the score map, then softmax)."""
         self.net.forward(**{self.input: batch}, end=self.end_layer)
         s = to_numpy(self.net.blobs[self.score_blob].data).astype(np.float64)
         s = s.reshape(s.shape[0], s.shape[1], -1)
-        p = s if self.is_posterior else softmax(s, axis=1)
-        return p.mean(axis=2)
+        if self.is_posterior:
+            return s.mean(axis=2)
+        if self.average == "scores":
+            return softmax(s.mean(axis=2), axis=1)
+        return softmax(s, axis=1).mean(axis=2)
 
     def dense(self, image_q):
         x = self.preprocess(image_q)

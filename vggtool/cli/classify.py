@@ -21,6 +21,8 @@ def add_arguments(parser):
     parser.add_argument("--no-flip", dest="flip", action="store_false", help="do not average with the flip")
     parser.add_argument("--mean-value", default=None, help="per-channel mean B,G,R (or one value)")
     parser.add_argument("--mean-file", default=None, help="mean .binaryproto (averaged per channel)")
+    parser.add_argument("--average", default="posteriors", choices=("posteriors", "scores"),
+                        help="dense score map: softmax per location then average (default), or average then softmax")
     parser.add_argument("--blob", default=None, help="class score blob (default: input of the final Softmax)")
     parser.add_argument("--top", type=int, default=5, help="classes to print per image (default 5)")
     parser.add_argument("--gpu", default=None, help="GPU id (default: CPU)")
@@ -44,7 +46,7 @@ def run(args):
     labels = read_labels(args.labels) if args.labels else None
     scales = ev.parse_scales(args.scales) if args.scales else None
     evaluator = ev.Evaluator(args.net, args.weights, scales=scales, mode=args.mode, flip=args.flip,
-                             mean=mean, blob=args.blob, device=_device(args))
+                             mean=mean, blob=args.blob, average=args.average, device=_device(args))
     for path in args.images:
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:

@@ -30,6 +30,8 @@ def add_arguments(parser):
     g.add_argument("--crop", type=int, default=None, help="multi-crop size (default: the net's input size)")
     g.add_argument("--mean-value", default=None, help="per-channel mean B,G,R (or one value)")
     g.add_argument("--mean-file", default=None, help="mean .binaryproto (averaged per channel)")
+    g.add_argument("--average", default="posteriors", choices=("posteriors", "scores"),
+                   help="dense score map: softmax per location then average (default), or average then softmax")
     g.add_argument("--blob", default=None, help="class score blob (default: input of the final Softmax)")
     g.add_argument("--batch", type=int, default=50, help="crops per forward pass in multi-crop (default 50)")
     g.add_argument("--out", default=None, help="write posteriors, labels and keys to this .npz")
@@ -101,7 +103,8 @@ def run_evaluation(args):
     if args.mean_value is not None or args.mean_file is not None:
         mean = ev.load_mean(args.mean_value, args.mean_file)
     evaluator = ev.Evaluator(args.net, args.weights, scales=scales, mode=args.mode, flip=args.flip,
-                             crop=args.crop, mean=mean, blob=args.blob, device=_device(args), batch=args.batch)
+                             crop=args.crop, mean=mean, blob=args.blob, average=args.average,
+                             device=_device(args), batch=args.batch)
     print(f"evaluating {args.net} ({args.mode}, scales {','.join(map(str, evaluator.scales))}"
           f"{', flips' if args.flip else ''}, score blob '{evaluator.score_blob}')", flush=True)
     posteriors, labels, keys = ev.evaluate(evaluator, args.data, args.root, args.limit)
