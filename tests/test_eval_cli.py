@@ -52,7 +52,7 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
     weights = str(tmp_path / "w.caffemodel")
     net.save(weights)
     assert main(["test", "--net", str(path), "--weights", weights, "--iterations", "3"]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # glog lines go to stderr, as Caffe's
     loss = -math.log(math.e / (2 + math.e))
     assert re.search(r"^I\d{4} [\d:.]+ +\d+ \S+\] Running for 3 iterations\.$", out, re.M)
     assert len(re.findall(r"\] Batch \d, accuracy = 1$", out, re.M)) == 3

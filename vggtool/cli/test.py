@@ -45,11 +45,11 @@ def _device(args):
 
 
 def glog(message, file=None):
-    """One log line with glog's classic prefix (as `caffe test` prints)."""
+    """One log line with glog's classic prefix, on stderr like glog (as `caffe test` prints)."""
     t = time.time()
     line = sys._getframe(1).f_lineno
     stamp = time.strftime("%m%d %H:%M:%S", time.localtime(t)) + f".{int((t % 1) * 1e6):06d}"
-    print(f"I{stamp} {os.getpid():5d} test.py:{line}] {message}", file=file or sys.stdout, flush=True)
+    print(f"I{stamp} {os.getpid():5d} test.py:{line}] {message}", file=file or sys.stderr, flush=True)
 
 
 def fmt(x):
