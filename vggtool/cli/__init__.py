@@ -16,6 +16,10 @@ COMMANDS = {
     "train": "train",
     "plot": "plot",
     "time": "time",
+    "test": "test",
+    "convolutionalize": "convolutionalize",
+    "fuse": "fuse",
+    "classify": "classify",
 }
 
 
