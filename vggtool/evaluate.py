@@ -111,11 +111,12 @@ class Evaluator:
     """Runs a deploy net (InnerProducts convolutionalised in memory) under the VGG testing protocol."""
 
     def __init__(self, model, weights, *, scales=None, mode="dense", flip=False, crop=None, mean=None,
-                 blob=None, device=CPU, batch=50, average="posteriors", source=None):
+                 blob=None, device=CPU, batch=50, average="posteriors", source=None, scale=1.0):
         source = source or (model if isinstance(model, str) else "net")
         if average not in AVERAGES:
             raise VggtoolError(f"--average must be one of {', '.join(AVERAGES)}, got '{average}'")
         self.average = average
+        self.scale = float(scale)  # Caffe's transform_param scale, applied after mean subtraction
         if mode not in MODES:
             raise VggtoolError(f"--mode must be one of {', '.join(MODES)}, got '{mode}'")
         if weights is not None and not os.path.exists(str(weights)):
@@ -172,12 +173,14 @@ class Evaluator:
 
     # -- forward ---------------------------------------------------------------------------------------
     def preprocess(self, image):
-        """HxWxC BGR uint8 -> CxHxW float32 minus mean."""
+        """HxWxC BGR uint8 -> CxHxW float32: (image - mean) * scale, as Caffe's transform."""
         if image.ndim == 2:
             image = image[:, :, None]
         if image.shape[2] != self.channels:
             raise VggtoolError(f"image has {image.shape[2]} channel(s), the net's input has {self.channels}")
         x = image.astype(np.float32) - self.mean
+        if self.scale != 1.0:
+            x *= self.scale
         return np.ascontiguousarray(x.transpose(2, 0, 1))
 
     def posteriors(self, batch):

@@ -30,6 +30,8 @@ def add_arguments(parser):
     g.add_argument("--crop", type=int, default=None, help="multi-crop size (default: the net's input size)")
     g.add_argument("--mean-value", default=None, help="per-channel mean B,G,R (or one value)")
     g.add_argument("--mean-file", default=None, help="mean .binaryproto (averaged per channel)")
+    g.add_argument("--scale", type=float, default=1.0,
+                   help="multiply the mean-subtracted input by this (Caffe's transform_param scale)")
     g.add_argument("--average", default="posteriors", choices=("posteriors", "scores"),
                    help="dense score map: softmax per location then average (default), or average then softmax")
     g.add_argument("--blob", default=None, help="class score blob (default: input of the final Softmax)")
@@ -104,7 +106,7 @@ def run_evaluation(args):
         mean = ev.load_mean(args.mean_value, args.mean_file)
     evaluator = ev.Evaluator(args.net, args.weights, scales=scales, mode=args.mode, flip=args.flip,
                              crop=args.crop, mean=mean, blob=args.blob, average=args.average,
-                             device=_device(args), batch=args.batch)
+                             device=_device(args), batch=args.batch, scale=args.scale)
     print(f"evaluating {args.net} ({args.mode}, scales {','.join(map(str, evaluator.scales))}"
           f"{', flips' if args.flip else ''}, score blob '{evaluator.score_blob}')", flush=True)
     posteriors, labels, keys = ev.evaluate(evaluator, args.data, args.root, args.limit)
