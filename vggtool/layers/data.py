@@ -8,10 +8,12 @@ Net.sample_rng -- so a batch depends only on t, never on the history of calls or
 split over devices. In TRAIN t is net.iteration (set by the solver; resume is exact). In TEST t counts
 the layer's forward passes, so successive test batches walk through the data as in Caffe.
 
-Multi-device hook: `batch_size` is the WHOLE batch. A replica reads `net.batch_divisor` (number of
-replicas, default 1) at setup and produces batch_size / batch_divisor samples (an error if it does not
-divide), the ones with global indices net.sample_offset + i (the solver sets sample_offset = replica
-index * local batch). `net.batch_share = (offset, count)`, when present, overrides both.
+Multi-device hook: `batch_size` is the WHOLE batch. A replica's net carries `net.batch_divisor` (the
+number of replicas, default 1) and `net.sample_offset` (global index of its first sample, i.e. replica
+index * batch_size / batch_divisor). The layer produces batch_size / batch_divisor samples (an error if
+it does not divide), those with global indices sample_offset + i. batch_divisor is read at setup and
+at every reshape, so a parallel driver sets it after building the replica's net and calls
+net.reshape(), which also reshapes the layers downstream; sample_offset is read at every forward.
 
 Prefetch: decoding and augmentation run in a pool of worker threads (OpenCV releases the GIL; threads
 beat processes here, see PERF_NOTES). After batch t is taken, batches t+1 .. t+prefetch are queued. They
@@ -74,14 +76,7 @@ class PrefetchingDataLayer(Layer):
         net = self.net
         self.seed = net.seed if net is not None else 0
         self.layer_key = zlib.crc32(self.name.encode())
-        divisor = int(getattr(net, "batch_divisor", 1) or 1)
-        if self.batch_size % divisor:
-            raise self.error(f"batch_size {self.batch_size} does not divide over {divisor} replicas; "
-                             f"use a multiple of {divisor}")
-        self.local_batch = self.batch_size // divisor
-        share = getattr(net, "batch_share", None)
-        if share is not None:
-            self.local_batch = int(share[1])
+        self.local_batch = self.replica_batch()
         self.skip = 0
         if self.rand_skip:
             self.skip = int(np.random.default_rng([self.seed, self.layer_key, 1]).integers(0, self.rand_skip + 1))
@@ -93,15 +88,22 @@ class PrefetchingDataLayer(Layer):
         # Shape from the first good record, as Caffe does.
         index, image, _ = self._load_good(0)
         self.shape = self.transformer.output_shape(image)
-        top[0].reshape((self.local_batch,) + self.shape)
-        if len(top) > 1:
-            top[1].reshape((self.local_batch,))
         self.pool = ThreadPoolExecutor(max_workers=_worker_threads(), thread_name_prefix=f"data-{self.name}")
         weakref.finalize(self, self.pool.shutdown, wait=False, cancel_futures=True)
         self._pending = {}
 
+    def replica_batch(self):
+        divisor = int(getattr(self.net, "batch_divisor", 1) or 1)
+        if divisor < 1 or self.batch_size % divisor:
+            raise self.error(f"batch_size {self.batch_size} (the whole batch) does not divide over {divisor} "
+                             f"replicas; use a multiple of {divisor}")
+        return self.batch_size // divisor
+
     def reshape(self, bottom, top):
-        pass
+        self.local_batch = self.replica_batch()
+        top[0].reshape((self.local_batch,) + self.shape)
+        if len(top) > 1:
+            top[1].reshape((self.local_batch,))
 
     def backward(self, top, propagate_down, bottom):
         pass
@@ -155,8 +157,9 @@ class PrefetchingDataLayer(Layer):
 
     def forward(self, bottom, top):
         t = self.batch_position()
-        share = getattr(self.net, "batch_share", None)
-        offset = int(share[0]) if share is not None else int(getattr(self.net, "sample_offset", 0))
+        if self.replica_batch() != self.local_batch:
+            raise self.error("net.batch_divisor changed since the last reshape: call net.reshape()")
+        offset = int(getattr(self.net, "sample_offset", 0))
         key = (t, offset, self.local_batch)
         futures = self._pending.pop(key, None) or self._submit(key)
         # Queue the following batches before waiting, so workers stay busy while this one trains.
