@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from ..data.datum import datum_to_image, decode_image_bytes, open_lmdb
+from ..data.datum import datum_to_image, decode_image_bytes, shared_lmdb
 from ..data.imagelist import read_image_list
 from ..data.transform import DataTransformer
 from ..errors import VggtoolError
@@ -205,7 +205,7 @@ class DataLayer(PrefetchingDataLayer):
 
     def open_source(self):
         try:
-            self.env = open_lmdb(self.source_path)
+            self.env = shared_lmdb(self.source_path)
         except VggtoolError as e:
             raise self.error(str(e)) from None
         with self.env.begin() as txn:
