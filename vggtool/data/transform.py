@@ -131,21 +131,25 @@ class DataTransformer:
                 h_off, w_off = (h - crop) // 2, (w - crop) // 2
             image = image[h_off:h_off + crop, w_off:w_off + crop]
         mirror = bool(self.train and p.mirror and rng.integers(0, 2))
-        out = image.transpose(2, 0, 1).astype(np.float32)
         if mirror:
-            out = out[:, :, ::-1]
+            image = image[:, ::-1]
+        out = image.transpose(2, 0, 1).astype(np.float32)  # a fresh contiguous C x H x W copy
+        # The colour shift and a per-channel mean are one offset per channel: one pass over the pixels.
+        offset = None
         if self.pca is not None and self.train:
             if c != 3:
                 raise self.error(f"pca_stats_file needs 3-channel images, {source} has {c}")
             std, vectors = self.pca
             alpha = rng.normal(0.0, p.pca_sigma, 3)
-            shift_rgb = vectors @ (alpha * std)
-            out += shift_rgb[::-1].astype(np.float32).reshape(3, 1, 1)  # RGB -> BGR
+            offset = -(vectors @ (alpha * std))[::-1].astype(np.float32).reshape(3, 1, 1)  # RGB -> BGR
         if self.mean is not None:
-            out -= self._mean_for(out.shape, h, w, h_off, w_off, mirror, source)
+            mean = self._mean_for(out.shape, h, w, h_off, w_off, mirror, source)
+            offset = mean if offset is None else offset + mean
+        if offset is not None:
+            out -= offset
         if p.scale != 1:
             out *= np.float32(p.scale)
-        return np.ascontiguousarray(out)
+        return out
 
     def _mean_for(self, shape, h, w, h_off, w_off, mirror, source):
         mean = self.mean

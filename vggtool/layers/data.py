@@ -143,9 +143,21 @@ class PrefetchingDataLayer(Layer):
                              "set crop_size (or resize when converting) so all inputs have one size")
         return out, label
 
+    def _fill(self, t, offset, lo, hi, data, labels):
+        for i in range(lo, hi):
+            data[i], labels[i] = self.make_sample(t, offset + i)
+
     def _submit(self, key):
+        """Queue batch `key` = (t, offset, count) as a few chunks of samples (per-task overhead matters
+        for small images); the workers write straight into the batch's buffers."""
         t, offset, count = key
-        return [self.pool.submit(self.make_sample, t, offset + i) for i in range(count)]
+        data = np.empty((count,) + self.shape, dtype=np.float32)
+        labels = np.empty(count, dtype=np.float32)
+        chunks = min(count, 2 * self.pool._max_workers)
+        bounds = [count * k // chunks for k in range(chunks + 1)]
+        futures = [self.pool.submit(self._fill, t, offset, lo, hi, data, labels)
+                   for lo, hi in zip(bounds[:-1], bounds[1:])]
+        return futures, data, labels
 
     # -- forward ------------------------------------------------------------------------------------------
     def batch_position(self):
@@ -161,25 +173,24 @@ class PrefetchingDataLayer(Layer):
             raise self.error("net.batch_divisor changed since the last reshape: call net.reshape()")
         offset = int(getattr(self.net, "sample_offset", 0))
         key = (t, offset, self.local_batch)
-        futures = self._pending.pop(key, None) or self._submit(key)
+        entry = self._pending.pop(key, None) or self._submit(key)
         # Queue the following batches before waiting, so workers stay busy while this one trains.
         for k in [k for k in self._pending if not (t < k[0] <= t + self.prefetch) or k[1:] != key[1:]]:
-            for f in self._pending.pop(k):
+            for f in self._pending.pop(k)[0]:
                 f.cancel()
         for dt in range(1, self.prefetch + 1):
             nxt = (t + dt, offset, self.local_batch)
             if nxt not in self._pending:
                 self._pending[nxt] = self._submit(nxt)
-        data = np.empty((self.local_batch,) + self.shape, dtype=self.dtype)
-        labels = np.empty(self.local_batch, dtype=self.dtype)
-        for i, f in enumerate(futures):
-            data[i], labels[i] = f.result()
+        futures, data, labels = entry
+        for f in futures:
+            f.result()  # re-raises a worker's error here, in the training thread
         top[0].data[...] = self.xp.asarray(data)
         if len(top) > 1:
             top[1].data[...] = self.xp.asarray(labels)
 
     def close(self):
-        for futures in self._pending.values():
+        for futures, _, _ in self._pending.values():
             for f in futures:
                 f.cancel()
         self._pending.clear()
