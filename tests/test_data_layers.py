@@ -70,6 +70,17 @@ def test_same_seed_same_batch_and_resume_is_exact(db):
     assert not np.array_equal(seq[0][0], seq[5][0][[2, 3, 0, 1]])  # t=5 reads the same records, new draws
 
 
+def test_rand_skip_is_seeded(db):
+    skips = set()
+    for seed in range(6):
+        a = batch(data_net(db, seed=seed, extra="rand_skip: 5"), 0)[1]
+        b = batch(data_net(db, seed=seed, extra="rand_skip: 5"), 0)[1]
+        np.testing.assert_array_equal(a, b)
+        assert 0 <= a[0] <= 5 and np.array_equal(a, (a[0] + np.arange(4)) % N)
+        skips.add(int(a[0]))
+    assert len(skips) > 1
+
+
 def test_layer_rng_matches_net_sample_rng(db):
     net = data_net(db)
     layer = net.layer_dict["data"]
@@ -168,6 +179,8 @@ def test_data_layer_on_digits(digits):
     d, l = batch(net, 2)
     assert d.shape == (32, 3, 28, 28) and 0 <= d.min() and d.max() <= 1 and d.max() > 0.5
     np.testing.assert_array_equal(l, labels_in_list[64:96])
+    gray = data_net(digits / "val_lmdb", transform="force_gray: true")
+    assert batch(gray, 0)[0].shape == (4, 1, 32, 32)
 
 
 def test_image_data_layer(digits, tmp_path, caplog):

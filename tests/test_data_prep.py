@@ -178,6 +178,13 @@ def test_digits_export_and_convert(tmp_path, capsys):
         assert abs(n_val / (n_train + n_val) - 0.2) < 0.02
     image = cv2.imread(str(out / train[0][0]), cv2.IMREAD_UNCHANGED)
     assert image.shape == (32, 32) and image.max() > 200 and image.min() == 0
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    for name, label in train[:20]:  # images/<label>/<index>.png is digit <index> of scikit-learn
+        index = int(os.path.basename(name)[:-4])
+        assert digits.target[index] == int(label) and name.startswith(f"images/{label}/")
+        small = cv2.resize(cv2.imread(str(out / name), cv2.IMREAD_GRAYSCALE), (8, 8), interpolation=cv2.INTER_AREA)
+        assert np.corrcoef(small.ravel(), digits.images[index].ravel())[0, 1] > 0.9
     assert convert(out, out / "val.txt", tmp_path / "val_lmdb") == 0
     recs = records(tmp_path / "val_lmdb")
     assert [d.label for _, d in recs] == [int(l) for _, l in val]
