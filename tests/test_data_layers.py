@@ -183,6 +183,21 @@ def test_data_layer_on_digits(digits):
     assert batch(gray, 0)[0].shape == (4, 1, 32, 32)
 
 
+def test_training_net_on_digits(digits):
+    text = f"""
+    layer {{ name: "data" type: "Data" top: "data" top: "label"
+      data_param {{ source: "{digits / 'val_lmdb'}" batch_size: 16 backend: LMDB }}
+      transform_param {{ crop_size: 28 mirror: true smallest_side_min: 32 smallest_side_max: 36 scale: 0.0039 }} }}
+    layer {{ name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+      inner_product_param {{ num_output: 10 weight_filler {{ type: "xavier" }} }} }}
+    layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }}
+    """
+    net = vggtool.Net(parse_net_text(text), phase="TRAIN", seed=0)
+    loss = float(net.forward_backward())
+    assert np.isfinite(loss) and 1.0 < loss < 5.0
+    assert np.abs(net.params["fc"][0].diff).sum() > 0
+
+
 def test_image_data_layer(digits, tmp_path, caplog):
     n = len((digits / "val.txt").read_text().splitlines())
     extra = f'root_folder: "{digits}" shuffle: true new_height: 36 new_width: 36'

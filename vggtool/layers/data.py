@@ -88,7 +88,8 @@ class PrefetchingDataLayer(Layer):
         # Shape from the first good record, as Caffe does.
         index, image, _ = self._load_good(0)
         self.shape = self.transformer.output_shape(image)
-        self.pool = ThreadPoolExecutor(max_workers=_worker_threads(), thread_name_prefix=f"data-{self.name}")
+        self.threads = _worker_threads()
+        self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix=f"data-{self.name}")
         weakref.finalize(self, self.pool.shutdown, wait=False, cancel_futures=True)
         self._pending = {}
 
@@ -153,7 +154,7 @@ class PrefetchingDataLayer(Layer):
         t, offset, count = key
         data = np.empty((count,) + self.shape, dtype=np.float32)
         labels = np.empty(count, dtype=np.float32)
-        chunks = min(count, 2 * self.pool._max_workers)
+        chunks = min(count, 2 * self.threads)
         bounds = [count * k // chunks for k in range(chunks + 1)]
         futures = [self.pool.submit(self._fill, t, offset, lo, hi, data, labels)
                    for lo, hi in zip(bounds[:-1], bounds[1:])]
