@@ -161,9 +161,13 @@ def run(args):
         writer.close()
         if count == 0:
             raise VggtoolError(f"no image of {args.list} could be read; nothing written")
-        if os.path.exists(db):
-            shutil.rmtree(db)
+        old = None
+        if os.path.exists(db):  # --overwrite: move the old DB aside first, so a DB exists at every moment
+            old = tmp + ".old"
+            os.replace(db, old)
         os.replace(tmp, db)
+        if old:
+            shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
     except BaseException:
         writer.env.close()
         shutil.rmtree(tmp, ignore_errors=True)
