@@ -67,7 +67,7 @@ def make_datum(path, label, args):
     shape = resized.shape[:2]
     if not args.encoded:
         return array_to_datum(resized, label), shape
-    ext = os.path.splitext(path)[1].lower()
+    ext = os.path.splitext(path)[1].lower().replace(".jpeg", ".jpg")
     want = _ENCODINGS.get(args.encode_type.lower(), ext) if args.encode_type else ext
     # Keep the file's own bytes only when nothing about the pixels changes (Caffe does the same).
     if resized is image and want == ext and not args.gray:
