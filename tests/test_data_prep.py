@@ -63,6 +63,12 @@ def test_encoded_keeps_png_bytes_and_reencodes_jpeg(tmp_path, rng):
     for (_, datum), (_, _, pixels) in zip(records(tmp_path / "db2"), items):
         assert datum.data[:8] == b"\x89PNG\r\n\x1a\n"
         np.testing.assert_array_equal(datum_to_image(datum), pixels)  # PNG is lossless
+    assert convert(jpg_root, listing, tmp_path / "db3", "--encoded") == 0  # same type, no resize: file bytes
+    for (_, datum), (name, _, _) in zip(records(tmp_path / "db3"), items):
+        assert datum.data == (jpg_root / name).read_bytes()
+    assert convert(jpg_root, listing, tmp_path / "db4", "--encoded", "--resize_smallest", "9") == 0
+    for _, datum in records(tmp_path / "db4"):  # resized: re-encoded in the source's type
+        assert datum.data[:2] == b"\xff\xd8" and min(datum_to_image(datum).shape[:2]) == 9
 
 
 def test_resize_gray_shuffle(tmp_path, rng):
