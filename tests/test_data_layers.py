@@ -113,6 +113,19 @@ def test_test_phase_deterministic_and_sequential(db):
     np.testing.assert_array_equal(np.concatenate(labels), [i % N for i in range(12)])
     b_out = b.forward()
     np.testing.assert_array_equal(b_out["data"], first[0]["data"])
+    # The solver's test rounds set iteration = test batch index: every round sees the same batches.
+    c = data_net(db, "TEST", transform=transform)
+    rounds = [[batch(c, k)[1] for k in range(2)] for _ in range(2)]
+    np.testing.assert_array_equal(np.concatenate(rounds[0]), np.concatenate(rounds[1]))
+    np.testing.assert_array_equal(np.concatenate(rounds[0]), [i % N for i in range(8)])
+
+
+def test_unchanged_iteration_reads_the_next_batch(db):
+    net = data_net(db, batch=4, transform="")
+    assert list(batch(net, 5)[1]) == [0, 1, 2, 3]  # (5 * 4) mod 10 = 0
+    assert list(net.forward()["label"]) == [4, 5, 6, 7]  # iteration still 5: batch 6
+    assert list(batch(net, 5)[1]) == [8, 9, 0, 1]  # still unchanged: batch 7
+    assert list(batch(net, 2)[1]) == [8, 9, 0, 1]  # set explicitly: batch 2
 
 
 def write_db(path, values):

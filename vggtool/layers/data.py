@@ -4,9 +4,9 @@
 Determinism. The record of sample i of batch t is (skip + t * batch_size + sample_offset + i) mod N
 (ImageData with shuffle: position p of a seeded permutation drawn per epoch), and every random draw of
 the sample comes from a Generator seeded by (net seed, layer, t, sample_offset + i) -- the same key as
-Net.sample_rng -- so a batch depends only on t, never on the history of calls or on how the batch is
-split over devices. In TRAIN t is net.iteration (set by the solver; resume is exact). In TEST t counts
-the layer's forward passes, so successive test batches walk through the data as in Caffe.
+Net.sample_rng -- so a batch depends only on t, not on how the batch is split over devices. t is net.iteration, set by the solver (iter * iter_size + micro-batch; test nets:
+the test batch index), so resume is exact; a forward at an unchanged net.iteration reads batch t + 1
+(a caller that never sets it, e.g. a pycaffe-style loop, walks through the data as in Caffe).
 
 Multi-device hook: `batch_size` is the WHOLE batch. A replica's net carries `net.batch_divisor` (the
 number of replicas, default 1) and `net.sample_offset` (global index of its first sample, i.e. replica
@@ -84,7 +84,7 @@ class PrefetchingDataLayer(Layer):
         self._warned = set()
         self._lock = threading.Lock()
         self._perms = {}
-        self._test_batch = 0
+        self._t, self._last_iteration = 0, None
         # Shape from the first good record, as Caffe does.
         index, image, _ = self._load_good(0)
         self.shape = self.transformer.output_shape(image)
@@ -162,11 +162,12 @@ class PrefetchingDataLayer(Layer):
 
     # -- forward ------------------------------------------------------------------------------------------
     def batch_position(self):
-        if self.phase == 0 and self.net is not None:
-            return int(self.net.iteration)
-        t = self._test_batch
-        self._test_batch += 1
-        return t
+        """Batch index t: net.iteration, or the next batch when net.iteration has not changed since the
+        last forward (a caller that never sets it walks through the data, as with Caffe's layers)."""
+        it = int(getattr(self.net, "iteration", 0) or 0)
+        self._t = self._t + 1 if it == self._last_iteration else it
+        self._last_iteration = it
+        return self._t
 
     def forward(self, bottom, top):
         t = self.batch_position()
