@@ -13,6 +13,9 @@ from ..errors import VggtoolError
 # subcommand name -> module (in this package)
 COMMANDS = {
     "device_query": "device_query",
+    "train": "train",
+    "plot": "plot",
+    "time": "time",
 }
 
 

@@ -11,5 +11,9 @@ from . import (  # noqa: F401,E402
     softmax,
     accuracy,
     split,
+    lrn,
+    eltwise,
+    shape,
+    loss,
     data,
 )

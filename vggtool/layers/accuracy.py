@@ -1,5 +1,8 @@
-"""Accuracy: the fraction of predictions whose true class is among the top_k scores (Caffe's rule:
-correct unless top_k other classes score strictly higher; ties count in favour)."""
+"""Accuracy: the fraction of predictions whose true class is among the top_k scores.
+
+Caffe's rule (accuracy_layer.cpp/.cu): a prediction is correct when fewer than top_k OTHER classes
+score >= the true class, so a tie with another class counts against it. Ignored labels count nowhere;
+the optional second top is the accuracy per true class (0 for a class with no samples)."""
 import numpy as np
 
 from .base import Layer, register_layer
@@ -40,17 +43,15 @@ class AccuracyLayer(Layer):
         if bool((valid & ((safe < 0) | (safe >= self.classes))).any()):
             raise self.error(f"a label is outside [0, {self.classes})")
         true_score = xp.take_along_axis(scores, safe[:, None, :], axis=1)
-        better = (scores > true_score).sum(axis=1)
+        better = (scores >= true_score).sum(axis=1) - 1  # the true class itself scores >= itself
         correct = (better < self.top_k) & valid
         count = int(valid.sum())
         top[0].data[...] = float(correct.sum()) / count if count else 0.0
         if len(top) == 2:
-            per_class = xp.zeros(self.classes, dtype=self.dtype)
-            for c in range(self.classes):
-                mask = valid & (safe == c)
-                n = int(mask.sum())
-                per_class[c] = float((correct & mask).sum()) / n if n else 0.0
-            top[1].data[...] = per_class
+            # One bincount each instead of a loop over (possibly 1000) classes.
+            totals = xp.bincount(safe[valid].ravel(), minlength=self.classes)
+            hits = xp.bincount(safe[correct].ravel(), minlength=self.classes)
+            top[1].data[...] = xp.where(totals > 0, hits / xp.maximum(totals, 1), 0)
 
     def backward(self, top, propagate_down, bottom):
         if any(propagate_down):

@@ -1,4 +1,5 @@
-"""Element-wise layers: ReLU (with negative_slope) and Dropout. All may run in place (top == bottom)."""
+"""Element-wise layers: ReLU (with negative_slope), Sigmoid, TanH and Dropout. All may run in place
+(top == bottom): Sigmoid and TanH take their gradient from the output only."""
 import numpy as np
 
 from .base import Layer, register_layer
@@ -77,3 +78,33 @@ class DropoutLayer(NeuronLayer):
             self.xp.multiply(dy, self.mask, out=dx)
         elif dx is not dy:
             dx[...] = dy
+
+
+@register_layer("Sigmoid")
+class SigmoidLayer(NeuronLayer):
+    def forward(self, bottom, top):
+        # 0.5 * tanh(0.5 x) + 0.5 == 1 / (1 + exp(-x)), without overflow for large |x| (Caffe's form).
+        xp = self.xp
+        y = top[0].data
+        xp.multiply(bottom[0].data, 0.5, out=y)
+        xp.tanh(y, out=y)
+        y *= 0.5
+        y += 0.5
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        y, dy = top[0].data, top[0].diff
+        bottom[0].diff[...] = dy * y * (1 - y)
+
+
+@register_layer("TanH")
+class TanHLayer(NeuronLayer):
+    def forward(self, bottom, top):
+        self.xp.tanh(bottom[0].data, out=top[0].data)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        y, dy = top[0].data, top[0].diff
+        bottom[0].diff[...] = dy * (1 - y * y)

@@ -1,7 +1,8 @@
 """Pooling (MAX, AVE) with Caffe's output size and padding rules.
 
 Output size (round_mode CEIL, Caffe's default): ceil((H + 2*pad - kernel) / stride) + 1, reduced by one
-when pad > 0 and the last window would start inside the bottom/right padding. MAX ignores padding and
+when the layer has any padding (pad_h or pad_w, checked for both axes, as Caffe does) and the last
+window would start inside the bottom/right padding. MAX ignores padding and
 picks the first maximum in window order (rows, then columns); AVE divides by the window's size clipped
 to the padded image (H + pad), so padding cells count but cells beyond it do not.
 """
@@ -15,10 +16,12 @@ MAX, AVE, STOCHASTIC = 0, 1, 2
 CEIL, FLOOR = 0, 1
 
 
-def pooled_size(size, kernel, stride, pad, round_mode=CEIL):
+def pooled_size(size, kernel, stride, pad, round_mode=CEIL, any_pad=None):
+    """any_pad: whether the layer pads on either axis (default: pad > 0); Caffe applies the
+    last-window rule to both axes as soon as one of them is padded."""
     span = (size + 2 * pad - kernel) / stride
     out = (math.ceil(span) if round_mode == CEIL else math.floor(span)) + 1
-    if pad > 0 and (out - 1) * stride >= size + pad:
+    if (pad > 0 if any_pad is None else any_pad) and (out - 1) * stride >= size + pad:
         out -= 1  # the last pooling window must start inside the image or its top/left padding
     return out
 
@@ -75,8 +78,9 @@ class PoolingLayer(Layer):
         n, c, h, w = bottom[0].shape
         if self.global_pooling:
             self.kh, self.kw = h, w
-        self.ho = pooled_size(h, self.kh, self.sh, self.ph, self.round_mode)
-        self.wo = pooled_size(w, self.kw, self.sw, self.pw, self.round_mode)
+        any_pad = bool(self.ph or self.pw)
+        self.ho = pooled_size(h, self.kh, self.sh, self.ph, self.round_mode, any_pad)
+        self.wo = pooled_size(w, self.kw, self.sw, self.pw, self.round_mode, any_pad)
         if self.ho <= 0 or self.wo <= 0:
             raise self.error(f"input {h}x{w} is too small for kernel {self.kh}x{self.kw}")
         for t in top:

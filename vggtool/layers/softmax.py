@@ -52,8 +52,8 @@ def loss_normalizer(mode, outer, inner, valid_count):
 
 
 def normalization_mode(loss_param):
-    # The legacy `normalize` flag, when given, overrides `normalization` (Caffe's rule).
-    if loss_param.HasField("normalize"):
+    # Caffe's rule: the legacy `normalize` flag counts only when `normalization` is not given.
+    if loss_param.HasField("normalize") and not loss_param.HasField("normalization"):
         return VALID if loss_param.normalize else BATCH_SIZE
     return loss_param.normalization
 

@@ -1,0 +1,155 @@
+"""Caffe's update rules (src/caffe/solvers/*_solver.cpp), one class per solver `type` string.
+
+Each rule turns a parameter's (clipped, normalised, regularised) gradient `g` = blob.diff into the update
+value, in place in blob.diff, keeping its history arrays; the solver then applies w -= diff. All math is
+`xp` code on the parameter's device. `rate` is the global rate; local_rate = rate * lr_mult.
+"""
+import math
+
+from ..errors import VggtoolError
+
+RULES = {}
+
+
+def rule(name):
+    def decorate(cls):
+        cls.type_name = name
+        RULES[name] = cls
+        return cls
+    return decorate
+
+
+class UpdateRule:
+    """Base: `history_per_param` history arrays per learnable parameter (Caffe saves them in that order:
+    all params' first history, then all params' second history)."""
+
+    history_per_param = 1
+
+    def __init__(self, param):
+        self.param = param
+
+    def check(self, source):
+        pass
+
+    def update(self, g, hist, local_rate, it, tmp):
+        """Turn g (the diff, modified in place) into the update value. hist: this param's history arrays;
+        tmp: two scratch arrays of g's shape (kept by the solver: no large temporaries per iteration)."""
+        raise NotImplementedError
+
+
+@rule("SGD")
+class SGD(UpdateRule):
+    # h = momentum * h + local_rate * g; update = h
+    def update(self, g, hist, local_rate, it, tmp):
+        xp, h = _xp(g), hist[0]
+        h *= self.param.momentum
+        xp.multiply(g, local_rate, out=tmp[0])
+        h += tmp[0]
+        g[...] = h
+
+
+@rule("Nesterov")
+class Nesterov(UpdateRule):
+    # h_new = momentum * h + local_rate * g; update = (1 + momentum) * h_new - momentum * h
+    def update(self, g, hist, local_rate, it, tmp):
+        xp, h, m = _xp(g), hist[0], self.param.momentum
+        old = tmp[0]
+        old[...] = h
+        h *= m
+        g *= local_rate
+        h += g
+        xp.multiply(h, 1 + m, out=g)
+        old *= m
+        g -= old
+
+
+@rule("AdaGrad")
+class AdaGrad(UpdateRule):
+    # h += g^2; update = local_rate * g / (sqrt(h) + delta)
+    def check(self, source):
+        if self.param.momentum != 0:
+            raise VggtoolError(f"{source}: momentum must be 0 for AdaGrad (Caffe's rule), got {self.param.momentum}")
+
+    def update(self, g, hist, local_rate, it, tmp):
+        xp, h, t = _xp(g), hist[0], tmp[0]
+        xp.multiply(g, g, out=t)
+        h += t
+        xp.sqrt(h, out=t)
+        t += self.param.delta
+        g /= t
+        g *= local_rate
+
+
+@rule("RMSProp")
+class RMSProp(UpdateRule):
+    # h = rms_decay * h + (1 - rms_decay) * g^2; update = local_rate * g / (sqrt(h) + delta)
+    def check(self, source):
+        if self.param.momentum != 0:
+            raise VggtoolError(f"{source}: momentum must be 0 for RMSProp (Caffe's rule), got {self.param.momentum}")
+        if not 0 <= self.param.rms_decay <= 1:
+            raise VggtoolError(f"{source}: rms_decay must be in [0, 1], got {self.param.rms_decay}")
+
+    def update(self, g, hist, local_rate, it, tmp):
+        xp, h, t, d = _xp(g), hist[0], tmp[0], self.param.rms_decay
+        xp.multiply(g, g, out=t)
+        t *= 1 - d
+        h *= d
+        h += t
+        xp.sqrt(h, out=t)
+        t += self.param.delta
+        g /= t
+        g *= local_rate
+
+
+@rule("AdaDelta")
+class AdaDelta(UpdateRule):
+    # hg = m * hg + (1-m) * g^2; u = g * sqrt((hu + delta) / (hg + delta)); hu = m * hu + (1-m) * u^2;
+    # update = local_rate * u
+    history_per_param = 2
+
+    def update(self, g, hist, local_rate, it, tmp):
+        xp, (hg, hu), (t, t2) = _xp(g), hist, tmp
+        m, delta = self.param.momentum, self.param.delta
+        xp.multiply(g, g, out=t)
+        t *= 1 - m
+        hg *= m
+        hg += t
+        xp.add(hu, delta, out=t)
+        xp.add(hg, delta, out=t2)
+        t /= t2
+        xp.sqrt(t, out=t)
+        g *= t
+        xp.multiply(g, g, out=t)
+        t *= 1 - m
+        hu *= m
+        hu += t
+        g *= local_rate
+
+
+@rule("Adam")
+class Adam(UpdateRule):
+    # m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; t = it + 1;
+    # update = local_rate * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + delta)
+    history_per_param = 2
+
+    def update(self, g, hist, local_rate, it, tmp):
+        xp, (m, v), t = _xp(g), hist, tmp[0]
+        b1, b2 = self.param.momentum, self.param.momentum2
+        step = it + 1
+        correction = math.sqrt(1 - b2 ** step) / (1 - b1 ** step)
+        m *= b1
+        xp.multiply(g, 1 - b1, out=t)
+        m += t
+        xp.multiply(g, g, out=t)
+        t *= 1 - b2
+        v *= b2
+        v += t
+        xp.sqrt(v, out=t)
+        t += self.param.delta
+        xp.divide(m, t, out=g)
+        g *= local_rate * correction
+
+
+def _xp(a):
+    from ..backend import get_array_module
+    return get_array_module(a)
