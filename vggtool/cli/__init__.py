@@ -17,6 +17,8 @@ COMMANDS = {
     "convolutionalize": "convolutionalize",
     "fuse": "fuse",
     "classify": "classify",
+    "extract": "extract",
+    "svm": "svm",
 }
 
 
