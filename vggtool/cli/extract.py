@@ -48,7 +48,6 @@ def run(args):
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise VggtoolError(f"--out: folder {out_dir} does not exist")
-    image_set = lb.open_image_set(args.data, args.root, args.split, lb.parse_classes(args.classes))
     mean = None
     if args.mean_value is not None or args.mean_file is not None:
         mean = ev.load_mean(args.mean_value, args.mean_file)
@@ -56,6 +55,7 @@ def run(args):
     extractor = fx.FeatureExtractor(args.net, args.weights, args.layer, scales=scales, flip=args.flip,
                                     aggregate=args.aggregate, mean=mean, pool=args.pool, device=device,
                                     batch=args.batch)
+    image_set = lb.open_image_set(args.data, args.root, args.split, lb.parse_classes(args.classes))
     how = (f"dense, scales {','.join(map(str, extractor.scales))} ({args.aggregate})"
            f"{', flips' if args.flip else ''}, global average pooling, L2" if args.pool else "raw blob")
     print(f"extracting '{extractor.blob}' of {args.net}: {how}", flush=True)
