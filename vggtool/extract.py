@@ -38,7 +38,7 @@ def l2_normalise(x, eps=1e-12):
 
 class FeatureExtractor:
     def __init__(self, model, weights, layer, *, scales=None, flip=False, aggregate="stack", mean=None,
-                 pool=True, device=CPU, batch=16, source=None):
+                 pool=True, device=CPU, batch=8, source=None):
         source = source or (model if isinstance(model, str) else "net")
         if aggregate not in AGGREGATES:
             raise VggtoolError(f"--aggregate must be one of {', '.join(AGGREGATES)}, got '{aggregate}'")

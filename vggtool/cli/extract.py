@@ -34,7 +34,7 @@ def add_arguments(parser):
                         "labels, keys) or an LMDB of Datum float_data")
     parser.add_argument("--out", required=True, help="output .npz file or LMDB folder")
     parser.add_argument("--overwrite", action="store_true", help="lmdb: replace an existing database")
-    parser.add_argument("--batch", type=int, default=16, help="net inputs per forward pass (default 16)")
+    parser.add_argument("--batch", type=int, default=8, help="net inputs per forward pass, flips included (default 8)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
     parser.add_argument("--gpu", default=None, help="GPU id to run on (default: CPU)")
 
