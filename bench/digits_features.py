@@ -24,22 +24,34 @@ from vggtool.cli import main  # noqa: E402
 from vggtool.extract import Features, l2_normalise  # noqa: E402
 
 # VGG-mini (the shape of netdefs/demo): 3x3 convs 16-32-64-64, three 2x2 pools, FC 256-256-10, 28x28 gray input
-NET = """name: "VGG_mini_digits"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 28 dim: 28 } } }
-""" + "".join(
-    f"""layer {{ name: "{n}" type: "Convolution" bottom: "{b}" top: "{n}"
-  convolution_param {{ num_output: {c} kernel_size: 3 pad: 1 weight_filler {{ type: "xavier" }} }} }}
-layer {{ name: "relu_{n}" type: "ReLU" bottom: "{n}" top: "{n}" }}
-""" + (f"""layer {{ name: "{p}" type: "Pooling" bottom: "{n}" top: "{p}" pooling_param {{ pool: MAX kernel_size: 2 stride: 2 }} }}
-""" if p else "")
-    for n, b, c, p in [("conv1_1", "data", 16, "pool1"), ("conv2_1", "pool1", 32, "pool2"),
-                       ("conv3_1", "pool2", 64, None), ("conv3_2", "conv3_1", 64, "pool3")]) + "".join(
-    f"""layer {{ name: "{n}" type: "InnerProduct" bottom: "{b}" top: "{n}"
-  inner_product_param {{ num_output: {c} weight_filler {{ type: "xavier" }} }} }}
-""" + (f"""layer {{ name: "relu_{n}" type: "ReLU" bottom: "{n}" top: "{n}" }}
-layer {{ name: "drop_{n}" type: "Dropout" bottom: "{n}" top: "{n}" dropout_param {{ dropout_ratio: 0.5 }} }}
-""" if c != 10 else "")
-    for n, b, c in [("fc6", "pool3", 256), ("fc7", "fc6", 256), ("fc8", "fc7", 10)])
+def conv(name, bottom, n, pool=None):
+    text = f"""layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}"
+  convolution_param {{ num_output: {n} kernel_size: 3 pad: 1 weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "relu_{name}" type: "ReLU" bottom: "{name}" top: "{name}" }}
+"""
+    if pool:
+        text += f"""layer {{ name: "{pool}" type: "Pooling" bottom: "{name}" top: "{pool}"
+  pooling_param {{ pool: MAX kernel_size: 2 stride: 2 }} }}
+"""
+    return text
+
+
+def fc(name, bottom, n, relu=True):
+    text = f"""layer {{ name: "{name}" type: "InnerProduct" bottom: "{bottom}" top: "{name}"
+  inner_product_param {{ num_output: {n} weight_filler {{ type: "xavier" }} }} }}
+"""
+    if relu:
+        text += f"""layer {{ name: "relu_{name}" type: "ReLU" bottom: "{name}" top: "{name}" }}
+layer {{ name: "drop_{name}" type: "Dropout" bottom: "{name}" top: "{name}" dropout_param {{ dropout_ratio: 0.5 }} }}
+"""
+    return text
+
+
+NET = ('name: "VGG_mini_digits"\n'
+       'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 28 dim: 28 } } }\n'
+       + conv("conv1_1", "data", 16, "pool1") + conv("conv2_1", "pool1", 32, "pool2")
+       + conv("conv3_1", "pool2", 64) + conv("conv3_2", "conv3_1", 64, "pool3")
+       + fc("fc6", "pool3", 256) + fc("fc7", "fc6", 256) + fc("fc8", "fc7", 10, relu=False))
 
 
 def write_digits(out, size=32):

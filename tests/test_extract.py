@@ -163,7 +163,7 @@ def test_no_pool_raw_blob_to_npz_and_lmdb(model, rng, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
-def test_list_and_voc_labels(tmp_path):
+def test_list_and_voc_labels(model, rng, tmp_path, capsys):
     (tmp_path / "l.txt").write_text("a b.png 3 1\nc.png\n\nd.png 2\n")
     assert read_labelled_list(str(tmp_path / "l.txt")) == [("a b.png", (3, 1), 1), ("c.png", (), 2), ("d.png", (2,), 4)]
     np.testing.assert_array_equal(label_array([(1,), (0,)]), [1, 0])
@@ -185,6 +185,18 @@ def test_list_and_voc_labels(tmp_path):
         open_image_set(str(voc), classes=["cat", "dog"])
     with pytest.raises(VggtoolError, match="check --split"):
         open_image_set(str(voc), split="test")
+    # end to end: the npz carries the multi-hot labels, class names and the difficult-only mask
+    (voc / "JPEGImages").mkdir()
+    for i in objects:
+        cv2.imwrite(str(voc / "JPEGImages" / f"{i}.jpg"), random_image(rng, 32, 40))
+    net, weights = model
+    out = tmp_path / "voc.npz"
+    assert main(["extract", "--net", net, "--weights", weights, "--layer", "fc7", "--data", str(voc),
+                 "--scales", "32", "--out", str(out)]) == 0, capsys.readouterr().err
+    f = load_features(str(out))
+    assert list(f.classes) == ["cat", "dog", "person"] and list(f.keys) == ["001", "002", "003"]
+    np.testing.assert_array_equal(f.labels, label_array(s.labels, s.classes, True))
+    np.testing.assert_array_equal(f.ignore, s.ignore)
 
 
 def run_cli(capsys, argv):
