@@ -20,6 +20,8 @@ COMMANDS = {
     "convolutionalize": "convolutionalize",
     "fuse": "fuse",
     "classify": "classify",
+    "extract": "extract",
+    "svm": "svm",
 }
 
 

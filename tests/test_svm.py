@@ -1,0 +1,173 @@
+"""vggtool svm: metrics against hand-computed values, splits, SVM protocols, and the CLI end to end on
+real images (scikit-learn's digits) through vggtool extract."""
+import cv2
+import numpy as np
+import pytest
+
+from eval_helpers import make_model
+from vggtool import svm
+from vggtool.cli import main
+from vggtool.errors import VggtoolError
+from vggtool.extract import Features, save_npz
+
+
+# -- average precision ---------------------------------------------------------------------------------------
+def test_ap_without_ties():
+    # ranking + - + -: (recall, precision) = (.5, 1), (.5, .5), (1, 2/3), (1, .5)
+    scores, pos = [0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0]
+    # area: recall 0->.5 at precision 1, .5->1 at 2/3
+    assert svm.average_precision(scores, pos, "area") == pytest.approx(0.5 + 0.5 * 2 / 3)
+    # 11-point: levels 0..0.5 (6) reach precision 1, levels .6..1 (5) reach 2/3
+    assert svm.average_precision(scores, pos, "11point") == pytest.approx((6 + 5 * 2 / 3) / 11)
+
+
+def test_ap_with_ties():
+    # 0.9(+) | 0.8(+) 0.8(-) | 0.4(-) | 0.3(+), 3 positives; the tied block enters the ranking at once:
+    # points (1/3, 1), (2/3, 2/3), (2/3, 1/2), (1, 3/5)
+    scores, pos = [0.8, 0.3, 0.9, 0.8, 0.4], [0, 1, 1, 1, 0]
+    assert svm.average_precision(scores, pos, "area") == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+    # 11-point: levels 0..0.3 -> 1 (4 levels), 0.4..0.6 -> 2/3 (3), 0.7..1 -> 3/5 (4)
+    assert svm.average_precision(scores, pos, "11point") == pytest.approx((4 + 3 * 2 / 3 + 4 * 3 / 5) / 11)
+    # the order of tied images never matters: one tie of a positive and a negative is precision 1/2
+    for order in ([1, 0], [0, 1]):
+        assert svm.average_precision([0.5, 0.5], order, "area") == pytest.approx(0.5)
+        assert svm.average_precision([0.5, 0.5], order, "11point") == pytest.approx(0.5)
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 4, 30).astype(float)
+    y = rng.integers(0, 2, 30)
+    p = rng.permutation(30)
+    for method in svm.AP_METHODS:
+        assert svm.average_precision(s, y, method) == pytest.approx(svm.average_precision(s[p], y[p], method))
+
+
+def test_ap_ignore_and_undefined():
+    # a difficult (ignored) image ranked first changes nothing
+    assert svm.average_precision([2.0, 0.9, 0.8], [0, 1, 0], ignore=[1, 0, 0]) == pytest.approx(1.0)
+    assert svm.average_precision([2.0, 0.9, 0.8], [0, 1, 0]) == pytest.approx(0.5)
+    assert np.isnan(svm.average_precision([0.3, 0.2], [0, 0]))
+    with pytest.raises(VggtoolError, match="--ap must be one of"):
+        svm.average_precision([1.0], [1], "voc99")
+
+
+def test_mean_average_precision_multilabel():
+    scores = np.array([[0.9, 0.1, 0.5], [0.8, 0.7, 0.4], [0.7, 0.2, 0.3], [0.6, 0.9, 0.2]])
+    targets = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+    # class 0: + - + -, AP 5/6; class 1: ranking 3(-) 1(+) 2(+) 0(-): (0,0),(.5,.5),(1,2/3),(1,.5) -> 2/3;
+    # class 2 has no positive: no AP, left out of the mean
+    m, aps = svm.mean_average_precision(scores, targets, "area")
+    np.testing.assert_allclose(aps[:2], [5 / 6, 2 / 3])
+    assert np.isnan(aps[2]) and m == pytest.approx((5 / 6 + 2 / 3) / 2)
+
+
+def test_class_recall():
+    # class 0: 1/1, class 1: 2/3, class 2: 1/2 -> mean 13/18 (plain accuracy would be 4/6)
+    m, per = svm.class_recall([0, 0, 1, 1, 1, 2], [0, 1, 1, 1, 2, 2])
+    assert per == pytest.approx({0: 1.0, 1: 2 / 3, 2: 0.5})
+    assert m == pytest.approx(13 / 18)
+
+
+# -- splits and SVMs ------------------------------------------------------------------------------------------
+def test_caltech_splits_are_seeded_and_disjoint():
+    labels = np.repeat([0, 1, 2], [40, 90, 35])
+    a = list(svm.caltech_splits(labels, 30, 50, 3, seed=5))
+    b = list(svm.caltech_splits(labels, 30, 50, 3, seed=5))
+    for (tr, te), (tr2, te2) in zip(a, b):
+        np.testing.assert_array_equal(tr, tr2)
+        np.testing.assert_array_equal(te, te2)
+        assert not set(tr) & set(te)
+        assert list(np.bincount(labels[tr])) == [30, 30, 30]
+        assert list(np.bincount(labels[te])) == [10, 50, 5]
+    assert not np.array_equal(a[0][0], a[1][0])
+    _, te = next(svm.caltech_splits(labels, 30, 0, 1, seed=0))
+    assert list(np.bincount(labels[te])) == [10, 60, 5]
+    with pytest.raises(VggtoolError, match="class.*no image left"):
+        next(svm.caltech_splits(labels, 35, 50, 1, seed=0))
+    fit, val = svm.holdout_split(labels[:90], 0.2, np.random.default_rng(0), stratified=True)
+    assert list(np.bincount(labels[:90][val])) == [8, 10] and len(fit) == 72
+
+
+def blobs(rng, n_per_class, n_classes, dim=8, spread=0.3):
+    centres = rng.normal(size=(n_classes, dim))
+    labels = np.repeat(np.arange(n_classes), n_per_class)
+    return centres[labels] + spread * rng.normal(size=(len(labels), dim)), labels
+
+
+def test_protocols_on_separable_data(rng):
+    x, labels = blobs(rng, 40, 4)
+    r = svm.caltech_protocol(Features(x, labels, np.arange(len(x))), 20, 10, splits=2, grid=[0.1, 1])
+    assert r["recalls"] == [1.0, 1.0] and r["std"] == 0.0 and r["cs"][0] in (0.1, 1)
+    # multi-label: class k present when coordinate k is positive
+    xs = rng.normal(size=(200, 5))
+    targets = (xs[:, :3] > 0).astype(np.uint8)
+    train = Features(xs[:150], targets[:150], np.arange(150))
+    test = Features(xs[150:], targets[150:], np.arange(50))
+    r = svm.voc_protocol(train, test, grid=[1, 10], method="area")
+    assert r["map"] > 0.99 and r["aps"].shape == (3,)
+    # a class without positives in training gets constant scores, not a crash
+    model = svm.OneVsRest(1.0).fit(xs[:150], np.c_[targets[:150], np.zeros(150)])
+    assert (model.decision(xs[150:])[:, 3] == -1).all()
+
+
+def test_choose_c_returns_the_best_of_the_grid(rng):
+    x, labels = blobs(rng, 30, 3, spread=2.0)
+    t = svm.one_hot(labels, 3)
+    c, table = svm.choose_c(x[::2], t[::2], x[1::2], lambda s: svm.class_recall(s.argmax(1), labels[1::2])[0],
+                            [0.001, 0.1, 10])
+    assert [g for g, _ in table] == [0.001, 0.1, 10]
+    assert dict(table)[c] == max(v for _, v in table)
+
+
+# -- CLI ------------------------------------------------------------------------------------------------------
+def test_svm_cli_voc_stacking_and_errors(rng, tmp_path, capsys):
+    xs = rng.normal(size=(120, 6))
+    targets = (xs[:, :2] > 0).astype(np.uint8)
+    for name, part in (("a", slice(0, 3)), ("b", slice(3, 6))):
+        save_npz(str(tmp_path / f"tr_{name}.npz"), xs[:90, part], targets[:90], np.arange(90).astype(str),
+                 classes=["cat", "dog"])
+        save_npz(str(tmp_path / f"te_{name}.npz"), xs[90:, part], targets[90:], np.arange(30).astype(str),
+                 classes=["cat", "dog"])
+    tr, te = f"{tmp_path / 'tr_a.npz'},{tmp_path / 'tr_b.npz'}", f"{tmp_path / 'te_a.npz'},{tmp_path / 'te_b.npz'}"
+    assert main(["svm", "--features", tr, "--test-features", te, "--ap", "11point"]) == 0
+    out = capsys.readouterr().out
+    assert "90 images x 6" in out and "AP cat = " in out and "AP dog = " in out and "mAP = " in out
+    assert main(["svm", "--features", tr]) == 1
+    assert "needs --test-features" in capsys.readouterr().err
+    assert main(["svm", "--features", tr, "--protocol", "caltech"]) == 1
+    assert "one label per image" in capsys.readouterr().err
+    assert main(["svm", "--features", f"{tmp_path / 'tr_a.npz'},{tmp_path / 'te_b.npz'}", "--test-features", te]) == 1
+    assert "its images differ" in capsys.readouterr().err
+    assert main(["svm", "--features", str(tmp_path / "none.npz"), "--test-features", te]) == 1
+    assert "none.npz does not exist" in capsys.readouterr().err
+
+
+def write_digits(folder, per_class):
+    """scikit-learn's real 8x8 digits, upscaled to 32x32 PNGs, with a Caffe list file."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    lines = []
+    for c in range(10):
+        for i in np.flatnonzero(d.target == c)[:per_class]:
+            big = cv2.resize((d.images[i] * 255 / 16).astype(np.float32), (32, 32), interpolation=cv2.INTER_CUBIC)
+            cv2.imwrite(str(folder / f"{i}.png"), np.clip(np.rint(big), 0, 255).astype(np.uint8))
+            lines.append(f"{i}.png {c}\n")
+    (folder / "digits.txt").write_text("".join(lines))
+    return folder / "digits.txt"
+
+
+def test_end_to_end_digits_caltech_protocol(tmp_path, capsys):
+    """Real images through extract and svm (the small test net has random weights, so the descriptors are
+    random conv features; they still separate the digits far above chance, 10%)."""
+    net, weights = make_model(tmp_path)
+    images = tmp_path / "digits"
+    images.mkdir()
+    data = write_digits(images, per_class=40)
+    feats = tmp_path / "digits.npz"
+    assert main(["extract", "--net", net, "--weights", weights, "--layer", "fc7", "--data", str(data),
+                 "--root", str(images), "--scales", "32,40", "--flip", "--out", str(feats)]) == 0
+    assert main(["svm", "--features", str(feats), "--protocol", "caltech", "--train-per-class", "25",
+                 "--test-per-class", "15", "--splits", "2", "--c-grid", "1,100"]) == 0
+    out = capsys.readouterr().out
+    line = [s for s in out.splitlines() if s.startswith("mean class recall")][0]
+    assert line.endswith("% over 2 splits (25 train / 15 test per class, seed 0)")
+    assert float(line.split()[4]) > 50
