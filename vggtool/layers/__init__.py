@@ -11,4 +11,5 @@ from . import (  # noqa: F401,E402
     softmax,
     accuracy,
     split,
+    data,
 )
