@@ -7,7 +7,7 @@ g*b .. g*b+b-1 of every batch, b = batch_size / replicas (net.batch_divisor, net
 per-sample randomness is keyed by the global sample index, so the split changes nothing.
 
 One iteration:
-  each local replica (one thread each) clears its diffs and runs iter_size forward/backward passes
+  each local replica (one thread each on GPUs; one after another on the CPU) clears its diffs and runs iter_size forward/backward passes
   -> local sum into replica 0 (NCCL on GPUs when available, else device-to-device copies; in memory on
   the CPU) -> MPI Allreduce of one flat buffer (the diffs and the loss) -> divide by the replica count
   -> rank 0 applies the solver update to replica 0 -> rank 0 broadcasts the weights (MPI Bcast) and
@@ -28,6 +28,7 @@ message (see abort_on_failure), so no rank waits for ever.
 import contextlib
 import os
 import sys
+import time
 import traceback
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -119,6 +120,7 @@ class CopyExchange:
                     acc += src
 
     def broadcast(self):
+        self.devices[0].synchronize()  # the update on replica 0 must be done before others copy it
         for r in range(1, len(self.nets)):
             dev = self.devices[r]
             with dev:
@@ -162,6 +164,7 @@ class NcclExchange(CopyExchange):
                                                      nccl.NCCL_SUM, 0, s))
 
     def broadcast(self):
+        self.devices[0].synchronize()
         self._grouped(lambda comm, b, s: comm.bcast(b.data.data.ptr, b.count, self.dtype, 0, s))
 
 
@@ -229,7 +232,8 @@ class ReplicaFailed(VggtoolError):
 class ParallelSolver(Solver):
     """A Solver over several replicas of the train net (see the module docstring). `devices`: this
     process's devices (a list of vggtool.backend.Device; CPU repeated for CPU replicas); `comm`: an mpi4py
-    communicator of several ranks or None; `threads`: run the local replicas in threads (default: yes)."""
+    communicator of several ranks or None; `threads`: run the local replicas in threads (default: on GPUs
+    only)."""
 
     def __init__(self, param, *, devices, comm=None, threads=None, log=None, seed=None, **kwargs):
         self.devices = list(devices) or [CPU]
@@ -243,7 +247,9 @@ class ParallelSolver(Solver):
                                    f"{', '.join(f'rank {i}: {c}' for i, c in enumerate(counts))})")
         self.replica_count = self.ranks * len(self.devices)
         self.train_batch_divisor = self.replica_count
-        self.threads = True if threads is None else bool(threads)
+        # GPU replicas run in threads so the devices overlap. CPU replicas run one after another by default:
+        # NumPy's BLAS already uses every core, and threads measured slower (bench/bench_parallel.py).
+        self.threads = all(d.is_gpu for d in self.devices) if threads is None else bool(threads)
         if self.rank != 0 and log is None:
             log = GLog(stream=False)  # only rank 0 logs
         if not isinstance(param, caffe_pb2.SolverParameter):
@@ -254,6 +260,7 @@ class ParallelSolver(Solver):
                 int(np.random.SeedSequence().entropy % (2**31))
             seed = self.comm.bcast(seed, root=0)
         self._train_outputs = None
+        self.seconds = {"gradients": 0.0, "exchange": 0.0, "update": 0.0}  # time spent, for benchmarks
         super().__init__(param, device=self.devices[0], log=log, seed=seed, **kwargs)
         self.exchange = local_exchange(self.replicas)
         self.mpi = MpiExchange(self.comm, self.net) if self.comm else None
@@ -331,12 +338,15 @@ class ParallelSolver(Solver):
             net.iteration = self.iter * self.param.iter_size + k
             net.sample_offset = self.offsets[r]
             loss = loss + net.forward_backward()
+        net.device.synchronize()  # the diffs are read from other devices next
         return float(loss)
 
     def compute_gradients(self):
         """All replicas' iter_size passes -> averaged diffs in replica 0 (every rank); the mean loss."""
+        t0 = time.perf_counter()
         losses = self._on_replicas(lambda r: self._passes(r, self.param.iter_size))
         loss = float(sum(losses))
+        t1 = time.perf_counter()
         if len(self.replicas) > 1:
             self.exchange.reduce()
         if self.mpi:
@@ -347,6 +357,9 @@ class ParallelSolver(Solver):
                 for lp in self.net.learnable_params:
                     d = lp.blob.diff
                     d *= 1.0 / n
+            self.device.synchronize()
+        self.seconds["gradients"] += t1 - t0
+        self.seconds["exchange"] += time.perf_counter() - t1
         p = self.param
         self._train_outputs = self._average_outputs() if p.display and self.iter % p.display == 0 else None
         return loss / (n * p.iter_size)
@@ -374,14 +387,19 @@ class ParallelSolver(Solver):
 
     def broadcast_weights(self):
         """Rank 0's replica 0 weights to every replica of every rank."""
+        t0 = time.perf_counter()
         if self.mpi:
             self.mpi.broadcast_weights()
         if len(self.replicas) > 1:
             self.exchange.broadcast()
+        self.seconds["exchange"] += time.perf_counter() - t0
 
     def apply_update(self):
+        t0 = time.perf_counter()
         if self.rank == 0:
             super().apply_update()
+            self.device.synchronize()
+        self.seconds["update"] += time.perf_counter() - t0
         self.broadcast_weights()
         if self.comm:  # rank 0 decides what a signal does (the other ranks ignore signals)
             self.requested_action = self.comm.bcast(self.requested_action, root=0)
