@@ -29,6 +29,9 @@ name: "tiny"
 layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: TRAIN }}
   data_param {{ source: "{db}" batch_size: {batch} backend: LMDB }}
   transform_param {{ {transform} scale: 0.02 mean_value: 128 }} }}
+layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: TEST }}
+  data_param {{ source: "{db}" batch_size: {batch} backend: LMDB }}
+  transform_param {{ crop_size: 8 scale: 0.02 mean_value: 128 }} }}
 layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
   convolution_param {{ num_output: 4 kernel_size: 3 pad: 1 weight_filler {{ type: "xavier" }} }} }}
 layer {{ name: "relu" type: "ReLU" bottom: "conv" top: "conv" }}
@@ -71,9 +74,9 @@ def db(tmp_path_factory):
     return make_db(tmp_path_factory.mktemp("par"), "db", [(12, 12)] * 16)
 
 
-def write_solver(folder, db, iters=4, iter_size=1, batch=BATCH, transform=AUGMENT):
+def write_solver(folder, db, iters=4, iter_size=1, batch=BATCH, transform=AUGMENT, test=""):
     net = protoio.parse_net_text(NET.format(db=db, batch=batch, transform=transform))
-    param = protoio.parse_text(SOLVER.format(iters=iters, iter_size=iter_size, prefix=folder / "snap"),
+    param = protoio.parse_text(SOLVER.format(iters=iters, iter_size=iter_size, prefix=folder / "snap") + test,
                                caffe_pb2.SolverParameter())
     param.net_param.CopyFrom(net)
     path = folder / "solver.prototxt"
@@ -85,12 +88,12 @@ def weights(net):
     return [lp.blob.data.copy() for lp in net.learnable_params]
 
 
-def train(solver_path, devices=1, threads=None):
+def train(solver_path, devices=1, threads=None, iters=None):
     if devices == 1:
         s = Solver(solver_path, log=GLog(stream=False))
     else:
         s = ParallelSolver(solver_path, devices=[CPU] * devices, threads=threads, log=GLog(stream=False))
-    s.step(s.param.max_iter)
+    s.step(s.param.max_iter if iters is None else iters)
     return s
 
 
@@ -128,9 +131,10 @@ def test_shares_are_the_single_device_batch(db, tmp_path):
 
 
 def test_display_averages_over_replicas(db, tmp_path):
-    path = write_solver(tmp_path, db, iters=1)
+    path = write_solver(tmp_path, db, iters=1, test=" test_iter: 1 test_interval: 1")
     s = ParallelSolver(path, devices=[CPU] * 2, log=GLog(stream=False))
     s.step(1)
+    assert s.test_nets[0].blobs["data"].shape[0] == BATCH  # the test net takes whole batches
     losses = [float(r.blobs["loss"].data) for r in s.replicas]
     assert s._train_outputs["loss"][0] == pytest.approx(sum(losses) / 2, rel=1e-6)
     assert s.smoothed_loss == pytest.approx(sum(losses) / 2, rel=1e-5)
@@ -154,10 +158,11 @@ def test_failing_replica_stops_the_run(tmp_path):
 
 
 def test_train_cli_devices(db, tmp_path, capsys):
-    path = write_solver(tmp_path, db, iters=2)
+    path = write_solver(tmp_path, db, iters=2, test=" test_iter: 2 test_interval: 2")
     assert vggtool_main(["train", "--solver", path, "--devices", "cpu:2"]) == 0
     err = capsys.readouterr().err
     assert "Data parallel: 2 replicas (1 rank(s) x 2 device(s) [cpu, cpu]), 4 samples" in err
+    assert err.count("Test net output #0: loss") == 2  # at iterations 0 and 2, by replica 0 only
     assert os.path.exists(tmp_path / "snap_iter_2.caffemodel")
     # resume from the snapshot on 4 replicas runs on to the new max_iter
     state = str(tmp_path / "snap_iter_2.solverstate")
@@ -197,10 +202,17 @@ def test_mpi_two_ranks_train_like_one_process(db, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Data parallel: 2 replicas (2 rank(s) x 1 device(s) [cpu]), 4 samples" in proc.stderr
     assert proc.stderr.count("Optimization Done.") == 1  # only rank 0 logs
-    model = str(tmp_path / "snap_iter_3.caffemodel")
-    mpi_net = Net(protoio.read_solver_param(path).net_param, model, phase="TRAIN")
+    net_param = protoio.read_solver_param(path).net_param
+    mpi_net = Net(net_param, str(tmp_path / "snap_iter_3.caffemodel"), phase="TRAIN")
     one = train(path)
     assert_same(weights(mpi_net), weights(one.net))
+    # resume on 2 ranks x 2 CPU replicas: offsets cover ranks and local devices
+    proc = _mpirun(["--solver", path, "--devices", "cpu:2", "--snapshot", str(tmp_path / "snap_iter_3.solverstate"),
+                    "--iterations", "5"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Data parallel: 4 replicas (2 rank(s) x 2 device(s) [cpu, cpu]), 2 samples" in proc.stderr
+    mpi_net = Net(net_param, str(tmp_path / "snap_iter_5.caffemodel"), phase="TRAIN")
+    assert_same(weights(mpi_net), weights(train(path, iters=5).net))
 
 
 def test_mpi_failing_rank_aborts_with_its_message(tmp_path):

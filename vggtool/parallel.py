@@ -88,6 +88,7 @@ def abort_on_failure(comm, command="train"):
         sys.stderr.write(f"vggtool {command}: error: rank {rank} of {size} failed: {text}; aborting all "
                          f"{size} ranks\n")
         sys.stderr.flush()
+        time.sleep(1.0)  # let the launcher forward the message before Abort kills the job's processes
         comm.Abort(1)
 
 
