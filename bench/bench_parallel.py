@@ -4,12 +4,15 @@ spent exchanging gradients and weights (vggtool.parallel.ParallelSolver.seconds)
     PYTHONPATH=. python bench/bench_parallel.py [--replicas 1,2,4] [--batch 64] [--iters 4]
                                                 [--devices cpu|gpu] [--size 64]
 
-CPU replicas (`cpu`) show the machinery's overhead and whether threads overlap on this machine's cores;
+Under MPI (`mpiexec -n K python bench/bench_parallel.py --replicas 1`) every rank drives --replicas local
+replicas (K x replicas in all) and the exchange includes the Allreduce/Bcast; rank 0 first times one
+device alone for the speed-up. CPU replicas (`cpu`) show the machinery's overhead and whether threads overlap on this machine's cores;
 GPU replicas (`gpu`: GPUs 0..N-1) show the real speed-up. Every configuration trains the same net on the
 same batches from a generated LMDB; the first iteration (warm-up) is not timed.
 """
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -21,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_prep.cli import main as data_prep  # noqa: E402
 from vggtool import backend, protoio  # noqa: E402
-from vggtool.parallel import ParallelSolver  # noqa: E402
+from vggtool.parallel import ParallelSolver, mpi_comm  # noqa: E402
 from vggtool.proto import caffe_pb2  # noqa: E402
 from vggtool.solvers import Solver  # noqa: E402
 from vggtool.solvers.glog import GLog  # noqa: E402
@@ -72,12 +75,12 @@ def solver_param(db, batch, crop):
     return param
 
 
-def measure(param, devices, iters, threads):
+def measure(param, devices, iters, threads, comm=None):
     log = GLog(stream=False)
-    if len(devices) == 1 and threads is None:
+    if len(devices) == 1 and threads is None and comm is None:
         s = Solver(param, device=devices[0], log=log)
     else:
-        s = ParallelSolver(param, devices=devices, threads=threads, log=log)
+        s = ParallelSolver(param, devices=devices, threads=threads, log=log, comm=comm)
     s.step(1)  # warm-up: buffers, prefetch
     if hasattr(s, "seconds"):
         s.seconds = dict.fromkeys(s.seconds, 0.0)
@@ -96,6 +99,9 @@ def main():
     ap.add_argument("--size", type=int, default=64, help="crop side (images are 4 pixels larger)")
     ap.add_argument("--devices", choices=("cpu", "gpu"), default="cpu")
     args = ap.parse_args()
+    comm = mpi_comm()
+    if comm is not None:
+        return main_mpi(args, comm)
     with tempfile.TemporaryDirectory() as tmp:
         param = solver_param(make_db(tmp, 2 * args.batch, args.size), args.batch, args.size)
         print(f"net: {NET.count('Convolution')} conv + 2 FC, batch {args.batch} (whole batch, split over the "
@@ -113,6 +119,29 @@ def main():
                 print(f"{n:>8} {mode:>10} {per_iter:8.3f} {base / per_iter:8.2f} {exchange:15.4f} "
                       f"{100 * exchange / per_iter:9.1f}%")
         print(f"({params:,} parameters exchanged per iteration)")
+
+
+def main_mpi(args, comm):
+    rank, ranks = comm.Get_rank(), comm.Get_size()
+    tmp = tempfile.mkdtemp() if rank == 0 else None
+    db = make_db(tmp, 2 * args.batch, args.size) if rank == 0 else None
+    db = comm.bcast(db, root=0)  # one machine here: every rank reads rank 0's LMDB
+    param = solver_param(db, args.batch, args.size)
+    if rank == 0:
+        base, _, params = measure(param, [backend.CPU], args.iters, None)
+        print(f"{'ranks':>5} {'replicas':>8} {'s/iter':>8} {'speed-up':>8} {'exchange s/iter':>15} {'exchange %':>10}")
+        print(f"{1:>5} {1:>8} {base:8.3f} {1.0:8.2f} {0.0:15.4f} {0.0:9.1f}%")
+    comm.Barrier()
+    for n in (int(x) for x in args.replicas.split(",")):
+        devices = [backend.gpu(i) for i in range(n)] if args.devices == "gpu" else [backend.CPU] * n
+        per_iter, exchange, params = measure(param, devices, args.iters, None, comm)
+        if rank == 0:
+            print(f"{ranks:>5} {ranks * n:>8} {per_iter:8.3f} {base / per_iter:8.2f} {exchange:15.4f} "
+                  f"{100 * exchange / per_iter:9.1f}%")
+    comm.Barrier()
+    if rank == 0:
+        print(f"({params:,} parameters exchanged per iteration; batch {args.batch} split over all replicas)")
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

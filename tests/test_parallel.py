@@ -221,3 +221,17 @@ def test_mpi_failing_rank_aborts_with_its_message(tmp_path):
     proc = _mpirun(["--solver", path], tmp_path, timeout=60)
     assert proc.returncode != 0
     assert "rank 1 of 2 failed" in proc.stderr and "5.png" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_signal_actions_and_get_solver(db, tmp_path):
+    from vggtool.parallel import get_solver
+    from vggtool.solvers import SNAPSHOT, STOP
+    path = write_solver(tmp_path, db, iters=5)
+    assert type(get_solver(path, log=GLog(stream=False))) is Solver
+    s = get_solver(path, devices=[CPU] * 2, log=GLog(stream=False))
+    s.requested_action = SNAPSHOT  # what SIGHUP sets: snapshot after this iteration and go on
+    s.step(2)
+    assert s.iter == 2 and os.path.exists(tmp_path / "snap_iter_1.caffemodel")
+    s.requested_action = STOP  # what SIGINT sets
+    s.step(3)
+    assert s.iter == 3 and s.requested_early_exit
