@@ -144,6 +144,14 @@ def test_batch_that_does_not_divide(db, tmp_path):
     path = write_solver(tmp_path, db, batch=6)
     with pytest.raises(VggtoolError, match=r"layer 'data' \(Data\): batch_size 6 .* does not divide over 4"):
         ParallelSolver(path, devices=[CPU] * 4, log=GLog(stream=False))
+    param = protoio.read_solver_param(path)
+    param.net_param.CopyFrom(protoio.parse_net_text(
+        'layer { name: "x" type: "DummyData" top: "x" top: "y" dummy_data_param { shape { dim: 4 dim: 3 } '
+        'shape { dim: 4 } } } layer { name: "fc" type: "InnerProduct" bottom: "x" top: "s" '
+        'inner_product_param { num_output: 2 } } '
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "s" bottom: "y" top: "loss" }'))
+    with pytest.raises(VggtoolError, match="splits the batch of a Data or ImageData layer, and this net has none"):
+        ParallelSolver(param, devices=[CPU] * 2, log=GLog(stream=False))
 
 
 def test_failing_replica_stops_the_run(tmp_path):
