@@ -42,7 +42,7 @@ layer {{ name: "relu1" type: "ReLU" bottom: "fc1" top: "fc1" }}
 layer {{ name: "drop" type: "Dropout" bottom: "fc1" top: "fc1" dropout_param {{ dropout_ratio: 0.5 }} }}
 layer {{ name: "fc2" type: "InnerProduct" bottom: "fc1" top: "fc2"
   inner_product_param {{ num_output: 3 weight_filler {{ type: "xavier" }} }} }}
-layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc2" bottom: "label" top: "loss" }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc2" bottom: "label" top: "loss" {loss} }}
 """
 
 SOLVER = ('base_lr: 0.05 momentum: 0.9 weight_decay: 0.001 lr_policy: "fixed" max_iter: {iters} '
@@ -74,8 +74,9 @@ def db(tmp_path_factory):
     return make_db(tmp_path_factory.mktemp("par"), "db", [(12, 12)] * 16)
 
 
-def write_solver(folder, db, iters=4, iter_size=1, batch=BATCH, transform=AUGMENT, test=""):
-    net = protoio.parse_net_text(NET.format(db=db, batch=batch, transform=transform))
+def write_solver(folder, db, iters=4, iter_size=1, batch=BATCH, transform=AUGMENT, test="",
+                 loss=""):
+    net = protoio.parse_net_text(NET.format(db=db, batch=batch, transform=transform, loss=loss))
     param = protoio.parse_text(SOLVER.format(iters=iters, iter_size=iter_size, prefix=folder / "snap") + test,
                                caffe_pb2.SolverParameter())
     param.net_param.CopyFrom(net)
@@ -117,6 +118,20 @@ def test_replicas_train_like_one_device(db, tmp_path, iter_size):
             for x, y in zip(weights(rep), weights(many.net)):
                 np.testing.assert_array_equal(x, y)
         assert many.smoothed_loss == pytest.approx(one.smoothed_loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("norm, factor", [("VALID", 1), ("BATCH_SIZE", 1), ("FULL", 1), ("NONE", 1 / 4)])
+def test_averaged_gradient_is_the_whole_batch_gradient(db, tmp_path, norm, factor):
+    """The rule: mean over replicas of the replicas' gradients. Exact for losses normalised per share
+    (equal shares); with normalization NONE (a sum) it is 1/N of the single-device gradient."""
+    path = write_solver(tmp_path, db, loss=f"loss_param {{ normalization: {norm} }}")
+    one = Solver(path, log=GLog(stream=False))
+    four = ParallelSolver(path, devices=[CPU] * 4, log=GLog(stream=False))
+    one.compute_gradients()
+    four.compute_gradients()
+    for a, b in zip(one.net.learnable_params, four.net.learnable_params):
+        assert np.abs(a.blob.diff).max() > 1e-4
+        np.testing.assert_allclose(b.blob.diff, factor * a.blob.diff, rtol=1e-5, atol=1e-8)
 
 
 def test_shares_are_the_single_device_batch(db, tmp_path):
