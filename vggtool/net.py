@@ -187,6 +187,10 @@ class Net:
     def __init__(self, model, *args, weights=None, phase=None, stages=(), level=0, device=CPU,
                  dtype=np.float32, seed=None, source=None):
         weights, phase = _weights_and_phase(args, weights, phase)
+    def __init__(self, model, weights=None, phase=TEST, *, stages=(), level=0, device=CPU,
+                 dtype=np.float32, seed=None, source=None, batch_divisor=1):
+        if isinstance(weights, (int, np.integer)) or (isinstance(weights, str) and weights.upper() in ("TRAIN", "TEST")):
+            weights, phase = None, weights  # pycaffe's Net(model, phase)
         if isinstance(model, caffe_pb2.NetParameter):
             net_param = caffe_pb2.NetParameter()
             net_param.CopyFrom(model)
@@ -203,6 +207,7 @@ class Net:
         self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2**63))
         self.iteration = 0  # set by the solver: drives per-sample randomness
         self.sample_offset = 0  # global index of this replica's first sample in the whole batch
+        self.batch_divisor = int(batch_divisor)  # replicas sharing each batch (read by data layers at setup)
         state = caffe_pb2.NetState()
         state.CopyFrom(net_param.state)
         state.phase = self.phase

@@ -75,6 +75,8 @@ class Solver:
     """pycaffe-like: `.net`, `.test_nets`, `.iter`, `.step(n)`, `.solve(resume=None)`, `.snapshot()`,
     `.restore(path)`."""
 
+    train_batch_divisor = 1  # replicas sharing each train batch (vggtool.parallel sets it)
+
     def __init__(self, param, *, source=None, device=CPU, dtype=np.float32, log=None, seed=None):
         if not isinstance(param, caffe_pb2.SolverParameter):
             source = str(param)
@@ -129,7 +131,8 @@ class Solver:
         merged.phase = phase
         net_param.state.CopyFrom(merged)
         return Net(net_param, phase=phase, stages=tuple(merged.stage), level=merged.level,
-                   device=self.device, dtype=dtype, seed=self.seed, source=label)
+                   device=self.device, dtype=dtype, seed=self.seed, source=label,
+                   batch_divisor=self.train_batch_divisor if phase == caffe_pb2.TRAIN else 1)
 
     def _init_train_net(self, dtype):
         p = self.param
@@ -360,12 +363,16 @@ class Solver:
             self.log.info("solver.cpp:311", "Optimization stopped early.")
             return
         if p.display and self.iter % p.display == 0:
-            self.net.iteration = self.iter * p.iter_size
-            loss = float(self.net.forward_from_to())
+            loss = self.final_loss()
             self.log.info("solver.cpp:327", f"Iteration {self.iter}, loss = {fmt(loss)}")
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         self.log.info("solver.cpp:332", "Optimization Done.")
+
+    def final_loss(self):
+        """The loss shown after the last iteration (a forward pass on the next batch)."""
+        self.net.iteration = self.iter * self.param.iter_size
+        return float(self.net.forward_from_to())
 
     # -- testing -------------------------------------------------------------------------------------------
     def test_all(self):

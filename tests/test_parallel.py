@@ -1,0 +1,260 @@
+"""Synchronous data parallel: 1, 2, 4 CPU replicas and 2 MPI ranks train to the same weights as one device;
+a failing replica or rank stops the whole run with a message naming it."""
+import os
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from data_prep.cli import main as data_prep
+from vggtool import Net, protoio
+from vggtool.backend import CPU
+from vggtool.cli import main as vggtool_main
+from vggtool.errors import VggtoolError
+from vggtool.parallel import ParallelSolver, ReplicaFailed
+from vggtool.proto import caffe_pb2
+from vggtool.solvers import Solver
+from vggtool.solvers.glog import GLog
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BATCH = 8
+AUGMENT = "crop_size: 8 mirror: true smallest_side_min: 10 smallest_side_max: 14"
+
+# Data (scale jitter + random crop + mirror) -> conv -> relu -> pool -> fc -> relu -> dropout -> fc -> loss
+NET = """
+name: "tiny"
+layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: TRAIN }}
+  data_param {{ source: "{db}" batch_size: {batch} backend: LMDB }}
+  transform_param {{ {transform} scale: 0.02 mean_value: 128 }} }}
+layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: TEST }}
+  data_param {{ source: "{db}" batch_size: {batch} backend: LMDB }}
+  transform_param {{ crop_size: 8 scale: 0.02 mean_value: 128 }} }}
+layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param {{ num_output: 4 kernel_size: 3 pad: 1 weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "relu" type: "ReLU" bottom: "conv" top: "conv" }}
+layer {{ name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param {{ pool: MAX kernel_size: 2 stride: 2 }} }}
+layer {{ name: "fc1" type: "InnerProduct" bottom: "pool" top: "fc1"
+  inner_product_param {{ num_output: 16 weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "relu1" type: "ReLU" bottom: "fc1" top: "fc1" }}
+layer {{ name: "drop" type: "Dropout" bottom: "fc1" top: "fc1" dropout_param {{ dropout_ratio: 0.5 }} }}
+layer {{ name: "fc2" type: "InnerProduct" bottom: "fc1" top: "fc2"
+  inner_product_param {{ num_output: 3 weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc2" bottom: "label" top: "loss" {loss} }}
+"""
+
+SOLVER = ('base_lr: 0.05 momentum: 0.9 weight_decay: 0.001 lr_policy: "fixed" max_iter: {iters} '
+          'random_seed: 5 display: 1 iter_size: {iter_size} snapshot: 0 snapshot_prefix: "{prefix}"')
+
+
+def write_images(folder, sizes):
+    """PNG files of the given (h, w) sizes and a list file; returns the list path."""
+    rng = np.random.default_rng(11)
+    os.makedirs(folder, exist_ok=True)
+    lines = []
+    for i, (h, w) in enumerate(sizes):
+        cv2.imwrite(os.path.join(folder, f"{i}.png"), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        lines.append(f"{i}.png {i % 3}\n")
+    with open(os.path.join(folder, "list.txt"), "w") as f:
+        f.writelines(lines)
+    return os.path.join(folder, "list.txt")
+
+
+def make_db(tmp, name, sizes):
+    listing = write_images(str(tmp / f"{name}_png"), sizes)
+    db = str(tmp / name)
+    assert data_prep(["convert_imageset", os.path.dirname(listing), listing, db]) == 0
+    return db
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    return make_db(tmp_path_factory.mktemp("par"), "db", [(12, 12)] * 16)
+
+
+def write_solver(folder, db, iters=4, iter_size=1, batch=BATCH, transform=AUGMENT, test="",
+                 loss=""):
+    net = protoio.parse_net_text(NET.format(db=db, batch=batch, transform=transform, loss=loss))
+    param = protoio.parse_text(SOLVER.format(iters=iters, iter_size=iter_size, prefix=folder / "snap") + test,
+                               caffe_pb2.SolverParameter())
+    param.net_param.CopyFrom(net)
+    path = folder / "solver.prototxt"
+    protoio.write_text_proto(str(path), param)
+    return str(path)
+
+
+def weights(net):
+    return [lp.blob.data.copy() for lp in net.learnable_params]
+
+
+def train(solver_path, devices=1, threads=None, iters=None):
+    if devices == 1:
+        s = Solver(solver_path, log=GLog(stream=False))
+    else:
+        s = ParallelSolver(solver_path, devices=[CPU] * devices, threads=threads, log=GLog(stream=False))
+    s.step(s.param.max_iter if iters is None else iters)
+    return s
+
+
+def assert_same(a, b):
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("iter_size", [1, 2])
+def test_replicas_train_like_one_device(db, tmp_path, iter_size):
+    path = write_solver(tmp_path, db, iters=4, iter_size=iter_size)
+    one = train(path)
+    start = Net(protoio.read_solver_param(path).net_param, phase="TRAIN", seed=5)
+    moved = max(float(np.abs(w - w0).max()) for w, w0 in zip(weights(one.net), weights(start)))
+    assert moved > 1e-3  # training did change the weights
+    for n, threads in ((2, True), (4, False)):
+        many = train(path, n, threads)
+        assert many.replica_count == n and many.offsets == [r * BATCH // n for r in range(n)]
+        assert_same(weights(many.net), weights(one.net))
+        for rep in many.replicas[1:]:  # every replica holds replica 0's weights
+            for x, y in zip(weights(rep), weights(many.net)):
+                np.testing.assert_array_equal(x, y)
+        assert many.smoothed_loss == pytest.approx(one.smoothed_loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("norm, factor", [("VALID", 1), ("BATCH_SIZE", 1), ("FULL", 1), ("NONE", 1 / 4)])
+def test_averaged_gradient_is_the_whole_batch_gradient(db, tmp_path, norm, factor):
+    """The rule: mean over replicas of the replicas' gradients. Exact for losses normalised per share
+    (equal shares); with normalization NONE (a sum) it is 1/N of the single-device gradient."""
+    path = write_solver(tmp_path, db, loss=f"loss_param {{ normalization: {norm} }}")
+    one = Solver(path, log=GLog(stream=False))
+    four = ParallelSolver(path, devices=[CPU] * 4, log=GLog(stream=False))
+    one.compute_gradients()
+    four.compute_gradients()
+    for a, b in zip(one.net.learnable_params, four.net.learnable_params):
+        assert np.abs(a.blob.diff).max() > 1e-4
+        np.testing.assert_allclose(b.blob.diff, factor * a.blob.diff, rtol=1e-5, atol=1e-8)
+
+
+def test_shares_are_the_single_device_batch(db, tmp_path):
+    """Per-sample randomness (scale, crop, mirror, dropout) depends on the global sample index only."""
+    s1 = train(write_solver(tmp_path, db, iters=1), 1)
+    s4 = train(write_solver(tmp_path, db, iters=1), 4, threads=True)
+    for blob in ("data", "fc1"):  # fc1 holds the dropout output (in place)
+        whole = s1.net.blobs[blob].data
+        parts = np.concatenate([r.blobs[blob].data for r in s4.replicas])
+        np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-6)
+    assert s4.replicas[0].blobs["data"].shape[0] == 2
+
+
+def test_display_averages_over_replicas(db, tmp_path):
+    path = write_solver(tmp_path, db, iters=1, test=" test_iter: 1 test_interval: 1")
+    s = ParallelSolver(path, devices=[CPU] * 2, log=GLog(stream=False))
+    s.step(1)
+    assert s.test_nets[0].blobs["data"].shape[0] == BATCH  # the test net takes whole batches
+    losses = [float(r.blobs["loss"].data) for r in s.replicas]
+    assert s._train_outputs["loss"][0] == pytest.approx(sum(losses) / 2, rel=1e-6)
+    assert s.smoothed_loss == pytest.approx(sum(losses) / 2, rel=1e-5)
+
+
+def test_batch_that_does_not_divide(db, tmp_path):
+    path = write_solver(tmp_path, db, batch=6)
+    with pytest.raises(VggtoolError, match=r"layer 'data' \(Data\): batch_size 6 .* does not divide over 4"):
+        ParallelSolver(path, devices=[CPU] * 4, log=GLog(stream=False))
+    param = protoio.read_solver_param(path)
+    param.net_param.CopyFrom(protoio.parse_net_text(
+        'layer { name: "x" type: "DummyData" top: "x" top: "y" dummy_data_param { shape { dim: 4 dim: 3 } '
+        'shape { dim: 4 } } } layer { name: "fc" type: "InnerProduct" bottom: "x" top: "s" '
+        'inner_product_param { num_output: 2 } } '
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "s" bottom: "y" top: "loss" }'))
+    with pytest.raises(VggtoolError, match="splits the batch of a Data or ImageData layer, and this net has none"):
+        ParallelSolver(param, devices=[CPU] * 2, log=GLog(stream=False))
+
+
+def test_failing_replica_stops_the_run(tmp_path):
+    # record 5 is 16x16, the others 12x12 and there is no crop: only the replica holding sample 5 fails
+    db = make_db(tmp_path, "bad", [(12, 12)] * 5 + [(16, 16)] + [(12, 12)] * 2)
+    path = write_solver(tmp_path, db, transform="")
+    for threads in (True, False):
+        s = ParallelSolver(path, devices=[CPU] * 2, threads=threads, log=GLog(stream=False))
+        with pytest.raises(ReplicaFailed, match=r"replica 1 of 2 \(cpu\) failed at iteration 0: layer 'data'"
+                                                r".*5\.png.* gives a \(3, 16, 16\) input"):
+            s.step(1)
+
+
+def test_train_cli_devices(db, tmp_path, capsys):
+    path = write_solver(tmp_path, db, iters=2, test=" test_iter: 2 test_interval: 2")
+    assert vggtool_main(["train", "--solver", path, "--devices", "cpu:2"]) == 0
+    err = capsys.readouterr().err
+    assert "Data parallel: 2 replicas (1 rank(s) x 2 device(s) [cpu, cpu]), 4 samples" in err
+    assert err.count("Test net output #0: loss") == 2  # at iterations 0 and 2, by replica 0 only
+    assert os.path.exists(tmp_path / "snap_iter_2.caffemodel")
+    # resume from the snapshot on 4 replicas runs on to the new max_iter
+    state = str(tmp_path / "snap_iter_2.solverstate")
+    assert vggtool_main(["train", "--solver", path, "--devices", "cpu:4", "--snapshot", state,
+                         "--iterations", "3"]) == 0
+    assert os.path.exists(tmp_path / "snap_iter_3.caffemodel")
+    assert vggtool_main(["train", "--solver", path, "--devices", "cpu:3"]) == 1
+    assert "does not divide over 3 replicas" in capsys.readouterr().err
+
+
+# -- MPI ---------------------------------------------------------------------------------------------------
+def _mpiexec():
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return None, "mpi4py is not installed (pip install 'vggtool[test]' or mpi4py mpich)"
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    found = beside if os.path.exists(beside) else shutil.which("mpiexec")
+    if not found:
+        return None, "no mpiexec found (beside the Python executable or on PATH)"
+    return found, ""
+
+
+def _mpirun(args, cwd, timeout=120):
+    mpiexec, why = _mpiexec()
+    if mpiexec is None:
+        pytest.skip(why)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               VGGTOOL_DATA_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    return subprocess.run([mpiexec, "-n", "2", sys.executable, "-m", "vggtool", "train", *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_mpi_two_ranks_train_like_one_process(db, tmp_path):
+    path = write_solver(tmp_path, db, iters=3)
+    proc = _mpirun(["--solver", path], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Data parallel: 2 replicas (2 rank(s) x 1 device(s) [cpu]), 4 samples" in proc.stderr
+    assert proc.stderr.count("Optimization Done.") == 1  # only rank 0 logs
+    net_param = protoio.read_solver_param(path).net_param
+    mpi_net = Net(net_param, str(tmp_path / "snap_iter_3.caffemodel"), phase="TRAIN")
+    one = train(path)
+    assert_same(weights(mpi_net), weights(one.net))
+    # resume on 2 ranks x 2 CPU replicas: offsets cover ranks and local devices
+    proc = _mpirun(["--solver", path, "--devices", "cpu:2", "--snapshot", str(tmp_path / "snap_iter_3.solverstate"),
+                    "--iterations", "5"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Data parallel: 4 replicas (2 rank(s) x 2 device(s) [cpu, cpu]), 2 samples" in proc.stderr
+    mpi_net = Net(net_param, str(tmp_path / "snap_iter_5.caffemodel"), phase="TRAIN")
+    assert_same(weights(mpi_net), weights(train(path, iters=5).net))
+
+
+def test_mpi_failing_rank_aborts_with_its_message(tmp_path):
+    db = make_db(tmp_path, "bad", [(12, 12)] * 5 + [(16, 16)] + [(12, 12)] * 2)
+    path = write_solver(tmp_path, db, transform="")
+    proc = _mpirun(["--solver", path], tmp_path, timeout=60)
+    assert proc.returncode != 0
+    assert "rank 1 of 2 failed" in proc.stderr and "5.png" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_signal_actions_and_get_solver(db, tmp_path):
+    from vggtool.parallel import get_solver
+    from vggtool.solvers import SNAPSHOT, STOP
+    path = write_solver(tmp_path, db, iters=5)
+    assert type(get_solver(path, log=GLog(stream=False))) is Solver
+    s = get_solver(path, devices=[CPU] * 2, log=GLog(stream=False))
+    s.requested_action = SNAPSHOT  # what SIGHUP sets: snapshot after this iteration and go on
+    s.step(2)
+    assert s.iter == 2 and os.path.exists(tmp_path / "snap_iter_1.caffemodel")
+    s.requested_action = STOP  # what SIGINT sets
+    s.step(3)
+    assert s.iter == 3 and s.requested_early_exit

@@ -1,0 +1,450 @@
+"""Synchronous data-parallel training (the paper's §3.3): every batch is split into equal shares, one per
+replica of the train net; gradients are averaged; one update; all replicas hold identical weights.
+
+Replicas: the local devices of this process (`--gpu 0,1,2,3`, `--devices cpu:4`) times the MPI ranks
+(`mpiexec -n K vggtool train ...`). Replica g (= rank * local devices + r) reads the samples
+g*b .. g*b+b-1 of every batch, b = batch_size / replicas (net.batch_divisor, net.sample_offset); all
+per-sample randomness is keyed by the global sample index, so the split changes nothing.
+
+One iteration:
+  each local replica (one thread each on GPUs; one after another on the CPU) clears its diffs and runs iter_size forward/backward passes
+  -> local sum into replica 0 (NCCL on GPUs when available, else device-to-device copies; in memory on
+  the CPU) -> MPI Allreduce of one flat buffer (the diffs and the loss) -> divide by the replica count
+  -> rank 0 applies the solver update to replica 0 -> rank 0 broadcasts the weights (MPI Bcast) and
+  replica 0 copies them to the local replicas.
+
+The averaging rule: the update uses (1/N) * sum of the replicas' gradients, as Caffe's multi-GPU
+P2PSync does. A loss that is a mean over its share (SoftmaxWithLoss with normalization VALID and no
+ignore_label, BATCH_SIZE or FULL; EuclideanLoss) then gives exactly the gradient of the whole batch on
+one device, because the shares are equal. With normalization NONE (a sum) the step is 1/N of the
+single-device one, and with ignore_label + VALID it is exact only when every share holds as many valid
+labels -- Caffe behaves the same way.
+
+Only rank 0 tests, logs, snapshots and reads a resumed .solverstate; the iteration counter, the signal
+actions and the early-exit flag are broadcast from it so every rank runs the same collectives. A
+failing replica stops the run with a VggtoolError naming it; a failing rank calls MPI Abort with its
+message (see abort_on_failure), so no rank waits for ever.
+"""
+import contextlib
+import os
+import sys
+import time
+import traceback
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from . import protoio
+from .backend import CPU, to_numpy
+from .errors import VggtoolError
+from .layers.data import PrefetchingDataLayer
+from .proto import caffe_pb2
+from .solvers import NONE, Solver
+from .solvers.glog import GLog
+
+# Environment variables the common launchers set to the number of processes of the job.
+MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def launched_by_mpi():
+    """True when an MPI launcher started this process as one of several (Open MPI, MPICH/Hydra, PMIx,
+    MVAPICH)."""
+    for var in MPI_SIZE_VARS:
+        try:
+            if int(os.environ.get(var, "1")) > 1:
+                return True
+        except ValueError:
+            pass
+    return False
+
+
+def mpi_comm(force=False):
+    """COMM_WORLD when this process is one of several MPI ranks (or `force`, i.e. `--mpi`), else None."""
+    if not (force or launched_by_mpi()):
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise VggtoolError("this process was started by an MPI launcher (or --mpi was given) but mpi4py is "
+                           "not installed: pip install 'vggtool[mpi]'") from None
+    comm = MPI.COMM_WORLD
+    return comm if comm.Get_size() > 1 else None
+
+
+@contextlib.contextmanager
+def abort_on_failure(comm, command="train"):
+    """On an exception in one rank, print it (naming the rank) and MPI-Abort the whole job: the other
+    ranks are waiting in a collective and would otherwise hang."""
+    try:
+        yield
+    except BaseException as e:
+        if comm is None:
+            raise
+        rank, size = comm.Get_rank(), comm.Get_size()
+        if not isinstance(e, VggtoolError):
+            traceback.print_exc()
+        text = str(e) if isinstance(e, VggtoolError) else f"{type(e).__name__}: {e}"
+        sys.stderr.write(f"vggtool {command}: error: rank {rank} of {size} failed: {text}; aborting all "
+                         f"{size} ranks\n")
+        sys.stderr.flush()
+        time.sleep(1.0)  # let the launcher forward the message before Abort kills the job's processes
+        comm.Abort(1)
+
+
+# -- moving gradients and weights between the local replicas --------------------------------------------
+class CopyExchange:
+    """Sum diffs into replica 0 and copy weights out of it, one parameter at a time: in memory on the CPU,
+    device-to-device copies between GPUs."""
+
+    def __init__(self, nets):
+        self.nets = nets
+        self.params = [[lp.blob for lp in net.learnable_params] for net in nets]
+        self.devices = [net.device for net in nets]
+        dev0 = self.devices[0]
+        self.staging = None
+        if dev0.is_gpu and len(nets) > 1 and self.params[0]:
+            with dev0:  # one buffer the size of the largest param receives the other GPUs' diffs
+                self.staging = dev0.xp.empty(max(b.count for b in self.params[0]), dtype=nets[0].dtype)
+
+    def reduce(self):
+        dev0 = self.devices[0]
+        with dev0:
+            for i, blob in enumerate(self.params[0]):
+                acc = blob.diff
+                for r in range(1, len(self.nets)):
+                    src = self.params[r][i].diff
+                    if dev0.is_gpu:
+                        tmp = self.staging[:src.size].reshape(src.shape)
+                        tmp.data.copy_from_device(src.data, src.nbytes)
+                        src = tmp
+                    acc += src
+
+    def broadcast(self):
+        self.devices[0].synchronize()  # the update on replica 0 must be done before others copy it
+        for r in range(1, len(self.nets)):
+            dev = self.devices[r]
+            with dev:
+                for src, dst in zip(self.params[0], self.params[r]):
+                    if dev.is_gpu:
+                        dst.data.data.copy_from_device(src.data.data, src.data.nbytes)
+                    else:
+                        np.copyto(dst.data, src.data)
+            dev.synchronize()
+
+
+class NcclExchange(CopyExchange):
+    """The same on several GPUs of one process through NCCL (cupy.cuda.nccl): grouped reduce to replica 0
+    and broadcast from it."""
+
+    def __init__(self, nets):
+        super().__init__(nets)
+        from cupy.cuda import nccl
+        self.nccl = nccl
+        self.comms = nccl.NcclCommunicator.initAll([d.index for d in self.devices])
+        self.dtype = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}[
+            np.dtype(nets[0].dtype)]
+
+    def _grouped(self, call):
+        import cupy
+        self.nccl.groupStart()
+        try:
+            for r, comm in enumerate(self.comms):
+                with cupy.cuda.Device(self.devices[r].index):
+                    stream = cupy.cuda.get_current_stream().ptr
+                    for blob in self.params[r]:
+                        call(comm, blob, stream)
+        finally:
+            self.nccl.groupEnd()
+        for d in self.devices:
+            d.synchronize()
+
+    def reduce(self):
+        nccl = self.nccl
+        self._grouped(lambda comm, b, s: comm.reduce(b.diff.data.ptr, b.diff.data.ptr, b.count, self.dtype,
+                                                     nccl.NCCL_SUM, 0, s))
+
+    def broadcast(self):
+        self.devices[0].synchronize()
+        self._grouped(lambda comm, b, s: comm.bcast(b.data.data.ptr, b.count, self.dtype, 0, s))
+
+
+def local_exchange(nets):
+    if len(nets) > 1 and all(n.device.is_gpu for n in nets):
+        try:
+            from cupy.cuda import nccl
+            if nccl.available:
+                return NcclExchange(nets)
+        except Exception:  # no NCCL in this CuPy build: plain peer copies
+            pass
+    return CopyExchange(nets)
+
+
+class MpiExchange:
+    """Replica 0's diffs (plus a few scalars) summed over the ranks in one Allreduce of a flat host buffer;
+    weights broadcast from rank 0 in one Bcast."""
+
+    def __init__(self, comm, net):
+        from mpi4py import MPI
+        self.MPI, self.comm = MPI, comm
+        self.blobs = [lp.blob for lp in net.learnable_params]
+        self.size = sum(b.count for b in self.blobs)
+        self.buf = np.empty(self.size + 1, dtype=net.dtype)
+
+    def _pack(self, which):
+        o = 0
+        for b in self.blobs:
+            self.buf[o:o + b.count] = to_numpy(getattr(b, which)).ravel()
+            o += b.count
+
+    def _unpack(self, which):
+        o = 0
+        for b in self.blobs:
+            getattr(b, which)[...] = b.device.asarray(self.buf[o:o + b.count].reshape(b.shape))
+            o += b.count
+
+    def allreduce_diffs(self, loss):
+        """Sum the diffs over the ranks in place; return the summed loss."""
+        self._pack("diff")
+        self.buf[-1] = loss
+        self.comm.Allreduce(self.MPI.IN_PLACE, self.buf, op=self.MPI.SUM)
+        self._unpack("diff")
+        return float(self.buf[-1])
+
+    def allreduce_values(self, values):
+        out = np.array(values, dtype=np.float64)
+        self.comm.Allreduce(self.MPI.IN_PLACE, out, op=self.MPI.SUM)
+        return out
+
+    def broadcast_weights(self):
+        view = self.buf[:self.size]
+        if self.comm.Get_rank() == 0:
+            self._pack("data")
+        self.comm.Bcast(view, root=0)
+        if self.comm.Get_rank() != 0:
+            self._unpack("data")
+
+
+# -- the solver ------------------------------------------------------------------------------------------
+class ReplicaFailed(VggtoolError):
+    """One replica raised while computing its gradients."""
+
+
+class ParallelSolver(Solver):
+    """A Solver over several replicas of the train net (see the module docstring). `devices`: this
+    process's devices (a list of vggtool.backend.Device; CPU repeated for CPU replicas); `comm`: an mpi4py
+    communicator of several ranks or None; `threads`: run the local replicas in threads (default: on GPUs
+    only)."""
+
+    def __init__(self, param, *, devices, comm=None, threads=None, log=None, seed=None, **kwargs):
+        self.devices = list(devices) or [CPU]
+        self.comm = comm if comm is not None and comm.Get_size() > 1 else None
+        self.rank = self.comm.Get_rank() if self.comm else 0
+        self.ranks = self.comm.Get_size() if self.comm else 1
+        if self.comm:
+            counts = self.comm.allgather(len(self.devices))
+            if len(set(counts)) != 1:
+                raise VggtoolError(f"every MPI rank must drive the same number of devices (got "
+                                   f"{', '.join(f'rank {i}: {c}' for i, c in enumerate(counts))})")
+        self.replica_count = self.ranks * len(self.devices)
+        self.train_batch_divisor = self.replica_count
+        # GPU replicas run in threads so the devices overlap. CPU replicas run one after another by default:
+        # NumPy's BLAS already uses every core, and threads measured slower (bench/bench_parallel.py).
+        self.threads = all(d.is_gpu for d in self.devices) if threads is None else bool(threads)
+        if self.rank != 0 and log is None:
+            log = GLog(stream=False)  # only rank 0 logs
+        if not isinstance(param, caffe_pb2.SolverParameter):
+            kwargs.setdefault("source", str(param))
+            param = protoio.read_solver_param(param)
+        if self.comm and seed is None:  # every rank must draw the same weights and samples
+            seed = param.random_seed if param.random_seed >= 0 else \
+                int(np.random.SeedSequence().entropy % (2**31))
+            seed = self.comm.bcast(seed, root=0)
+        self._train_outputs = None
+        self.seconds = {"gradients": 0.0, "exchange": 0.0, "update": 0.0}  # time spent, for benchmarks
+        super().__init__(param, device=self.devices[0], log=log, seed=seed, **kwargs)
+        self.exchange = local_exchange(self.replicas)
+        self.mpi = MpiExchange(self.comm, self.net) if self.comm else None
+        self.pool = None
+        if self.threads and len(self.replicas) > 1:
+            self.pool = ThreadPoolExecutor(max_workers=len(self.replicas), thread_name_prefix="replica")
+            weakref.finalize(self, self.pool.shutdown, wait=False)
+
+    def _init_train_net(self, dtype):
+        """Build one train net per local device (each reads its own share of every batch)."""
+        nets = []
+        for dev in self.devices:
+            self.device = dev
+            nets.append(super()._init_train_net(dtype))
+        self.device = self.devices[0]
+        self.replicas = nets
+        share = self._share(nets[0])
+        first = self.rank * len(nets)
+        self.offsets = [(first + r) * share for r in range(len(nets))]
+        where = f"{self.ranks} rank(s) x {len(nets)} device(s) [{', '.join(d.name for d in self.devices)}]"
+        self.log.info("parallel.py:1", f"Data parallel: {self.replica_count} replicas ({where}), {share} "
+                                       f"samples of each batch per replica")
+        return nets[0]
+
+    def _share(self, net):
+        sizes = {layer.name: layer.local_batch for layer in net.layers if isinstance(layer, PrefetchingDataLayer)}
+        if self.replica_count == 1:
+            return next(iter(sizes.values()), 0)
+        if not sizes:
+            raise VggtoolError(f"train net '{net.name}': multi-device training splits the batch of a Data or "
+                               f"ImageData layer, and this net has none (its {self.replica_count} replicas "
+                               f"would all see the same samples)")
+        if len(set(sizes.values())) > 1:
+            raise VggtoolError(f"train net '{net.name}': the data layers have different batch sizes "
+                               f"({', '.join(f'{k}: {v * self.replica_count}' for k, v in sizes.items())}); "
+                               f"multi-device training needs one batch size")
+        return next(iter(sizes.values()))
+
+    # -- running the replicas ----------------------------------------------------------------------------
+    def _on_replicas(self, work):
+        """work(r) for every local replica (in threads when enabled); the first failure is raised, naming
+        the replica, after every replica has finished (so nothing is left running)."""
+        n = len(self.replicas)
+        if self.pool is None:
+            outcomes = []
+            for r in range(n):
+                try:
+                    outcomes.append((True, work(r)))
+                except Exception as e:
+                    outcomes.append((False, e))
+        else:
+            futures = [self.pool.submit(work, r) for r in range(n)]
+            outcomes = []
+            for f in futures:
+                try:
+                    outcomes.append((True, f.result()))
+                except Exception as e:
+                    outcomes.append((False, e))
+        failed = [(r, e) for r, (ok, e) in enumerate(outcomes) if not ok]
+        if failed:
+            r, e = failed[0]
+            g = self.rank * n + r
+            rank = f", rank {self.rank}" if self.comm else ""
+            more = f" ({len(failed) - 1} other replica(s) failed too)" if len(failed) > 1 else ""
+            text = str(e) if isinstance(e, VggtoolError) else f"{type(e).__name__}: {e}"
+            raise ReplicaFailed(f"replica {g} of {self.replica_count} ({self.devices[r].name}{rank}) failed at "
+                                f"iteration {self.iter}: {text}{more}") from e
+        return [v for _, v in outcomes]
+
+    def _passes(self, r, count):
+        net = self.replicas[r]
+        net.clear_param_diffs()
+        loss = 0.0
+        for k in range(count):
+            net.iteration = self.iter * self.param.iter_size + k
+            net.sample_offset = self.offsets[r]
+            loss = loss + net.forward_backward()
+        net.device.synchronize()  # the diffs are read from other devices next
+        return float(loss)
+
+    def compute_gradients(self):
+        """All replicas' iter_size passes -> averaged diffs in replica 0 (every rank); the mean loss."""
+        t0 = time.perf_counter()
+        losses = self._on_replicas(lambda r: self._passes(r, self.param.iter_size))
+        loss = float(sum(losses))
+        t1 = time.perf_counter()
+        if len(self.replicas) > 1:
+            self.exchange.reduce()
+        if self.mpi:
+            loss = self.mpi.allreduce_diffs(loss)
+        n = self.replica_count
+        if n > 1:
+            with self.device:
+                for lp in self.net.learnable_params:
+                    d = lp.blob.diff
+                    d *= 1.0 / n
+            self.device.synchronize()
+        self.seconds["gradients"] += t1 - t0
+        self.seconds["exchange"] += time.perf_counter() - t1
+        p = self.param
+        self._train_outputs = self._average_outputs() if p.display and self.iter % p.display == 0 else None
+        return loss / (n * p.iter_size)
+
+    def _average_outputs(self):
+        """The train net's outputs averaged over all replicas (what the display shows)."""
+        names = list(self.net.outputs)
+        parts = [np.concatenate([to_numpy(net.blobs[n].data).astype(np.float64).ravel() for n in names] or
+                                [np.zeros(0)]) for net in self.replicas]
+        total = np.sum(parts, axis=0)
+        if self.mpi:
+            total = self.mpi.allreduce_values(total)
+        total /= self.replica_count
+        out, o = {}, 0
+        for n in names:
+            size = self.net.blobs[n].count
+            out[n] = total[o:o + size]
+            o += size
+        return out
+
+    def _log_outputs(self, net, kind, values):
+        if kind == "Train" and not values and net is self.net and self._train_outputs is not None:
+            values = self._train_outputs
+        super()._log_outputs(net, kind, values)
+
+    def broadcast_weights(self):
+        """Rank 0's replica 0 weights to every replica of every rank."""
+        t0 = time.perf_counter()
+        if self.mpi:
+            self.mpi.broadcast_weights()
+        if len(self.replicas) > 1:
+            self.exchange.broadcast()
+        self.seconds["exchange"] += time.perf_counter() - t0
+
+    def apply_update(self):
+        t0 = time.perf_counter()
+        if self.rank == 0:
+            super().apply_update()
+            self.device.synchronize()
+        self.seconds["update"] += time.perf_counter() - t0
+        self.broadcast_weights()
+        if self.comm:  # rank 0 decides what a signal does (the other ranks ignore signals)
+            self.requested_action = self.comm.bcast(self.requested_action, root=0)
+
+    def step(self, iters):
+        self.broadcast_weights()  # weights set since construction (fine-tuning, resume) reach every replica
+        super().step(iters)
+
+    def final_loss(self):
+        losses = self._on_replicas(lambda r: self._forward_only(r))
+        loss = float(sum(losses))
+        if self.mpi:
+            loss = float(self.mpi.allreduce_values([loss])[0])
+        return loss / self.replica_count
+
+    def _forward_only(self, r):
+        net = self.replicas[r]
+        net.iteration = self.iter * self.param.iter_size
+        net.sample_offset = self.offsets[r]
+        return float(net.forward_from_to())
+
+    # -- rank 0 only: tests, snapshots, reading a resumed state ---------------------------------------------
+    def test_all(self):
+        if self.rank == 0:
+            super().test_all()
+        if self.comm:
+            self.requested_early_exit = self.comm.bcast(self.requested_early_exit, root=0)
+            self.requested_action = NONE if self.requested_early_exit else self.requested_action
+
+    def snapshot(self):
+        if self.rank == 0:
+            return super().snapshot()
+        return None
+
+    def restore(self, path):
+        if self.rank == 0:
+            super().restore(path)
+        if self.comm:
+            self.iter, self.current_step = self.comm.bcast((self.iter, self.current_step), root=0)
+
+
+def get_solver(param, *, devices=(CPU,), comm=None, **kwargs):
+    """A Solver for one device and no MPI, else a ParallelSolver."""
+    devices = list(devices) or [CPU]
+    if len(devices) == 1 and comm is None:
+        return Solver(param, device=devices[0], **kwargs)
+    return ParallelSolver(param, devices=devices, comm=comm, **kwargs)
