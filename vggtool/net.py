@@ -185,12 +185,8 @@ class Net:
     """
 
     def __init__(self, model, *args, weights=None, phase=None, stages=(), level=0, device=CPU,
-                 dtype=np.float32, seed=None, source=None):
-        weights, phase = _weights_and_phase(args, weights, phase)
-    def __init__(self, model, weights=None, phase=TEST, *, stages=(), level=0, device=CPU,
                  dtype=np.float32, seed=None, source=None, batch_divisor=1):
-        if isinstance(weights, (int, np.integer)) or (isinstance(weights, str) and weights.upper() in ("TRAIN", "TEST")):
-            weights, phase = None, weights  # pycaffe's Net(model, phase)
+        weights, phase = _weights_and_phase(args, weights, phase)
         if isinstance(model, caffe_pb2.NetParameter):
             net_param = caffe_pb2.NetParameter()
             net_param.CopyFrom(model)
