@@ -189,7 +189,9 @@ def test_digits_export_and_convert(tmp_path, capsys):
     for name, label in train[:20]:  # images/<label>/<index>.png is digit <index> of scikit-learn
         index = int(os.path.basename(name)[:-4])
         assert digits.target[index] == int(label) and name.startswith(f"images/{label}/")
-        small = cv2.resize(cv2.imread(str(out / name), cv2.IMREAD_GRAYSCALE), (8, 8), interpolation=cv2.INTER_AREA)
+        image = cv2.imread(str(out / name), cv2.IMREAD_GRAYSCALE)
+        assert not image[:4].any() and not image[-4:].any() and not image[:, :4].any()  # default margin 4
+        small = cv2.resize(image[4:28, 4:28], (8, 8), interpolation=cv2.INTER_AREA)
         assert np.corrcoef(small.ravel(), digits.images[index].ravel())[0, 1] > 0.9
     assert convert(out, out / "val.txt", tmp_path / "val_lmdb") == 0
     recs = records(tmp_path / "val_lmdb")

@@ -234,12 +234,8 @@ def is_lmdb(path):
 
 def count_samples(path):
     if is_lmdb(path):
-        from .data.datum import open_lmdb
-        env = open_lmdb(path)
-        try:
-            return env.stat()["entries"]
-        finally:
-            env.close()
+        from .data.datum import shared_lmdb
+        return shared_lmdb(path).stat()["entries"]  # shared: a data layer may hold it open
     return len(read_list(path))
 
 

@@ -12,6 +12,7 @@ from ..errors import VggtoolError
 
 # subcommand name -> module (in this package)
 COMMANDS = {
+    "demo": "demo",
     "device_query": "device_query",
     "train": "train",
     "plot": "plot",
