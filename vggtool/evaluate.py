@@ -106,6 +106,27 @@ def default_scales(crop):
     return [int(round(max(crop) * f / 7)) for f in (8, 12, 16)]
 
 
+def load_deploy_net(model, weights, source, device=CPU, convolutionalize=True):
+    """(net, input blob name, its N x C x H x W shape) of a deploy net for testing, its InnerProduct
+    layers turned into convolutions (unless `convolutionalize` is False or it has none)."""
+    if weights is not None and not os.path.exists(str(weights)):
+        raise VggtoolError(f"--weights: {weights} does not exist")
+    if isinstance(model, str) and not os.path.exists(model):
+        raise VggtoolError(f"--net: {model} does not exist")
+    param = model if isinstance(model, caffe_pb2.NetParameter) else protoio.read_net_param(model)
+    if convolutionalize and surgery.needs_surgery(param):
+        _, net = surgery.convolutionalize(param, weights, source, device=device)
+    else:
+        net = Net(param, weights, phase="TEST", device=device, source=source)
+    if not net.inputs:
+        raise VggtoolError(f"{source}: the deploy net has no input blob (give it an Input layer)")
+    name = net.inputs[0]
+    shape = net.blobs[name].shape
+    if len(shape) != 4:
+        raise VggtoolError(f"{source}: input blob '{name}' has shape {shape}; expected N x C x H x W")
+    return net, name, shape
+
+
 # -- the evaluator ----------------------------------------------------------------------------------------
 class Evaluator:
     """Runs a deploy net (InnerProducts convolutionalised in memory) under the VGG testing protocol."""
@@ -119,20 +140,7 @@ class Evaluator:
         self.scale = float(scale)  # Caffe's transform_param scale, applied after mean subtraction
         if mode not in MODES:
             raise VggtoolError(f"--mode must be one of {', '.join(MODES)}, got '{mode}'")
-        if weights is not None and not os.path.exists(str(weights)):
-            raise VggtoolError(f"--weights: {weights} does not exist")
-        param = model if isinstance(model, caffe_pb2.NetParameter) else protoio.read_net_param(model)
-        if surgery.needs_surgery(param):
-            _, self.net = surgery.convolutionalize(param, weights, source, device=device)
-        else:
-            self.net = Net(param, weights, phase="TEST", device=device, source=source)
-        net = self.net
-        if not net.inputs:
-            raise VggtoolError(f"{source}: the deploy net has no input blob (give it an Input layer)")
-        self.input = net.inputs[0]
-        shape = net.blobs[self.input].shape
-        if len(shape) != 4:
-            raise VggtoolError(f"{source}: input blob '{self.input}' has shape {shape}; expected N x C x H x W")
+        self.net, self.input, shape = load_deploy_net(model, weights, source, device)
         self.channels = shape[1]
         self.crop = (shape[2], shape[3]) if crop is None else (int(crop), int(crop))
         self.scales = default_scales(self.crop) if scales is None else [int(q) for q in scales]
@@ -240,19 +248,10 @@ def count_samples(path):
 
 
 def read_list(path):
-    """[(relative path, label, line number)] from a Caffe image list `path label`."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            name, _, label = line.rpartition(" ")
-            try:
-                out.append((name.strip() if name else label, int(label) if name else 0, n))
-            except ValueError:
-                raise VggtoolError(f"{path}:{n}: expected 'path label', got '{line}'") from None
-    return out
+    """[(relative path, label, line number)] from a Caffe image list `path label` (label optional)."""
+    from .data.imagelist import read_image_list_lines
+
+    return read_image_list_lines(path, require_label=False)
 
 
 def iterate_samples(path, root="", limit=None, color=True):

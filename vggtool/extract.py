@@ -21,10 +21,9 @@ import shutil
 
 import numpy as np
 
-from . import evaluate as ev, protoio, surgery
+from . import evaluate as ev, protoio
 from .backend import CPU, to_numpy
 from .errors import VggtoolError
-from .net import Net
 from .proto import caffe_pb2
 
 AGGREGATES = ("stack", "average")
@@ -42,23 +41,11 @@ class FeatureExtractor:
         source = source or (model if isinstance(model, str) else "net")
         if aggregate not in AGGREGATES:
             raise VggtoolError(f"--aggregate must be one of {', '.join(AGGREGATES)}, got '{aggregate}'")
-        if weights is not None and not os.path.exists(str(weights)):
-            raise VggtoolError(f"--weights: {weights} does not exist")
         if isinstance(model, str) and not os.path.exists(model):
             raise VggtoolError(f"--net: {model} does not exist")
         param = model if isinstance(model, caffe_pb2.NetParameter) else protoio.read_net_param(model)
         self.fc_layers = [layer_param.name for layer_param in param.layer if layer_param.type == "InnerProduct"]
-        if pool and self.fc_layers:
-            _, self.net = surgery.convolutionalize(param, weights, source, device=device)
-        else:
-            self.net = Net(param, weights, phase="TEST", device=device, source=source)
-        net = self.net
-        if not net.inputs:
-            raise VggtoolError(f"{source}: the deploy net has no input blob (give it an Input layer)")
-        self.input = net.inputs[0]
-        shape = net.blobs[self.input].shape
-        if len(shape) != 4:
-            raise VggtoolError(f"{source}: input blob '{self.input}' has shape {shape}; expected N x C x H x W")
+        self.net, self.input, shape = ev.load_deploy_net(param, weights, source, device, convolutionalize=pool)
         self.channels, self.input_size = shape[1], (shape[2], shape[3])
         self.pool, self.flip, self.aggregate = bool(pool), bool(flip), aggregate
         self.batch = max(1, int(batch))

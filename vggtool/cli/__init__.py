@@ -37,21 +37,17 @@ def normalise_argv(argv):
     return out
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="vggtool", description="Caffe-style VGG toolbox")
+def run_subcommands(prog, description, table, package, argv=None):
+    """Parse `argv` as `prog SUBCOMMAND ...` over `table` (name -> module of `package`), run it, and turn
+    a VggtoolError into one message on stderr and exit code 1 (no traceback)."""
+    argv = normalise_argv(sys.argv[1:] if argv is None else list(argv))
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = {}
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(f"{__name__}.{module_name}")
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
+    for name, module_name in table.items():
+        module = importlib.import_module(f"{package}.{module_name}")
+        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP))
         modules[name] = module
-    return parser, modules
-
-
-def main(argv=None):
-    argv = normalise_argv(sys.argv[1:] if argv is None else list(argv))
-    parser, modules = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
@@ -59,11 +55,15 @@ def main(argv=None):
     try:
         return int(modules[args.command].run(args) or 0)
     except VggtoolError as e:
-        print(f"vggtool {args.command}: error: {e}", file=sys.stderr)
+        print(f"{prog} {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"vggtool {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog} {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv=None):
+    return run_subcommands("vggtool", "Caffe-style VGG toolbox", COMMANDS, __name__, argv)
 
 
 if __name__ == "__main__":
