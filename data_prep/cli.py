@@ -6,7 +6,12 @@ import sys
 from vggtool.cli import normalise_argv
 from vggtool.errors import VggtoolError
 
-TOOLS = {}
+TOOLS = {
+    "convert_imageset": "convert_imageset",
+    "compute_image_mean": "compute_image_mean",
+    "compute_color_stats": "compute_color_stats",
+    "digits": "digits",
+}
 
 
 def main(argv=None):

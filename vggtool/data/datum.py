@@ -5,6 +5,8 @@ compressed file bytes with `encoded: true`, plus an integer label. convert_image
 `%08d_<relative path>` in list order.
 """
 import os
+import threading
+import weakref
 
 import cv2
 import numpy as np
@@ -92,17 +94,41 @@ def open_lmdb(path, write=False, map_size=1 << 30):
         raise VggtoolError(f"cannot open LMDB database {path}: {e}") from None
 
 
+_SHARED = weakref.WeakValueDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_lmdb(path):
+    """A read-only LMDB environment shared within the process.
+
+    LMDB refuses to open one environment twice in a process, and several nets (a train and a test net,
+    the replicas of a multi-device run) may read the same database. The environment closes when its
+    last user drops it; do not close it yourself. A rebuilt database (new data.mdb) gets a new one.
+    """
+    path = os.fspath(path)
+    data = os.path.join(path, "data.mdb")
+    try:
+        st = os.stat(data)
+        key = (os.path.realpath(path), st.st_ino, st.st_mtime_ns)
+    except OSError:
+        key = None
+    with _SHARED_LOCK:
+        env = _SHARED.get(key) if key else None
+        if env is None:
+            env = open_lmdb(path)
+            if key:
+                _SHARED[key] = env
+    return env
+
+
 def iterate_records(path):
     """Yield (key, Datum) in key order from the LMDB at `path`."""
-    env = open_lmdb(path)
-    try:
-        with env.begin(buffers=False) as txn:
-            for key, value in txn.cursor():
-                datum = caffe_pb2.Datum()
-                try:
-                    datum.ParseFromString(value)
-                except Exception:
-                    raise VggtoolError(f"{path}: record {key!r} is not a Datum (corrupt database?)") from None
-                yield key, datum
-    finally:
-        env.close()
+    env = shared_lmdb(path)
+    with env.begin(buffers=False) as txn:
+        for key, value in txn.cursor():
+            datum = caffe_pb2.Datum()
+            try:
+                datum.ParseFromString(value)
+            except Exception:
+                raise VggtoolError(f"{path}: record {key!r} is not a Datum (corrupt database?)") from None
+            yield key, datum

@@ -15,4 +15,5 @@ from . import (  # noqa: F401,E402
     eltwise,
     shape,
     loss,
+    data,
 )

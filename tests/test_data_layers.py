@@ -1,0 +1,229 @@
+"""Data and ImageData layers: record order, per-sample determinism, replicas, prefetch, bad data."""
+import logging
+import os
+
+import cv2
+import lmdb
+import numpy as np
+import pytest
+
+import vggtool
+from data_prep.cli import main as data_prep
+from vggtool.data.datum import array_to_datum, encoded_datum, record_key
+from vggtool.errors import VggtoolError
+from vggtool.protoio import parse_net_text
+
+N = 10
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    """An LMDB of N PNG-encoded 12x16 images whose label is their index."""
+    path = tmp_path_factory.mktemp("data") / "db"
+    rng = np.random.default_rng(7)
+    env = lmdb.open(str(path), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        for i in range(N):
+            image = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+            txn.put(record_key(i, f"img{i}.png"), encoded_datum(cv2.imencode(".png", image)[1], i).SerializeToString())
+    env.close()
+    return path
+
+
+def data_net(source, phase="TRAIN", seed=1, batch=4, transform="crop_size: 8 mirror: true", extra="",
+             kind="Data", divisor=None):
+    if kind == "Data":
+        param = f'data_param {{ source: "{source}" batch_size: {batch} backend: LMDB {extra} }}'
+    else:
+        param = f'image_data_param {{ source: "{source}" batch_size: {batch} {extra} }}'
+    text = (f'layer {{ name: "data" type: "{kind}" top: "data" top: "label" {param} '
+            f'transform_param {{ {transform} }} }}')
+    net = vggtool.Net(parse_net_text(text), phase=phase, seed=seed)
+    if divisor:
+        net.batch_divisor = divisor
+        net.reshape()
+    return net
+
+
+def batch(net, t, offset=0):
+    net.iteration, net.sample_offset = t, offset
+    out = net.forward()
+    return out["data"].copy(), out["label"].copy()
+
+
+def test_record_order_follows_iteration_and_wraps(db):
+    net = data_net(db, batch=4)
+    for t in (0, 1, 2, 7):
+        _, labels = batch(net, t)
+        np.testing.assert_array_equal(labels, [(t * 4 + i) % N for i in range(4)])
+
+
+def test_same_seed_same_batch_and_resume_is_exact(db):
+    transform = "crop_size: 8 mirror: true smallest_side_min: 12 smallest_side_max: 16"
+    a, b = data_net(db, transform=transform), data_net(db, transform=transform)
+    seq = [batch(a, t) for t in range(6)]
+    for t in (5, 2, 3, 0):  # jumps (resume) bypass the prefetched batches correctly
+        d, l = batch(b, t)
+        np.testing.assert_array_equal(d, seq[t][0])
+        np.testing.assert_array_equal(l, seq[t][1])
+    assert not np.array_equal(seq[0][0], batch(data_net(db, seed=2, transform=transform), 0)[0])
+    assert not np.array_equal(seq[0][0], seq[5][0][[2, 3, 0, 1]])  # t=5 reads the same records, new draws
+
+
+def test_rand_skip_is_seeded(db):
+    skips = set()
+    for seed in range(6):
+        a = batch(data_net(db, seed=seed, extra="rand_skip: 5"), 0)[1]
+        b = batch(data_net(db, seed=seed, extra="rand_skip: 5"), 0)[1]
+        np.testing.assert_array_equal(a, b)
+        assert 0 <= a[0] <= 5 and np.array_equal(a, (a[0] + np.arange(4)) % N)
+        skips.add(int(a[0]))
+    assert len(skips) > 1
+
+
+def test_layer_rng_matches_net_sample_rng(db):
+    net = data_net(db)
+    layer = net.layer_dict["data"]
+    net.iteration, net.sample_offset = 9, 4
+    assert layer.sample_rng(9, 4 + 3).integers(0, 1 << 30) == net.sample_rng("data", 3).integers(0, 1 << 30)
+
+
+def test_one_replica_equals_two_replicas(db, tmp_path):
+    pca = tmp_path / "pca"
+    assert data_prep(["compute_color_stats", str(db), str(pca)]) == 0
+    transform = (f'crop_size: 8 mirror: true smallest_side_min: 12 smallest_side_max: 18 '
+                 f'pca_stats_file: "{pca}" mean_value: 100 scale: 0.01')
+    whole = data_net(db, batch=8, transform=transform)
+    halves = [data_net(db, batch=8, transform=transform, divisor=2) for _ in range(2)]
+    for t in (0, 3):
+        d, l = batch(whole, t)
+        parts = [batch(halves[k], t, offset=4 * k) for k in range(2)]
+        assert parts[0][0].shape == (4, 3, 8, 8)
+        np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), d)
+        np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), l)
+    with pytest.raises(VggtoolError, match=r"layer 'data' \(Data\): batch_size 8 .* does not divide over 3"):
+        data_net(db, batch=8, divisor=3)
+
+
+def test_test_phase_deterministic_and_sequential(db):
+    transform = "crop_size: 8 mirror: true smallest_side_min: 12 smallest_side_max: 16 test_smallest_side: 12"
+    a, b = data_net(db, "TEST", seed=1, transform=transform), data_net(db, "TEST", seed=99, transform=transform)
+    first = [{k: v.copy() for k, v in a.forward().items()} for _ in range(3)]
+    labels = [f["label"] for f in first]
+    np.testing.assert_array_equal(np.concatenate(labels), [i % N for i in range(12)])
+    b_out = b.forward()
+    np.testing.assert_array_equal(b_out["data"], first[0]["data"])
+
+
+def write_db(path, values):
+    env = lmdb.open(str(path), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        for i, v in enumerate(values):
+            txn.put(record_key(i, f"r{i}"), v)
+    env.close()
+
+
+def test_corrupt_record_skipped_warned_once_and_counted(tmp_path, caplog):
+    rng = np.random.default_rng(3)
+    good = [array_to_datum(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), i).SerializeToString() for i in range(6)]
+    good[2] = encoded_datum(b"\xff\xd8\xff\xe0 not really a jpeg", 2).SerializeToString()
+    good[4] = b"\x0a\xff\xff garbage"  # not a Datum at all
+    write_db(tmp_path / "db", good)
+    net = data_net(tmp_path / "db", batch=6, transform="")
+    with caplog.at_level(logging.WARNING, logger="vggtool.data"):
+        _, labels = batch(net, 0)
+        _, labels2 = batch(net, 1)
+    np.testing.assert_array_equal(labels, [0, 1, 3, 3, 5, 5])  # replaced by the next good record
+    np.testing.assert_array_equal(labels2, labels)
+    layer = net.layer_dict["data"]
+    assert layer.skipped_records >= 4
+    warnings = [r.getMessage() for r in caplog.records]
+    assert sum("r00000002" in w or "00000002_r2" in w for w in warnings) == 1
+    assert sum("00000004_r4" in w for w in warnings) == 1
+
+
+def test_missing_wrong_kind_and_empty_databases(tmp_path):
+    with pytest.raises(VggtoolError, match=r"layer 'data' \(Data\): database not found: .*nowhere"):
+        data_net(tmp_path / "nowhere")
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(VggtoolError, match=r"layer 'data' \(Data\): .*images is not an LMDB database"):
+        data_net(images)
+    leveldb = tmp_path / "leveldb"
+    leveldb.mkdir()
+    for name in ("CURRENT", "LOCK", "000003.log"):
+        (leveldb / name).write_bytes(b"")
+    with pytest.raises(VggtoolError, match="is not an LMDB database .*LevelDB"):
+        data_net(leveldb)
+    with pytest.raises(VggtoolError, match="backend LEVELDB .* not supported"):
+        vggtool.Net(parse_net_text(f'layer {{ name: "d" type: "Data" top: "data" data_param {{ source: "{leveldb}" '
+                                   'batch_size: 2 backend: LEVELDB } }'), phase="TRAIN")
+    write_db(tmp_path / "empty", [])
+    with pytest.raises(VggtoolError, match=r"layer 'data' \(Data\): .*empty.* holds no records"):
+        data_net(tmp_path / "empty")
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits")
+    assert data_prep(["digits", str(out)]) == 0
+    assert data_prep(["convert_imageset", str(out), str(out / "val.txt"), str(out / "val_lmdb")]) == 0
+    return out
+
+
+def test_data_layer_on_digits(digits):
+    labels_in_list = [int(line.split()[1]) for line in (digits / "val.txt").read_text().splitlines()]
+    net = data_net(digits / "val_lmdb", batch=32,
+                   transform="crop_size: 28 mirror: true smallest_side_min: 32 smallest_side_max: 40 scale: 0.00390625")
+    d, l = batch(net, 2)
+    assert d.shape == (32, 3, 28, 28) and 0 <= d.min() and d.max() <= 1 and d.max() > 0.5
+    np.testing.assert_array_equal(l, labels_in_list[64:96])
+    gray = data_net(digits / "val_lmdb", transform="force_gray: true")
+    assert batch(gray, 0)[0].shape == (4, 1, 32, 32)
+
+
+def test_training_net_on_digits(digits):
+    text = f"""
+    layer {{ name: "data" type: "Data" top: "data" top: "label"
+      data_param {{ source: "{digits / 'val_lmdb'}" batch_size: 16 backend: LMDB }}
+      transform_param {{ crop_size: 28 mirror: true smallest_side_min: 32 smallest_side_max: 36 scale: 0.0039 }} }}
+    layer {{ name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+      inner_product_param {{ num_output: 10 weight_filler {{ type: "xavier" }} }} }}
+    layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }}
+    """
+    net = vggtool.Net(parse_net_text(text), phase="TRAIN", seed=0)
+    loss = float(net.forward_backward())
+    assert np.isfinite(loss) and 1.0 < loss < 5.0
+    assert np.abs(net.params["fc"][0].diff).sum() > 0
+
+
+def test_image_data_layer(digits, tmp_path, caplog):
+    n = len((digits / "val.txt").read_text().splitlines())
+    extra = f'root_folder: "{digits}" shuffle: true new_height: 36 new_width: 36'
+    net = data_net(digits / "val.txt", kind="ImageData", batch=n, extra=extra, transform="crop_size: 30")
+    d, l = batch(net, 0)
+    assert d.shape == (n, 3, 30, 30)
+    labels = [int(line.split()[1]) for line in (digits / "val.txt").read_text().splitlines()]
+    assert sorted(l.astype(int)) == sorted(labels)  # one epoch = a permutation of the list
+    assert list(l.astype(int)) != labels
+    _, l2 = batch(net, 1)
+    assert list(l2) != list(l) and sorted(l2) == sorted(l)  # a new permutation each epoch
+    gray = data_net(digits / "val.txt", kind="ImageData", batch=4, extra=f'root_folder: "{digits}" is_color: false',
+                    transform="")
+    assert batch(gray, 0)[0].shape == (4, 1, 32, 32)
+    # A missing image at training time: skipped with a warning.
+    lines = (digits / "val.txt").read_text().splitlines()[:4]
+    listing = tmp_path / "l.txt"
+    listing.write_text("\n".join(lines[:1] + ["images/none.png 3"] + lines[1:]) + "\n")
+    net = data_net(listing, kind="ImageData", batch=5, extra=f'root_folder: "{digits}"', transform="")
+    with caplog.at_level(logging.WARNING, logger="vggtool.data"):
+        _, l = batch(net, 0)
+    assert "images/none.png" in caplog.text and net.layer_dict["data"].skipped_records >= 1
+    assert l[1] == int(lines[1].split()[1])
+    with pytest.raises(VggtoolError, match=r"layer 'data' \(ImageData\): list file not found: .*missing.txt"):
+        data_net(tmp_path / "missing.txt", kind="ImageData", transform="")
+    os.makedirs(tmp_path / "r", exist_ok=True)
+    (tmp_path / "bad.txt").write_text("a.png 1\nb.png\n")
+    with pytest.raises(VggtoolError, match=r"ImageData.*bad.txt:2: .*no label"):
+        data_net(tmp_path / "bad.txt", kind="ImageData", transform="")

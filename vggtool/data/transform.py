@@ -1,0 +1,182 @@
+"""transform_param: from a decoded uint8 image to the float32 C x H x W network input.
+
+Order (Caffe's, with vggtool's extensions in the middle): isotropic rescale (smallest_side /
+smallest_side_min..max / test_smallest_side) -> crop (random in TRAIN, centred in TEST) -> mirror
+(TRAIN) -> float -> PCA colour shift (TRAIN) -> mean subtraction -> scale. Pixels stay BGR on the 0-255
+scale until the mean is subtracted. All random draws come from the per-sample Generator passed in, so
+a sample's augmentation depends only on (seed, layer, iteration, global sample index).
+
+PCA colour shift (AlexNet): pca_stats_file is data_prep compute_color_stats' BlobProtoVector, RGB order,
+eigenvalues lambda_i of the 0-255 RGB covariance and unit eigenvectors p_i (columns). Each TRAIN image
+gets sum_i alpha_i * sqrt(lambda_i) * p_i added to every pixel (R, G, B mapped to Caffe's B, G, R),
+alpha_i ~ N(0, pca_sigma). sqrt(lambda_i) is the standard deviation along p_i, the scale AlexNet's
+published numbers and common implementations use; the shift's covariance is then pca_sigma^2 times the
+data's colour covariance (with lambda_i itself, on a 0-255 scale, shifts would be hundreds of levels).
+"""
+import cv2
+import numpy as np
+
+from ..blob import proto_to_array
+from ..errors import VggtoolError
+from ..proto import caffe_pb2
+from ..protoio import read_binary_proto
+
+TRAIN = 0
+
+
+def isotropic_resize(image, smallest):
+    """Rescale so the smaller side is `smallest`, keeping the aspect ratio."""
+    h, w = image.shape[:2]
+    if min(h, w) == smallest:
+        return image
+    scale = smallest / min(h, w)
+    size = (max(smallest, round(w * scale)), max(smallest, round(h * scale)))  # cv2 wants (w, h)
+    out = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    return out[:, :, None] if out.ndim == 2 else out
+
+
+def read_pca_stats(path, where="transform_param"):
+    vec = read_binary_proto(path, caffe_pb2.BlobProtoVector(), "colour statistics (BlobProtoVector)")
+    if len(vec.blobs) != 2:
+        raise VggtoolError(f"{where}: pca_stats_file {path} holds {len(vec.blobs)} blob(s); expected 2 "
+                           "(eigenvalues, eigenvectors) as written by data_prep compute_color_stats")
+    values = proto_to_array(vec.blobs[0]).astype(np.float64).reshape(-1)
+    vectors = proto_to_array(vec.blobs[1]).astype(np.float64)
+    if values.shape != (3,) or vectors.size != 9:
+        raise VggtoolError(f"{where}: pca_stats_file {path}: expected 3 eigenvalues and a 3x3 eigenvector "
+                           f"matrix, got shapes {values.shape} and {vectors.shape}")
+    return values, vectors.reshape(3, 3)
+
+
+class DataTransformer:
+    """Applies a TransformationParameter; `where` names the layer in error messages."""
+
+    def __init__(self, param, phase, where="transform_param"):
+        self.p = param
+        self.train = phase == TRAIN
+        self.where = where
+        p = param
+        if p.force_color and p.force_gray:
+            raise self.error("force_color and force_gray exclude each other")
+        self.jitter = p.HasField("smallest_side_min") or p.HasField("smallest_side_max")
+        if self.jitter:
+            if not (p.HasField("smallest_side_min") and p.HasField("smallest_side_max")):
+                raise self.error("scale jittering needs both smallest_side_min and smallest_side_max")
+            if not 0 < p.smallest_side_min <= p.smallest_side_max:
+                raise self.error(f"smallest_side_min {p.smallest_side_min} must be > 0 and <= "
+                                 f"smallest_side_max {p.smallest_side_max}")
+        for name in ("smallest_side", "smallest_side_min", "test_smallest_side"):
+            if p.HasField(name) and p.crop_size and getattr(p, name) < p.crop_size:
+                raise self.error(f"{name} {getattr(p, name)} is smaller than crop_size {p.crop_size}")
+        self.mean = None
+        if p.mean_file and len(p.mean_value):
+            raise self.error("give mean_file or mean_value, not both")
+        if p.mean_file:
+            blob = read_binary_proto(p.mean_file, caffe_pb2.BlobProto(), "mean file (BlobProto)")
+            mean = proto_to_array(blob).astype(np.float32)
+            if mean.ndim == 4 and mean.shape[0] == 1:
+                mean = mean[0]
+            if mean.ndim != 3:
+                raise self.error(f"mean_file {p.mean_file} has shape {mean.shape}; expected 1xCxHxW")
+            self.mean = mean
+        elif len(p.mean_value):
+            self.mean = np.asarray(p.mean_value, np.float32).reshape(-1, 1, 1)
+        self.pca = None
+        if p.pca_stats_file:
+            values, vectors = read_pca_stats(p.pca_stats_file, where)
+            self.pca = (np.sqrt(np.clip(values, 0, None)), vectors)
+
+    def error(self, message):
+        return VggtoolError(f"{self.where}: {message}")
+
+    @property
+    def color(self):
+        """The `color` argument of datum_to_image: True/False force 3/1 channels, None keeps them."""
+        return True if self.p.force_color else (False if self.p.force_gray else None)
+
+    def scale_for(self, rng):
+        """The smaller side S this sample is rescaled to (None: no rescale)."""
+        p = self.p
+        if self.train:
+            if self.jitter:
+                return int(rng.integers(p.smallest_side_min, p.smallest_side_max + 1))
+            return p.smallest_side or None
+        if p.HasField("test_smallest_side"):
+            return p.test_smallest_side
+        if p.smallest_side:
+            return p.smallest_side
+        if self.jitter:  # no TEST scale given: the middle of the training range
+            return (p.smallest_side_min + p.smallest_side_max) // 2
+        return None
+
+    def __call__(self, image, rng=None, source="image"):
+        """HxWxC uint8 (BGR or gray) -> float32 CxHxW. `rng` is required in TRAIN."""
+        p = self.p
+        if image.ndim == 2:
+            image = image[:, :, None]
+        s = self.scale_for(rng)
+        if s:
+            image = isotropic_resize(image, s)
+        h, w, c = image.shape
+        crop = p.crop_size
+        h_off = w_off = 0
+        if crop:
+            if h < crop or w < crop:
+                raise self.error(f"{source} is {h}x{w}, smaller than crop_size {crop} "
+                                 "(rescale it with smallest_side or convert with --resize_smallest)")
+            if self.train:
+                h_off = int(rng.integers(0, h - crop + 1))
+                w_off = int(rng.integers(0, w - crop + 1))
+            else:
+                h_off, w_off = (h - crop) // 2, (w - crop) // 2
+            image = image[h_off:h_off + crop, w_off:w_off + crop]
+        mirror = bool(self.train and p.mirror and rng.integers(0, 2))
+        if mirror:
+            image = image[:, ::-1]
+        out = image.transpose(2, 0, 1).astype(np.float32)  # a fresh contiguous C x H x W copy
+        # The colour shift and a per-channel mean are one offset per channel: one pass over the pixels.
+        offset = None
+        if self.pca is not None and self.train:
+            if c != 3:
+                raise self.error(f"pca_stats_file needs 3-channel images, {source} has {c}")
+            std, vectors = self.pca
+            alpha = rng.normal(0.0, p.pca_sigma, 3)
+            offset = -(vectors @ (alpha * std))[::-1].astype(np.float32).reshape(3, 1, 1)  # RGB -> BGR
+        if self.mean is not None:
+            mean = self._mean_for(out.shape, h, w, h_off, w_off, mirror, source)
+            offset = mean if offset is None else offset + mean
+        if offset is not None:
+            out -= offset
+        if p.scale != 1:
+            out *= np.float32(p.scale)
+        return out
+
+    def _mean_for(self, shape, h, w, h_off, w_off, mirror, source):
+        mean = self.mean
+        c, ch, cw = shape
+        if mean.shape[0] not in (1, c):
+            raise self.error(f"the mean has {mean.shape[0]} channel(s) but {source} has {c}")
+        if mean.shape[1:] == (1, 1):
+            return mean
+        if mean.shape[1:] != (h, w):
+            raise self.error(f"mean_file is {mean.shape[1]}x{mean.shape[2]} but {source} is {h}x{w} (after "
+                             "rescaling); use a mean of the same size or a per-channel mean "
+                             "(mean_value, or compute_image_mean --per_channel_only)")
+        # As Caffe, the mean is taken at the crop's source pixels (mirrored along with them).
+        region = mean[:, h_off:h_off + ch, w_off:w_off + cw]
+        return region[:, :, ::-1] if mirror else region
+
+    def output_shape(self, image):
+        """C x H x W of the output for this (representative) decoded image, without random draws."""
+        if image.ndim == 2:
+            image = image[:, :, None]
+        c = image.shape[2]
+        if self.p.crop_size:
+            return (c, self.p.crop_size, self.p.crop_size)
+        if self.train and self.jitter:
+            raise self.error("scale jittering (smallest_side_min/max) gives images of varying size: "
+                             "set crop_size")
+        s = self.scale_for(None)
+        if s:
+            image = isotropic_resize(image, s)
+        return (c,) + image.shape[:2]

@@ -1,0 +1,301 @@
+"""Data layers reading a dataset with background prefetching: Data (LMDB of Datum) and ImageData
+(an image list). Tops: data (N, C, H, W) and optionally label (N).
+
+Determinism. The record of sample i of batch t is (skip + t * batch_size + sample_offset + i) mod N
+(ImageData with shuffle: position p of a seeded permutation drawn per epoch), and every random draw of
+the sample comes from a Generator seeded by (net seed, layer, t, sample_offset + i) -- the same key as
+Net.sample_rng -- so a batch depends only on t, never on the history of calls or on how the batch is
+split over devices. In TRAIN t is net.iteration (set by the solver; resume is exact). In TEST t counts
+the layer's forward passes, so successive test batches walk through the data as in Caffe.
+
+Multi-device hook: `batch_size` is the WHOLE batch. A replica's net carries `net.batch_divisor` (the
+number of replicas, default 1) and `net.sample_offset` (global index of its first sample, i.e. replica
+index * batch_size / batch_divisor). The layer produces batch_size / batch_divisor samples (an error if
+it does not divide), those with global indices sample_offset + i. batch_divisor is read at setup and
+at every reshape, so a parallel driver sets it after building the replica's net and calls
+net.reshape(), which also reshapes the layers downstream; sample_offset is read at every forward.
+
+Prefetch: decoding and augmentation run in a pool of worker threads (OpenCV releases the GIL; threads
+beat processes here, see PERF_NOTES). After batch t is taken, batches t+1 .. t+prefetch are queued. They
+are keyed by (t, offset, count), so a solver that jumps (resume, a test round) just gets a batch
+computed on demand, and stale ones are dropped. Threads: VGGTOOL_DATA_THREADS (default min(4, cores)).
+
+A record that cannot be decoded is skipped with one warning per record, counted in
+`layer.skipped_records`, and replaced by the next good record; training never stops on it.
+"""
+import logging
+import os
+import threading
+import weakref
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+
+from ..data.datum import datum_to_image, decode_image_bytes, shared_lmdb
+from ..data.imagelist import read_image_list
+from ..data.transform import DataTransformer
+from ..errors import VggtoolError
+from ..proto import caffe_pb2
+from .base import Layer, register_layer
+
+log = logging.getLogger("vggtool.data")
+
+
+def _worker_threads():
+    value = os.environ.get("VGGTOOL_DATA_THREADS")
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            raise VggtoolError(f"VGGTOOL_DATA_THREADS={value!r} is not an integer") from None
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class CorruptRecord(Exception):
+    """A record that cannot be turned into an image (skipped at training time)."""
+
+
+class PrefetchingDataLayer(Layer):
+    exact_bottoms = 0
+    min_tops = 1
+    max_tops = 2
+
+    # Subclasses: open_source() -> number of records; load(index) -> (HxWxC uint8, label) or raise
+    # CorruptRecord; describe(index) -> a name for messages; self.batch_size, self.prefetch, self.rand_skip.
+
+    def layer_setup(self, bottom, top):
+        if self.batch_size <= 0:
+            raise self.error("batch_size must be positive")
+        self.transformer = DataTransformer(self.param.transform_param, self.phase,
+                                           f"layer '{self.name}' ({self.type})")
+        self.num_records = self.open_source()
+        if self.num_records == 0:
+            raise self.error(f"{self.source_path} holds no records (empty database or list)")
+        net = self.net
+        self.seed = net.seed if net is not None else 0
+        self.layer_key = zlib.crc32(self.name.encode())
+        self.local_batch = self.replica_batch()
+        self.skip = 0
+        if self.rand_skip:
+            self.skip = int(np.random.default_rng([self.seed, self.layer_key, 1]).integers(0, self.rand_skip + 1))
+        self.skipped_records = 0
+        self._warned = set()
+        self._lock = threading.Lock()
+        self._perms = {}
+        self._test_batch = 0
+        # Shape from the first good record, as Caffe does.
+        index, image, _ = self._load_good(0)
+        self.shape = self.transformer.output_shape(image)
+        self.threads = _worker_threads()
+        self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix=f"data-{self.name}")
+        weakref.finalize(self, self.pool.shutdown, wait=False, cancel_futures=True)
+        self._pending = {}
+
+    def replica_batch(self):
+        divisor = int(getattr(self.net, "batch_divisor", 1) or 1)
+        if divisor < 1 or self.batch_size % divisor:
+            raise self.error(f"batch_size {self.batch_size} (the whole batch) does not divide over {divisor} "
+                             f"replicas; use a multiple of {divisor}")
+        return self.batch_size // divisor
+
+    def reshape(self, bottom, top):
+        self.local_batch = self.replica_batch()
+        top[0].reshape((self.local_batch,) + self.shape)
+        if len(top) > 1:
+            top[1].reshape((self.local_batch,))
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+    # -- the sample schedule ------------------------------------------------------------------------------
+    def record_index(self, t, g):
+        """The record of global sample g in batch t."""
+        pos = self.skip + t * self.batch_size + g
+        return pos % self.num_records
+
+    def sample_rng(self, t, g):
+        # Same key as Net.sample_rng(name, i) with net.iteration = t, sample_offset + i = g.
+        key = [self.seed, self.layer_key, int(t), int(g)]
+        return np.random.Generator(np.random.Philox(np.random.SeedSequence(key)))
+
+    def _load_good(self, index):
+        """(index, image, label) of the first decodable record at or after `index` (wrapping)."""
+        for k in range(self.num_records):
+            i = (index + k) % self.num_records
+            try:
+                image, label = self.load(i)
+                return i, image, label
+            except CorruptRecord as e:
+                with self._lock:
+                    self.skipped_records += 1
+                    first = i not in self._warned
+                    self._warned.add(i)
+                if first:
+                    log.warning("layer '%s': skipping %s: %s", self.name, self.describe(i), e)
+        raise self.error(f"no record of {self.source_path} can be decoded")
+
+    def make_sample(self, t, g):
+        index, image, label = self._load_good(self.record_index(t, g))
+        out = self.transformer(image, self.sample_rng(t, g), source=self.describe(index))
+        if out.shape != self.shape:
+            raise self.error(f"{self.describe(index)} gives a {out.shape} input but the batch is {self.shape}; "
+                             "set crop_size (or resize when converting) so all inputs have one size")
+        return out, label
+
+    def _fill(self, t, offset, lo, hi, data, labels):
+        for i in range(lo, hi):
+            data[i], labels[i] = self.make_sample(t, offset + i)
+
+    def _submit(self, key):
+        """Queue batch `key` = (t, offset, count) as a few chunks of samples (per-task overhead matters
+        for small images); the workers write straight into the batch's buffers."""
+        t, offset, count = key
+        data = np.empty((count,) + self.shape, dtype=np.float32)
+        labels = np.empty(count, dtype=np.float32)
+        chunks = min(count, 2 * self.threads)
+        bounds = [count * k // chunks for k in range(chunks + 1)]
+        futures = [self.pool.submit(self._fill, t, offset, lo, hi, data, labels)
+                   for lo, hi in zip(bounds[:-1], bounds[1:])]
+        return futures, data, labels
+
+    # -- forward ------------------------------------------------------------------------------------------
+    def batch_position(self):
+        if self.phase == 0 and self.net is not None:
+            return int(self.net.iteration)
+        t = self._test_batch
+        self._test_batch += 1
+        return t
+
+    def forward(self, bottom, top):
+        t = self.batch_position()
+        if self.replica_batch() != self.local_batch:
+            raise self.error("net.batch_divisor changed since the last reshape: call net.reshape()")
+        offset = int(getattr(self.net, "sample_offset", 0))
+        key = (t, offset, self.local_batch)
+        entry = self._pending.pop(key, None) or self._submit(key)
+        # Queue the following batches before waiting, so workers stay busy while this one trains.
+        for k in [k for k in self._pending if not (t < k[0] <= t + self.prefetch) or k[1:] != key[1:]]:
+            for f in self._pending.pop(k)[0]:
+                f.cancel()
+        for dt in range(1, self.prefetch + 1):
+            nxt = (t + dt, offset, self.local_batch)
+            if nxt not in self._pending:
+                self._pending[nxt] = self._submit(nxt)
+        futures, data, labels = entry
+        for f in futures:
+            f.result()  # re-raises a worker's error here, in the training thread
+        top[0].data[...] = self.xp.asarray(data)
+        if len(top) > 1:
+            top[1].data[...] = self.xp.asarray(labels)
+
+    def close(self):
+        for futures, _, _ in self._pending.values():
+            for f in futures:
+                f.cancel()
+        self._pending.clear()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@register_layer("Data")
+class DataLayer(PrefetchingDataLayer):
+    """Datum records from an LMDB (data_param: source, batch_size, backend, prefetch, rand_skip)."""
+
+    def layer_setup(self, bottom, top):
+        p = self.param.data_param
+        self.source_path = p.source
+        self.batch_size = p.batch_size
+        self.prefetch = p.prefetch
+        self.rand_skip = p.rand_skip
+        if not p.source:
+            raise self.error("data_param.source is not set (the LMDB folder)")
+        if p.HasField("backend") and p.backend == caffe_pb2.DataParameter.LEVELDB:
+            raise self.error(f"backend LEVELDB ({p.source}) is not supported; convert the images to LMDB with "
+                             "data_prep convert_imageset and set `backend: LMDB`")
+        super().layer_setup(bottom, top)
+
+    def open_source(self):
+        try:
+            self.env = shared_lmdb(self.source_path)
+        except VggtoolError as e:
+            raise self.error(str(e)) from None
+        with self.env.begin() as txn:
+            self.keys = list(txn.cursor().iternext(keys=True, values=False))
+        self._local = threading.local()
+        return len(self.keys)
+
+    def describe(self, index):
+        return f"record {self.keys[index].decode(errors='replace')} of {self.source_path}"
+
+    def load(self, index):
+        txn = getattr(self._local, "txn", None)
+        if txn is None:
+            txn = self._local.txn = self.env.begin(buffers=False)
+        value = txn.get(self.keys[index])
+        datum = caffe_pb2.Datum()
+        try:
+            datum.ParseFromString(value)
+            return datum_to_image(datum, color=self.transformer.color), datum.label
+        except Exception as e:  # protobuf DecodeError, VggtoolError from decoding: both mean a bad record
+            raise CorruptRecord(str(e)) from None
+
+
+@register_layer("ImageData")
+class ImageDataLayer(PrefetchingDataLayer):
+    """Image files named by a list (image_data_param: source, root_folder, batch_size, shuffle,
+    new_height, new_width, is_color, rand_skip)."""
+
+    def layer_setup(self, bottom, top):
+        p = self.param.image_data_param
+        self.source_path = p.source
+        self.batch_size = p.batch_size
+        self.prefetch = 4
+        self.rand_skip = p.rand_skip
+        if not p.source:
+            raise self.error("image_data_param.source is not set (the image list file)")
+        if (p.new_height > 0) != (p.new_width > 0):
+            raise self.error("new_height and new_width go together")
+        if p.root_folder and not os.path.isdir(p.root_folder):
+            raise self.error(f"root_folder not found: {p.root_folder}")
+        super().layer_setup(bottom, top)
+
+    def open_source(self):
+        try:
+            self.entries = read_image_list(self.source_path)
+        except VggtoolError as e:
+            raise self.error(str(e)) from None
+        return len(self.entries)
+
+    def record_index(self, t, g):
+        pos = self.skip + t * self.batch_size + g
+        if not self.param.image_data_param.shuffle:
+            return pos % self.num_records
+        epoch, k = divmod(pos, self.num_records)
+        with self._lock:
+            perm = self._perms.get(epoch)
+            if perm is None:
+                perm = np.random.default_rng([self.seed, self.layer_key, 2, epoch]).permutation(self.num_records)
+                if len(self._perms) > 4:
+                    self._perms.pop(min(self._perms))
+                self._perms[epoch] = perm
+        return int(perm[k])
+
+    def describe(self, index):
+        return f"{self.entries[index][0]} (entry {index + 1} of {self.source_path})"
+
+    def load(self, index):
+        p = self.param.image_data_param
+        name, label = self.entries[index]
+        path = os.path.join(p.root_folder, name)
+        color = self.transformer.color
+        if color is None:
+            color = p.is_color
+        try:
+            with open(path, "rb") as f:
+                image = decode_image_bytes(f.read(), color=color, source=path)
+        except (OSError, VggtoolError) as e:
+            raise CorruptRecord(str(e)) from None
+        if p.new_height > 0:
+            image = cv2.resize(image, (p.new_width, p.new_height), interpolation=cv2.INTER_LINEAR)
+        return (image[:, :, None] if image.ndim == 2 else image), label
