@@ -15,6 +15,10 @@ COMMANDS = {
     "device_query": "device_query",
     "train": "train",
     "plot": "plot",
+    "test": "test",
+    "convolutionalize": "convolutionalize",
+    "fuse": "fuse",
+    "classify": "classify",
 }
 
 

@@ -1,0 +1,59 @@
+"""A small VGG-style net (3x3 convs, 2x2 pools, three FC layers, 32x32 input) for the evaluation tests."""
+import numpy as np
+
+from vggtool import Net
+
+CROP = 32
+CLASSES = 10
+
+
+def conv(name, bottom, n):
+    return f"""
+layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}"
+  convolution_param {{ num_output: {n} kernel_size: 3 pad: 1
+    weight_filler {{ type: "gaussian" std: 0.12 }} bias_filler {{ type: "gaussian" std: 0.1 }} }} }}
+layer {{ name: "relu_{name}" type: "ReLU" bottom: "{name}" top: "{name}" }}"""
+
+
+def pool(name, bottom):
+    return f"""
+layer {{ name: "{name}" type: "Pooling" bottom: "{bottom}" top: "{name}"
+  pooling_param {{ pool: MAX kernel_size: 2 stride: 2 }} }}"""
+
+
+def fc(name, bottom, n, relu=True):
+    text = f"""
+layer {{ name: "{name}" type: "InnerProduct" bottom: "{bottom}" top: "{name}"
+  inner_product_param {{ num_output: {n}
+    weight_filler {{ type: "gaussian" std: 0.06 }} bias_filler {{ type: "gaussian" std: 0.1 }} }} }}"""
+    if relu:
+        text += f"""
+layer {{ name: "relu_{name}" type: "ReLU" bottom: "{name}" top: "{name}" }}
+layer {{ name: "drop_{name}" type: "Dropout" bottom: "{name}" top: "{name}" dropout_param {{ dropout_ratio: 0.5 }} }}"""
+    return text
+
+
+def deploy_text(crop=CROP, classes=CLASSES, softmax=True):
+    text = f'name: "tinyvgg"\nlayer {{ name: "data" type: "Input" top: "data" ' \
+           f'input_param {{ shape {{ dim: 1 dim: 3 dim: {crop} dim: {crop} }} }} }}'
+    text += conv("conv1", "data", 6) + pool("pool1", "conv1")
+    text += conv("conv2", "pool1", 8) + pool("pool2", "conv2")
+    text += conv("conv3", "pool2", 8) + pool("pool3", "conv3")
+    text += fc("fc6", "pool3", 16) + fc("fc7", "fc6", 16) + fc("fc8", "fc7", classes, relu=False)
+    if softmax:
+        text += '\nlayer { name: "prob" type: "Softmax" bottom: "fc8" top: "prob" }'
+    return text + "\n"
+
+
+def make_model(folder, seed=7, name="deploy"):
+    """Write <name>.prototxt and <name>.caffemodel (random weights drawn from `seed`); return the paths."""
+    net_path = folder / f"{name}.prototxt"
+    net_path.write_text(deploy_text())
+    net = Net(str(net_path), phase="TEST", seed=seed)
+    weights = folder / f"{name}.caffemodel"
+    net.save(str(weights))
+    return str(net_path), str(weights)
+
+
+def random_image(rng, h, w):
+    return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)

@@ -1,0 +1,61 @@
+"""`vggtool classify`: top-5 classes of each image, dense multi-scale evaluation by default."""
+import os
+
+import cv2
+import numpy as np
+
+from .. import evaluate as ev
+from ..errors import VggtoolError
+from .test import _device
+
+HELP = "print the top-5 classes of images (dense multi-scale evaluation by default)"
+
+
+def add_arguments(parser):
+    parser.add_argument("--net", required=True, help="deploy prototxt")
+    parser.add_argument("--weights", required=True, help=".caffemodel")
+    parser.add_argument("--labels", default=None, help="class names, one a line (e.g. synset_words.txt)")
+    parser.add_argument("--scales", default=None,
+                        help="test scales Q (default: crop x 8/7, 12/7, 16/7, i.e. 256,384,512 for a 224 net)")
+    parser.add_argument("--mode", default="dense", choices=ev.MODES)
+    parser.add_argument("--no-flip", dest="flip", action="store_false", help="do not average with the flip")
+    parser.add_argument("--mean-value", default=None, help="per-channel mean B,G,R (or one value)")
+    parser.add_argument("--mean-file", default=None, help="mean .binaryproto (averaged per channel)")
+    parser.add_argument("--average", default="posteriors", choices=("posteriors", "scores"),
+                        help="dense score map: softmax per location then average (default), or average then softmax")
+    parser.add_argument("--blob", default=None, help="class score blob (default: input of the final Softmax)")
+    parser.add_argument("--top", type=int, default=5, help="classes to print per image (default 5)")
+    parser.add_argument("--gpu", default=None, help="GPU id (default: CPU)")
+    parser.add_argument("images", nargs="+", help="image files")
+
+
+def read_labels(path):
+    if not os.path.exists(path):
+        raise VggtoolError(f"--labels: {path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def run(args):
+    for path in (args.net, args.weights):
+        if not os.path.exists(path):
+            raise VggtoolError(f"{path} does not exist")
+    mean = None
+    if args.mean_value is not None or args.mean_file is not None:
+        mean = ev.load_mean(args.mean_value, args.mean_file)
+    labels = read_labels(args.labels) if args.labels else None
+    scales = ev.parse_scales(args.scales) if args.scales else None
+    evaluator = ev.Evaluator(args.net, args.weights, scales=scales, mode=args.mode, flip=args.flip,
+                             mean=mean, blob=args.blob, average=args.average, device=_device(args))
+    for path in args.images:
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            raise VggtoolError(f"cannot read image {path}")
+        p = evaluator.evaluate_image(image)
+        if labels is not None and len(labels) != len(p):
+            raise VggtoolError(f"--labels: {args.labels} names {len(labels)} classes, the net scores {len(p)}")
+        print(path)
+        for c in np.argsort(-p, kind="stable")[:args.top]:
+            name = labels[c] if labels else f"class {c}"
+            print(f"  {p[c]:.4f} - {name}")
+    return 0

@@ -1,0 +1,121 @@
+"""`vggtool test`: Caffe's `caffe test` (TEST phase with the net's own data layer, K iterations) and,
+with --data, the VGG evaluation protocol (dense / multi-crop, multi-scale, flips) of vggtool.evaluate."""
+import os
+import sys
+import time
+
+import numpy as np
+
+from .. import backend
+from ..errors import VggtoolError
+
+HELP = "score a net: Caffe's test (net's own data layer) or, with --data, VGG dense/multi-crop evaluation"
+
+
+def add_arguments(parser):
+    parser.add_argument("--net", "--model", dest="net", required=True, help="net prototxt")
+    parser.add_argument("--weights", required=True, help=".caffemodel with the trained weights")
+    parser.add_argument("--iterations", type=int, default=50, help="Caffe mode: batches to run (default 50)")
+    parser.add_argument("--gpu", default=None, help="GPU id to run on (default: CPU)")
+    parser.add_argument("--stage", default="", help="Caffe mode: comma-separated net stages")
+    parser.add_argument("--level", type=int, default=0, help="Caffe mode: net level")
+    g = parser.add_argument_group("VGG evaluation (with --data)")
+    g.add_argument("--data", default=None, help="LMDB of Datum, or an image list file 'path label'")
+    g.add_argument("--root", default="", help="folder the list file's paths are relative to")
+    g.add_argument("--scales", default=None, help="test scales Q, the smallest image side (default: crop x 8/7, 12/7, "
+                   "16/7, i.e. 256,384,512 for a 224 crop)")
+    g.add_argument("--flip", action="store_true", help="also evaluate horizontal flips (dense: flipped "
+                   "image; multi-crop: mirrored crops, 50 per scale)")
+    g.add_argument("--mode", default="dense", choices=("dense", "multicrop", "both"))
+    g.add_argument("--crop", type=int, default=None, help="multi-crop size (default: the net's input size)")
+    g.add_argument("--mean-value", default=None, help="per-channel mean B,G,R (or one value)")
+    g.add_argument("--mean-file", default=None, help="mean .binaryproto (averaged per channel)")
+    g.add_argument("--average", default="posteriors", choices=("posteriors", "scores"),
+                   help="dense score map: softmax per location then average (default), or average then softmax")
+    g.add_argument("--blob", default=None, help="class score blob (default: input of the final Softmax)")
+    g.add_argument("--batch", type=int, default=50, help="crops per forward pass in multi-crop (default 50)")
+    g.add_argument("--out", default=None, help="write posteriors, labels and keys to this .npz")
+    g.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+
+
+def _device(args):
+    if args.gpu is None:
+        return backend.CPU
+    return backend.parse_devices(args.gpu)[0]
+
+
+def glog(message, file=None):
+    """One log line with glog's classic prefix (as `caffe test` prints)."""
+    t = time.time()
+    line = sys._getframe(1).f_lineno
+    stamp = time.strftime("%m%d %H:%M:%S", time.localtime(t)) + f".{int((t % 1) * 1e6):06d}"
+    print(f"I{stamp} {os.getpid():5d} test.py:{line}] {message}", file=file or sys.stdout, flush=True)
+
+
+def fmt(x):
+    """Caffe prints floats with C++ stream defaults (6 significant digits)."""
+    return f"{float(x):.6g}"
+
+
+def run_caffe_test(args):
+    from ..net import Net
+
+    if args.iterations <= 0:
+        raise VggtoolError(f"--iterations must be positive, got {args.iterations}")
+    if not os.path.exists(args.weights):
+        raise VggtoolError(f"--weights: {args.weights} does not exist")
+    device = _device(args)
+    glog("Use CPU." if not device.is_gpu else f"Use GPU with device ID {device.index}")
+    stages = [s for s in args.stage.split(",") if s]
+    net = Net(args.net, args.weights, phase="TEST", stages=stages, level=args.level, device=device)
+    glog(f"Running for {args.iterations} iterations.")
+    sums, loss = None, 0.0
+    for i in range(args.iterations):
+        out = net.forward()
+        loss += float(backend.to_numpy(net.last_loss))
+        values = [(name, np.ravel(backend.to_numpy(out[name])).astype(np.float64)) for name in net.outputs]
+        for name, v in values:
+            for x in v:
+                glog(f"Batch {i}, {name} = {fmt(x)}")
+        if sums is None:
+            sums = [v.copy() for _, v in values]
+        else:
+            for s, (_, v) in zip(sums, values):
+                s += v
+    glog(f"Loss: {fmt(loss / args.iterations)}")
+    for name, s in zip(net.outputs, sums):
+        weight = net.blob_loss_weights.get(name, 0.0)
+        for x in s / args.iterations:
+            extra = f" (* {fmt(weight)} = {fmt(weight * x)} loss)" if weight else ""
+            glog(f"{name} = {fmt(x)}{extra}")
+    return 0
+
+
+def run_evaluation(args):
+    from .. import evaluate as ev
+
+    scales = ev.parse_scales(args.scales) if args.scales is not None else None
+    if not os.path.exists(args.data):
+        raise VggtoolError(f"--data: {args.data} does not exist (give an LMDB folder or an image list file)")
+    if args.root and not os.path.isdir(args.root):
+        raise VggtoolError(f"--root: {args.root} is not a folder")
+    mean = None
+    if args.mean_value is not None or args.mean_file is not None:
+        mean = ev.load_mean(args.mean_value, args.mean_file)
+    evaluator = ev.Evaluator(args.net, args.weights, scales=scales, mode=args.mode, flip=args.flip,
+                             crop=args.crop, mean=mean, blob=args.blob, average=args.average,
+                             device=_device(args), batch=args.batch)
+    print(f"evaluating {args.net} ({args.mode}, scales {','.join(map(str, evaluator.scales))}"
+          f"{', flips' if args.flip else ''}, score blob '{evaluator.score_blob}')", flush=True)
+    posteriors, labels, keys = ev.evaluate(evaluator, args.data, args.root, args.limit)
+    for line in ev.report_lines(posteriors, labels):
+        print(line)
+    if args.out:
+        ev.save_scores(args.out, posteriors, labels, keys, scales=np.array(evaluator.scales), mode=args.mode,
+                       flip=args.flip)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def run(args):
+    return run_evaluation(args) if args.data is not None else run_caffe_test(args)
