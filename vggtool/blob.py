@@ -156,11 +156,11 @@ class Blob:
             self.reshape(shape)
         elif math.prod(shape) != self.count:
             raise VggtoolError(f"blob proto of shape {shape} does not fit blob of shape {self._shape}")
-        values = proto_values(proto)
+        values = proto_values(proto, writable=False)
         if values.size != self.count:
             raise VggtoolError(f"blob proto holds {values.size} values but its shape {shape} needs {self.count}")
         self.data = values.reshape(self._shape)
-        diff = proto_values(proto, diff=True)
+        diff = proto_values(proto, diff=True, writable=False)
         if diff.size == self.count:
             self.diff = diff.reshape(self._shape)
 
@@ -193,7 +193,7 @@ def _varint(buf, pos):
 
 def _packed_fields(proto):
     """{field number: [byte chunks]} for the length-delimited fields of a serialised BlobProto."""
-    buf = proto.SerializeToString()
+    buf = memoryview(proto.SerializeToString())  # slices of a memoryview do not copy the values
     out = {}
     pos = 0
     while pos < len(buf):
@@ -216,15 +216,22 @@ def _packed_fields(proto):
     return out
 
 
-def proto_values(proto, diff=False):
-    """The values of a BlobProto as a NumPy array (float32 or float64 as stored)."""
+def proto_values(proto, diff=False, writable=True):
+    """The values of a BlobProto as a NumPy array (float32 or float64 as stored).
+
+    `writable=False` may return a read-only view of the serialised bytes (no copy; for callers that
+    copy the values into a blob anyway)."""
     fields = _packed_fields(proto)
     double = "double_diff" if diff else "double_data"
     single = "diff" if diff else "data"
     for name in (double, single):
         number, dtype = _VALUE_FIELDS[name]
         if number in fields:
-            return np.frombuffer(b"".join(fields[number]), dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype)
+            chunks = fields[number]
+            raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            # Little-endian on disk; on a little-endian machine astype(copy=False) keeps the buffer.
+            values = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype, copy=False)
+            return values.copy() if writable and not values.flags.writeable else values
     return np.zeros(0, dtype=np.float32)
 
 
@@ -249,6 +256,37 @@ def set_proto_values(proto, array, diff=False):
     raw = np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
     if raw:
         proto.MergeFromString(_encode_varint(number << 3 | 2) + _encode_varint(len(raw)) + raw)
+
+
+def _values_chunks(number_single, number_double, array):
+    """Wire chunks of one packed value field holding `array` (float32, or float64 when it is float64)."""
+    array = to_numpy(array)
+    double = array.dtype == np.float64
+    dtype = np.dtype(np.float64 if double else np.float32).newbyteorder("<")
+    raw = np.ascontiguousarray(array, dtype=dtype).reshape(-1)
+    if raw.size == 0:
+        return []
+    number = number_double if double else number_single
+    return [_encode_varint(number << 3 | 2) + _encode_varint(raw.nbytes), memoryview(raw).cast("B")]
+
+
+def blob_field_chunks(field_number, shape, data, diff=None):
+    """The wire chunks of a BlobProto (shape, data, optional diff) as field `field_number` of its parent.
+
+    Lets a .caffemodel be written straight from the arrays, without building a NetParameter that
+    holds a second copy of every weight."""
+    from .proto import caffe_pb2
+
+    head = caffe_pb2.BlobProto()
+    head.shape.dim.extend(shape)
+    chunks = [head.SerializeToString()] + _values_chunks(5, 8, data)
+    if diff is not None:
+        chunks += _values_chunks(6, 9, diff)
+    return [_encode_varint(field_number << 3 | 2) + _encode_varint(chunks_size(chunks))] + chunks
+
+
+def chunks_size(chunks):
+    return sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks)
 
 
 def array_to_proto(array, proto=None):

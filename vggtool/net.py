@@ -13,7 +13,7 @@ import numpy as np
 
 from . import protoio
 from .backend import CPU, to_numpy
-from .blob import Blob, proto_shape, proto_values
+from .blob import Blob, _encode_varint, blob_field_chunks, chunks_size, proto_shape, proto_values
 from .errors import VggtoolError
 from .layers import layer_class
 from .proto import caffe_pb2
@@ -131,6 +131,34 @@ def insert_splits(net_param, source="net"):
     return out
 
 
+def _field_header(number, size):
+    return _encode_varint(number << 3 | 2) + _encode_varint(size)
+
+
+def _is_phase(x):
+    return isinstance(x, (int, np.integer)) or (isinstance(x, str) and x.upper() in ("TRAIN", "TEST"))
+
+
+def _weights_and_phase(args, weights, phase):
+    """pycaffe's call forms: Net(model, phase), Net(model, weights, phase), Net(model, phase, weights=w)."""
+    if len(args) > 2:
+        raise TypeError(f"Net() takes at most 3 positional arguments ({len(args) + 1} given)")
+    args = list(args)
+    if args and _is_phase(args[0]):
+        if phase is not None or len(args) > 1:
+            raise TypeError("Net(): the phase is given twice")
+        phase = args.pop(0)
+    elif args:
+        if weights is not None:
+            raise TypeError("Net(): the weights are given twice")
+        weights = args.pop(0)
+        if args:
+            if phase is not None:
+                raise TypeError("Net(): the phase is given twice")
+            phase = args.pop(0)
+    return weights, TEST if phase is None else phase
+
+
 class CopyReport:
     """What `Net.copy_from` did: layers copied, source layers ignored, target layers left as they were."""
 
@@ -156,10 +184,9 @@ class Net:
     prototxt path or a NetParameter.
     """
 
-    def __init__(self, model, weights=None, phase=TEST, *, stages=(), level=0, device=CPU,
+    def __init__(self, model, *args, weights=None, phase=None, stages=(), level=0, device=CPU,
                  dtype=np.float32, seed=None, source=None):
-        if isinstance(weights, (int, np.integer)) or (isinstance(weights, str) and weights.upper() in ("TRAIN", "TEST")):
-            weights, phase = None, weights  # pycaffe's Net(model, phase)
+        weights, phase = _weights_and_phase(args, weights, phase)
         if isinstance(model, caffe_pb2.NetParameter):
             net_param = caffe_pb2.NetParameter()
             net_param.CopyFrom(model)
@@ -249,18 +276,17 @@ class Net:
             self.bottom_names[name] = list(layer_param.bottom)
             self.top_names[name] = list(layer_param.top)
             # Which blobs carry gradients (forward pass of the need-backward analysis).
-            bneed = []
-            for j, bname in enumerate(layer_param.bottom):
-                b = blob_need_backward.get(bname, False)
-                if len(layer_param.propagate_down) and not layer_param.propagate_down[j]:
-                    b = False
-                bneed.append(b)
-            need = any(layer.param_propagate_down) or any(bneed)
+            # As Caffe: an explicit propagate_down decides the bottom's flag; the layer needs backward if
+            # any bottom blob carries gradients or any parameter learns (propagate_down is applied later).
+            blob_needs = [blob_need_backward.get(b, False) for b in layer_param.bottom]
+            bneed = [bool(layer_param.propagate_down[j]) if len(layer_param.propagate_down) else b
+                     for j, b in enumerate(blob_needs)]
+            need = any(layer.param_propagate_down) or any(blob_needs)
             for tname in layer_param.top:
                 blob_need_backward[tname] = need
             self.layer_need_backward.append(need)
             self.bottom_need_backward.append(bneed)
-        self.outputs = list(available)
+        self.outputs = sorted(available)  # Caffe keeps them in a std::set: output #i is in name order
         self._prune_backward(param)
         self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
         self.params = OrderedDict((n, l.blobs) for n, l in zip(self._layer_names, self.layers) if l.blobs)
@@ -312,24 +338,33 @@ class Net:
             self.learnable_params.append(LearnableParam(blob, lr_mult, decay_mult, layer.name, k))
 
     def _prune_backward(self, param):
-        """Layers that do not lead to a loss need no backward (unless force_backward)."""
-        under_loss = set()
+        """Caffe's backward pass of Net::Init: layers that do not lead to a loss, or whose every top is
+        cut off by its consumers' propagate_down, run no backward (unless force_backward)."""
+        under_loss, skip = set(), set()
         for i in range(len(self.layers) - 1, -1, -1):
             name = self._layer_names[i]
-            contributes = any(t in self.blob_loss_weights or t in under_loss for t in self.top_names[name])
-            if not contributes and not param.force_backward:
+            tops = self.top_names[name]
+            contributes = any(t in self.blob_loss_weights or t in under_loss for t in tops)
+            skipped = all(t in skip for t in tops)
+            if self.layer_need_backward[i] and skipped:
                 self.layer_need_backward[i] = False
                 self.bottom_need_backward[i] = [False] * len(self.bottom_vecs[i])
-            if self.layer_need_backward[i]:
-                under_loss.update(self.bottom_names[name])
+            if not contributes:
+                self.layer_need_backward[i] = False
+            for j, bname in enumerate(self.bottom_names[name]):
+                if contributes:
+                    under_loss.add(bname)
+                else:
+                    self.bottom_need_backward[i][j] = False
+                if not self.bottom_need_backward[i][j]:
+                    skip.add(bname)
         if param.force_backward:
-            # Caffe's force_backward: every layer runs backward, to every bottom that allows it.
+            # Every layer runs backward, to every bottom that allows it, and every parameter gets a gradient.
             for i, layer in enumerate(self.layers):
                 self.layer_need_backward[i] = True
-                pd = layer.param.propagate_down
-                self.bottom_need_backward[i] = [
-                    (need or layer.allow_force_backward(j)) and not (len(pd) and not pd[j])
-                    for j, need in enumerate(self.bottom_need_backward[i])]
+                self.bottom_need_backward[i] = [need or layer.allow_force_backward(j)
+                                                for j, need in enumerate(self.bottom_need_backward[i])]
+                layer.param_propagate_down = [True] * len(layer.blobs)
 
     # -- randomness ---------------------------------------------------------------------------------------
     def layer_rng(self, layer_name):
@@ -463,9 +498,8 @@ class Net:
                 if len(src.blobs):
                     rep.ignored.append(src.name)
                 continue
-            seen.add(src.name)
-            if len(src.blobs) == 0 and len(target.blobs):
-                continue
+            if len(src.blobs) == 0:
+                continue  # nothing to copy (a parameterless layer, or a definition without weights)
             if len(src.blobs) != len(target.blobs):
                 raise VggtoolError(f"{label}: cannot copy layer '{src.name}': the source has {len(src.blobs)} "
                                    f"parameter blob(s), the target has {len(target.blobs)}")
@@ -481,12 +515,13 @@ class Net:
                         f"shape is {' '.join(map(str, shape))} ({math.prod(shape)}); target param shape is "
                         f"{blob.shape_string()}. To learn this layer's parameters from scratch rather than "
                         "copying them from a saved net, rename the layer.")
-                values = proto_values(blob_proto)
+                values = proto_values(blob_proto, writable=False)
                 if values.size != blob.count:
                     raise VggtoolError(f"{label}: layer '{src.name}' param {k} holds {values.size} values, "
                                        f"its shape needs {blob.count} (truncated or corrupt file?)")
                 blob.data = values.reshape(blob.shape)
             rep.copied.append(src.name)
+            seen.add(src.name)
         rep.missing.extend(n for n, l in self.layer_dict.items()
                            if l.blobs and n not in seen and (only is None or n in only))
         return rep
@@ -503,8 +538,28 @@ class Net:
         return out
 
     def save(self, path, write_diff=False):
-        """Write the weights as a binary .caffemodel, atomically."""
-        protoio.write_binary_proto(path, self.to_proto(write_diff))
+        """Write the weights as a binary .caffemodel, atomically (the same bytes as to_proto() would
+        serialise to, up to field order, streamed from the arrays without an intermediate copy)."""
+        protoio.atomic_write_chunks(path, self._caffemodel_chunks(write_diff))
+
+    def _caffemodel_chunks(self, write_diff):
+        head = caffe_pb2.NetParameter()
+        head.CopyFrom(self.param)
+        head.ClearField("layer")
+        chunks = [head.SerializeToString()]
+        layer_field = caffe_pb2.NetParameter.DESCRIPTOR.fields_by_name["layer"].number
+        blobs_field = caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name["blobs"].number
+        for layer_param in self.param.layer:
+            lp = caffe_pb2.LayerParameter()
+            lp.CopyFrom(layer_param)
+            lp.ClearField("blobs")
+            body = [lp.SerializeToString()]
+            layer = self.layer_dict.get(layer_param.name)
+            for blob in (layer.blobs if layer is not None else []):
+                body += blob_field_chunks(blobs_field, blob.shape, blob.data, blob.diff if write_diff else None)
+            chunks.append(_field_header(layer_field, chunks_size(body)))
+            chunks += body
+        return chunks
 
     # -- information --------------------------------------------------------------------------------------
     def num_params(self):

@@ -86,13 +86,19 @@ def read_solver_param(path):
 
 def atomic_write_bytes(path, data):
     """Write `data` to `path` through a temporary file and a rename: readers never see half a file."""
+    atomic_write_chunks(path, [data])
+
+
+def atomic_write_chunks(path, chunks):
+    """atomic_write_bytes for a sequence of bytes-like pieces written one after the other."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

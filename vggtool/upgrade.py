@@ -69,7 +69,10 @@ def upgrade_v1_layer(v1, source="net"):
 
 
 def upgrade_data_transform(layer):
-    """Move scale/mean_file/crop_size/mirror out of data_param/image_data_param into transform_param."""
+    """Move scale/mean_file/crop_size/mirror out of data_param/image_data_param into transform_param.
+
+    Returns True if anything moved."""
+    moved = False
     for holder_name in ("data_param", "image_data_param", "window_data_param"):
         if not layer.HasField(holder_name):
             continue
@@ -78,6 +81,8 @@ def upgrade_data_transform(layer):
             if field in holder.DESCRIPTOR.fields_by_name and holder.HasField(field):
                 setattr(layer.transform_param, field, getattr(holder, field))
                 holder.ClearField(field)
+                moved = True
+    return moved
 
 
 def upgrade_net(net, source="net"):
@@ -115,9 +120,7 @@ def upgrade_net(net, source="net"):
             net.ClearField(f)
         changed = True
     for layer in net.layer:
-        before = layer.SerializeToString()
-        upgrade_data_transform(layer)
-        changed |= before != layer.SerializeToString()
+        changed |= upgrade_data_transform(layer)
     return changed
 
 

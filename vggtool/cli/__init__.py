@@ -19,6 +19,7 @@ COMMANDS = {
     "convolutionalize": "convolutionalize",
     "fuse": "fuse",
     "classify": "classify",
+    "time": "time",
 }
 
 

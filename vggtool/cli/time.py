@@ -1,0 +1,92 @@
+"""`vggtool time`: per-layer forward and backward timings of a net (Caffe's `caffe time`).
+
+Like Caffe: one untimed forward+backward first (allocations, warm-up), then K timed iterations that run
+every layer's forward, then every layer's backward in reverse order, and finally the per-layer averages
+and the "Average Forward pass / Average Backward pass / Average Forward-Backward / Total Time" lines.
+Input layers are filled with random values once; data layers read their data as in training.
+"""
+import time as _time
+
+import numpy as np
+
+from .. import backend
+from ..errors import VggtoolError
+
+HELP = "benchmark a net: average forward and backward time per layer (Caffe's `caffe time`)"
+
+
+def add_arguments(parser):
+    parser.add_argument("--net", "--model", dest="net", required=True, metavar="N.prototxt",
+                        help="the net to time (--model is Caffe's name for it)")
+    parser.add_argument("--iterations", type=int, default=10, help="timed iterations (default 10; Caffe: 50)")
+    parser.add_argument("--phase", default="TRAIN", help="TRAIN (default, as in Caffe) or TEST")
+    parser.add_argument("--level", type=int, default=0, help="the net state's level (include/exclude rules)")
+    parser.add_argument("--stage", default="", help="comma-separated net state stages")
+    parser.add_argument("--gpu", default=None, help="GPU id to run on (first of a list; default: the CPU)")
+    parser.add_argument("--weights", default=None, help="optional .caffemodel to load before timing")
+    parser.add_argument("--seed", type=int, default=0, help="seed for initialisation and random inputs")
+
+
+def _now(device):
+    device.synchronize()  # GPU work is asynchronous: wait for it before reading the clock
+    return _time.perf_counter()
+
+
+def run(args):
+    from ..net import Net
+
+    if args.iterations < 1:
+        raise VggtoolError(f"--iterations must be at least 1, got {args.iterations}")
+    device = backend.parse_devices(args.gpu)[0] if args.gpu else backend.CPU
+    print(f"Use GPU with device ID {device.index}." if device.is_gpu else "Use CPU.")
+    stages = [s for s in args.stage.split(",") if s]
+    net = Net(args.net, args.weights, phase=args.phase, stages=stages, level=args.level, device=device,
+              seed=args.seed)
+    rng = np.random.default_rng(args.seed)
+    for name in net.inputs:
+        blob = net.blobs[name]
+        blob.data = rng.standard_normal(blob.shape).astype(np.float32)
+
+    layers, bottoms, tops = net.layers, net.bottom_vecs, net.top_vecs
+    names = net._layer_names
+    print("Performing Forward")
+    loss = float(backend.to_numpy(net.forward_from_to()))
+    print(f"Initial loss: {loss:g}")
+    print("Performing Backward")
+    net.backward_from_to()
+    print("*** Benchmark begins ***")
+    print(f"Testing for {args.iterations} iterations.")
+    forward_ms = np.zeros(len(layers))
+    backward_ms = np.zeros(len(layers))
+    forward_total = backward_total = 0.0
+    total_start = _now(device)
+    with device:
+        for it in range(args.iterations):
+            net.iteration = it
+            iter_start = _now(device)
+            for i, layer in enumerate(layers):
+                t = _now(device)
+                layer.forward(bottoms[i], tops[i])
+                forward_ms[i] += (_now(device) - t) * 1e3
+            mid = _now(device)
+            # As Caffe's benchmark: every layer's backward, with the bottoms the net would propagate to.
+            for i in range(len(layers) - 1, -1, -1):
+                t = _now(device)
+                layers[i].backward(tops[i], net.bottom_need_backward[i], bottoms[i])
+                backward_ms[i] += (_now(device) - t) * 1e3
+            end = _now(device)
+            forward_total += (mid - iter_start) * 1e3
+            backward_total += (end - mid) * 1e3
+            print(f"Iteration: {it + 1} forward-backward time: {(end - iter_start) * 1e3:.3f} ms.")
+    total = (_now(device) - total_start) * 1e3
+    k = args.iterations
+    print("Average time per layer: ")
+    for i, name in enumerate(names):
+        print(f"{name:>10}\tforward: {forward_ms[i] / k:.4f} ms.")
+        print(f"{name:>10}\tbackward: {backward_ms[i] / k:.4f} ms.")
+    print(f"Average Forward pass: {forward_total / k:.4f} ms.")
+    print(f"Average Backward pass: {backward_total / k:.4f} ms.")
+    print(f"Average Forward-Backward: {total / k:.4f} ms.")
+    print(f"Total Time: {total:.4f} ms.")
+    print("*** Benchmark ends ***")
+    return 0
