@@ -20,6 +20,7 @@ COMMANDS = {
     "fuse": "fuse",
     "classify": "classify",
     "time": "time",
+    "localize": "localize",
 }
 
 
