@@ -84,8 +84,9 @@ def test_train_val_builds_trains_and_lr_mults(tiny_db, variant, learning):
         assert mults == ([1, 2] if layer in learning else [0, 0]), layer
     assert net.blobs["fc8_loc"].shape == (2, 4000 if variant.startswith("pcr") else 4)
     net.forward_backward()
-    box = np.asarray(net.blobs["box"].data)  # (cx, cy, w, h) of the crop-clipped box, in crop units
-    assert box.shape == (2, 4) and np.all((box >= 0) & (box <= 1)) and np.all(box[:, 2:] > 0)
+    box = np.asarray(net.blobs["box"].data)  # (cx, cy, w, h) in crop units
+    # 32x40 -> smallest side 256 (x8): the box (4, 2, 30, 20) becomes 208 x 144 pixels of the 224 crop.
+    np.testing.assert_allclose(box[:, 2:], [[208 / 224, 144 / 224]] * 2, rtol=1e-6)
     assert np.isfinite(float(net.blobs["loss"].data))
     grad = np.abs(np.asarray(net.params["fc8_loc"][0].diff)).reshape(-1, 4, 4).sum(axis=(1, 2))
     if variant.startswith("pcr"):  # only the rows of the two ground-truth classes (0 and 7) get gradient

@@ -9,8 +9,10 @@ Conventions (used by data_prep, the data layers, the loss and `vggtool localize`
   NORMALISED by the crop size: cx = (x1 + x2) / 2 / crop_w, w = (x2 - x1) / crop_w (same for y with
   crop_h). A box filling the crop is (0.5, 0.5, 1, 1); values keep one scale whatever the crop size, so
   a net trained on 224 crops predicts, when applied densely, a box relative to each 224 window.
-- Boxes are clipped to the crop (a ground-truth box partly outside the crop is regressed to its
-  visible part, as the crop is all the net sees).
+- The training target is NOT clipped to the crop: an object partly outside the crop keeps its full
+  extent (cx, cy may fall outside [0, 1]), so a net learns to predict whole objects from partial views
+  and the boxes of off-centre windows in dense application still agree (OverFeat does the same).
+  Boxes are clipped to the IMAGE when predictions are mapped back (vggtool.localize).
 
 Merging (OverFeat-style, greedy): the distance of two boxes is 1 - IoU. While the closest pair is
 closer than `threshold` (IoU > 1 - threshold), it is replaced by the weighted average of the two

@@ -114,7 +114,7 @@ class DataTransformer:
         """HxWxC uint8 (BGR or gray) -> float32 CxHxW. `rng` is required in TRAIN.
 
         With `boxes` ((k, 4) x1, y1, x2, y2 in the image's pixels, see vggtool.boxes) returns
-        (output, boxes moved through the same rescale, crop and mirror, clipped to the output)."""
+        (output, boxes moved through the same rescale, crop and mirror; not clipped to the crop)."""
         p = self.p
         if image.ndim == 2:
             image = image[:, :, None]
@@ -141,7 +141,7 @@ class DataTransformer:
         if mirror:
             image = image[:, ::-1]
         if boxes is not None:
-            boxes = box_geometry.crop_boxes(boxes, w_off, h_off, image.shape[1], image.shape[0])
+            boxes = box_geometry.crop_boxes(boxes, w_off, h_off, image.shape[1], image.shape[0], clip=False)
             if mirror:
                 boxes = box_geometry.flip_boxes(boxes, image.shape[1])
         out = image.transpose(2, 0, 1).astype(np.float32)  # a fresh contiguous C x H x W copy

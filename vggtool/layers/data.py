@@ -3,7 +3,8 @@
 
 Boxes (localisation). A third top enables them: it gets each sample's first ground-truth box (the
 Datum's `box` field; for ImageData a list `path label x1 y1 x2 y2 ...`) moved through the sample's
-rescale, crop and mirror and written as (cx, cy, w, h) normalised by the output size (vggtool.boxes).
+rescale, crop and mirror and written as (cx, cy, w, h) normalised by the output size, not clipped
+to the crop (vggtool.boxes).
 A record without a box is an error naming it.
 
 Determinism. The record of sample i of batch t is (skip + t * batch_size + sample_offset + i) mod N
