@@ -7,8 +7,8 @@
    the training digits, val canvases the held-out ones (data_prep.digits' stratified split).
 2. Box lists -> LMDB with boxes (data_prep convert_imageset --gray).
 3. vggtool train: a small VGG-style classifier (netdefs/demo_loc/cls_*), then the per-class box regression
-   net initialised from it (netdefs/demo_loc/loc_*, BoxRegressionLoss), both on random-free 48x48 crops
-   of the 64x64 canvases (centre crop: fixed TRANSFORMS keep this short demo simple).
+   net initialised from it (netdefs/demo_loc/loc_*, BoxRegressionLoss), both on random 48x48 crops of
+   the 64x64 canvases (the box target follows the crop and is not clipped to it).
 4. vggtool test --out: the classifier's dense posteriors; vggtool localize: (a) centre crop with the
    ground-truth class, (b) dense application at Q=64 (3x3 windows of 48, stride 8) + greedy merging of the
    boxes of the top-5 (and top-1) classes. Prints the commands and the errors.
@@ -80,7 +80,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     work = args.work
     os.makedirs(os.path.join(ROOT, work), exist_ok=True)
-    cls_w, loc_w = f"{work}/cls_iter_700.caffemodel", f"{work}/loc_iter_700.caffemodel"
+    cls_w, loc_w = f"{work}/cls_iter_1400.caffemodel", f"{work}/loc_iter_1400.caffemodel"
     if not args.skip_train:
         make_canvases(os.path.join(ROOT, work), args.train, args.val)
         for split in ("train", "val"):

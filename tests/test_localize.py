@@ -130,3 +130,22 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["localize", "--net", net, "--weights", weights, "--data", str(tmp_path / "nobox.txt"),
                  "--root", str(tmp_path), "--protocol", "centre"]) == 1
     assert "has no box" in capsys.readouterr().err
+
+
+def test_cli_classifier_run_here(tmp_path, capsys):
+    """--cls-net: a classifier (constant posteriors favouring class 1) ranks the classes in-process."""
+    listing = write_set(tmp_path)
+    net, weights = const_net(tmp_path, [[0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 1, 1]])
+    text = DEPLOY.format(n=2) + 'layer { name: "prob" type: "Softmax" bottom: "fc_box" top: "prob" }\n'
+    (tmp_path / "cls.prototxt").write_text(text)
+    cls = vggtool.Net(parse_net_text(text), phase="TEST")
+    cls.params["fc_box"][0].data[...] = 0
+    cls.params["fc_box"][1].data[...] = [0.0, 1.0]
+    cls.save(str(tmp_path / "cls.caffemodel"))
+    assert main(["localize", "--net", net, "--weights", weights, "--data", str(listing), "--root", str(tmp_path),
+                 "--scales", "12", "--threshold", "1", "--top", "1", "--cls-net", str(tmp_path / "cls.prototxt"),
+                 "--cls-weights", str(tmp_path / "cls.caffemodel"), "--out", str(tmp_path / "o.npz")]) == 0
+    # Class 1 everywhere: only image 1 (class 1, box (4, 2, 12, 10)) is right.
+    assert "top-1 localisation error = 66.67% (3 images)" in capsys.readouterr().out
+    with np.load(tmp_path / "o.npz") as z:
+        assert list(z["classes"][:, 0]) == [1, 1, 1] and list(z["correct"]) == [False, True, False]
