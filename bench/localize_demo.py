@@ -96,9 +96,15 @@ def main(argv=None):
     out = sh(["vggtool", "test", "--net", "netdefs/demo_loc/cls_deploy.prototxt", "--weights", cls_w,
               "--data", f"{work}/val_lmdb", "--scales", "64", "--mean-value", "20", "--out", f"{work}/scores.npz"])
     print("  " + out.strip().replace("\n", "\n  "))
+    # One-hot ground-truth posteriors: dense + merge judged on box quality alone, like the centre protocol.
+    from vggtool.evaluate import load_scores, save_scores
+    _, labels, keys = load_scores(f"{ROOT}/{work}/scores.npz")
+    save_scores(f"{ROOT}/{work}/gt_scores.npz", np.eye(10)[labels], labels, keys)
     loc = ["vggtool", "localize", "--net", "netdefs/demo_loc/loc_deploy.prototxt", "--weights", loc_w,
            "--data", f"{work}/val_lmdb", "--mean-value", "20"]
     runs = [("centre crop, GT class (a)", ["--protocol", "centre", "--scales", "64"]),
+            ("dense Q=64,72 + merge, GT class", ["--scores", f"{work}/gt_scores.npz", "--scales", "64,72",
+                                                 "--top", "1"]),
             ("dense Q=64 + merge, top-1", ["--scores", f"{work}/scores.npz", "--scales", "64", "--top", "1"]),
             ("dense Q=64 + merge, top-5", ["--scores", f"{work}/scores.npz", "--scales", "64", "--top", "5",
                                            "--out", f"{work}/boxes.npz"]),
