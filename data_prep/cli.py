@@ -8,6 +8,7 @@ TOOLS = {
     "compute_image_mean": "compute_image_mean",
     "compute_color_stats": "compute_color_stats",
     "digits": "digits",
+    "convert_voc": "convert_voc",
 }
 
 

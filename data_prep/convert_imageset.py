@@ -4,6 +4,11 @@ Caffe's flags and record format: keys `%08d_<path>` in (possibly shuffled) list 
 (C x H x W BGR bytes) or, with --encoded, the compressed file bytes. Additions: --resize_smallest
 (isotropic), corrupt images skipped and listed (--strict: fatal), the database is built under a
 temporary name beside DB and renamed when complete, and the LMDB map grows as needed.
+
+Boxes (localisation): a list whose lines read `path label x1 y1 x2 y2 [x1 y1 x2 y2 ...]` (detected
+automatically: some line ends with 5 or more numbers) stores the boxes in the Datum's `box` field,
+4 floats per box in pixels of the STORED image (rescaled with it by --resize_*), continuous
+coordinates as in vggtool.boxes. data_prep convert_voc feeds VOC/ILSVRC XML annotations through here.
 """
 import os
 import shutil
@@ -13,7 +18,8 @@ import cv2
 import numpy as np
 
 from vggtool.data.datum import array_to_datum, encoded_datum, record_key
-from vggtool.data.imagelist import read_image_list as read_list
+from vggtool import boxes as box_geometry
+from vggtool.data.imagelist import read_box_list, read_image_list as read_list
 from vggtool.errors import VggtoolError
 
 HELP = "convert an image list (path label per line) to an LMDB of Caffe Datum records"
@@ -23,8 +29,13 @@ _ENCODINGS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg"}
 
 def add_arguments(p):
     p.add_argument("root", help="folder the list's paths are relative to")
-    p.add_argument("list", help="list file: `relative/path label` per line")
+    p.add_argument("list", help="list file: `relative/path label [x1 y1 x2 y2 ...]` per line")
     p.add_argument("db", help="output database folder")
+    add_common_arguments(p)
+
+
+def add_common_arguments(p):
+    """The flags convert_imageset shares with convert_voc."""
     p.add_argument("--backend", default="lmdb", help="database kind (only lmdb)")
     p.add_argument("--gray", action="store_true", help="store images as 1-channel grayscale")
     p.add_argument("--shuffle", action="store_true", help="shuffle the list (seeded) before writing")
@@ -52,8 +63,34 @@ def resize_image(image, height=0, width=0, smallest=0):
     return image
 
 
-def make_datum(path, label, args):
-    """The Datum of one image file; raises VggtoolError when the file cannot be read or decoded."""
+def list_has_boxes(path):
+    """True when some line of the list ends with 5 or more numbers (label + x1 y1 x2 y2)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 6 and not line.lstrip().startswith("#"):
+                    try:
+                        [float(v) for v in fields[-5:]]
+                        return True
+                    except ValueError:
+                        pass
+    except OSError:
+        return False  # read_list reports the missing file
+    return False
+
+
+def make_datum(path, label, args, boxes=None):
+    """The Datum of one image file (with its boxes, moved with the resize); raises VggtoolError when the
+    file cannot be read or decoded."""
+    datum, shape, original = _make_datum(path, label, args)
+    if boxes is not None and len(boxes):
+        moved = box_geometry.resize_boxes(boxes, original, shape)
+        datum.box.extend(np.asarray(moved, np.float32).reshape(-1).tolist())
+    return datum, shape
+
+
+def _make_datum(path, label, args):
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -64,18 +101,18 @@ def make_datum(path, label, args):
     if image is None:
         raise VggtoolError(f"cannot decode {path} (corrupt or not an image)")
     resized = resize_image(image, args.resize_height, args.resize_width, args.resize_smallest)
-    shape = resized.shape[:2]
+    shape, original = resized.shape[:2], image.shape[:2]
     if not args.encoded:
-        return array_to_datum(resized, label), shape
+        return array_to_datum(resized, label), shape, original
     ext = os.path.splitext(path)[1].lower().replace(".jpeg", ".jpg")
     want = _ENCODINGS.get(args.encode_type.lower(), ext) if args.encode_type else ext
     # Keep the file's own bytes only when nothing about the pixels changes (Caffe does the same).
     if resized is image and want == ext and not args.gray:
-        return encoded_datum(raw, label), shape
+        return encoded_datum(raw, label), shape, original
     ok, buf = cv2.imencode(want if want in (".png", ".jpg") else ".png", resized)
     if not ok:
         raise VggtoolError(f"cannot encode {path} as {want}")
-    return encoded_datum(buf.tobytes(), label), shape
+    return encoded_datum(buf.tobytes(), label), shape, original
 
 
 class LmdbWriter:
@@ -111,6 +148,15 @@ class LmdbWriter:
 
 
 def run(args):
+    if list_has_boxes(args.list):
+        entries = read_box_list(args.list)
+    else:
+        entries = [(name, label, None) for name, label in read_list(args.list)]
+    return convert(entries, args, args.list)
+
+
+def convert(entries, args, list_name):
+    """Write [(relative path, label, boxes or None)] (paths under args.root) to args.db."""
     from tqdm import tqdm
 
     if args.backend.lower() != "lmdb":
@@ -124,9 +170,8 @@ def run(args):
         raise VggtoolError("--resize_smallest and --resize_height/--resize_width exclude each other")
     if not os.path.isdir(args.root):
         raise VggtoolError(f"image root folder not found: {args.root}")
-    entries = read_list(args.list)
     if not entries:
-        raise VggtoolError(f"{args.list}: the list is empty")
+        raise VggtoolError(f"{list_name}: the list is empty")
     db = os.path.normpath(args.db)
     if os.path.exists(db) and not args.overwrite:
         raise VggtoolError(f"{db} already exists (pass --overwrite to replace it)")
@@ -141,12 +186,12 @@ def run(args):
     skipped, first_shape, count, start = [], None, 0, time.time()
     try:
         bar = tqdm(entries, unit="img", desc="convert_imageset", mininterval=0.5)
-        for line_id, (name, label) in enumerate(bar):
+        for line_id, (name, label, boxes) in enumerate(bar):
             try:
-                datum, shape = make_datum(os.path.join(args.root, name), label, args)
+                datum, shape = make_datum(os.path.join(args.root, name), label, args, boxes)
             except VggtoolError as e:
                 if args.strict:
-                    raise VggtoolError(f"{e} (listed in {args.list}; --strict makes this fatal)") from None
+                    raise VggtoolError(f"{e} (listed in {list_name}; --strict makes this fatal)") from None
                 skipped.append(f"{name}: {e}")
                 continue
             if args.check_size:
@@ -160,7 +205,7 @@ def run(args):
             count += 1
         writer.close()
         if count == 0:
-            raise VggtoolError(f"no image of {args.list} could be read; nothing written")
+            raise VggtoolError(f"no image of {list_name} could be read; nothing written")
         old = None
         if os.path.exists(db):  # --overwrite: move the old DB aside first, so a DB exists at every moment
             old = tmp + ".old"

@@ -23,6 +23,8 @@ COMMANDS = {
     "classify": "classify",
     "extract": "extract",
     "svm": "svm",
+    "time": "time",
+    "localize": "localize",
 }
 
 

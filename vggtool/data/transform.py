@@ -16,6 +16,7 @@ data's colour covariance (with lambda_i itself, on a 0-255 scale, shifts would b
 import cv2
 import numpy as np
 
+from .. import boxes as box_geometry
 from ..blob import proto_to_array
 from ..errors import VggtoolError
 from ..proto import caffe_pb2
@@ -109,14 +110,20 @@ class DataTransformer:
             return (p.smallest_side_min + p.smallest_side_max) // 2
         return None
 
-    def __call__(self, image, rng=None, source="image"):
-        """HxWxC uint8 (BGR or gray) -> float32 CxHxW. `rng` is required in TRAIN."""
+    def __call__(self, image, rng=None, source="image", boxes=None):
+        """HxWxC uint8 (BGR or gray) -> float32 CxHxW. `rng` is required in TRAIN.
+
+        With `boxes` ((k, 4) x1, y1, x2, y2 in the image's pixels, see vggtool.boxes) returns
+        (output, boxes moved through the same rescale, crop and mirror; not clipped to the crop)."""
         p = self.p
         if image.ndim == 2:
             image = image[:, :, None]
         s = self.scale_for(rng)
         if s:
+            old_hw = image.shape[:2]
             image = isotropic_resize(image, s)
+            if boxes is not None:
+                boxes = box_geometry.resize_boxes(boxes, old_hw, image.shape[:2])
         h, w, c = image.shape
         crop = p.crop_size
         h_off = w_off = 0
@@ -133,6 +140,10 @@ class DataTransformer:
         mirror = bool(self.train and p.mirror and rng.integers(0, 2))
         if mirror:
             image = image[:, ::-1]
+        if boxes is not None:
+            boxes = box_geometry.crop_boxes(boxes, w_off, h_off, image.shape[1], image.shape[0], clip=False)
+            if mirror:
+                boxes = box_geometry.flip_boxes(boxes, image.shape[1])
         out = image.transpose(2, 0, 1).astype(np.float32)  # a fresh contiguous C x H x W copy
         # The colour shift and a per-channel mean are one offset per channel: one pass over the pixels.
         offset = None
@@ -149,7 +160,7 @@ class DataTransformer:
             out -= offset
         if p.scale != 1:
             out *= np.float32(p.scale)
-        return out
+        return out if boxes is None else (out, boxes)
 
     def _mean_for(self, shape, h, w, h_off, w_off, mirror, source):
         mean = self.mean

@@ -16,4 +16,5 @@ from . import (  # noqa: F401,E402
     shape,
     loss,
     data,
+    box_loss,
 )

@@ -1,5 +1,11 @@
 """Data layers reading a dataset with background prefetching: Data (LMDB of Datum) and ImageData
-(an image list). Tops: data (N, C, H, W) and optionally label (N).
+(an image list). Tops: data (N, C, H, W) and optionally label (N) and box (N, 4).
+
+Boxes (localisation). A third top enables them: it gets each sample's first ground-truth box (the
+Datum's `box` field; for ImageData a list `path label x1 y1 x2 y2 ...`) moved through the sample's
+rescale, crop and mirror and written as (cx, cy, w, h) normalised by the output size, not clipped
+to the crop (vggtool.boxes).
+A record without a box is an error naming it.
 
 Determinism. The record of sample i of batch t is (skip + t * batch_size + sample_offset + i) mod N
 (ImageData with shuffle: position p of a seeded permutation drawn per epoch), and every random draw of
@@ -33,8 +39,9 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
+from .. import boxes as box_geometry
 from ..data.datum import datum_to_image, decode_image_bytes, shared_lmdb
-from ..data.imagelist import read_image_list
+from ..data.imagelist import read_box_list, read_image_list
 from ..data.transform import DataTransformer
 from ..errors import VggtoolError
 from ..proto import caffe_pb2
@@ -60,9 +67,10 @@ class CorruptRecord(Exception):
 class PrefetchingDataLayer(Layer):
     exact_bottoms = 0
     min_tops = 1
-    max_tops = 2
+    max_tops = 3
 
-    # Subclasses: open_source() -> number of records; load(index) -> (HxWxC uint8, label) or raise
+    # Subclasses: open_source() -> number of records; load(index) -> (HxWxC uint8, label, boxes (k, 4)
+    # or None) or raise
     # CorruptRecord; describe(index) -> a name for messages; self.batch_size, self.prefetch, self.rand_skip.
 
     def layer_setup(self, bottom, top):
@@ -70,6 +78,7 @@ class PrefetchingDataLayer(Layer):
             raise self.error("batch_size must be positive")
         self.transformer = DataTransformer(self.param.transform_param, self.phase,
                                            f"layer '{self.name}' ({self.type})")
+        self.with_boxes = len(top) > 2
         self.num_records = self.open_source()
         if self.num_records == 0:
             raise self.error(f"{self.source_path} holds no records (empty database or list)")
@@ -86,7 +95,7 @@ class PrefetchingDataLayer(Layer):
         self._perms = {}
         self._t, self._last_iteration = 0, None
         # Shape from the first good record, as Caffe does.
-        index, image, _ = self._load_good(0)
+        index, image, _, _ = self._load_good(0)
         self.shape = self.transformer.output_shape(image)
         self.threads = _worker_threads()
         self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix=f"data-{self.name}")
@@ -105,6 +114,8 @@ class PrefetchingDataLayer(Layer):
         top[0].reshape((self.local_batch,) + self.shape)
         if len(top) > 1:
             top[1].reshape((self.local_batch,))
+        if len(top) > 2:
+            top[2].reshape((self.local_batch, 4))
 
     def backward(self, top, propagate_down, bottom):
         pass
@@ -121,12 +132,12 @@ class PrefetchingDataLayer(Layer):
         return np.random.Generator(np.random.Philox(np.random.SeedSequence(key)))
 
     def _load_good(self, index):
-        """(index, image, label) of the first decodable record at or after `index` (wrapping)."""
+        """(index, image, label, boxes) of the first decodable record at or after `index` (wrapping)."""
         for k in range(self.num_records):
             i = (index + k) % self.num_records
             try:
-                image, label = self.load(i)
-                return i, image, label
+                image, label, boxes = self.load(i)
+                return i, image, label, boxes
             except CorruptRecord as e:
                 with self._lock:
                     self.skipped_records += 1
@@ -137,16 +148,27 @@ class PrefetchingDataLayer(Layer):
         raise self.error(f"no record of {self.source_path} can be decoded")
 
     def make_sample(self, t, g):
-        index, image, label = self._load_good(self.record_index(t, g))
-        out = self.transformer(image, self.sample_rng(t, g), source=self.describe(index))
+        index, image, label, boxes = self._load_good(self.record_index(t, g))
+        box = None
+        if self.with_boxes:
+            if boxes is None or len(boxes) == 0:
+                raise self.error(f"{self.describe(index)} has no bounding box, but the layer has a box top "
+                                 "(convert the data with boxes, or drop the third top)")
+            out, moved = self.transformer(image, self.sample_rng(t, g), source=self.describe(index),
+                                          boxes=boxes[:1])
+            box = box_geometry.to_cxcywh(moved, out.shape[2], out.shape[1])[0]
+        else:
+            out = self.transformer(image, self.sample_rng(t, g), source=self.describe(index))
         if out.shape != self.shape:
             raise self.error(f"{self.describe(index)} gives a {out.shape} input but the batch is {self.shape}; "
                              "set crop_size (or resize when converting) so all inputs have one size")
-        return out, label
+        return out, label, box
 
-    def _fill(self, t, offset, lo, hi, data, labels):
+    def _fill(self, t, offset, lo, hi, data, labels, boxes):
         for i in range(lo, hi):
-            data[i], labels[i] = self.make_sample(t, offset + i)
+            data[i], labels[i], box = self.make_sample(t, offset + i)
+            if box is not None:
+                boxes[i] = box
 
     def _submit(self, key):
         """Queue batch `key` = (t, offset, count) as a few chunks of samples (per-task overhead matters
@@ -154,11 +176,12 @@ class PrefetchingDataLayer(Layer):
         t, offset, count = key
         data = np.empty((count,) + self.shape, dtype=np.float32)
         labels = np.empty(count, dtype=np.float32)
+        boxes = np.empty((count, 4), dtype=np.float32) if self.with_boxes else None
         chunks = min(count, 2 * self.threads)
         bounds = [count * k // chunks for k in range(chunks + 1)]
-        futures = [self.pool.submit(self._fill, t, offset, lo, hi, data, labels)
+        futures = [self.pool.submit(self._fill, t, offset, lo, hi, data, labels, boxes)
                    for lo, hi in zip(bounds[:-1], bounds[1:])]
-        return futures, data, labels
+        return futures, data, labels, boxes
 
     # -- forward ------------------------------------------------------------------------------------------
     def batch_position(self):
@@ -184,15 +207,17 @@ class PrefetchingDataLayer(Layer):
             nxt = (t + dt, offset, self.local_batch)
             if nxt not in self._pending:
                 self._pending[nxt] = self._submit(nxt)
-        futures, data, labels = entry
+        futures, data, labels, boxes = entry
         for f in futures:
             f.result()  # re-raises a worker's error here, in the training thread
         top[0].data[...] = self.xp.asarray(data)
         if len(top) > 1:
             top[1].data[...] = self.xp.asarray(labels)
+        if len(top) > 2:
+            top[2].data[...] = self.xp.asarray(boxes)
 
     def close(self):
-        for futures, _, _ in self._pending.values():
+        for futures, *_ in self._pending.values():
             for f in futures:
                 f.cancel()
         self._pending.clear()
@@ -237,9 +262,12 @@ class DataLayer(PrefetchingDataLayer):
         datum = caffe_pb2.Datum()
         try:
             datum.ParseFromString(value)
-            return datum_to_image(datum, color=self.transformer.color), datum.label
+            image = datum_to_image(datum, color=self.transformer.color)
         except Exception as e:  # protobuf DecodeError, VggtoolError from decoding: both mean a bad record
             raise CorruptRecord(str(e)) from None
+        if len(datum.box) % 4:
+            raise CorruptRecord(f"{len(datum.box)} box values (not a multiple of 4)")
+        return image, datum.label, np.asarray(datum.box, dtype=np.float64).reshape(-1, 4)
 
 
 @register_layer("ImageData")
@@ -262,8 +290,14 @@ class ImageDataLayer(PrefetchingDataLayer):
         super().layer_setup(bottom, top)
 
     def open_source(self):
+        self.entry_boxes = None
         try:
-            self.entries = read_image_list(self.source_path)
+            if self.with_boxes:
+                rows = read_box_list(self.source_path)
+                self.entries = [(name, label) for name, label, _ in rows]
+                self.entry_boxes = [boxes for _, _, boxes in rows]
+            else:
+                self.entries = read_image_list(self.source_path)
         except VggtoolError as e:
             raise self.error(str(e)) from None
         return len(self.entries)
@@ -297,6 +331,9 @@ class ImageDataLayer(PrefetchingDataLayer):
                 image = decode_image_bytes(f.read(), color=color, source=path)
         except (OSError, VggtoolError) as e:
             raise CorruptRecord(str(e)) from None
+        boxes = None if self.entry_boxes is None else self.entry_boxes[index]
         if p.new_height > 0:
+            if boxes is not None:
+                boxes = box_geometry.resize_boxes(boxes, image.shape[:2], (p.new_height, p.new_width))
             image = cv2.resize(image, (p.new_width, p.new_height), interpolation=cv2.INTER_LINEAR)
-        return (image[:, :, None] if image.ndim == 2 else image), label
+        return (image[:, :, None] if image.ndim == 2 else image), label, boxes

@@ -1,0 +1,151 @@
+"""vggtool localize: constant-box nets whose every prediction is known, so boxes are hand-computed."""
+import cv2
+import numpy as np
+import pytest
+
+import vggtool
+from vggtool import localize as L
+from vggtool.cli import main
+from vggtool.evaluate import save_scores
+from vggtool.protoio import parse_net_text
+
+DEPLOY = """name: "const_box"
+layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 1 dim: 3 dim: 8 dim: 8 }} }} }}
+layer {{ name: "pool" type: "Pooling" bottom: "data" top: "pool" pooling_param {{ pool: MAX kernel_size: 2 stride: 2 }} }}
+layer {{ name: "fc_box" type: "InnerProduct" bottom: "pool" top: "fc_box" inner_product_param {{ num_output: {n} }} }}
+"""
+
+
+def const_net(tmp_path, params, name="net"):
+    """A deploy net (8x8 input, stride 2) predicting the same (K, 4) box parameters in every window."""
+    params = np.asarray(params, np.float64).reshape(-1)
+    text = DEPLOY.format(n=params.size)
+    path = tmp_path / f"{name}.prototxt"
+    path.write_text(text)
+    net = vggtool.Net(parse_net_text(text), phase="TEST")
+    net.params["fc_box"][0].data[...] = 0
+    net.params["fc_box"][1].data[...] = params
+    net.save(str(tmp_path / f"{name}.caffemodel"))
+    return str(path), str(tmp_path / f"{name}.caffemodel")
+
+
+def test_dense_boxes_are_placed_in_their_windows(tmp_path):
+    reg = L.Regressor(*const_net(tmp_path, [0.5, 0.5, 0.5, 0.5]))
+    assert (reg.classes, reg.stride, reg.crop_h) == (1, 2, 8)
+    b = reg.dense_boxes(np.zeros((12, 12, 3), np.uint8), 12)
+    # 12x12 image -> 3x3 windows at offsets 0, 2, 4; box (2, 2, 6, 6) inside each window.
+    expect = [[2 + x, 2 + y, 6 + x, 6 + y] for y in (0, 2, 4) for x in (0, 2, 4)]
+    np.testing.assert_allclose(b[0], expect)
+    # Flip: mirrored windows give the same set of boxes for this symmetric box.
+    bf = reg.dense_boxes(np.zeros((12, 12, 3), np.uint8), 12, flip=True)
+    assert bf.shape == (1, 18, 4)
+    assert sorted(map(tuple, bf[0, 9:])) == sorted(map(tuple, np.array(expect, float)))
+    # Q = 24: the image doubles, so boxes come back at half size: windows at 0, 2, .., 16 -> /2.
+    b24 = reg.dense_boxes(np.zeros((12, 12, 3), np.uint8), 24)
+    np.testing.assert_allclose(b24[0, 0], [1, 1, 3, 3])
+    np.testing.assert_allclose(b24[0, -1], [1 + 8, 1 + 8, 3 + 8, 3 + 8])
+
+
+def test_full_protocol_merging(tmp_path):
+    reg = L.Regressor(*const_net(tmp_path, [0.5, 0.5, 0.5, 0.5]))
+    image = np.zeros((12, 12, 3), np.uint8)
+    # Neighbours overlap with IoU 1/3 (distance 2/3): threshold 0.5 merges none, 0.99 merges all 9
+    # into their mean (4, 4, 8, 8).
+    (c, box, support), = L.localize_full([reg], image, [3], [12], threshold=0.5)
+    assert c == 3 and support == 1 and list(box) == [2, 2, 6, 6]
+    (c, box, support), = L.localize_full([reg], image, [3], [12], threshold=0.99)
+    np.testing.assert_allclose(box, [4, 4, 8, 8])
+    assert support == 9
+
+
+def test_centre_protocol_and_per_class_choice(tmp_path):
+    # PCR with 2 classes: class 0 the centred half-size box, class 1 the whole crop.
+    reg = L.Regressor(*const_net(tmp_path, [[0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 1, 1]]))
+    image = np.zeros((12, 16, 3), np.uint8)
+    # Centre 8x8 crop at x 4, y 2: class 0 box (2,2,6,6) -> (6,4,10,8); class 1 -> (4,2,12,10).
+    np.testing.assert_allclose(reg.centre_box(image, 12, 0), [6, 4, 10, 8])
+    np.testing.assert_allclose(reg.centre_box(image, 12, 1), [4, 2, 12, 10])
+    # Q = 24: 24x32 image, crop at x 12, y 8: (14,10,18,14) -> halved (7,5,9,7).
+    np.testing.assert_allclose(reg.centre_box(image, 24, 0), [7, 5, 9, 7])
+
+
+def write_set(tmp_path):
+    """Three 12x16 images; box lists with ground truth for labels 0, 1, 1."""
+    lines = []
+    gts = [(0, [8, 4, 12, 8]), (1, [4, 2, 12, 10]), (1, [0, 0, 3, 3])]
+    for i, (label, gt) in enumerate(gts):
+        cv2.imwrite(str(tmp_path / f"i{i}.png"), np.zeros((12, 16, 3), np.uint8))
+        lines.append(f"i{i}.png {label} " + " ".join(map(str, gt)))
+    (tmp_path / "val.txt").write_text("\n".join(lines) + "\n")
+    return tmp_path / "val.txt"
+
+
+def test_cli_centre_and_full(tmp_path, capsys):
+    listing = write_set(tmp_path)
+    net, weights = const_net(tmp_path, [[0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 1, 1]])
+    base = ["localize", "--net", net, "--weights", weights, "--data", str(listing), "--root", str(tmp_path),
+            "--scales", "12"]
+    assert main(base + ["--protocol", "centre", "--out", str(tmp_path / "c.json")]) == 0
+    out = capsys.readouterr().out
+    # Image 0: centre box (6, 4, 10, 8) vs (8, 4, 12, 8): IoU 8 / 24, wrong; image 1 right; image 2 wrong.
+    assert "localisation error (ground-truth class, centre crop) = 66.67% (3 images)" in out
+    import json
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved["correct"] == [False, True, False]
+    np.testing.assert_allclose(saved["boxes"][1][0], [4, 2, 12, 10])
+    # Full: the classifier ranks class 1 first for images 0, 1 and class 0 for image 2. Threshold 1
+    # merges class 1's windows (all overlapping) into their mean (4, 2, 12, 10); class 0's 4x4 boxes
+    # form clusters, the first being (8, 4, 12, 8) (checked against localize_full directly).
+    # With top 1, image 0 gets a class-1 guess (wrong class), image 1 is right, image 2's box misses.
+    posts = np.array([[0.2, 0.8], [0.1, 0.9], [0.7, 0.3]])
+    save_scores(str(tmp_path / "s.npz"), posts, [0, 1, 1], ["i0.png", "i1.png", "i2.png"])
+    assert main(base + ["--scores", str(tmp_path / "s.npz"), "--top", "1", "--threshold", "1",
+                        "--out", str(tmp_path / "f.npz")]) == 0
+    assert "top-1 localisation error = 66.67% (3 images)" in capsys.readouterr().out
+    with np.load(tmp_path / "f.npz") as z:
+        np.testing.assert_array_equal(z["classes"][:, 0], [1, 1, 0])
+        assert list(z["correct"]) == [False, True, False]
+        np.testing.assert_allclose(z["boxes"][:, 0], [[4, 2, 12, 10], [4, 2, 12, 10], [8, 4, 12, 8]])
+    reg = L.Regressor(net, weights)
+    (_, box, _), = L.localize_full([reg], np.zeros((12, 16, 3), np.uint8), [0], [12], threshold=1)
+    np.testing.assert_allclose(box, [8, 4, 12, 8])
+    # Top 2 also guesses class 0 for image 0: its merged box must match. Two nets pool their boxes.
+    assert main(base + ["--net", net, "--weights", weights, "--scores", str(tmp_path / "s.npz"),
+                        "--top", "2", "--flip", "--threshold", "1"]) == 0
+    assert "top-2 localisation error = 33.33% (3 images)" in capsys.readouterr().out
+
+
+def test_cli_errors(tmp_path, capsys):
+    listing = write_set(tmp_path)
+    net, weights = const_net(tmp_path, [0.5, 0.5, 0.5, 0.5])
+    base = ["localize", "--net", net, "--weights", weights, "--data", str(listing), "--root", str(tmp_path)]
+    assert main(base) == 1
+    assert "--scores S.npz" in capsys.readouterr().err
+    save_scores(str(tmp_path / "s.npz"), np.ones((1, 2)), [0], ["other.png"])
+    assert main(base + ["--scores", str(tmp_path / "s.npz")]) == 1
+    assert "has no image 'i0.png'" in capsys.readouterr().err
+    assert main(base + ["--protocol", "centre", "--scales", "4"]) == 1
+    assert "smaller than the net's 8x8 input" in capsys.readouterr().err
+    (tmp_path / "nobox.txt").write_text("i0.png 0\n")
+    assert main(["localize", "--net", net, "--weights", weights, "--data", str(tmp_path / "nobox.txt"),
+                 "--root", str(tmp_path), "--protocol", "centre"]) == 1
+    assert "has no box" in capsys.readouterr().err
+
+
+def test_cli_classifier_run_here(tmp_path, capsys):
+    """--cls-net: a classifier (constant posteriors favouring class 1) ranks the classes in-process."""
+    listing = write_set(tmp_path)
+    net, weights = const_net(tmp_path, [[0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 1, 1]])
+    text = DEPLOY.format(n=2) + 'layer { name: "prob" type: "Softmax" bottom: "fc_box" top: "prob" }\n'
+    (tmp_path / "cls.prototxt").write_text(text)
+    cls = vggtool.Net(parse_net_text(text), phase="TEST")
+    cls.params["fc_box"][0].data[...] = 0
+    cls.params["fc_box"][1].data[...] = [0.0, 1.0]
+    cls.save(str(tmp_path / "cls.caffemodel"))
+    assert main(["localize", "--net", net, "--weights", weights, "--data", str(listing), "--root", str(tmp_path),
+                 "--scales", "12", "--threshold", "1", "--top", "1", "--cls-net", str(tmp_path / "cls.prototxt"),
+                 "--cls-weights", str(tmp_path / "cls.caffemodel"), "--out", str(tmp_path / "o.npz")]) == 0
+    # Class 1 everywhere: only image 1 (class 1, box (4, 2, 12, 10)) is right.
+    assert "top-1 localisation error = 66.67% (3 images)" in capsys.readouterr().out
+    with np.load(tmp_path / "o.npz") as z:
+        assert list(z["classes"][:, 0]) == [1, 1, 1] and list(z["correct"]) == [False, True, False]

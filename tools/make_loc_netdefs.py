@@ -1,0 +1,140 @@
+"""Write the localisation nets of the paper's Appendix A (configuration D with a box-regression last
+layer) to netdefs/vgg_d_loc/ and their solvers to solver/:
+
+    python tools/make_loc_netdefs.py [--out .]
+
+- train_val_pcr.prototxt     per-class regression (fc8_loc: 4 x 1000 outputs, BoxRegressionLoss),
+                             all layers fine-tuned (the paper's best: 33.1% GT-class centre-crop error)
+- train_val_pcr_fc.prototxt  the same, only fc6, fc7 (and the new fc8_loc) learn: lr_mult 0 elsewhere
+- train_val_scr.prototxt     single-class regression (fc8_loc: 4 outputs, EuclideanLoss), all layers
+- deploy_pcr.prototxt, deploy_scr.prototxt  for `vggtool localize`
+- solver/vgg_d_loc_{pcr,pcr_fc,scr}.prototxt  lr 1e-3, divided by 10 when the validation loss stops
+  improving (plateau policy on the test loss).
+The box layer is named fc8_loc so that `vggtool train --weights VGG_D_S256.caffemodel` (the classification
+net of the same scale, as the paper) copies conv1_1..fc7 and leaves the box layer to its random init.
+Data: LMDBs with boxes (data_prep convert_imageset with a box list, or convert_voc); the Data layer's
+third top "box" is the first ground-truth box as (cx, cy, w, h) normalised by the 224 crop.
+"""
+import argparse
+import os
+import sys
+
+BLOCKS = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]  # configuration D
+MEAN = "  mean_value: 103.939\n  mean_value: 116.779\n  mean_value: 123.68\n"  # BGR, ILSVRC training set
+VARIANTS = {  # name: (outputs, loss type, which layers learn)
+    "pcr": (4000, "BoxRegressionLoss", "all"),
+    "pcr_fc": (4000, "BoxRegressionLoss", "fc"),
+    "scr": (4, "EuclideanLoss", "all"),
+}
+
+
+def _params(learn):
+    if not learn:
+        return "  param { lr_mult: 0 decay_mult: 0 }\n  param { lr_mult: 0 decay_mult: 0 }\n"
+    return "  param { lr_mult: 1 decay_mult: 1 }\n  param { lr_mult: 2 decay_mult: 0 }\n"
+
+
+def _layer(name, type_, bottoms, tops, body=""):
+    text = f'layer {{\n  name: "{name}"\n  type: "{type_}"\n'
+    text += "".join(f'  bottom: "{b}"\n' for b in bottoms) + "".join(f'  top: "{t}"\n' for t in tops)
+    return text + body + "}\n"
+
+
+def _data(phase, batch, source, scale_field):
+    return _layer("data", "Data", [], ["data", "label", "box"],
+                  f"  include {{ phase: {phase} }}\n"
+                  f"  transform_param {{\n    crop_size: 224\n    {scale_field}: 256\n"
+                  + ("    mirror: true\n" if phase == "TRAIN" else "")
+                  + MEAN.replace("  mean_value", "    mean_value") + "  }\n"
+                  f'  data_param {{\n    source: "{source}"\n    batch_size: {batch}\n    backend: LMDB\n  }}\n')
+
+
+def body(outputs, learn_conv, learn_fc, deploy):
+    """The layers after the input: conv1_1 .. fc7, fc8_loc."""
+    out, bottom = [], "data"
+    filler = '    weight_filler { type: "gaussian" std: 0.01 }\n    bias_filler { type: "constant" value: 0 }\n'
+    for block, widths in enumerate(BLOCKS, start=1):
+        for i, width in enumerate(widths, start=1):
+            name = f"conv{block}_{i}"
+            out.append(_layer(name, "Convolution", [bottom], [name],
+                              ("" if deploy else _params(learn_conv))
+                              + f"  convolution_param {{\n    num_output: {width}\n    pad: 1\n    kernel_size: 3\n"
+                              + ("" if deploy else filler) + "  }\n"))
+            out.append(_layer(f"relu{block}_{i}", "ReLU", [name], [name]))
+            bottom = name
+        out.append(_layer(f"pool{block}", "Pooling", [bottom], [f"pool{block}"],
+                          "  pooling_param {\n    pool: MAX\n    kernel_size: 2\n    stride: 2\n  }\n"))
+        bottom = f"pool{block}"
+    for name, width, learn in (("fc6", 4096, learn_fc), ("fc7", 4096, learn_fc), ("fc8_loc", outputs, True)):
+        out.append(_layer(name, "InnerProduct", [bottom], [name],
+                          ("" if deploy else _params(learn))
+                          + f"  inner_product_param {{\n    num_output: {width}\n"
+                          + ("" if deploy else filler.replace("0.01", "0.001" if name == "fc8_loc" else "0.01"))
+                          + "  }\n"))
+        bottom = name
+        if name != "fc8_loc":
+            out.append(_layer(f"relu{name[2:]}", "ReLU", [name], [name]))
+            out.append(_layer(f"drop{name[2:]}", "Dropout", [name], [name],
+                              "  dropout_param {\n    dropout_ratio: 0.5\n  }\n"))
+    return "".join(out)
+
+
+def train_val_text(variant):
+    outputs, loss, learn = VARIANTS[variant]
+    title = {"pcr": "per-class regression (PCR), all layers fine-tuned",
+             "pcr_fc": "per-class regression (PCR), only fc6/fc7 (and fc8_loc) fine-tuned",
+             "scr": "single-class regression (SCR), all layers fine-tuned"}[variant]
+    bottoms = ["fc8_loc", "box"] + (["label"] if loss == "BoxRegressionLoss" else [])
+    return (f"# VGG-D localisation net, {title}. Generated by tools/make_loc_netdefs.py.\n"
+            f'name: "VGG_D_LOC_{variant.upper()}"\n'
+            + _data("TRAIN", 64, "data/ilsvrc12_loc_train_lmdb", "smallest_side")
+            + _data("TEST", 32, "data/ilsvrc12_loc_val_lmdb", "test_smallest_side")
+            + body(outputs, learn == "all", True, deploy=False)
+            + _layer("loss", loss, bottoms, ["loss"]))
+
+
+def deploy_text(variant):
+    outputs = VARIANTS[variant][0]
+    return (f"# VGG-D localisation net ({variant.upper()}), deploy: fc8_loc gives (cx, cy, w, h) per class,"
+            " normalised by the 224 input. Generated by tools/make_loc_netdefs.py.\n"
+            f'name: "VGG_D_LOC_{variant.upper()}"\n'
+            'layer {\n  name: "data"\n  type: "Input"\n  top: "data"\n'
+            "  input_param { shape { dim: 1 dim: 3 dim: 224 dim: 224 } }\n}\n"
+            + body(outputs, True, True, deploy=True))
+
+
+def solver_text(variant):
+    return (f"# Appendix A: fine-tune the localisation net from the classification net of the same scale,\n"
+            f"#   vggtool train --solver solver/vgg_d_loc_{variant}.prototxt --weights VGG_D_S256.caffemodel\n"
+            "# lr 1e-3 (the paper), divided by 10 when the validation loss stops improving. Generated by\n"
+            "# tools/make_loc_netdefs.py.\n"
+            f'net: "netdefs/vgg_d_loc/train_val_{variant}.prototxt"\n'
+            "test_iter: 100\ntest_interval: 5000\ntest_initialization: false\n"
+            'base_lr: 0.001\nlr_policy: "plateau"\ngamma: 0.1\n'
+            'plateau_output: "loss"\nplateau_mode: MIN\nplateau_patience: 2\nplateau_max_drops: 2\n'
+            "momentum: 0.9\nweight_decay: 0.0005\n"
+            "display: 20\naverage_loss: 20\nmax_iter: 150000\n"
+            f'snapshot: 10000\nsnapshot_prefix: "snapshots/vgg_d_loc_{variant}"\n'
+            "solver_mode: GPU\n")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        help="repository root (netdefs/ and solver/ are written under it)")
+    args = parser.parse_args(argv)
+    folder = os.path.join(args.out, "netdefs", "vgg_d_loc")
+    os.makedirs(folder, exist_ok=True)
+    os.makedirs(os.path.join(args.out, "solver"), exist_ok=True)
+    files = {os.path.join(folder, f"train_val_{v}.prototxt"): train_val_text(v) for v in VARIANTS}
+    files.update({os.path.join(folder, f"deploy_{v}.prototxt"): deploy_text(v) for v in ("pcr", "scr")})
+    files.update({os.path.join(args.out, "solver", f"vgg_d_loc_{v}.prototxt"): solver_text(v) for v in VARIANTS})
+    for path, text in files.items():
+        with open(path, "w") as f:
+            f.write(text)
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""`vggtool localize`: localisation error of box-regression nets (paper Appendix A, vggtool.localize)."""
+import os
+
+import numpy as np
+
+from .. import backend
+from ..errors import VggtoolError
+
+HELP = "localisation: boxes from box-regression nets (centre crop or dense + greedy merging), top-k error"
+
+
+def add_arguments(parser):
+    parser.add_argument("--net", "--model", dest="net", action="append", required=True,
+                        help="deploy prototxt of a box-regression net (repeat with --weights to pool several nets)")
+    parser.add_argument("--weights", action="append", required=True, help=".caffemodel of the --net at the same position")
+    parser.add_argument("--data", required=True, help="LMDB of Datum with boxes, or a list `path label x1 y1 x2 y2 ...`")
+    parser.add_argument("--root", default="", help="folder the list file's paths are relative to")
+    parser.add_argument("--protocol", default="full", choices=("centre", "full"),
+                        help="centre: ground-truth class, centre crop; full: dense boxes merged for the top-k "
+                        "classes of a classifier (default)")
+    parser.add_argument("--scales", default=None, help="test scales Q (smallest image side); centre uses the "
+                        "first (default: the net's input size x 8/7)")
+    parser.add_argument("--flip", action="store_true", help="full: also the mirrored image")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="full: merge while the closest pair's 1 - IoU is below this (default 0.5)")
+    parser.add_argument("--top", type=int, default=5, help="full: guesses per image (default 5)")
+    parser.add_argument("--scores", default=None, help="full: class posteriors from `vggtool test --out` (.npz)")
+    parser.add_argument("--cls-net", default=None, help="full: classification deploy net run here instead")
+    parser.add_argument("--cls-weights", default=None, help="weights of --cls-net")
+    parser.add_argument("--cls-scales", default=None, help="scales of --cls-net (default: --scales)")
+    parser.add_argument("--mean-value", default=None, help="per-channel mean B,G,R (or one value)")
+    parser.add_argument("--mean-file", default=None, help="mean .binaryproto (averaged per channel)")
+    parser.add_argument("--blob", default=None, help="box output blob (default: the net's only output)")
+    parser.add_argument("--gpu", default=None, help="GPU id to run on (default: CPU)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser.add_argument("--out", default=None, help="write the boxes to this .npz or .json")
+
+
+def run(args):
+    from tqdm import tqdm
+
+    from .. import boxes as B
+    from .. import evaluate as ev
+    from .. import localize as loc
+
+    if len(args.net) != len(args.weights):
+        raise VggtoolError(f"{len(args.net)} --net but {len(args.weights)} --weights: give one --weights per --net")
+    if args.top < 1:
+        raise VggtoolError(f"--top must be positive, got {args.top}")
+    if not 0 <= args.threshold <= 1:
+        raise VggtoolError(f"--threshold is a distance 1 - IoU in [0, 1], got {args.threshold}")
+    if args.root and not os.path.isdir(args.root):
+        raise VggtoolError(f"--root: {args.root} is not a folder")
+    device = backend.CPU if args.gpu is None else backend.parse_devices(args.gpu)[0]
+    mean = None
+    if args.mean_value is not None or args.mean_file is not None:
+        mean = ev.load_mean(args.mean_value, args.mean_file)
+    regs = [loc.Regressor(n, w, mean=mean, blob=args.blob, device=device) for n, w in zip(args.net, args.weights)]
+    crop = max(regs[0].crop_h, regs[0].crop_w)
+    scales = ev.parse_scales(args.scales) if args.scales else [int(round(crop * 8 / 7))]
+    for q in scales:
+        if q < crop:
+            raise VggtoolError(f"--scales: Q={q} is smaller than the net's {crop}x{crop} input")
+    full = args.protocol == "full"
+    scores, classifier = None, None
+    if full:
+        if (args.scores is None) == (args.cls_net is None):
+            raise VggtoolError("--protocol full ranks classes by a classifier: give --scores S.npz (from "
+                               "`vggtool test --out`) or --cls-net with --cls-weights")
+        if args.scores:
+            posteriors, _, keys = ev.load_scores(args.scores)
+            scores = {str(k): p for k, p in zip(keys, posteriors)}
+        else:
+            if not args.cls_weights:
+                raise VggtoolError("--cls-net needs --cls-weights")
+            cls_scales = ev.parse_scales(args.cls_scales) if args.cls_scales else scales
+            classifier = ev.Evaluator(args.cls_net, args.cls_weights, scales=cls_scales, mode="dense",
+                                      flip=args.flip, mean=mean, device=device)
+    print(f"localize: {len(regs)} net(s), protocol {args.protocol}, scales {','.join(map(str, scales))}"
+          + (f", top {args.top}, merge threshold {args.threshold}" if full else ""), flush=True)
+
+    keys, labels, guesses_cls, guesses_box, ok = [], [], [], [], []
+    samples = loc.iterate_boxed_samples(args.data, args.root, args.limit, color=regs[0].channels == 3)
+    for key, image, label, gt in tqdm(samples, unit="img", desc="localizing", mininterval=1):
+        if full:
+            if scores is not None:
+                if key not in scores:
+                    raise VggtoolError(f"--scores {args.scores} has no image '{key}' (score the same --data "
+                                       "with `vggtool test --out`)")
+                posterior = scores[key]
+            else:
+                posterior = classifier.evaluate_image(image)
+            classes = loc.top_classes(posterior, args.top)
+            guesses = loc.localize_full(regs, image, classes, scales, args.flip, args.threshold)
+            pairs = [(c, b) for c, b, _ in guesses]
+        else:
+            if regs[0].classes > 1 and not 0 <= label < regs[0].classes:
+                raise VggtoolError(f"--data: image '{key}' has label {label}; the net regresses "
+                                   f"{regs[0].classes} classes")
+            pairs = [(label, loc.localize_centre(regs, image, label, scales[0]))]
+        keys.append(key)
+        labels.append(label)
+        guesses_cls.append([c for c, _ in pairs])
+        guesses_box.append([b for _, b in pairs])
+        ok.append(B.correct(pairs, label, gt))
+    if not keys:
+        raise VggtoolError(f"--data: {args.data} holds no images")
+    error = 100 * (1 - np.mean(ok))
+    what = f"top-{args.top} localisation error" if full else "localisation error (ground-truth class, centre crop)"
+    print(f"{what} = {error:.2f}% ({len(keys)} images)")
+    if args.out:
+        loc.save_boxes(args.out, {"keys": np.array(keys, dtype=str), "labels": np.array(labels, np.int64),
+                                  "classes": np.array(guesses_cls, np.int64),
+                                  "boxes": np.array(guesses_box, np.float32), "correct": np.array(ok)})
+        print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,208 @@
+"""Localisation testing (paper Appendix A): a box-regression net's predictions -> boxes -> error.
+
+The regression net is a deploy net whose last layer gives 4 (SCR, one box for every class) or 4 x K
+(PCR, one box per class) outputs: (cx, cy, w, h) normalised by the net's input (crop) size, as the
+data layer's "box" top trains it (vggtool.boxes). Two protocols:
+
+- `centre` (paper's "ground-truth class, centre crop"): rescale the image so its smallest side is Q,
+  take the centred crop, predict the ground-truth class's box (PCR) or the box (SCR), map it back to the
+  image. Error: fraction of images whose box has IoU <= 0.5 with every ground-truth box.
+- `full`: the net, convolutionalised (vggtool.surgery), runs densely over the whole image at every
+  scale Q (and its mirror with --flip): output location (i, j) is the crop window whose top-left
+  corner is (j, i) x the net's total stride in the rescaled image, and its box is placed in that
+  window (windows reaching past the border, from Caffe's ceil-rounded pooling, are used as they are).
+  For each of the top-k classes of a classification model (posteriors from `vggtool test --out`, or
+  a classification net run here) the boxes of that class from every location, scale, flip and net are
+  pooled and merged greedily (vggtool.boxes.merge_boxes); the merged box with the most support is the
+  guess for that class. Top-k error: an image is correct when one of its k guesses has the right class
+  and IoU > 0.5 with a ground-truth box of that class.
+"""
+import io
+import json
+import os
+
+import cv2
+import numpy as np
+
+from . import boxes as B
+from . import protoio, surgery
+from .backend import CPU, to_numpy
+from .errors import VggtoolError
+from .evaluate import rescale
+from .net import Net
+from .proto import caffe_pb2
+
+PROTOCOLS = ("centre", "full")
+
+
+def net_stride(net):
+    """Product of the strides of the Convolution and Pooling layers: one output step in input pixels."""
+    stride = 1
+    for layer in net.layers:
+        if layer.type == "Convolution":
+            p = layer.param.convolution_param
+            stride *= p.stride[0] if len(p.stride) else (p.stride_h or 1)
+        elif layer.type == "Pooling":
+            p = layer.param.pooling_param
+            stride *= p.stride_h or p.stride
+    return stride
+
+
+class Regressor:
+    """A box-regression deploy net, convolutionalised in memory so it runs on images of any size."""
+
+    def __init__(self, model, weights, *, mean=None, blob=None, device=CPU, source=None):
+        source = source or (model if isinstance(model, str) else "net")
+        if weights is not None and not os.path.exists(str(weights)):
+            raise VggtoolError(f"--weights: {weights} does not exist")
+        param = model if isinstance(model, caffe_pb2.NetParameter) else protoio.read_net_param(model)
+        if surgery.needs_surgery(param):
+            _, self.net = surgery.convolutionalize(param, weights, source, device=device)
+        else:
+            self.net = Net(param, weights, phase="TEST", device=device, source=source)
+        net = self.net
+        if not net.inputs:
+            raise VggtoolError(f"{source}: the deploy net has no input blob (give it an Input layer)")
+        self.input = net.inputs[0]
+        shape = net.blobs[self.input].shape
+        if len(shape) != 4:
+            raise VggtoolError(f"{source}: input blob '{self.input}' has shape {shape}; expected N x C x H x W")
+        self.channels, self.crop_h, self.crop_w = shape[1], shape[2], shape[3]
+        if blob is None:
+            if len(net.outputs) != 1:
+                raise VggtoolError(f"{source}: the net has outputs {', '.join(net.outputs)}; choose the box "
+                                   "blob with --blob")
+            blob = net.outputs[0]
+        if blob not in net.blobs or blob == self.input:
+            raise VggtoolError(f"{source}: --blob '{blob}' is not a blob computed by the net")
+        self.blob = blob
+        outputs = net.blobs[blob].shape[1]
+        if outputs % 4:
+            raise VggtoolError(f"{source}: blob '{blob}' has {outputs} channels; a box-regression net has 4 "
+                               "(single-class) or 4 x classes (per-class) outputs")
+        self.classes = outputs // 4
+        self.stride = net_stride(net)
+        self.mean = np.zeros(self.channels, np.float32) if mean is None else np.ravel(mean).astype(np.float32)
+        if self.mean.size == 1:
+            self.mean = np.repeat(self.mean, self.channels)
+        if self.mean.shape != (self.channels,):
+            raise VggtoolError(f"the mean has {self.mean.size} channel(s), the net's input has {self.channels}")
+
+    def predict(self, image):
+        """HxWxC uint8 -> (Hm, Wm, K, 4) box parameters, one set per crop window of the image."""
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.shape[2] != self.channels:
+            raise VggtoolError(f"image has {image.shape[2]} channel(s), the net's input has {self.channels}")
+        if image.shape[0] < self.crop_h or image.shape[1] < self.crop_w:
+            raise VggtoolError(f"image of {image.shape[0]}x{image.shape[1]} is smaller than the net's "
+                               f"{self.crop_h}x{self.crop_w} input")
+        x = np.ascontiguousarray((image.astype(np.float32) - self.mean).transpose(2, 0, 1))[None]
+        out = to_numpy(self.net.forward(**{self.input: x})[self.blob]).astype(np.float64)
+        out = out.reshape(self.classes, 4, out.shape[2], out.shape[3])
+        return out.transpose(2, 3, 0, 1)
+
+    def centre_box(self, image, q, label):
+        """The centre-crop box (x1, y1, x2, y2 image pixels) of class `label` (any class for SCR)."""
+        scaled = rescale(image, q)
+        h, w = scaled.shape[:2]
+        y0, x0 = (h - self.crop_h) // 2, (w - self.crop_w) // 2
+        params = self.predict(scaled[y0:y0 + self.crop_h, x0:x0 + self.crop_w])[0, 0]
+        p = params[label if self.classes > 1 else 0]
+        box = B.from_cxcywh(p[None], self.crop_w, self.crop_h)
+        box = B.crop_boxes(box, -x0, -y0, w, h)  # back to the rescaled image, clipped to it
+        return B.resize_boxes(box, (h, w), image.shape[:2])[0]
+
+    def dense_boxes(self, image, q, flip=False):
+        """(K, L, 4) boxes in image pixels: per class, one per output location (and per mirror)."""
+        scaled = rescale(image, q)
+        h, w = scaled.shape[:2]
+        views = [(scaled, False)] + ([(np.ascontiguousarray(scaled[:, ::-1]), True)] if flip else [])
+        out = []
+        for view, mirrored in views:
+            params = self.predict(view)  # (Hm, Wm, K, 4)
+            hm, wm = params.shape[:2]
+            ys, xs = np.meshgrid(np.arange(hm) * self.stride, np.arange(wm) * self.stride, indexing="ij")
+            b = B.from_cxcywh(params.reshape(-1, 4), self.crop_w, self.crop_h).reshape(hm, wm, self.classes, 4)
+            b[..., [0, 2]] += xs[:, :, None, None]
+            b[..., [1, 3]] += ys[:, :, None, None]
+            b = B.crop_boxes(b.reshape(-1, 4), 0, 0, w, h)  # clip to the image
+            if mirrored:
+                b = B.flip_boxes(b, w)
+            b = B.resize_boxes(b, (h, w), image.shape[:2])
+            out.append(b.reshape(hm * wm, self.classes, 4).transpose(1, 0, 2))
+        return np.concatenate(out, axis=1)
+
+
+# -- data -------------------------------------------------------------------------------------------------
+def iterate_boxed_samples(path, root="", limit=None, color=True):
+    """Yield (key, HxWxC uint8 image, label, boxes (k, 4)) from an LMDB of Datum with `box` or a box
+    list `path label x1 y1 x2 y2 ...` (+ root folder). Keys as vggtool.evaluate's (scores files match)."""
+    from .data.datum import datum_to_image, iterate_records
+    from .data.imagelist import read_box_list
+    from .evaluate import is_lmdb
+
+    if not os.path.exists(path):
+        raise VggtoolError(f"--data: {path} does not exist (give an LMDB folder or a box list file)")
+    count = 0
+    if os.path.isdir(path):
+        if not is_lmdb(path):
+            raise VggtoolError(f"--data: {path} is a folder without data.mdb (not an LMDB database)")
+        for key, datum in iterate_records(path):
+            if limit is not None and count >= limit:
+                return
+            k = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+            if len(datum.box) == 0 or len(datum.box) % 4:
+                raise VggtoolError(f"--data: record {k} of {path} has {len(datum.box)} box values; localisation "
+                                   "needs ground-truth boxes (convert with a box list or convert_voc)")
+            yield (k, datum_to_image(datum, color=color, source=f"{path}:{k}"), int(datum.label),
+                   np.asarray(datum.box, np.float64).reshape(-1, 4))
+            count += 1
+        return
+    for name, label, boxes in read_box_list(path):
+        if limit is not None and count >= limit:
+            return
+        if len(boxes) == 0:
+            raise VggtoolError(f"--data: {path}: {name} has no box (lines read `path label x1 y1 x2 y2 ...`)")
+        file = os.path.join(root, name) if root else name
+        image = cv2.imread(file, cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            raise VggtoolError(f"{path}: cannot read image {file} (missing file or wrong --root?)")
+        yield name, image, label, boxes
+        count += 1
+
+
+# -- protocols --------------------------------------------------------------------------------------------
+def localize_centre(regressors, image, label, q):
+    """Protocol (a): one box of the ground-truth class (several nets: their boxes averaged)."""
+    return np.mean([r.centre_box(image, q, label) for r in regressors], axis=0)
+
+
+def localize_full(regressors, image, classes, scales, flip=False, threshold=0.5):
+    """Protocol (b): [(class, merged box, support)] for each class in `classes` (e.g. the top 5)."""
+    per_net = [np.concatenate([r.dense_boxes(image, q, flip) for q in scales], axis=1) for r in regressors]
+    guesses = []
+    for c in classes:
+        pooled = np.concatenate([b[c if len(b) > 1 else 0] for b in per_net], axis=0)
+        pooled = pooled[B.area(pooled) > 0]
+        if len(pooled) == 0:
+            guesses.append((int(c), np.zeros(4), 0.0))
+            continue
+        merged, weights = B.merge_boxes(pooled, threshold=threshold)
+        guesses.append((int(c), merged[0], float(weights[0])))
+    return guesses
+
+
+def top_classes(posterior, k):
+    return [int(c) for c in np.argsort(-np.asarray(posterior), kind="stable")[:k]]
+
+
+def save_boxes(path, result):
+    """Write the result dict as .json (lists) or .npz (arrays), atomically."""
+    if path.endswith(".json"):
+        data = json.dumps({k: np.asarray(v).tolist() for k, v in result.items()}, indent=1).encode()
+    else:
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.asarray(v) for k, v in result.items()})
+        data = buf.getvalue()
+    protoio.atomic_write_bytes(path, data)
