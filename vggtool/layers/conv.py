@@ -6,10 +6,31 @@ column matrix is kh*kw strided slice copies, and one GEMM covers all n images of
 Chunks are sized so the column matrix stays near WORKSPACE_BYTES. Backward recomputes the columns
 (cheap copies) instead of keeping them, and scatters the column gradient back with kh*kw strided adds.
 """
+import os
+import time
+from contextlib import contextmanager
+
 from ..fillers import fill
 from .base import Layer, register_layer
 
 WORKSPACE_BYTES = 64 << 20
+
+# Benchmarks set PROFILE = {} to collect seconds per section of the conv code (bench/bench_vgg.py).
+PROFILE = None
+
+
+@contextmanager
+def _section(name):
+    if PROFILE is None:
+        yield
+        return
+    t0 = time.perf_counter()
+    yield
+    PROFILE[name] = PROFILE.get(name, 0.0) + time.perf_counter() - t0
+
+
+def default_algorithm():
+    return os.environ.get("VGGTOOL_CONV_ALGO", "auto")
 
 
 def _pair(param, name, default, hw_prefix=None):

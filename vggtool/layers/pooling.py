@@ -107,9 +107,42 @@ class PoolingLayer(Layer):
         padded[:, :, self.ph:self.ph + h, self.pw:self.pw + w] = x
         return padded
 
+    def _is_2x2_tiling(self, shape):
+        """MAX 2x2/2, no padding, even H and W: windows tile the input exactly (every VGG pooling)."""
+        return (self.method == MAX and (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw) == (2, 2, 2, 2, 0, 0)
+                and shape[2] % 2 == 0 and shape[3] % 2 == 0)
+
+    def _forward_2x2(self, x, y):
+        """Max over the four strided quarter views; argmax keeps Caffe's first-maximum-in-window-order."""
+        xp = self.xp
+        n, c, h, w = x.shape
+        q = x.reshape(n, c, h // 2, 2, w // 2, 2)
+        a, b, cc, d = q[:, :, :, 0, :, 0], q[:, :, :, 0, :, 1], q[:, :, :, 1, :, 0], q[:, :, :, 1, :, 1]
+        top_row = self.workspace("pool_m1", y.shape)
+        xp.maximum(a, b, out=top_row)
+        xp.maximum(cc, d, out=y)
+        self.argmax = self.workspace_argmax(y.shape)
+        lower = y > top_row  # the maximum is in the second row (strictly larger than the first row's)
+        xp.greater(d, cc, out=self.argmax, casting="unsafe")
+        self.argmax += 2
+        xp.copyto(self.argmax, b > a, where=~lower, casting="unsafe")
+        xp.maximum(y, top_row, out=y)
+
+    def _backward_2x2(self, dy, dx):
+        xp = self.xp
+        n, c, h, w = dx.shape
+        q = dx.reshape(n, c, h // 2, 2, w // 2, 2)
+        for k in range(4):
+            xp.multiply(dy, self.argmax == k, out=q[:, :, :, k // 2, :, k % 2])
+
     def forward(self, bottom, top):
         xp = self.xp
         x, y = bottom[0].data, top[0].data
+        if self._is_2x2_tiling(x.shape):
+            self._forward_2x2(x, y)
+            if len(top) == 2:
+                top[1].data[...] = self._mask_indices(x.shape[3])
+            return
         if self.method == MAX:
             padded = self._padded("pool_pad", x, -np.inf)
             self.argmax = self.workspace_argmax(y.shape)
@@ -155,6 +188,9 @@ class PoolingLayer(Layer):
             return
         n, c, h, w = bottom[0].shape
         dy = top[0].diff
+        if self._is_2x2_tiling(bottom[0].shape):
+            self._backward_2x2(dy, bottom[0].diff)
+            return
         padded = self.workspace("pool_pad", (n, c, self.hp, self.wp), zero=True)
         if self.method == MAX:
             k = 0
