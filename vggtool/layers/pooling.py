@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from .base import Layer, register_layer
+from .parallel import split_run
 
 MAX, AVE, STOCHASTIC = 0, 1, 2
 CEIL, FLOOR = 0, 1
@@ -116,24 +117,37 @@ class PoolingLayer(Layer):
         """Max over the four strided quarter views; argmax keeps Caffe's first-maximum-in-window-order."""
         xp = self.xp
         n, c, h, w = x.shape
-        q = x.reshape(n, c, h // 2, 2, w // 2, 2)
-        a, b, cc, d = q[:, :, :, 0, :, 0], q[:, :, :, 0, :, 1], q[:, :, :, 1, :, 0], q[:, :, :, 1, :, 1]
-        top_row = self.workspace("pool_m1", y.shape)
-        xp.maximum(a, b, out=top_row)
-        xp.maximum(cc, d, out=y)
+        q = x.reshape(n * c, h // 2, 2, w // 2, 2)
+        yf = y.reshape(n * c, h // 2, w // 2)
         self.argmax = self.workspace_argmax(y.shape)
-        lower = y > top_row  # the maximum is in the second row (strictly larger than the first row's)
-        xp.greater(d, cc, out=self.argmax, casting="unsafe")
-        self.argmax += 2
-        xp.copyto(self.argmax, b > a, where=~lower, casting="unsafe")
-        xp.maximum(y, top_row, out=y)
+        am = self.argmax.reshape(yf.shape)
+        top_row = self.workspace("pool_m1", yf.shape)
+
+        def part(i0, i1):
+            qq, yy, aa, tr = q[i0:i1], yf[i0:i1], am[i0:i1], top_row[i0:i1]
+            a, b, cc, d = qq[:, :, 0, :, 0], qq[:, :, 0, :, 1], qq[:, :, 1, :, 0], qq[:, :, 1, :, 1]
+            xp.maximum(a, b, out=tr)
+            xp.maximum(cc, d, out=yy)
+            lower = yy > tr  # the maximum is in the second row (strictly larger than the first row's)
+            xp.greater(d, cc, out=aa, casting="unsafe")
+            aa += 2
+            xp.copyto(aa, b > a, where=~lower, casting="unsafe")
+            xp.maximum(yy, tr, out=yy)
+
+        split_run(part, n * c, x.size, xp)
 
     def _backward_2x2(self, dy, dx):
         xp = self.xp
         n, c, h, w = dx.shape
-        q = dx.reshape(n, c, h // 2, 2, w // 2, 2)
-        for k in range(4):
-            xp.multiply(dy, self.argmax == k, out=q[:, :, :, k // 2, :, k % 2])
+        q = dx.reshape(n * c, h // 2, 2, w // 2, 2)
+        dyf = dy.reshape(n * c, h // 2, w // 2)
+        am = self.argmax.reshape(dyf.shape)
+
+        def part(i0, i1):
+            for k in range(4):
+                xp.multiply(dyf[i0:i1], am[i0:i1] == k, out=q[i0:i1, :, k // 2, :, k % 2])
+
+        split_run(part, n * c, dx.size, xp)
 
     def forward(self, bottom, top):
         xp = self.xp
