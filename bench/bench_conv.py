@@ -17,6 +17,7 @@ ap.add_argument("--reps", type=int, default=3)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--layers", default="")
 ap.add_argument("--algos", default="im2col,winograd")
+ap.add_argument("--guard-wait", type=float, default=60.0, help="max seconds to wait for a quiet CPU")
 A = ap.parse_args()
 os.environ["OPENBLAS_NUM_THREADS"] = str(A.threads)
 import numpy as np  # noqa: E402
@@ -24,6 +25,13 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vggtool.layers import conv  # noqa: E402
 from vggtool.testing import layer_net  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE if os.path.exists(os.path.join(HERE, "cpu_guard.py")) else "/work/shared/bench")
+try:
+    from cpu_guard import Guard, wait_quiet  # noqa: E402
+except ImportError:  # pragma: no cover
+    Guard = wait_quiet = None
 
 # name, in channels, out channels, spatial size relative to 224 (VGG-16, distinct shapes)
 SHAPES = [("conv1_1", 3, 64, 1), ("conv1_2", 64, 64, 1), ("conv2_1", 64, 128, 2), ("conv2_2", 128, 128, 2),
@@ -51,6 +59,9 @@ def main():
         for algo in A.algos.split(","):
             layer.algorithm = algo
             f, b = [], []
+            if wait_quiet is not None:
+                wait_quiet(0.15, max_wait=A.guard_wait)
+                guard = Guard()
             conv.PROFILE = {}
             for r in range(A.reps + 1):
                 t0 = time.perf_counter()
@@ -67,7 +78,8 @@ def main():
             tot.setdefault(algo, [0, 0])
             tot[algo][0] += fm
             tot[algo][1] += bm
-            line += f" | {algo}: fwd {fm:7.1f} bwd {bm:7.1f}"
+            load = guard.stop()["foreign_cores"] if wait_quiet is not None else float("nan")
+            line += f" | {algo}: fwd {fm:7.1f} bwd {bm:7.1f} [foreign {load:.2f}]"
             if secs:
                 line += " (" + ", ".join(f"{k} {v:.0f}" for k, v in sorted(secs.items(), key=lambda kv: -kv[1])) + ")"
         print(line, flush=True)

@@ -406,4 +406,4 @@ class ConvolutionLayer(Layer):
                 self._winograd_correlate(dy_all[n0:n1], (2 - g.ph, 2 - g.pw), u_back,
                                          dx_all[n0:n1].transpose(1, 0, 2, 3))
         if want_w:
-            self.blobs[0].diff += wg.weight_grad(xp, du)
+            wg.add_weight_grad(xp, du, self.blobs[0].diff)

@@ -15,6 +15,7 @@ over pixels.
 import numpy as np
 
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+_GG = np.kron(_G, _G)  # (16, 9): U[4a+b] = sum_ij G[a,i] G[b,j] w[3i+j]
 
 
 def tiles(ho, wo):
@@ -23,10 +24,10 @@ def tiles(ho, wo):
 
 
 def weight_transform(xp, w):
-    """U (16, Cout, C) = G w G^T for w (Cout, C, 3, 3)."""
-    g = xp.asarray(_G, dtype=w.dtype)
-    u = xp.einsum("ai,ocij,bj->aboc", g, w, g)
-    return xp.ascontiguousarray(u.reshape(16, w.shape[0], w.shape[1]))
+    """U (16, Cout, C) = G w G^T for w (Cout, C, 3, 3): one GEMM, (16, 9) kron(G, G) @ w as (9, Cout*C)."""
+    o, c = w.shape[0], w.shape[1]
+    k = xp.asarray(_GG, dtype=w.dtype)
+    return xp.matmul(k, w.reshape(o * c, 9).T).reshape(16, o, c)
 
 
 def weight_transform_flipped(xp, w):
@@ -34,10 +35,11 @@ def weight_transform_flipped(xp, w):
     return weight_transform(xp, w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
 
 
-def weight_grad(xp, du):
-    """dW (Cout, C, 3, 3) = G^T dU G for du (16, Cout, C): the adjoint of weight_transform."""
-    g = xp.asarray(_G, dtype=du.dtype)
-    return xp.einsum("ai,aboc,bj->ocij", g, du.reshape(4, 4, du.shape[1], du.shape[2]), g)
+def add_weight_grad(xp, du, wdiff):
+    """wdiff (Cout, C, 3, 3) += G^T dU G for du (16, Cout, C): the adjoint of weight_transform."""
+    o, c = du.shape[1], du.shape[2]
+    k = xp.asarray(_GG, dtype=du.dtype)
+    wdiff.reshape(o * c, 9)[...] += xp.matmul(k.T, du.reshape(16, o * c)).T
 
 
 def input_transform(xp, padded, v, rows, th, tw):
