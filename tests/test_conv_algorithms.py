@@ -103,6 +103,9 @@ def test_algorithm_choice_is_overridable(rng, monkeypatch):
     net = layer_net(conv_text(4, 1), {"x": rng.standard_normal((1, 32, 6, 6))})
     layer = net.layers[1]
     monkeypatch.delenv("VGGTOOL_CONV_ALGO", raising=False)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1 << 62)
+    assert layer.chosen_algorithm() == "im2col"  # auto, with Winograd off for every channel count
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 16)
     assert layer.chosen_algorithm() == "winograd"  # auto: eligible and enough input channels
     monkeypatch.setenv("VGGTOOL_CONV_ALGO", "im2col")
     assert layer.chosen_algorithm() == "im2col"

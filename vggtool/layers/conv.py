@@ -18,9 +18,12 @@ from .parallel import split_run
 
 WORKSPACE_BYTES = 64 << 20
 WINOGRAD_BYTES = 128 << 20  # transformed input + output tiles of one chunk
-# 'auto' takes Winograd for eligible layers with at least this many input channels (below it the
-# transforms, not the GEMMs, dominate and im2col wins).
-WINOGRAD_MIN_CHANNELS = 16
+# 'auto' takes Winograd for eligible layers with at least this many input channels. Off for now: with
+# NumPy passes the transforms cost as much as im2col itself and the 16 smaller GEMMs run below the
+# big one's rate, so on VGG-16 (2 cores, batch 8) Winograd measured 1.25x (forward) and 1.3x
+# (forward+backward) slower than im2col (bench/bench_vgg.py, bench/bench_conv.py). Set it to e.g. 16
+# (or VGGTOOL_CONV_ALGO=winograd) where the transforms are cheap relative to the GEMMs.
+WINOGRAD_MIN_CHANNELS = 1 << 62
 ALGORITHMS = ("auto", "im2col", "winograd")
 
 # Benchmarks set PROFILE = {} to collect seconds per section of the conv code (bench/bench_vgg.py).
@@ -327,20 +330,29 @@ class ConvolutionLayer(Layer):
         step = max(1, min(n, WINOGRAD_BYTES // max(per_image, 1)))
         return [(s, min(n, s + step)) for s in range(0, n, step)]
 
+    def _winograd_input(self, src, pad, th, tw):
+        """(16, Ci, n, th, tw) transformed tiles of src (n, Ci, H, W) zero-padded by pad."""
+        xp = self.xp
+        n, ci = src.shape[0], src.shape[1]
+        planes = self.workspace("conv_pad", (2, ci, n, 2 * th + 2, tw + 1))
+        v = self.workspace("wino_v", (16, ci, n, th, tw))
+        rows = self.workspace("wino_rows", (2, 4, ci, n, th, tw + 1))
+
+        def part(c0, c1):
+            wg.pad_deinterleaved(xp, src[:, c0:c1], planes[:, c0:c1], pad[0], pad[1])
+            wg.input_transform(xp, planes[:, c0:c1], v[:, c0:c1], rows[:, :, c0:c1], th, tw)
+
+        with _section("wino_pad_in_transform"):
+            split_run(part, ci, v.size, xp)
+        return v
+
     def _winograd_correlate(self, src, pad, u, out, bias=None):
         """out (Co, n, Ho, Wo) view <- 3x3 correlation of src (n, Ci, H, W) zero-padded by pad, u = (16, Co, Ci)."""
         xp = self.xp
         n, ci, h, w = src.shape
         co, ho, wo = out.shape[0], out.shape[2], out.shape[3]
         th, tw = wg.tiles(ho, wo)
-        with _section("wino_pad"):
-            padded = self.workspace("conv_pad", (ci, n, 2 * th + 2, 2 * tw + 2))
-            pad_channel_major(xp, src, padded, pad[0], pad[1])
-        with _section("wino_in_transform"):
-            v = self.workspace("wino_v", (16, ci, n, th, tw))
-            rows = self.workspace("wino_rows", (4, ci, n, th, 2 * tw + 2))
-            split_run(lambda c0, c1: wg.input_transform(xp, padded[c0:c1], v[:, c0:c1], rows[:, c0:c1], th, tw),
-                      ci, v.size, xp)
+        v = self._winograd_input(src, pad, th, tw)
         with _section("wino_gemm"):
             m = self.workspace("wino_m", (16, co, n, th, tw))
             xp.matmul(u, v.reshape(16, ci, -1), out=m.reshape(16, co, -1))
@@ -381,12 +393,7 @@ class ConvolutionLayer(Layer):
             dy = dy_all[n0:n1].transpose(1, 0, 2, 3)
             if want_w:
                 with _section("wino_bw_in_transform"):
-                    padded = self.workspace("conv_pad", (c, n, 2 * th + 2, 2 * tw + 2))
-                    pad_channel_major(xp, x[n0:n1], padded, g.ph, g.pw)
-                    v = self.workspace("wino_v", (16, c, n, th, tw))
-                    rows = self.workspace("wino_rows", (4, c, n, th, 2 * tw + 2))
-                    split_run(lambda c0, c1: wg.input_transform(xp, padded[c0:c1], v[:, c0:c1], rows[:, c0:c1],
-                                                                th, tw), c, v.size, xp)
+                    v = self._winograd_input(x[n0:n1], (g.ph, g.pw), th, tw)
                 with _section("wino_bw_dy_transform"):
                     if (2 * th, 2 * tw) != (ho, wo):
                         full = self.workspace("wino_full", (cout, n, 2 * th, 2 * tw), zero=True)

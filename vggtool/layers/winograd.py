@@ -42,22 +42,42 @@ def add_weight_grad(xp, du, wdiff):
     wdiff.reshape(o * c, 9)[...] += xp.matmul(k.T, du.reshape(16, o * c)).T
 
 
-def input_transform(xp, padded, v, rows, th, tw):
-    """v (16, C, n, th, tw) <- B^T d B of every 4x4 tile (stride 2) of padded (C, n, 2th+2, 2tw+2).
+def pad_deinterleaved(xp, x, planes, ph, pw):
+    """planes (2, C, n, Hp, tw+1) <- the even and odd columns of x (n, C, H, W) zero-padded by (ph, pw).
 
-    rows: scratch (4, C, n, th, 2tw+2) for the row pass.
+    Splitting the columns by parity here (a copy the padding needs anyway) lets every transform pass
+    below read unit-stride rows instead of every second element.
     """
-    r = [padded[:, :, k:k + 2 * th - 1:2, :] for k in range(4)]
-    xp.subtract(r[0], r[2], out=rows[0])
-    xp.add(r[1], r[2], out=rows[1])
-    xp.subtract(r[2], r[1], out=rows[2])
-    xp.subtract(r[1], r[3], out=rows[3])
+    h, w = x.shape[2], x.shape[3]
+    for r in range(2):
+        plane = planes[r]
+        j_lo = (pw - r + 1) // 2  # first plane column that holds an input column
+        j_hi = (w - 1 + pw - r) // 2  # last one
+        plane[:, :, :ph] = 0
+        plane[:, :, ph + h:] = 0
+        plane[:, :, ph:ph + h, :j_lo] = 0
+        plane[:, :, ph:ph + h, j_hi + 1:] = 0
+        if j_hi >= j_lo:
+            start = 2 * j_lo + r - pw
+            plane[:, :, ph:ph + h, j_lo:j_hi + 1] = x[:, :, :, start:start + 2 * (j_hi - j_lo) + 1:2].transpose(1, 0, 2, 3)
+
+
+def input_transform(xp, planes, v, rows, th, tw):
+    """v (16, C, n, th, tw) <- B^T d B of every 4x4 tile (stride 2) of the padded input, given as its
+    even/odd column planes (2, C, n, 2th+2, tw+1). rows: scratch (2, 4, C, n, th, tw+1)."""
+    for r in range(2):
+        p = [planes[r][:, :, k:k + 2 * th - 1:2, :] for k in range(4)]
+        xp.subtract(p[0], p[2], out=rows[r, 0])
+        xp.add(p[1], p[2], out=rows[r, 1])
+        xp.subtract(p[2], p[1], out=rows[r, 2])
+        xp.subtract(p[1], p[3], out=rows[r, 3])
     for a in range(4):
-        c = [rows[a][..., k:k + 2 * tw - 1:2] for k in range(4)]
-        xp.subtract(c[0], c[2], out=v[4 * a])
-        xp.add(c[1], c[2], out=v[4 * a + 1])
-        xp.subtract(c[2], c[1], out=v[4 * a + 2])
-        xp.subtract(c[1], c[3], out=v[4 * a + 3])
+        even, odd = rows[0, a], rows[1, a]
+        c0, c1, c2, c3 = even[..., :tw], odd[..., :tw], even[..., 1:], odd[..., 1:]
+        xp.subtract(c0, c2, out=v[4 * a])
+        xp.add(c1, c2, out=v[4 * a + 1])
+        xp.subtract(c2, c1, out=v[4 * a + 2])
+        xp.subtract(c1, c3, out=v[4 * a + 3])
 
 
 def output_transform(xp, m, out, scratch):
