@@ -189,3 +189,22 @@ def test_gemm_numpy_fallback_matches(rng, monkeypatch):
     c = np.ones((4, 5))
     gemm.gemm(a, b, c)
     assert np.allclose(c, 1 + a @ b)
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel=3, pad=1), dict(kernel=3, pad=0), dict(kernel=3, pad=2, dilation=2),
+                                    dict(kernel=5, pad=1)])
+def test_bottom_diff_by_transposed_correlation_equals_col2im(rng, monkeypatch, kwargs):
+    """Stride-1 layers get dX by correlating dY with the flipped kernel; it must equal the col2im path."""
+    x = rng.standard_normal((2, 5, 9, 8))
+    text = conv_text(4, **kwargs)
+    net = layer_net(text, {"x": x})
+    assert net.layers[1]._transposed_geometry() is not None
+    out_shape = net.blobs["y"].shape
+    dy = rng.standard_normal(out_shape)
+    _, fast = run_conv("im2col", text, x, dy, np.float64)
+    monkeypatch.setattr(conv.ConvolutionLayer, "_transposed_geometry", lambda self: None)
+    _, slow = run_conv("im2col", text, x, dy, np.float64)
+    for a, b in zip(fast, slow):
+        assert np.allclose(a, b, rtol=1e-12, atol=1e-12)
+    monkeypatch.undo()
+    check_gradients(text, {"x": rng.standard_normal((1, 5, 6, 5))}, max_checks=60)  # takes the new path

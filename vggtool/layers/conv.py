@@ -195,15 +195,15 @@ class ConvolutionLayer(Layer):
             t.reshape(b.shape[0], self.num_output, ho, wo)
 
     # -- shared loop --------------------------------------------------------------------------------------
-    def _chunks(self, n, ho, wo):
-        g = self.geom
-        per_image = self.channels * g.kh * g.kw * ho * wo * self.dtype.itemsize
+    def _chunks(self, n, ho, wo, g=None, channels=None):
+        g = g or self.geom
+        per_image = (channels or self.channels) * g.kh * g.kw * ho * wo * self.dtype.itemsize
         step = max(1, min(n, WORKSPACE_BYTES // max(per_image, 1)))
         return [(s, min(n, s + step)) for s in range(0, n, step)]
 
-    def _columns(self, x, n0, n1, ho, wo):
+    def _columns(self, x, n0, n1, ho, wo, g=None):
         """(C*kh*kw, n*ho*wo) column matrix of images n0..n1 of x (N, C, H, W)."""
-        g, c = self.geom, self.channels
+        g, c = g or self.geom, x.shape[1]
         n = n1 - n0
         h, w = x.shape[2], x.shape[3]
         if g.is_pointwise():
@@ -240,31 +240,45 @@ class ConvolutionLayer(Layer):
             for b, t in zip(bottom, top):
                 self._forward_winograd(b.data, t.data)
             return
-        xp = self.xp
         weight = self.blobs[0].data.reshape(self.group, self.num_output // self.group, -1)
         bias = self.blobs[1].data if self.bias_term else None
-        cg = weight.shape[2]
         for b, t in zip(bottom, top):
-            x, y = b.data, t.data
-            ho, wo = y.shape[2], y.shape[3]
-            for n0, n1 in self._chunks(x.shape[0], ho, wo):
-                cols = self._columns(x, n0, n1, ho, wo)
-                out = self.workspace("conv_out", (self.num_output, (n1 - n0) * ho * wo))
-                og = out.reshape(self.group, self.num_output // self.group, -1)
-                with _section("im2col_gemm"):
-                    for gi in range(self.group):
-                        xp.matmul(weight[gi], cols[gi * cg:(gi + 1) * cg], out=og[gi])
-                with _section("im2col_out_transpose"):
-                    out4 = out.reshape(self.num_output, n1 - n0, ho, wo).transpose(1, 0, 2, 3)
-                    yc = y[n0:n1]
+            self._im2col_correlate(b.data, t.data, self.geom, weight, bias)
 
-                    def part(c0, c1):
-                        if bias is not None:
-                            xp.add(out4[:, c0:c1], bias[c0:c1].reshape(1, -1, 1, 1), out=yc[:, c0:c1])
-                        else:
-                            yc[:, c0:c1] = out4[:, c0:c1]
+    def _im2col_correlate(self, x, y, geom, weight, bias, section="im2col"):
+        """y (N, Co, Ho, Wo) <- x (N, C, H, W) correlated with weight (groups, Co/g, C/g*kh*kw) (+ bias)."""
+        xp = self.xp
+        groups, cog, cg = weight.shape
+        co = groups * cog
+        ho, wo = y.shape[2], y.shape[3]
+        for n0, n1 in self._chunks(x.shape[0], ho, wo, geom, x.shape[1]):
+            cols = self._columns(x, n0, n1, ho, wo, geom)
+            out = self.workspace("conv_out", (co, (n1 - n0) * ho * wo))
+            og = out.reshape(groups, cog, -1)
+            with _section(section + "_gemm"):
+                for gi in range(groups):
+                    xp.matmul(weight[gi], cols[gi * cg:(gi + 1) * cg], out=og[gi])
+            with _section(section + "_out_transpose"):
+                out4 = out.reshape(co, n1 - n0, ho, wo).transpose(1, 0, 2, 3)
+                yc = y[n0:n1]
 
-                    split_run(part, self.num_output, out.size, xp)
+                def part(c0, c1):
+                    if bias is not None:
+                        xp.add(out4[:, c0:c1], bias[c0:c1].reshape(1, -1, 1, 1), out=yc[:, c0:c1])
+                    else:
+                        yc[:, c0:c1] = out4[:, c0:c1]
+
+                split_run(part, co, out.size, xp)
+
+    def _transposed_geometry(self):
+        """Geometry of dX = dY correlated with the flipped, transposed kernel, or None when that does not
+        apply (stride > 1, groups) or would copy more than col2im adds (more outputs than inputs)."""
+        g = self.geom
+        ph, pw = g.dh * (g.kh - 1) - g.ph, g.dw * (g.kw - 1) - g.pw
+        if (g.sh, g.sw) != (1, 1) or self.group != 1 or ph < 0 or pw < 0 or self.num_output > self.channels \
+                or g.is_pointwise():
+            return None
+        return ConvGeometry((g.kh, g.kw), (1, 1), (ph, pw), (g.dh, g.dw))
 
     def backward(self, top, propagate_down, bottom):
         xp = self.xp
@@ -287,6 +301,14 @@ class ConvolutionLayer(Layer):
             x = b.data
             n_all, _, h, w = x.shape
             ho, wo = dy_all.shape[2], dy_all.shape[3]
+            tgeom = self._transposed_geometry() if down else None
+            if tgeom is not None:
+                # dX as a forward correlation of dY: im2col copies instead of col2im's scattered adds.
+                wt = xp.ascontiguousarray(self.blobs[0].data[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+                self._im2col_correlate(dy_all, b.diff, tgeom, wt.reshape(1, self.channels, -1), None, "im2col_bw_dx")
+                down = False
+                if not want_w:
+                    continue
             for n0, n1 in self._chunks(n_all, ho, wo):
                 n = n1 - n0
                 with _section("im2col_bw_dy_transpose"):
