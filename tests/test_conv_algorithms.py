@@ -208,3 +208,21 @@ def test_bottom_diff_by_transposed_correlation_equals_col2im(rng, monkeypatch, k
         assert np.allclose(a, b, rtol=1e-12, atol=1e-12)
     monkeypatch.undo()
     check_gradients(text, {"x": rng.standard_normal((1, 5, 6, 5))}, max_checks=60)  # takes the new path
+
+
+def test_split_run_covers_the_range_once_and_survives_fork(monkeypatch):
+    import os
+    monkeypatch.setattr(parallel, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(parallel, "_threads", 3)
+    seen = []
+    parallel.split_run(lambda a, b: seen.append((a, b)), 10, 10)
+    assert sorted(seen) == [(0, 3), (3, 6), (6, 10)]
+    if not hasattr(os, "fork"):
+        return
+    pid = os.fork()
+    if pid == 0:  # child: the inherited pool has no threads; split_run must still finish
+        out = []
+        parallel.split_run(lambda a, b: out.append(b - a), 10, 10)
+        os._exit(0 if sum(out) == 10 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0

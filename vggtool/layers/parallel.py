@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 MIN_ELEMENTS = 1 << 16  # below this a pass is too short for a thread hand-off to pay
-_pool = None
+_pool = None  # (pid, ThreadPoolExecutor)
 _threads = None
 
 
@@ -36,10 +36,10 @@ def split_run(fn, length, elements, xp=np):
     if parts <= 1 or xp is not np or elements < MIN_ELEMENTS:
         fn(0, length)
         return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=num_threads() - 1, thread_name_prefix="vggtool-split")
+    if _pool is None or _pool[0] != os.getpid():  # a forked child inherits the pool but not its threads
+        _pool = (os.getpid(), ThreadPoolExecutor(max_workers=num_threads() - 1, thread_name_prefix="vggtool-split"))
     bounds = [length * i // parts for i in range(parts + 1)]
-    futures = [_pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    futures = [_pool[1].submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
     fn(bounds[0], bounds[1])
     for f in futures:
         f.result()
