@@ -54,6 +54,7 @@ def parse():
     a = ap.parse_args()
     if a.quick:
         a.net, a.batch, a.size, a.reps, a.warmup = "A", 2, 64, 1, 1
+        a.guard_wait = min(a.guard_wait, 5.0)
     if a.size % 32:
         ap.error("--size must be a multiple of 32 (five 2x2 poolings)")
     return a
