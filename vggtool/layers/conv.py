@@ -14,7 +14,7 @@ from ..fillers import fill
 from . import winograd as wg
 from .base import Layer, register_layer
 from .gemm import gemm
-from .parallel import split_run
+from .threads import split_run
 
 WORKSPACE_BYTES = 64 << 20
 WINOGRAD_BYTES = 128 << 20  # transformed input + output tiles of one chunk

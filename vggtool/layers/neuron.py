@@ -2,7 +2,7 @@
 import numpy as np
 
 from .base import Layer, register_layer
-from .parallel import split_run
+from .threads import split_run
 
 
 class NeuronLayer(Layer):

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from .base import Layer, register_layer
-from .parallel import split_run
+from .threads import split_run
 
 MAX, AVE, STOCHASTIC = 0, 1, 2
 CEIL, FLOOR = 0, 1
