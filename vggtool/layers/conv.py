@@ -6,10 +6,59 @@ column matrix is kh*kw strided slice copies, and one GEMM covers all n images of
 Chunks are sized so the column matrix stays near WORKSPACE_BYTES. Backward recomputes the columns
 (cheap copies) instead of keeping them, and scatters the column gradient back with kh*kw strided adds.
 """
+import os
+import time
+from contextlib import contextmanager
+
 from ..fillers import fill
+from . import winograd as wg
 from .base import Layer, register_layer
+from .gemm import gemm
+from .threads import split_run
 
 WORKSPACE_BYTES = 64 << 20
+WINOGRAD_BYTES = 128 << 20  # transformed input + output tiles of one chunk
+# 'auto' takes Winograd for eligible layers with at least this many input channels. Off for now: with
+# NumPy passes the transforms cost as much as im2col itself and the 16 smaller GEMMs run below the
+# big one's rate, so on VGG-16 (2 cores, batch 8) Winograd measured 1.25x (forward) and 1.3x
+# (forward+backward) slower than im2col (bench/bench_vgg.py, bench/bench_conv.py). Set it to e.g. 16
+# (or VGGTOOL_CONV_ALGO=winograd) where the transforms are cheap relative to the GEMMs.
+WINOGRAD_MIN_CHANNELS = 1 << 62
+ALGORITHMS = ("auto", "im2col", "winograd")
+
+# Benchmarks set PROFILE = {} to collect seconds per section of the conv code (bench/bench_vgg.py).
+PROFILE = None
+
+
+@contextmanager
+def _section(name):
+    if PROFILE is None:
+        yield
+        return
+    t0 = time.perf_counter()
+    yield
+    PROFILE[name] = PROFILE.get(name, 0.0) + time.perf_counter() - t0
+
+
+def default_algorithm():
+    """The algorithm layers use unless their `algorithm` attribute is set: $VGGTOOL_CONV_ALGO or 'auto'."""
+    return os.environ.get("VGGTOOL_CONV_ALGO", "auto") or "auto"
+
+
+def pad_channel_major(xp, x, padded, ph, pw):
+    """padded (C, n, Hp, Wp) <- x (n, C, H, W) at offset (ph, pw), zeros elsewhere (only the border is
+    written twice: no full fill pass)."""
+    h, w = x.shape[2], x.shape[3]
+
+    def part(c0, c1):
+        p = padded[c0:c1]
+        p[:, :, :ph] = 0
+        p[:, :, ph + h:] = 0
+        p[:, :, ph:ph + h, :pw] = 0
+        p[:, :, ph:ph + h, pw + w:] = 0
+        p[:, :, ph:ph + h, pw:pw + w] = x[:, c0:c1].transpose(1, 0, 2, 3)
+
+    split_run(part, padded.shape[0], padded.size, xp)
 
 
 def _pair(param, name, default, hw_prefix=None):
@@ -57,24 +106,25 @@ class ConvGeometry:
         y0, x0 = i * self.dh, j * self.dw
         return (slice(y0, y0 + self.sh * (ho - 1) + 1, self.sh), slice(x0, x0 + self.sw * (wo - 1) + 1, self.sw))
 
-    def pad_channel_major(self, x, padded):
-        """Copy x (n, C, H, W) into the interior of padded (C, n, Hp, Wp); the border must already be 0."""
-        h, w = x.shape[2], x.shape[3]
-        padded[:, :, self.ph:self.ph + h, self.pw:self.pw + w] = x.transpose(1, 0, 2, 3)
-
-    def im2col(self, padded, col, ho, wo):
+    def im2col(self, xp, padded, col, ho, wo):
         """col (C, kh, kw, n, ho, wo) <- windows of padded (C, n, Hp, Wp)."""
-        for i in range(self.kh):
-            for j in range(self.kw):
-                ys, xs = self._window(i, j, ho, wo)
-                col[:, i, j] = padded[:, :, ys, xs]
+        def part(c0, c1):
+            for i in range(self.kh):
+                for j in range(self.kw):
+                    ys, xs = self._window(i, j, ho, wo)
+                    col[c0:c1, i, j] = padded[c0:c1, :, ys, xs]
 
-    def col2im(self, col, padded, ho, wo):
+        split_run(part, col.shape[0], col.size, xp)
+
+    def col2im(self, xp, col, padded, ho, wo):
         """padded (C, n, Hp, Wp) += scatter of col (C, kh, kw, n, ho, wo); padded must start at 0."""
-        for i in range(self.kh):
-            for j in range(self.kw):
-                ys, xs = self._window(i, j, ho, wo)
-                padded[:, :, ys, xs] += col[:, i, j]
+        def part(c0, c1):
+            for i in range(self.kh):
+                for j in range(self.kw):
+                    ys, xs = self._window(i, j, ho, wo)
+                    padded[c0:c1, :, ys, xs] += col[c0:c1, i, j]
+
+        split_run(part, col.shape[0], col.size, xp)
 
 
 def read_conv_geometry(layer, p):
@@ -99,7 +149,11 @@ def read_conv_geometry(layer, p):
 
 @register_layer("Convolution")
 class ConvolutionLayer(Layer):
+    """`algorithm`: None (use default_algorithm()), 'auto', 'im2col' or 'winograd'. Winograd applies to
+    3x3, stride 1, dilation 1, group 1, pad <= 2; other shapes always take im2col."""
+
     min_bottoms = 1
+    algorithm = None
 
     def layer_setup(self, bottom, top):
         p = self.param.convolution_param
@@ -141,48 +195,90 @@ class ConvolutionLayer(Layer):
             t.reshape(b.shape[0], self.num_output, ho, wo)
 
     # -- shared loop --------------------------------------------------------------------------------------
-    def _chunks(self, n, ho, wo):
-        g = self.geom
-        per_image = self.channels * g.kh * g.kw * ho * wo * self.dtype.itemsize
+    def _chunks(self, n, ho, wo, g=None, channels=None):
+        g = g or self.geom
+        per_image = (channels or self.channels) * g.kh * g.kw * ho * wo * self.dtype.itemsize
         step = max(1, min(n, WORKSPACE_BYTES // max(per_image, 1)))
         return [(s, min(n, s + step)) for s in range(0, n, step)]
 
-    def _columns(self, x, n0, n1, ho, wo):
+    def _columns(self, x, n0, n1, ho, wo, g=None):
         """(C*kh*kw, n*ho*wo) column matrix of images n0..n1 of x (N, C, H, W)."""
-        g, c = self.geom, self.channels
+        g, c = g or self.geom, x.shape[1]
         n = n1 - n0
         h, w = x.shape[2], x.shape[3]
         if g.is_pointwise():
             cols = self.workspace("conv_col", (c, n, h, w))
             cols[...] = x[n0:n1].transpose(1, 0, 2, 3)
             return cols.reshape(c, n * h * w)
-        padded = self.workspace("conv_pad", (c, n, h + 2 * g.ph, w + 2 * g.pw))
-        if g.ph or g.pw:
-            padded.fill(0)
-        g.pad_channel_major(x[n0:n1], padded)
-        cols = self.workspace("conv_col", (c, g.kh, g.kw, n, ho, wo))
-        g.im2col(padded, cols, ho, wo)
+        with _section("im2col_pad"):
+            padded = self.workspace("conv_pad", (c, n, h + 2 * g.ph, w + 2 * g.pw))
+            pad_channel_major(self.xp, x[n0:n1], padded, g.ph, g.pw)
+        with _section("im2col"):
+            cols = self.workspace("conv_col", (c, g.kh, g.kw, n, ho, wo))
+            g.im2col(self.xp, padded, cols, ho, wo)
         return cols.reshape(c * g.kh * g.kw, n * ho * wo)
 
+    def winograd_applicable(self):
+        g = self.geom
+        return ((g.kh, g.kw, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1) and self.group == 1
+                and g.ph <= 2 and g.pw <= 2)
+
+    def chosen_algorithm(self):
+        """'im2col' or 'winograd' for this layer, from `algorithm` / $VGGTOOL_CONV_ALGO."""
+        algo = self.algorithm or default_algorithm()
+        if algo not in ALGORITHMS:
+            raise self.error(f"unknown convolution algorithm '{algo}' (from VGGTOOL_CONV_ALGO or the layer's "
+                             f"algorithm attribute); use one of {', '.join(ALGORITHMS)}")
+        if algo == "im2col" or not self.winograd_applicable():
+            return "im2col"
+        if algo == "auto" and self.channels < WINOGRAD_MIN_CHANNELS:
+            return "im2col"
+        return "winograd"
+
     def forward(self, bottom, top):
-        xp = self.xp
+        if self.chosen_algorithm() == "winograd":
+            for b, t in zip(bottom, top):
+                self._forward_winograd(b.data, t.data)
+            return
         weight = self.blobs[0].data.reshape(self.group, self.num_output // self.group, -1)
         bias = self.blobs[1].data if self.bias_term else None
-        cg = weight.shape[2]
         for b, t in zip(bottom, top):
-            x, y = b.data, t.data
-            ho, wo = y.shape[2], y.shape[3]
-            for n0, n1 in self._chunks(x.shape[0], ho, wo):
-                cols = self._columns(x, n0, n1, ho, wo)
-                out = self.workspace("conv_out", (self.num_output, (n1 - n0) * ho * wo))
-                og = out.reshape(self.group, self.num_output // self.group, -1)
-                for gi in range(self.group):
+            self._im2col_correlate(b.data, t.data, self.geom, weight, bias)
+
+    def _im2col_correlate(self, x, y, geom, weight, bias, section="im2col"):
+        """y (N, Co, Ho, Wo) <- x (N, C, H, W) correlated with weight (groups, Co/g, C/g*kh*kw) (+ bias)."""
+        xp = self.xp
+        groups, cog, cg = weight.shape
+        co = groups * cog
+        ho, wo = y.shape[2], y.shape[3]
+        for n0, n1 in self._chunks(x.shape[0], ho, wo, geom, x.shape[1]):
+            cols = self._columns(x, n0, n1, ho, wo, geom)
+            out = self.workspace("conv_out", (co, (n1 - n0) * ho * wo))
+            og = out.reshape(groups, cog, -1)
+            with _section(section + "_gemm"):
+                for gi in range(groups):
                     xp.matmul(weight[gi], cols[gi * cg:(gi + 1) * cg], out=og[gi])
-                out4 = out.reshape(self.num_output, n1 - n0, ho, wo).transpose(1, 0, 2, 3)
-                if bias is not None:
-                    xp.add(out4, bias.reshape(1, -1, 1, 1), out=y[n0:n1])
-                else:
-                    y[n0:n1] = out4
+            with _section(section + "_out_transpose"):
+                out4 = out.reshape(co, n1 - n0, ho, wo).transpose(1, 0, 2, 3)
+                yc = y[n0:n1]
+
+                def part(c0, c1):
+                    if bias is not None:
+                        xp.add(out4[:, c0:c1], bias[c0:c1].reshape(1, -1, 1, 1), out=yc[:, c0:c1])
+                    else:
+                        yc[:, c0:c1] = out4[:, c0:c1]
+
+                split_run(part, co, out.size, xp)
+
+    def _transposed_geometry(self):
+        """Geometry of dX = dY correlated with the flipped, transposed kernel, or None when that does not
+        apply (stride > 1, groups) or would copy more than col2im adds (more outputs than inputs)."""
+        g = self.geom
+        ph, pw = g.dh * (g.kh - 1) - g.ph, g.dw * (g.kw - 1) - g.pw
+        if (g.sh, g.sw) != (1, 1) or self.group != 1 or ph < 0 or pw < 0 or self.num_output > self.channels \
+                or g.is_pointwise():
+            return None
+        return ConvGeometry((g.kh, g.kw), (1, 1), (ph, pw), (g.dh, g.dw))
 
     def backward(self, top, propagate_down, bottom):
         xp = self.xp
@@ -199,26 +295,144 @@ class ConvolutionLayer(Layer):
                 self.blobs[1].diff += dy_all.sum(axis=(0, 2, 3))
             if not (want_w or down):
                 continue
+            if self.chosen_algorithm() == "winograd":
+                self._backward_winograd(b.data, dy_all, b.diff if down else None, want_w)
+                continue
             x = b.data
             n_all, _, h, w = x.shape
             ho, wo = dy_all.shape[2], dy_all.shape[3]
+            tgeom = self._transposed_geometry() if down else None
+            if tgeom is not None:
+                # dX as a forward correlation of dY: im2col copies instead of col2im's scattered adds.
+                wt = xp.ascontiguousarray(self.blobs[0].data[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+                self._im2col_correlate(dy_all, b.diff, tgeom, wt.reshape(1, self.channels, -1), None, "im2col_bw_dx")
+                down = False
+                if not want_w:
+                    continue
             for n0, n1 in self._chunks(n_all, ho, wo):
                 n = n1 - n0
-                dy = self.workspace("conv_dy", (cout, n, ho, wo))
-                dy[...] = dy_all[n0:n1].transpose(1, 0, 2, 3)
+                with _section("im2col_bw_dy_transpose"):
+                    dy = self.workspace("conv_dy", (cout, n, ho, wo))
+                    dyc = dy_all[n0:n1]
+
+                    def part(c0, c1):
+                        dy[c0:c1] = dyc[:, c0:c1].transpose(1, 0, 2, 3)
+
+                    split_run(part, cout, dy.size, xp)
                 dyg = dy.reshape(groups, cout // groups, n * ho * wo)
                 if want_w:
                     cols = self._columns(x, n0, n1, ho, wo)
-                    for gi in range(groups):
-                        wdiff[gi] += dyg[gi] @ cols[gi * cg:(gi + 1) * cg].T
+                    with _section("im2col_bw_gemm_dw"):
+                        for gi in range(groups):
+                            gemm(dyg[gi], cols[gi * cg:(gi + 1) * cg].T, wdiff[gi])
                 if not down:
                     continue
-                dcols = self.workspace("conv_col", (self.channels * g.kh * g.kw, n * ho * wo))
-                for gi in range(groups):
-                    xp.matmul(weight[gi].T, dyg[gi], out=dcols[gi * cg:(gi + 1) * cg])
+                with _section("im2col_bw_gemm_dx"):
+                    dcols = self.workspace("conv_col", (self.channels * g.kh * g.kw, n * ho * wo))
+                    for gi in range(groups):
+                        xp.matmul(weight[gi].T, dyg[gi], out=dcols[gi * cg:(gi + 1) * cg])
+                dxc = b.diff[n0:n1]
                 if g.is_pointwise():
-                    b.diff[n0:n1] = dcols.reshape(self.channels, n, h, w).transpose(1, 0, 2, 3)
+                    dxc[...] = dcols.reshape(self.channels, n, h, w).transpose(1, 0, 2, 3)
                     continue
-                padded = self.workspace("conv_pad", (self.channels, n, h + 2 * g.ph, w + 2 * g.pw), zero=True)
-                g.col2im(dcols.reshape(self.channels, g.kh, g.kw, n, ho, wo), padded, ho, wo)
-                b.diff[n0:n1] = padded[:, :, g.ph:g.ph + h, g.pw:g.pw + w].transpose(1, 0, 2, 3)
+                with _section("im2col_bw_col2im"):
+                    padded = self.workspace("conv_pad", (self.channels, n, h + 2 * g.ph, w + 2 * g.pw))
+                    dc = dcols.reshape(self.channels, g.kh, g.kw, n, ho, wo)
+
+                    def scatter(c0, c1):
+                        padded[c0:c1] = 0
+                        g.col2im(None, dc[c0:c1], padded[c0:c1], ho, wo)
+                        dxc[:, c0:c1] = padded[c0:c1, :, g.ph:g.ph + h, g.pw:g.pw + w].transpose(1, 0, 2, 3)
+
+                    split_run(scatter, self.channels, dcols.size, xp)
+
+    # -- Winograd F(2x2, 3x3) (see winograd.py) -----------------------------------------------------------
+    def _winograd_chunks(self, n, cin, cout, th, tw):
+        per_image = 16 * (cin + cout) * th * tw * self.dtype.itemsize
+        step = max(1, min(n, WINOGRAD_BYTES // max(per_image, 1)))
+        return [(s, min(n, s + step)) for s in range(0, n, step)]
+
+    def _winograd_input(self, src, pad, th, tw):
+        """(16, Ci, n, th, tw) transformed tiles of src (n, Ci, H, W) zero-padded by pad."""
+        xp = self.xp
+        n, ci = src.shape[0], src.shape[1]
+        planes = self.workspace("conv_pad", (2, ci, n, 2 * th + 2, tw + 1))
+        v = self.workspace("wino_v", (16, ci, n, th, tw))
+        rows = self.workspace("wino_rows", (2, 4, ci, n, th, tw + 1))
+
+        def part(c0, c1):
+            wg.pad_deinterleaved(xp, src[:, c0:c1], planes[:, c0:c1], pad[0], pad[1])
+            wg.input_transform(xp, planes[:, c0:c1], v[:, c0:c1], rows[:, :, c0:c1], th, tw)
+
+        with _section("wino_pad_in_transform"):
+            split_run(part, ci, v.size, xp)
+        return v
+
+    def _winograd_correlate(self, src, pad, u, out, bias=None):
+        """out (Co, n, Ho, Wo) view <- 3x3 correlation of src (n, Ci, H, W) zero-padded by pad, u = (16, Co, Ci)."""
+        xp = self.xp
+        n, ci, h, w = src.shape
+        co, ho, wo = out.shape[0], out.shape[2], out.shape[3]
+        th, tw = wg.tiles(ho, wo)
+        v = self._winograd_input(src, pad, th, tw)
+        with _section("wino_gemm"):
+            m = self.workspace("wino_m", (16, co, n, th, tw))
+            xp.matmul(u, v.reshape(16, ci, -1), out=m.reshape(16, co, -1))
+        with _section("wino_out_transform"):
+            full = out if (2 * th, 2 * tw) == (ho, wo) else self.workspace("wino_full", (co, n, 2 * th, 2 * tw))
+            scratch = self.workspace("wino_s", (2, 4, co, n, th, tw))
+
+            def part(c0, c1):
+                if bias is not None:  # A^T e_11 A is all ones: M[1,1] += b adds b to every output
+                    m[5, c0:c1] += bias[c0:c1].reshape(-1, 1, 1, 1)
+                wg.output_transform(xp, m[:, c0:c1], full[c0:c1], scratch[:, :, c0:c1])
+                if full is not out:
+                    out[c0:c1] = full[c0:c1, :, :ho, :wo]
+
+            split_run(part, co, m.size, xp)
+
+    def _forward_winograd(self, x, y):
+        g = self.geom
+        u = wg.weight_transform(self.xp, self.blobs[0].data)
+        bias = self.blobs[1].data if self.bias_term else None
+        th, tw = wg.tiles(y.shape[2], y.shape[3])
+        for n0, n1 in self._winograd_chunks(x.shape[0], self.channels, self.num_output, th, tw):
+            self._winograd_correlate(x[n0:n1], (g.ph, g.pw), u, y[n0:n1].transpose(1, 0, 2, 3), bias)
+
+    def _backward_winograd(self, x, dy_all, dx_all, want_w):
+        xp, g = self.xp, self.geom
+        c, cout = self.channels, self.num_output
+        n_all, _, h, w = x.shape
+        ho, wo = dy_all.shape[2], dy_all.shape[3]
+        th, tw = wg.tiles(ho, wo)
+        if want_w:
+            du = self.workspace("wino_du", (16, cout, c), zero=True)
+        if dx_all is not None:
+            u_back = wg.weight_transform_flipped(xp, self.blobs[0].data)
+        th2, tw2 = wg.tiles(h, w)
+        for n0, n1 in self._winograd_chunks(n_all, c, cout, max(th, th2), max(tw, tw2)):
+            n = n1 - n0
+            dy = dy_all[n0:n1].transpose(1, 0, 2, 3)
+            if want_w:
+                with _section("wino_bw_in_transform"):
+                    v = self._winograd_input(x[n0:n1], (g.ph, g.pw), th, tw)
+                with _section("wino_bw_dy_transform"):
+                    if (2 * th, 2 * tw) != (ho, wo):
+                        full = self.workspace("wino_full", (cout, n, 2 * th, 2 * tw), zero=True)
+                        full[:, :, :ho, :wo] = dy
+                        dy_tiles = full
+                    else:
+                        dy_tiles = dy
+                    dm = self.workspace("wino_m", (16, cout, n, th, tw))
+                    scratch = self.workspace("wino_s", (4, cout, n, th, 2 * tw))
+                    split_run(lambda c0, c1: wg.output_transform_adjoint(xp, dy_tiles[c0:c1], dm[:, c0:c1],
+                                                                         scratch[:, c0:c1]), cout, dm.size, xp)
+                with _section("wino_bw_gemm_dw"):
+                    vm, dmm = v.reshape(16, c, -1), dm.reshape(16, cout, -1)
+                    for xi in range(16):
+                        gemm(dmm[xi], vm[xi].T, du[xi])
+            if dx_all is not None:
+                self._winograd_correlate(dy_all[n0:n1], (2 - g.ph, 2 - g.pw), u_back,
+                                         dx_all[n0:n1].transpose(1, 0, 2, 3))
+        if want_w:
+            wg.add_weight_grad(xp, du, self.blobs[0].diff)

@@ -1,6 +1,7 @@
 """InnerProduct (fully connected): top = bottom (M x K) @ W^T + b, with Caffe's axis and transpose."""
 from ..fillers import fill
 from .base import Layer, register_layer
+from .gemm import gemm
 
 
 @register_layer("InnerProduct")
@@ -46,10 +47,11 @@ class InnerProductLayer(Layer):
         dy = top[0].diff.reshape(self.m, self.num_output)
         x = bottom[0].data.reshape(self.m, self.k)
         if self.param_propagate_down[0]:
+            # Accumulate in place (BLAS beta = 1): no temporary as large as the weights.
             if self.transpose:
-                self.blobs[0].diff += x.T @ dy
+                gemm(x.T, dy, self.blobs[0].diff)
             else:
-                self.blobs[0].diff += dy.T @ x
+                gemm(dy.T, x, self.blobs[0].diff)
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:

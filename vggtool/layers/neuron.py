@@ -3,6 +3,7 @@
 import numpy as np
 
 from .base import Layer, register_layer
+from .threads import split_run
 
 
 class NeuronLayer(Layer):
@@ -22,7 +23,8 @@ class ReLULayer(NeuronLayer):
         xp = self.xp
         x, y = bottom[0].data, top[0].data
         if self.slope == 0:
-            xp.maximum(x, 0, out=y)
+            xf, yf = x.reshape(-1), y.reshape(-1)
+            split_run(lambda i0, i1: xp.maximum(xf[i0:i1], 0, out=yf[i0:i1]), xf.size, 2 * xf.size, xp)
         elif 0 < self.slope <= 1:
             xp.maximum(x, x * self.slope, out=y)
         else:
@@ -34,7 +36,12 @@ class ReLULayer(NeuronLayer):
         # In place, bottom.data holds the output; its sign equals the input's for slope >= 0.
         x, dy, dx = bottom[0].data, top[0].diff, bottom[0].diff
         if self.slope == 0:
-            self.xp.multiply(dy, x > 0, out=dx)
+            xf, dyf, dxf = x.reshape(-1), dy.reshape(-1), dx.reshape(-1)
+
+            def part(i0, i1):
+                self.xp.multiply(dyf[i0:i1], xf[i0:i1] > 0, out=dxf[i0:i1])
+
+            split_run(part, xf.size, 3 * xf.size, self.xp)
         else:
             dx[...] = dy * self.xp.where(x > 0, 1.0, self.slope).astype(dx.dtype)
 

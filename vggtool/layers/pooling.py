@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from .base import Layer, register_layer
+from .threads import split_run
 
 MAX, AVE, STOCHASTIC = 0, 1, 2
 CEIL, FLOOR = 0, 1
@@ -111,9 +112,55 @@ class PoolingLayer(Layer):
         padded[:, :, self.ph:self.ph + h, self.pw:self.pw + w] = x
         return padded
 
+    def _is_2x2_tiling(self, shape):
+        """MAX 2x2/2, no padding, even H and W: windows tile the input exactly (every VGG pooling)."""
+        return (self.method == MAX and (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw) == (2, 2, 2, 2, 0, 0)
+                and shape[2] % 2 == 0 and shape[3] % 2 == 0)
+
+    def _forward_2x2(self, x, y):
+        """Max over the four strided quarter views; argmax keeps Caffe's first-maximum-in-window-order."""
+        xp = self.xp
+        n, c, h, w = x.shape
+        q = x.reshape(n * c, h // 2, 2, w // 2, 2)
+        yf = y.reshape(n * c, h // 2, w // 2)
+        self.argmax = self.workspace_argmax(y.shape)
+        am = self.argmax.reshape(yf.shape)
+        top_row = self.workspace("pool_m1", yf.shape)
+
+        def part(i0, i1):
+            qq, yy, aa, tr = q[i0:i1], yf[i0:i1], am[i0:i1], top_row[i0:i1]
+            a, b, cc, d = qq[:, :, 0, :, 0], qq[:, :, 0, :, 1], qq[:, :, 1, :, 0], qq[:, :, 1, :, 1]
+            xp.maximum(a, b, out=tr)
+            xp.maximum(cc, d, out=yy)
+            lower = yy > tr  # the maximum is in the second row (strictly larger than the first row's)
+            xp.greater(d, cc, out=aa, casting="unsafe")
+            aa += 2
+            xp.copyto(aa, b > a, where=~lower, casting="unsafe")
+            xp.maximum(yy, tr, out=yy)
+
+        split_run(part, n * c, x.size, xp)
+
+    def _backward_2x2(self, dy, dx):
+        xp = self.xp
+        n, c, h, w = dx.shape
+        q = dx.reshape(n * c, h // 2, 2, w // 2, 2)
+        dyf = dy.reshape(n * c, h // 2, w // 2)
+        am = self.argmax.reshape(dyf.shape)
+
+        def part(i0, i1):
+            for k in range(4):
+                xp.multiply(dyf[i0:i1], am[i0:i1] == k, out=q[i0:i1, :, k // 2, :, k % 2])
+
+        split_run(part, n * c, dx.size, xp)
+
     def forward(self, bottom, top):
         xp = self.xp
         x, y = bottom[0].data, top[0].data
+        if self._is_2x2_tiling(x.shape):
+            self._forward_2x2(x, y)
+            if len(top) == 2:
+                top[1].data[...] = self._mask_indices(x.shape[3])
+            return
         if self.method == MAX:
             padded = self._padded("pool_pad", x, -np.inf)
             self.argmax = self.workspace_argmax(y.shape)
@@ -159,6 +206,9 @@ class PoolingLayer(Layer):
             return
         n, c, h, w = bottom[0].shape
         dy = top[0].diff
+        if self._is_2x2_tiling(bottom[0].shape):
+            self._backward_2x2(dy, bottom[0].diff)
+            return
         padded = self.workspace("pool_pad", (n, c, self.hp, self.wp), zero=True)
         if self.method == MAX:
             k = 0

@@ -1,0 +1,301 @@
+#!/usr/bin/env python3
+"""VGG forward / forward+backward speed of vggtool, against PyTorch measured in the same run.
+
+Builds VGG configuration A, D or E (3x3/pad-1 conv + in-place ReLU, 2x2/2 max pooling, fc6-fc8 with
+dropout, SoftmaxWithLoss) as prototxt text, runs it with vggtool on the CPU in float32 and times
+  * forward (net.forward_from_to), TRAIN phase net, median of --reps runs
+  * forward + backward (net.forward_backward, no solver update)
+then prints per-layer forward/backward ms (and the convolution layer's internal sections), and, when
+`import torch` works, times the same network in PyTorch (forward: eval + no_grad; forward+backward:
+train mode, loss.backward(), no optimizer step) in a subprocess with the same thread count, so the
+two thread pools never spin against each other. Ratio = vggtool time / PyTorch time (<= 1 is the goal).
+
+Before each case the script waits for a quiet machine (bench/cpu_guard.py, or /work/shared/bench) and
+reports the CPU load of other processes seen during the case.
+
+Usage:  python bench/bench_vgg.py [--net D] [--batch 8] [--size 224] [--reps 3] [--threads 2]
+        python bench/bench_vgg.py --quick          # seconds: VGG-11, batch 2, 64x64
+        VGGTOOL_CONV_ALGO=im2col python bench/bench_vgg.py   # force one convolution algorithm
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+CFGS = {
+    "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+          512, 512, 512, 512, "M"],
+}
+NAMES = {"A": "VGG-11", "D": "VGG-16", "E": "VGG-19"}
+
+
+def parse():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--net", default="D", choices=sorted(CFGS))
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=224, help="input height = width")
+    ap.add_argument("--reps", type=int, default=3, help="timed runs per case (median reported)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2, help="OpenBLAS / torch threads")
+    ap.add_argument("--classes", type=int, default=1000)
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    ap.add_argument("--no-layers", action="store_true", help="skip the per-layer profile")
+    ap.add_argument("--guard", type=float, default=0.15,
+                    help="foreign CPU load (cores) tolerated during a case; a disturbed case is retried")
+    ap.add_argument("--guard-wait", type=float, default=120.0, help="max seconds to wait for a quiet machine")
+    ap.add_argument("--quick", action="store_true", help="VGG-11, batch 2, 64x64, 1 rep: runs in seconds")
+    ap.add_argument("--json", help="write the figures to this file")
+    ap.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.quick:
+        a.net, a.batch, a.size, a.reps, a.warmup = "A", 2, 64, 1, 1
+        a.guard_wait = min(a.guard_wait, 5.0)
+    if a.size % 32:
+        ap.error("--size must be a multiple of 32 (five 2x2 poolings)")
+    return a
+
+
+A = parse()
+os.environ["OPENBLAS_NUM_THREADS"] = str(A.threads)  # before numpy is imported
+os.environ["OMP_NUM_THREADS"] = str(A.threads)
+os.environ["MKL_NUM_THREADS"] = str(A.threads)
+
+import numpy as np  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+for cand in (HERE, "/work/shared/bench"):
+    if os.path.exists(os.path.join(cand, "cpu_guard.py")):
+        sys.path.insert(0, cand)
+        break
+try:
+    from cpu_guard import Guard, wait_quiet  # noqa: E402
+except ImportError:  # pragma: no cover - the guard is optional
+    Guard = wait_quiet = None
+
+
+def vgg_prototxt(cfg, batch, size, classes):
+    """VGG as Caffe prototxt text, with the paper's layer names (conv1_1, ..., fc8)."""
+    out = [f'name: "VGG_{cfg}"',
+           'layer { name: "data" type: "Input" top: "data" top: "label" input_param { '
+           f'shape {{ dim: {batch} dim: 3 dim: {size} dim: {size} }} shape {{ dim: {batch} }} }} }}']
+    bottom, stage, idx = "data", 1, 1
+    for v in CFGS[cfg]:
+        if v == "M":
+            out.append(f'layer {{ name: "pool{stage}" type: "Pooling" bottom: "{bottom}" top: "pool{stage}" '
+                       'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }')
+            bottom, stage, idx = f"pool{stage}", stage + 1, 1
+            continue
+        name = f"conv{stage}_{idx}"
+        out.append(f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}" '
+                   f'convolution_param {{ num_output: {v} kernel_size: 3 pad: 1 '
+                   'weight_filler { type: "gaussian" std: 0.01 } bias_filler { type: "constant" value: 0 } } }')
+        out.append(f'layer {{ name: "relu{stage}_{idx}" type: "ReLU" bottom: "{name}" top: "{name}" }}')
+        bottom, idx = name, idx + 1
+    for i, n in ((6, 4096), (7, 4096), (8, classes)):
+        out.append(f'layer {{ name: "fc{i}" type: "InnerProduct" bottom: "{bottom}" top: "fc{i}" '
+                   f'inner_product_param {{ num_output: {n} weight_filler {{ type: "gaussian" std: 0.005 }} '
+                   'bias_filler { type: "constant" value: 0.1 } } }')
+        bottom = f"fc{i}"
+        if i < 8:
+            out.append(f'layer {{ name: "relu{i}" type: "ReLU" bottom: "fc{i}" top: "fc{i}" }}')
+            out.append(f'layer {{ name: "drop{i}" type: "Dropout" bottom: "fc{i}" top: "fc{i}" '
+                       'dropout_param { dropout_ratio: 0.5 } }')
+    out.append('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc8" bottom: "label" top: "loss" }')
+    return "\n".join(out) + "\n"
+
+
+def macs(cfg, size):
+    c, h, total = 3, size, 0
+    for v in CFGS[cfg]:
+        if v == "M":
+            h //= 2
+        else:
+            total += h * h * c * v * 9
+            c = v
+    return total + c * h * h * 4096 + 4096 * 4096 + 4096 * A.classes
+
+
+LAST_LOAD = {}
+
+
+def time_runs(fn, warmup, reps):
+    """Median-ready list of `reps` timings after `warmup` runs, on a quiet machine when possible."""
+    for attempt in range(1, 4):
+        if wait_quiet is not None:
+            wait_quiet(A.guard, max_wait=A.guard_wait)
+            g = Guard()
+        for _ in range(warmup):
+            fn()
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        load = g.stop()["foreign_cores"] if wait_quiet is not None else float("nan")
+        LAST_LOAD["foreign"] = load
+        if not load >= A.guard:
+            break
+        print(f"  [cpu_guard] disturbed (foreign load {load:.2f} cores), attempt {attempt}/3", flush=True)
+    return ts
+
+
+# -- PyTorch (run in a subprocess) -------------------------------------------------------------------------
+def torch_part():
+    import torch
+    import torch.nn as nn
+
+    torch.set_num_threads(A.threads)
+    torch.set_flush_denormal(True)
+    torch.manual_seed(0)
+    layers, c = [], 3
+    for v in CFGS[A.net]:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=True)]
+            c = v
+    s = A.size // 32
+    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * s * s, 4096), nn.ReLU(inplace=True),
+                          nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                          nn.Linear(4096, A.classes))
+    x = torch.randn(A.batch, 3, A.size, A.size)
+    y = torch.randint(0, A.classes, (A.batch,))
+    lossf = nn.CrossEntropyLoss()
+
+    def fwd():
+        with torch.no_grad():
+            model(x)
+
+    def fwd_bwd():
+        model.zero_grad(set_to_none=False)
+        lossf(model(x), y).backward()
+
+    model.eval()
+    t_f = time_runs(fwd, A.warmup, A.reps)
+    load_f = LAST_LOAD["foreign"]
+    model.train()
+    t_fb = time_runs(fwd_bwd, A.warmup, A.reps)
+    print(json.dumps(dict(version=torch.__version__, threads=torch.get_num_threads(), fwd=t_f, fwd_bwd=t_fb,
+                          load_fwd=load_f, load_fwd_bwd=LAST_LOAD["foreign"])))
+
+
+def run_torch():
+    cmd = [sys.executable, os.path.abspath(__file__), "--torch-only", "--net", A.net, "--batch", str(A.batch),
+           "--size", str(A.size), "--reps", str(A.reps), "--warmup", str(A.warmup), "--threads", str(A.threads),
+           "--classes", str(A.classes), "--guard", str(A.guard), "--guard-wait", str(A.guard_wait)]
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("PyTorch: not importable in this Python; no comparison (install torch in a separate venv)")
+        return None
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        print("PyTorch run failed:\n" + res.stderr[-2000:])
+        return None
+    for line in res.stdout.splitlines():
+        if not line.startswith("{"):
+            print(line)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+# -- vggtool -----------------------------------------------------------------------------------------------
+def build_net():
+    from vggtool.net import Net
+    from vggtool.protoio import parse_net_text
+
+    text = vgg_prototxt(A.net, A.batch, A.size, A.classes)
+    net = Net(parse_net_text(text, f"<VGG {A.net}>"), phase="TRAIN", dtype=np.float32, seed=0)
+    rng = np.random.default_rng(0)
+    net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape, dtype=np.float32)
+    net.blobs["label"].data[...] = rng.integers(0, A.classes, A.batch)
+    return net
+
+
+def layer_profile(net, reps):
+    """Per-layer forward and backward ms (median over reps) and conv section totals (ms per pass)."""
+    from vggtool.layers import conv
+
+    n = len(net.layers)
+    fw = [[] for _ in range(n)]
+    bw = [[] for _ in range(n)]
+    sections = {}
+    for _ in range(reps):
+        conv.PROFILE = {}
+        for i in range(n):
+            t0 = time.perf_counter()
+            net.layers[i].forward(net.bottom_vecs[i], net.top_vecs[i])
+            fw[i].append(time.perf_counter() - t0)
+        for i in range(n - 1, -1, -1):
+            t0 = time.perf_counter()
+            if net.layer_need_backward[i]:
+                net.layers[i].backward(net.top_vecs[i], net.bottom_need_backward[i], net.bottom_vecs[i])
+            bw[i].append(time.perf_counter() - t0)
+        for k, v in conv.PROFILE.items():
+            sections.setdefault(k, []).append(v)
+    conv.PROFILE = None
+    rows = [dict(name=net._layer_names[i], type=net.layers[i].type, fwd_ms=1e3 * statistics.median(fw[i]),
+                 bwd_ms=1e3 * statistics.median(bw[i])) for i in range(n)]
+    return rows, {k: 1e3 * statistics.median(v) for k, v in sections.items()}
+
+
+def main():
+    if A.torch_only:
+        torch_part()
+        return
+    sys.path.insert(0, os.path.dirname(HERE))
+    from vggtool.layers import conv
+
+    flop = 2 * A.batch * macs(A.net, A.size)
+    print(f"{NAMES[A.net]} (config {A.net}) batch {A.batch}, {A.size}x{A.size}, fp32, {A.threads} threads; "
+          f"forward {flop / 1e9:.1f} GFLOP; numpy {np.__version__}; conv algorithm: {conv.default_algorithm()}",
+          flush=True)
+    net = build_net()
+    t_f = time_runs(net.forward_from_to, A.warmup, A.reps)
+    load_f = LAST_LOAD["foreign"]
+    t_fb = time_runs(net.forward_backward, A.warmup, A.reps)
+    load_fb = LAST_LOAD["foreign"]
+    res = dict(net=A.net, batch=A.batch, size=A.size, threads=A.threads, conv_algorithm=conv.default_algorithm(),
+               vggtool=dict(fwd=t_f, fwd_bwd=t_fb, load_fwd=load_f, load_fwd_bwd=load_fb))
+    med = statistics.median
+    print(f"vggtool  forward           median {med(t_f) * 1e3:8.1f} ms  (min {min(t_f) * 1e3:.1f}, "
+          f"max {max(t_f) * 1e3:.1f}, n={len(t_f)})  {flop / med(t_f) / 1e9:6.1f} GFLOP/s  [foreign {load_f:.2f}]")
+    print(f"vggtool  forward+backward  median {med(t_fb) * 1e3:8.1f} ms  (min {min(t_fb) * 1e3:.1f}, "
+          f"max {max(t_fb) * 1e3:.1f}, n={len(t_fb)})  {3 * flop / med(t_fb) / 1e9:6.1f} GFLOP/s  "
+          f"[foreign {load_fb:.2f}]", flush=True)
+    if not A.no_layers:
+        rows, sections = layer_profile(net, max(1, min(A.reps, 3)))
+        res["layers"], res["conv_sections"] = rows, sections
+        print("\nper layer (median ms)            forward   backward")
+        for r in rows:
+            print(f"  {r['name']:<14s} {r['type']:<16s} {r['fwd_ms']:9.1f} {r['bwd_ms']:9.1f}")
+        by_type = {}
+        for r in rows:
+            s = by_type.setdefault(r["type"], [0.0, 0.0])
+            s[0] += r["fwd_ms"]
+            s[1] += r["bwd_ms"]
+        print("per layer type (ms):  " + ", ".join(f"{k} {f:.0f}/{b:.0f}" for k, (f, b) in by_type.items()))
+        if sections:
+            print("convolution sections, all conv layers (ms per pass): "
+                  + ", ".join(f"{k} {v:.0f}" for k, v in sorted(sections.items(), key=lambda kv: -kv[1])))
+    del net
+    if not A.no_torch:
+        t = run_torch()
+        if t:
+            res["torch"] = t
+            tf, tfb = med(t["fwd"]), med(t["fwd_bwd"])
+            print(f"\nPyTorch {t['version']} ({t['threads']} threads)  forward {tf * 1e3:8.1f} ms "
+                  f"[foreign {t['load_fwd']:.2f}],  forward+backward {tfb * 1e3:8.1f} ms [foreign {t['load_fwd_bwd']:.2f}]")
+            res["ratio_fwd"], res["ratio_fwd_bwd"] = med(t_f) / tf, med(t_fb) / tfb
+            print(f"ratio vggtool / PyTorch:  forward {res['ratio_fwd']:.2f}   forward+backward {res['ratio_fwd_bwd']:.2f}")
+    if A.json:
+        with open(A.json, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""The fast paths (Winograd convolution, 2x2 max pooling, threaded slices, in-place BLAS gemm) against
+direct loops and against the general paths they replace."""
+import numpy as np
+import pytest
+
+from vggtool.errors import VggtoolError
+from vggtool.layers import conv, gemm, pooling, threads
+from vggtool.testing import check_gradients, layer_net
+
+
+@pytest.fixture(params=[False, True], ids=["serial", "threaded"])
+def threads(request, monkeypatch):
+    """Run once single-threaded and once with every pass split into 3 threaded slices."""
+    if request.param:
+        monkeypatch.setattr(threads, "MIN_ELEMENTS", 0)
+        monkeypatch.setattr(threads, "_threads", 3)
+    else:
+        monkeypatch.setattr(threads, "_threads", 1)
+    return request.param
+
+
+def conv_text(cout, pad, kernel=3, stride=1, group=1, dilation=1):
+    return (f'layer {{ name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param {{ num_output: {cout} '
+            f'kernel_size: {kernel} pad: {pad} stride: {stride} group: {group} dilation: {dilation} '
+            'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } } }')
+
+
+def run_conv(algo, text, x, dy, dtype):
+    net = layer_net(text, {"x": x}, dtype=dtype)
+    layer = net.layers[1]
+    layer.algorithm = algo
+    net.blobs["x"].data[...] = x
+    net.forward_from_to(1, 1)
+    y = net.blobs["y"].data.copy()
+    net.blobs["y"].diff[...] = dy
+    for p in layer.blobs:
+        p.diff[...] = 0
+    layer.backward([net.blobs["y"]], [True], [net.blobs["x"]])
+    return layer, [y, net.blobs["x"].diff.copy(), layer.blobs[0].diff.copy(), layer.blobs[1].diff.copy()]
+
+
+def direct_conv(x, w, b, pad):
+    """Cross-correlation by loops over the kernel taps (Caffe's definition), float64."""
+    n, c, h, wd = x.shape
+    co, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho, wo = h + 2 * pad - kh + 1, wd + 2 * pad - kw + 1
+    y = np.zeros((n, co, ho, wo)) + b.reshape(1, -1, 1, 1)
+    for i in range(kh):
+        for j in range(kw):
+            y += np.einsum("oc,nchw->nohw", w[:, :, i, j], xp[:, :, i:i + ho, j:j + wo])
+    return y
+
+
+SHAPES = [(2, 3, 4, 5, 7, 1), (3, 5, 2, 6, 6, 0), (1, 4, 3, 7, 5, 2), (2, 6, 5, 8, 8, 1), (2, 2, 3, 3, 4, 1)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"n{s[0]}c{s[1]}o{s[2]}_{s[3]}x{s[4]}p{s[5]}" for s in SHAPES])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_winograd_equals_im2col_and_direct_loops(rng, threads, shape, dtype):
+    n, c, co, h, w, pad = shape
+    x = rng.standard_normal((n, c, h, w))
+    dy = rng.standard_normal((n, co, h + 2 * pad - 2, w + 2 * pad - 2))
+    layer_w, wino = run_conv("winograd", conv_text(co, pad), x, dy, dtype)
+    assert layer_w.chosen_algorithm() == "winograd"
+    layer_i, ref = run_conv("im2col", conv_text(co, pad), x, dy, dtype)
+    assert layer_i.chosen_algorithm() == "im2col"
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+    for got, want, what in zip(wino, ref, ["top", "bottom diff", "weight diff", "bias diff"]):
+        err = np.abs(got - want).max() / np.abs(want).max()
+        assert err < tol, f"{what}: relative error {err}"
+    # forward against loops; backward against the adjoint identity <dy, conv(x)> = <conv^T(dy), x>
+    w64 = layer_w.blobs[0].data.astype(np.float64)
+    b64 = layer_w.blobs[1].data.astype(np.float64)
+    want_y = direct_conv(x.astype(dtype).astype(np.float64), w64, b64, pad)
+    assert np.abs(wino[0] - want_y).max() / np.abs(want_y).max() < tol
+    lin = direct_conv(x.astype(dtype).astype(np.float64), w64, 0 * b64, pad)
+    assert np.isclose(np.sum(dy.astype(dtype) * lin), np.sum(wino[1] * x.astype(dtype)), rtol=tol * 10)
+    assert np.isclose(np.sum(dy.astype(dtype) * lin), np.sum(wino[2] * w64), rtol=tol * 10)
+    assert np.allclose(wino[3], dy.astype(dtype).sum(axis=(0, 2, 3)), rtol=tol * 10)
+
+
+def test_winograd_gradients_numerically(rng):
+    text = conv_text(3, 1)
+    conv.ConvolutionLayer.algorithm = "winograd"
+    try:
+        check_gradients(text, {"x": rng.standard_normal((2, 2, 5, 4))})
+    finally:
+        conv.ConvolutionLayer.algorithm = None
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel=5, pad=1), dict(stride=2, pad=1), dict(group=2, pad=1),
+                                    dict(dilation=2, pad=1), dict(pad=3), dict(kernel=1, pad=0)])
+def test_other_shapes_fall_back_to_im2col(rng, kwargs):
+    net = layer_net(conv_text(4, **kwargs), {"x": rng.standard_normal((2, 4, 9, 9))})
+    layer = net.layers[1]
+    layer.algorithm = "winograd"
+    assert not layer.winograd_applicable()
+    assert layer.chosen_algorithm() == "im2col"
+
+
+def test_algorithm_choice_is_overridable(rng, monkeypatch):
+    net = layer_net(conv_text(4, 1), {"x": rng.standard_normal((1, 32, 6, 6))})
+    layer = net.layers[1]
+    monkeypatch.delenv("VGGTOOL_CONV_ALGO", raising=False)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1 << 62)
+    assert layer.chosen_algorithm() == "im2col"  # auto, with Winograd off for every channel count
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 16)
+    assert layer.chosen_algorithm() == "winograd"  # auto: eligible and enough input channels
+    monkeypatch.setenv("VGGTOOL_CONV_ALGO", "im2col")
+    assert layer.chosen_algorithm() == "im2col"
+    layer.algorithm = "winograd"  # the attribute wins over the environment
+    assert layer.chosen_algorithm() == "winograd"
+    monkeypatch.setenv("VGGTOOL_CONV_ALGO", "fft")
+    layer.algorithm = None
+    with pytest.raises(VggtoolError, match="unknown convolution algorithm 'fft'.*VGGTOOL_CONV_ALGO"):
+        net.forward_from_to(1, 1)
+    small = layer_net(conv_text(4, 1), {"x": rng.standard_normal((1, 3, 6, 6))}).layers[1]
+    monkeypatch.setenv("VGGTOOL_CONV_ALGO", "auto")
+    assert small.chosen_algorithm() == "im2col"  # 3 input channels: transforms would dominate
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_im2col_threaded_equals_serial(rng, monkeypatch, dtype):
+    x = rng.standard_normal((3, 5, 7, 6))
+    text = conv_text(4, 1, kernel=3, stride=2, group=1)
+    dy = rng.standard_normal((3, 4, 4, 3))
+    monkeypatch.setattr(threads, "_threads", 1)
+    _, serial = run_conv("im2col", text, x, dy, dtype)
+    monkeypatch.setattr(threads, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(threads, "_threads", 2)
+    _, threaded = run_conv("im2col", text, x, dy, dtype)
+    for a, b in zip(serial, threaded):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("values", ["distinct", "ties"])
+def test_2x2_max_pool_fast_path_equals_general_path(rng, threads, values):
+    x = rng.standard_normal((2, 3, 8, 6)) if values == "distinct" else rng.integers(0, 3, (2, 3, 8, 6)) * 1.0
+    dy = rng.standard_normal((2, 3, 4, 3))
+    results = []
+    for fast in (True, False):
+        net = layer_net('layer { name: "p" type: "Pooling" bottom: "x" top: "y" top: "mask" '
+                        'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }', {"x": x})
+        layer = net.layers[1]
+        assert layer._is_2x2_tiling(x.shape)
+        if not fast:
+            layer._is_2x2_tiling = lambda shape: False
+        net.blobs["x"].data[...] = x
+        net.forward_from_to(1, 1)
+        net.blobs["y"].diff[...] = dy
+        layer.backward([net.blobs["y"], net.blobs["mask"]], [True], [net.blobs["x"]])
+        results.append([net.blobs["y"].data.copy(), net.blobs["mask"].data.copy(), net.blobs["x"].diff.copy()])
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)
+    # direct loops: max of each window, gradient routed to its first maximum
+    want = x.reshape(2, 3, 4, 2, 3, 2).max(axis=(3, 5))
+    assert np.array_equal(results[0][0], want)
+    assert np.allclose(results[0][2].reshape(2, 3, 4, 2, 3, 2).sum(axis=(3, 5)), dy)
+
+
+def test_odd_sized_2x2_pooling_takes_the_general_path(rng):
+    net = layer_net('layer { name: "p" type: "Pooling" bottom: "x" top: "y" '
+                    'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }', {"x": rng.standard_normal((1, 2, 5, 4))})
+    assert not net.layers[1]._is_2x2_tiling(net.blobs["x"].shape)
+    assert net.blobs["y"].shape == (1, 2, 3, 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans", [(False, False), (True, False), (False, True), (True, True)])
+def test_gemm_accumulates_in_place(rng, dtype, trans):
+    for m, k, n in [(5, 7, 3), (1, 4, 6), (6, 4, 1), (3, 1, 5), (40, 90, 30)]:
+        a = rng.standard_normal((k, m) if trans[0] else (m, k)).astype(dtype)
+        b = rng.standard_normal((n, k) if trans[1] else (k, n)).astype(dtype)
+        a, b = (a.T if trans[0] else a), (b.T if trans[1] else b)
+        big = rng.standard_normal((m + 2, n + 3)).astype(dtype)
+        before = big.copy()
+        c = big[1:m + 1, 2:n + 2]
+        out = gemm.gemm(a, b, c, alpha=0.5, beta=2.0)
+        assert out is c
+        want = 0.5 * (a.astype(np.float64) @ b) + 2.0 * before[1:m + 1, 2:n + 2]
+        assert np.allclose(c, want, rtol=1e-5, atol=1e-5)
+        big[1:m + 1, 2:n + 2] = before[1:m + 1, 2:n + 2]
+        assert np.array_equal(big, before)  # nothing outside c was touched
+
+
+def test_gemm_numpy_fallback_matches(rng, monkeypatch):
+    a, b = rng.standard_normal((4, 6)), rng.standard_normal((6, 5))[:, ::-1]  # negative strides: no BLAS
+    c = np.ones((4, 5))
+    gemm.gemm(a, b, c)
+    assert np.allclose(c, 1 + a @ b)
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel=3, pad=1), dict(kernel=3, pad=0), dict(kernel=3, pad=2, dilation=2),
+                                    dict(kernel=5, pad=1)])
+def test_bottom_diff_by_transposed_correlation_equals_col2im(rng, monkeypatch, kwargs):
+    """Stride-1 layers get dX by correlating dY with the flipped kernel; it must equal the col2im path."""
+    x = rng.standard_normal((2, 5, 9, 8))
+    text = conv_text(4, **kwargs)
+    net = layer_net(text, {"x": x})
+    assert net.layers[1]._transposed_geometry() is not None
+    out_shape = net.blobs["y"].shape
+    dy = rng.standard_normal(out_shape)
+    _, fast = run_conv("im2col", text, x, dy, np.float64)
+    monkeypatch.setattr(conv.ConvolutionLayer, "_transposed_geometry", lambda self: None)
+    _, slow = run_conv("im2col", text, x, dy, np.float64)
+    for a, b in zip(fast, slow):
+        assert np.allclose(a, b, rtol=1e-12, atol=1e-12)
+    monkeypatch.undo()
+    check_gradients(text, {"x": rng.standard_normal((1, 5, 6, 5))}, max_checks=60)  # takes the new path
+
+
+def test_split_run_covers_the_range_once_and_survives_fork(monkeypatch):
+    import os
+    monkeypatch.setattr(threads, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(threads, "_threads", 3)
+    seen = []
+    threads.split_run(lambda a, b: seen.append((a, b)), 10, 10)
+    assert sorted(seen) == [(0, 3), (3, 6), (6, 10)]
+    if not hasattr(os, "fork"):
+        return
+    pid = os.fork()
+    if pid == 0:  # child: the inherited pool has no threads; split_run must still finish
+        out = []
+        threads.split_run(lambda a, b: out.append(b - a), 10, 10)
+        os._exit(0 if sum(out) == 10 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0

@@ -1,0 +1,87 @@
+"""c = alpha * a @ b + beta * c in place, for the layers' gradient accumulation (Caffe's caffe_cpu_gemm).
+
+NumPy's matmul has no beta: `c += a @ b` allocates a temporary as large as c (411 MB for fc6's weight
+gradient) and reads c twice. On the CPU this calls the cblas_?gemm of the OpenBLAS that NumPy itself
+is linked against (same library, same thread pool), through ctypes, which releases the GIL. Anything
+it cannot take (CuPy arrays, other dtypes, operands without a unit stride, no OpenBLAS found, or
+VGGTOOL_NO_CBLAS=1) takes the NumPy path, which gives the same result.
+"""
+import ctypes
+import glob
+import os
+
+import numpy as np
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+_lib = None  # (sgemm, dgemm) or False once looked up
+
+
+def _find_cblas():
+    if os.environ.get("VGGTOOL_NO_CBLAS"):
+        return False
+    libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(libdir, "*openblas*"))):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix, int_t in (("scipy_cblas_", "64_", ctypes.c_int64), ("cblas_", "64_", ctypes.c_int64),
+                                      ("scipy_cblas_", "", ctypes.c_int), ("cblas_", "", ctypes.c_int)):
+            fns = []
+            for letter, real in (("s", ctypes.c_float), ("d", ctypes.c_double)):
+                fn = getattr(lib, f"{prefix}{letter}gemm{suffix}", None)
+                if fn is None:
+                    break
+                fn.restype = None
+                fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, int_t, int_t, int_t, real,
+                               ctypes.c_void_p, int_t, ctypes.c_void_p, int_t, real, ctypes.c_void_p, int_t]
+                fns.append(fn)
+            if len(fns) == 2:
+                return tuple(fns)
+    return False
+
+
+def _operand(x):
+    """(transpose flag, leading dimension) describing 2-d x to row-major BLAS, or None."""
+    r, c = x.shape
+    s0, s1 = (s // x.itemsize for s in x.strides)
+    if (s1 == 1 or c == 1) and (s0 >= max(1, c) or r == 1):
+        return _NO_TRANS, max(s0 if r > 1 else c, c, 1)
+    if (s0 == 1 or r == 1) and (s1 >= max(1, r) or c == 1):
+        return _TRANS, max(s1 if c > 1 else r, r, 1)
+    return None
+
+
+def gemm(a, b, c, alpha=1.0, beta=1.0):
+    """c[...] = alpha * (a @ b) + beta * c for 2-d arrays; returns c."""
+    global _lib
+    if _lib is None:
+        _lib = _find_cblas()
+    m, k = a.shape
+    n = b.shape[1]
+    ok = (_lib and type(a) is np.ndarray and type(b) is np.ndarray and type(c) is np.ndarray
+          and a.dtype == b.dtype == c.dtype and a.dtype in (np.float32, np.float64)
+          and c.shape == (m, n) and b.shape[0] == k and m and n and k)
+    if ok:
+        oa, ob = _operand(a), _operand(b)
+        cs0, cs1 = (s // c.itemsize for s in c.strides)
+        ok = oa is not None and ob is not None and (cs1 == 1 or n == 1) and (cs0 >= n or m == 1)
+    if not ok:
+        if k == 0 or m == 0 or n == 0:
+            c *= beta
+            return c
+        prod = a @ b
+        if alpha != 1.0:
+            prod *= alpha
+        if beta == 0.0:
+            c[...] = prod
+        else:
+            if beta != 1.0:
+                c *= beta
+            c += prod
+        return c
+    fn = _lib[0] if a.dtype == np.float32 else _lib[1]
+    ldc = cs0 if m > 1 else n
+    fn(_ROW_MAJOR, oa[0], ob[0], m, n, k, alpha, a.ctypes.data, oa[1], b.ctypes.data, ob[1], beta,
+       c.ctypes.data, max(ldc, n, 1))
+    return c
