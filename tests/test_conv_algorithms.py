@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from vggtool.errors import VggtoolError
-from vggtool.layers import conv, gemm, pooling, threads
+from vggtool.layers import conv, gemm, pooling
+from vggtool.layers import threads as split_threads
 from vggtool.testing import check_gradients, layer_net
 
 
@@ -12,10 +13,10 @@ from vggtool.testing import check_gradients, layer_net
 def threads(request, monkeypatch):
     """Run once single-threaded and once with every pass split into 3 threaded slices."""
     if request.param:
-        monkeypatch.setattr(threads, "MIN_ELEMENTS", 0)
-        monkeypatch.setattr(threads, "_threads", 3)
+        monkeypatch.setattr(split_threads, "MIN_ELEMENTS", 0)
+        monkeypatch.setattr(split_threads, "_threads", 3)
     else:
-        monkeypatch.setattr(threads, "_threads", 1)
+        monkeypatch.setattr(split_threads, "_threads", 1)
     return request.param
 
 
@@ -125,10 +126,10 @@ def test_im2col_threaded_equals_serial(rng, monkeypatch, dtype):
     x = rng.standard_normal((3, 5, 7, 6))
     text = conv_text(4, 1, kernel=3, stride=2, group=1)
     dy = rng.standard_normal((3, 4, 4, 3))
-    monkeypatch.setattr(threads, "_threads", 1)
+    monkeypatch.setattr(split_threads, "_threads", 1)
     _, serial = run_conv("im2col", text, x, dy, dtype)
-    monkeypatch.setattr(threads, "MIN_ELEMENTS", 0)
-    monkeypatch.setattr(threads, "_threads", 2)
+    monkeypatch.setattr(split_threads, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(split_threads, "_threads", 2)
     _, threaded = run_conv("im2col", text, x, dy, dtype)
     for a, b in zip(serial, threaded):
         assert np.array_equal(a, b)
@@ -212,17 +213,17 @@ def test_bottom_diff_by_transposed_correlation_equals_col2im(rng, monkeypatch, k
 
 def test_split_run_covers_the_range_once_and_survives_fork(monkeypatch):
     import os
-    monkeypatch.setattr(threads, "MIN_ELEMENTS", 0)
-    monkeypatch.setattr(threads, "_threads", 3)
+    monkeypatch.setattr(split_threads, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(split_threads, "_threads", 3)
     seen = []
-    threads.split_run(lambda a, b: seen.append((a, b)), 10, 10)
+    split_threads.split_run(lambda a, b: seen.append((a, b)), 10, 10)
     assert sorted(seen) == [(0, 3), (3, 6), (6, 10)]
     if not hasattr(os, "fork"):
         return
     pid = os.fork()
     if pid == 0:  # child: the inherited pool has no threads; split_run must still finish
         out = []
-        threads.split_run(lambda a, b: out.append(b - a), 10, 10)
+        split_threads.split_run(lambda a, b: out.append(b - a), 10, 10)
         os._exit(0 if sum(out) == 10 else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
