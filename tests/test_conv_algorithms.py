@@ -227,3 +227,29 @@ def test_split_run_covers_the_range_once_and_survives_fork(monkeypatch):
         os._exit(0 if sum(out) == 10 else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
+
+
+def test_cached_forward_columns_give_the_same_weight_gradient(monkeypatch):
+    """In TRAIN the forward column matrices are kept for backward (within VGGTOOL_CONV_CACHE_MB); the
+    weight and input gradients equal those of recomputing the columns in backward."""
+    from vggtool.testing import layer_net
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 3, 9, 7)).astype(np.float32)
+    dy = rng.standard_normal((5, 4, 5, 4)).astype(np.float32)
+    text = ('layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 4 '
+            'kernel_size: 3 pad: 1 stride: 2 weight_filler { type: "gaussian" std: 0.3 } } }')
+    grads = {}
+    for budget in ("4096", "0"):
+        monkeypatch.setenv("VGGTOOL_CONV_CACHE_MB", budget)
+        monkeypatch.setattr(conv, "WORKSPACE_BYTES", 2000)  # several chunks
+        net = layer_net(text, {"x": x}, dtype=np.float32, seed=1)
+        layer = net.layer_dict["c"]
+        assert layer._cache_cols == (budget != "0")
+        net.blobs["x"].data[...] = x
+        net.forward()
+        net.blobs["y"].diff[...] = dy
+        net.backward()
+        grads[budget] = (layer.blobs[0].diff.copy(), net.blobs["x"].diff.copy())
+    np.testing.assert_allclose(grads["4096"][0], grads["0"][0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grads["4096"][1], grads["0"][1], rtol=1e-5, atol=1e-6)

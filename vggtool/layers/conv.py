@@ -3,8 +3,9 @@
 Layout trick: the padded input of a chunk is stored channel-major, (C, n, Hp, Wp), so building the
 column matrix is kh*kw strided slice copies, and one GEMM covers all n images of the chunk:
     out (Cout/g, n*Ho*Wo) = W_g (Cout/g, C/g*kh*kw) @ col_g (C/g*kh*kw, n*Ho*Wo).
-Chunks are sized so the column matrix stays near WORKSPACE_BYTES. Backward recomputes the columns
-(cheap copies) instead of keeping them, and scatters the column gradient back with kh*kw strided adds.
+Chunks are sized so the column matrix stays near WORKSPACE_BYTES. In TRAIN, the forward pass keeps
+its column matrices for the weight gradient while the net's total stays under
+$VGGTOOL_CONV_CACHE_MB (default 4096); beyond that, backward recomputes them (cheap copies).
 """
 import os
 import time
@@ -17,6 +18,11 @@ from .gemm import gemm
 from .threads import split_run
 
 WORKSPACE_BYTES = 64 << 20
+
+
+def column_cache_budget():
+    """Bytes of forward column matrices a net may keep for backward ($VGGTOOL_CONV_CACHE_MB, default 4096)."""
+    return int(os.environ.get("VGGTOOL_CONV_CACHE_MB", "4096")) << 20
 WINOGRAD_BYTES = 128 << 20  # transformed input + output tiles of one chunk
 # 'auto' takes Winograd for eligible layers with at least this many input channels. Off for now: with
 # NumPy passes the transforms cost as much as im2col itself and the 16 smaller GEMMs run below the
@@ -193,6 +199,35 @@ class ConvolutionLayer(Layer):
                 raise self.error(f"input {b.shape[2]}x{b.shape[3]} is smaller than the kernel "
                                  f"{self.geom.kh}x{self.geom.kw} (pad {self.geom.ph},{self.geom.pw})")
             t.reshape(b.shape[0], self.num_output, ho, wo)
+        self._plan_column_cache(bottom, top)
+
+    def _plan_column_cache(self, bottom, top):
+        """Keep the forward columns for the weight gradient when this TRAIN net's budget allows."""
+        self._cols_valid = False
+        owner = self.net if self.net is not None else self
+        claims = owner.__dict__.setdefault("_conv_column_claims", {})
+        claims.pop(self.name, None)
+        g = self.geom
+        n, _, h, w = bottom[0].shape
+        ho, wo = top[0].shape[2], top[0].shape[3]
+        need = self.channels * g.kh * g.kw * n * ho * wo * self.dtype.itemsize
+        self._cache_cols = (self.phase == 0 and len(bottom) == 1 and sum(claims.values()) + need
+                            <= column_cache_budget())
+        if self._cache_cols:
+            claims[self.name] = need
+        elif getattr(self, "_col_cache", None) is not None:
+            self._col_cache = None
+
+    def _cached_columns(self, n0, n1, n, ho, wo):
+        """The flat slice of the column cache (room for all n images) holding images n0..n1."""
+        g = self.geom
+        per_image = self.channels * g.kh * g.kw * ho * wo
+        size = per_image * n
+        cache = getattr(self, "_col_cache", None)
+        if cache is None or cache.size < size:
+            with self.device:
+                cache = self._col_cache = self.xp.empty(max(size, 1), dtype=self.dtype)
+        return cache[per_image * n0:per_image * n1]
 
     # -- shared loop --------------------------------------------------------------------------------------
     def _chunks(self, n, ho, wo, g=None, channels=None):
@@ -201,20 +236,22 @@ class ConvolutionLayer(Layer):
         step = max(1, min(n, WORKSPACE_BYTES // max(per_image, 1)))
         return [(s, min(n, s + step)) for s in range(0, n, step)]
 
-    def _columns(self, x, n0, n1, ho, wo, g=None):
-        """(C*kh*kw, n*ho*wo) column matrix of images n0..n1 of x (N, C, H, W)."""
+    def _columns(self, x, n0, n1, ho, wo, g=None, out=None):
+        """(C*kh*kw, n*ho*wo) column matrix of images n0..n1 of x (N, C, H, W), in `out` (a flat array
+        of that size) if given, else in the shared workspace."""
         g, c = g or self.geom, x.shape[1]
         n = n1 - n0
         h, w = x.shape[2], x.shape[3]
         if g.is_pointwise():
-            cols = self.workspace("conv_col", (c, n, h, w))
+            cols = self.workspace("conv_col", (c, n, h, w)) if out is None else out.reshape(c, n, h, w)
             cols[...] = x[n0:n1].transpose(1, 0, 2, 3)
             return cols.reshape(c, n * h * w)
         with _section("im2col_pad"):
             padded = self.workspace("conv_pad", (c, n, h + 2 * g.ph, w + 2 * g.pw))
             pad_channel_major(self.xp, x[n0:n1], padded, g.ph, g.pw)
         with _section("im2col"):
-            cols = self.workspace("conv_col", (c, g.kh, g.kw, n, ho, wo))
+            cols = self.workspace("conv_col", (c, g.kh, g.kw, n, ho, wo)) if out is None \
+                else out.reshape(c, g.kh, g.kw, n, ho, wo)
             g.im2col(self.xp, padded, cols, ho, wo)
         return cols.reshape(c * g.kh * g.kw, n * ho * wo)
 
@@ -243,16 +280,19 @@ class ConvolutionLayer(Layer):
         weight = self.blobs[0].data.reshape(self.group, self.num_output // self.group, -1)
         bias = self.blobs[1].data if self.bias_term else None
         for b, t in zip(bottom, top):
-            self._im2col_correlate(b.data, t.data, self.geom, weight, bias)
+            self._im2col_correlate(b.data, t.data, self.geom, weight, bias, keep=self._cache_cols)
+        self._cols_valid = self._cache_cols
 
-    def _im2col_correlate(self, x, y, geom, weight, bias, section="im2col"):
-        """y (N, Co, Ho, Wo) <- x (N, C, H, W) correlated with weight (groups, Co/g, C/g*kh*kw) (+ bias)."""
+    def _im2col_correlate(self, x, y, geom, weight, bias, section="im2col", keep=False):
+        """y (N, Co, Ho, Wo) <- x (N, C, H, W) correlated with weight (groups, Co/g, C/g*kh*kw) (+ bias);
+        `keep`: build the columns in the layer's column cache for backward."""
         xp = self.xp
         groups, cog, cg = weight.shape
         co = groups * cog
         ho, wo = y.shape[2], y.shape[3]
         for n0, n1 in self._chunks(x.shape[0], ho, wo, geom, x.shape[1]):
-            cols = self._columns(x, n0, n1, ho, wo, geom)
+            store = self._cached_columns(n0, n1, x.shape[0], ho, wo) if keep else None
+            cols = self._columns(x, n0, n1, ho, wo, geom, out=store)
             out = self.workspace("conv_out", (co, (n1 - n0) * ho * wo))
             og = out.reshape(groups, cog, -1)
             with _section(section + "_gemm"):
@@ -321,7 +361,10 @@ class ConvolutionLayer(Layer):
                     split_run(part, cout, dy.size, xp)
                 dyg = dy.reshape(groups, cout // groups, n * ho * wo)
                 if want_w:
-                    cols = self._columns(x, n0, n1, ho, wo)
+                    if self._cols_valid:
+                        cols = self._cached_columns(n0, n1, n_all, ho, wo).reshape(self.channels * g.kh * g.kw, -1)
+                    else:
+                        cols = self._columns(x, n0, n1, ho, wo)
                     with _section("im2col_bw_gemm_dw"):
                         for gi in range(groups):
                             gemm(dyg[gi], cols[gi * cg:(gi + 1) * cg].T, wdiff[gi])
