@@ -2,12 +2,12 @@
 with --data, the VGG evaluation protocol (dense / multi-crop, multi-scale, flips) of vggtool.evaluate."""
 import os
 import sys
-import time
 
 import numpy as np
 
 from .. import backend
 from ..errors import VggtoolError
+from ..solvers.glog import GLog, fmt
 
 HELP = "score a net: Caffe's test (net's own data layer) or, with --data, VGG dense/multi-crop evaluation"
 
@@ -46,17 +46,9 @@ def _device(args):
     return backend.parse_devices(args.gpu)[0]
 
 
-def glog(message, file=None):
-    """One log line with glog's classic prefix, on stderr like glog (as `caffe test` prints)."""
-    t = time.time()
-    line = sys._getframe(1).f_lineno
-    stamp = time.strftime("%m%d %H:%M:%S", time.localtime(t)) + f".{int((t % 1) * 1e6):06d}"
-    print(f"I{stamp} {os.getpid():5d} test.py:{line}] {message}", file=file or sys.stderr, flush=True)
-
-
-def fmt(x):
-    """Caffe prints floats with C++ stream defaults (6 significant digits)."""
-    return f"{float(x):.6g}"
+def glog(message):
+    """One log line in glog's format on stderr, at the place `caffe test` logs it from."""
+    GLog().info(f"caffe.cpp:{sys._getframe(1).f_lineno}", message)
 
 
 def run_caffe_test(args):
