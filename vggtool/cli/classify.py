@@ -20,6 +20,8 @@ def add_arguments(parser):
     parser.add_argument("--mode", default="dense", choices=ev.MODES)
     parser.add_argument("--no-flip", dest="flip", action="store_false", help="do not average with the flip")
     parser.add_argument("--mean-value", default=None, help="per-channel mean B,G,R (or one value)")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiply the mean-subtracted input by this (Caffe's transform_param scale)")
     parser.add_argument("--mean-file", default=None, help="mean .binaryproto (averaged per channel)")
     parser.add_argument("--average", default="posteriors", choices=("posteriors", "scores"),
                         help="dense score map: softmax per location then average (default), or average then softmax")
@@ -46,9 +48,10 @@ def run(args):
     labels = read_labels(args.labels) if args.labels else None
     scales = ev.parse_scales(args.scales) if args.scales else None
     evaluator = ev.Evaluator(args.net, args.weights, scales=scales, mode=args.mode, flip=args.flip,
-                             mean=mean, blob=args.blob, average=args.average, device=_device(args))
+                             mean=mean, blob=args.blob, average=args.average, device=_device(args),
+                             scale=args.scale)
     for path in args.images:
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        image = cv2.imread(path, cv2.IMREAD_COLOR if evaluator.channels == 3 else cv2.IMREAD_GRAYSCALE)
         if image is None:
             raise VggtoolError(f"cannot read image {path}")
         p = evaluator.evaluate_image(image)
