@@ -136,10 +136,13 @@ def test_im2col_threaded_equals_serial(rng, monkeypatch, dtype):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("block", ["one block", "small blocks"])
 @pytest.mark.parametrize("values", ["distinct", "ties"])
-def test_2x2_max_pool_fast_path_equals_general_path(rng, threads, values):
+def test_2x2_max_pool_fast_path_equals_general_path(rng, threads, monkeypatch, values, block):
     x = rng.standard_normal((2, 3, 8, 6)) if values == "distinct" else rng.integers(0, 3, (2, 3, 8, 6)) * 1.0
     dy = rng.standard_normal((2, 3, 4, 3))
+    if block == "small blocks":
+        monkeypatch.setattr(pooling, "BLOCK_BYTES", 2 * 8 * 6 * 8)
     results = []
     for fast in (True, False):
         net = layer_net('layer { name: "p" type: "Pooling" bottom: "x" top: "y" top: "mask" '
