@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Per-layer convolution timings of vggtool's algorithms (im2col vs Winograd) on the VGG-16 conv shapes.
+"""Per-layer convolution timings of vggtool's algorithms (im2col, shifted GEMMs, Winograd) on the VGG-16 conv shapes.
 
 Usage: python bench/bench_conv.py [--batch 8] [--reps 3] [--threads 2] [--layers conv1_2,conv3_2] [--size 224]
 Prints forward and backward (dX + dW + db) median ms per layer and algorithm, and the conv sections.
@@ -16,7 +16,7 @@ ap.add_argument("--size", type=int, default=224)
 ap.add_argument("--reps", type=int, default=3)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--layers", default="")
-ap.add_argument("--algos", default="im2col,winograd")
+ap.add_argument("--algos", default="im2col,shifted,winograd")
 ap.add_argument("--guard-wait", type=float, default=60.0, help="max seconds to wait for a quiet CPU")
 A = ap.parse_args()
 os.environ["OPENBLAS_NUM_THREADS"] = str(A.threads)

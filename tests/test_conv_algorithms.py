@@ -104,6 +104,7 @@ def test_algorithm_choice_is_overridable(rng, monkeypatch):
     net = layer_net(conv_text(4, 1), {"x": rng.standard_normal((1, 32, 6, 6))})
     layer = net.layers[1]
     monkeypatch.delenv("VGGTOOL_CONV_ALGO", raising=False)
+    monkeypatch.setattr(conv, "SHIFTED_MIN_AREA", 1 << 62)
     monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1 << 62)
     assert layer.chosen_algorithm() == "im2col"  # auto, with Winograd off for every channel count
     monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 16)
@@ -116,8 +117,8 @@ def test_algorithm_choice_is_overridable(rng, monkeypatch):
     layer.algorithm = None
     with pytest.raises(VggtoolError, match="unknown convolution algorithm 'fft'.*VGGTOOL_CONV_ALGO"):
         net.forward_from_to(1, 1)
-    small = layer_net(conv_text(4, 1), {"x": rng.standard_normal((1, 3, 6, 6))}).layers[1]
     monkeypatch.setenv("VGGTOOL_CONV_ALGO", "auto")
+    small = layer_net(conv_text(4, 1), {"x": rng.standard_normal((1, 3, 6, 6))}).layers[1]
     assert small.chosen_algorithm() == "im2col"  # 3 input channels: transforms would dominate
 
 
@@ -135,10 +136,13 @@ def test_im2col_threaded_equals_serial(rng, monkeypatch, dtype):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("block", ["one block", "small blocks"])
 @pytest.mark.parametrize("values", ["distinct", "ties"])
-def test_2x2_max_pool_fast_path_equals_general_path(rng, threads, values):
+def test_2x2_max_pool_fast_path_equals_general_path(rng, threads, monkeypatch, values, block):
     x = rng.standard_normal((2, 3, 8, 6)) if values == "distinct" else rng.integers(0, 3, (2, 3, 8, 6)) * 1.0
     dy = rng.standard_normal((2, 3, 4, 3))
+    if block == "small blocks":
+        monkeypatch.setattr(pooling, "BLOCK_BYTES", 2 * 8 * 6 * 8)
     results = []
     for fast in (True, False):
         net = layer_net('layer { name: "p" type: "Pooling" bottom: "x" top: "y" top: "mask" '
@@ -253,3 +257,60 @@ def test_cached_forward_columns_give_the_same_weight_gradient(monkeypatch):
         grads[budget] = (layer.blobs[0].diff.copy(), net.blobs["x"].diff.copy())
     np.testing.assert_allclose(grads["4096"][0], grads["0"][0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grads["4096"][1], grads["0"][1], rtol=1e-5, atol=1e-6)
+
+
+SHIFTED_CASES = [dict(pad=1), dict(pad=0), dict(pad=2, dilation=2), dict(kernel=5, pad=1), dict(group=2, pad=1),
+                 dict(kernel=2, pad=1)]
+
+
+@pytest.mark.parametrize("kwargs", SHIFTED_CASES, ids=[str(k) for k in SHIFTED_CASES])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_shifted_equals_im2col_and_direct_loops(rng, threads, monkeypatch, kwargs, dtype):
+    """The shifted-GEMM algorithm (forward, dX, dW, db) against im2col, over several chunks."""
+    monkeypatch.setattr(conv, "WORKSPACE_BYTES", 3000)  # several chunks of images
+    x = rng.standard_normal((3, 4, 9, 7))
+    text = conv_text(6, **kwargs)
+    dy = rng.standard_normal(layer_net(text, {"x": x}).blobs["y"].shape)
+    layer_s, got = run_conv("shifted", text, x, dy, dtype)
+    assert layer_s.chosen_algorithm() == "shifted"
+    _, ref = run_conv("im2col", text, x, dy, dtype)
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+    for g, w, what in zip(got, ref, ["top", "bottom diff", "weight diff", "bias diff"]):
+        err = np.abs(g - w).max() / np.abs(w).max()
+        assert err < tol, f"{what}: relative error {err}"
+    if kwargs in (dict(pad=1), dict(pad=0)):  # and the forward against loops
+        want = direct_conv(x.astype(dtype).astype(np.float64), layer_s.blobs[0].data.astype(np.float64),
+                           layer_s.blobs[1].data.astype(np.float64), kwargs["pad"])
+        assert np.abs(got[0] - want).max() / np.abs(want).max() < tol
+
+
+@pytest.mark.parametrize("kwargs", [dict(pad=1), dict(group=2, pad=2, dilation=2)])
+def test_shifted_gradients_numerically(rng, kwargs):
+    conv.ConvolutionLayer.algorithm = "shifted"
+    try:
+        check_gradients(conv_text(4, **kwargs), {"x": rng.standard_normal((2, 4, 6, 5))}, max_checks=80)
+    finally:
+        conv.ConvolutionLayer.algorithm = None
+
+
+@pytest.mark.parametrize("kwargs", [dict(stride=2, pad=1), dict(kernel=1, pad=0), dict(pad=3)])
+def test_shifted_falls_back_to_im2col(rng, kwargs):
+    """Stride > 1, pointwise, and pads the flipped-kernel dX cannot express take im2col."""
+    layer = layer_net(conv_text(4, **kwargs), {"x": rng.standard_normal((2, 4, 9, 9))}).layers[1]
+    layer.algorithm = "shifted"
+    assert not layer.shifted_applicable()
+    assert layer.chosen_algorithm() == "im2col"
+
+
+def test_auto_takes_shifted_for_large_inputs_with_enough_channels(rng, monkeypatch):
+    monkeypatch.delenv("VGGTOOL_CONV_ALGO", raising=False)
+    monkeypatch.setattr(conv, "SHIFTED_MIN_AREA", 36)
+    big = layer_net(conv_text(4, 1), {"x": rng.standard_normal((1, 16, 6, 6))}).layers[1]
+    assert big.chosen_algorithm() == "shifted"
+    assert not big._cache_cols  # no forward columns to keep
+    few = layer_net(conv_text(4, 1), {"x": rng.standard_normal((1, 15, 6, 6))}).layers[1]
+    assert few.chosen_algorithm() == "im2col"
+    small = layer_net(conv_text(4, 1), {"x": rng.standard_normal((1, 16, 5, 7))}).layers[1]
+    assert small.chosen_algorithm() == "im2col"
+    monkeypatch.setenv("VGGTOOL_CONV_ALGO", "im2col")
+    assert big.chosen_algorithm() == "im2col"

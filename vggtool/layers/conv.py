@@ -3,13 +3,24 @@
 Layout trick: the padded input of a chunk is stored channel-major, (C, n, Hp, Wp), so building the
 column matrix is kh*kw strided slice copies, and one GEMM covers all n images of the chunk:
     out (Cout/g, n*Ho*Wo) = W_g (Cout/g, C/g*kh*kw) @ col_g (C/g*kh*kw, n*Ho*Wo).
-Chunks are sized so the column matrix stays near WORKSPACE_BYTES. In TRAIN, the forward pass keeps
+Chunks are sized so the column matrix stays near WORKSPACE_BYTES.
+
+Stride-1 layers can skip the column matrix ('shifted', the default for >= SHIFTED_MIN_CHANNELS inputs):
+with the padded chunk flattened per channel, X (C, n*Hp*Wp), output position p (over the padded grid;
+positions outside the valid Ho x Wo corner are garbage and dropped) is
+    Y[:, p] = sum over taps (i, j) of W[:, :, i, j] @ X[:, p + i*dh*Wp + j*dw],
+i.e. kh*kw GEMMs with K = C on column-shifted views of X, accumulated in place (gemm beta=1).
+The weight gradient is the same sum read the other way, dW[:, :, i, j] += dY_p @ X_shifted^T with dY
+laid out on the padded grid and zero at the garbage positions, and dX is the forward correlation of dY
+with the flipped, transposed kernel. In TRAIN, the forward pass keeps
 its column matrices for the weight gradient while the net's total stays under
 $VGGTOOL_CONV_CACHE_MB (default 4096); beyond that, backward recomputes them (cheap copies).
 """
 import os
 import time
 from contextlib import contextmanager
+
+import numpy as np
 
 from ..fillers import fill
 from . import winograd as wg
@@ -30,7 +41,15 @@ WINOGRAD_BYTES = 128 << 20  # transformed input + output tiles of one chunk
 # (forward+backward) slower than im2col (bench/bench_vgg.py, bench/bench_conv.py). Set it to e.g. 16
 # (or VGGTOOL_CONV_ALGO=winograd) where the transforms are cheap relative to the GEMMs.
 WINOGRAD_MIN_CHANNELS = 1 << 62
-ALGORITHMS = ("auto", "im2col", "winograd")
+# 'auto' takes the shifted-GEMM algorithm for eligible layers with at least SHIFTED_MIN_CHANNELS input
+# channels (with K = C per GEMM, fewer leave the GEMMs memory-bound on the output: VGG-16 conv1_1, C=3)
+# and an input of at least SHIFTED_MIN_AREA pixels. Measured per layer (2 cores, batch 8, ms fwd+bwd,
+# im2col in a TRAIN net (bench/bench_vgg.py, column cache on) -> shifted (bench/bench_conv.py)): conv1_2
+# ~675 -> 508, conv2_2 481 -> 378, conv3_2 346 -> 304, conv4_2 294 -> 289, conv5_1 79 -> 96 (14x14:
+# the per-tap GEMMs are too small there).
+SHIFTED_MIN_CHANNELS = 16
+SHIFTED_MIN_AREA = 28 * 28
+ALGORITHMS = ("auto", "im2col", "winograd", "shifted")
 
 # Benchmarks set PROFILE = {} to collect seconds per section of the conv code (bench/bench_vgg.py).
 PROFILE = None
@@ -155,8 +174,9 @@ def read_conv_geometry(layer, p):
 
 @register_layer("Convolution")
 class ConvolutionLayer(Layer):
-    """`algorithm`: None (use default_algorithm()), 'auto', 'im2col' or 'winograd'. Winograd applies to
-    3x3, stride 1, dilation 1, group 1, pad <= 2; other shapes always take im2col."""
+    """`algorithm`: None (use default_algorithm()), 'auto', 'im2col', 'winograd' or 'shifted'. Winograd
+    applies to 3x3, stride 1, dilation 1, group 1, pad <= 2; shifted to stride 1, pad <= dilation *
+    (kernel - 1), not 1x1; other shapes always take im2col."""
 
     min_bottoms = 1
     algorithm = None
@@ -187,7 +207,10 @@ class ConvolutionLayer(Layer):
             bias = self.new_param((self.num_output,))
             fill(bias, p.bias_filler, self.rng())
 
+    bottom_shape = None  # (N, C, H, W) of the last reshape: 'auto' picks the algorithm by input size
+
     def reshape(self, bottom, top):
+        self.bottom_shape = tuple(bottom[0].shape)
         for b, t in zip(bottom, top):
             if b.num_axes != 4 or b.shape[1] != self.channels:
                 raise self.error(f"bottom of shape {b.shape} does not match the {self.channels} input "
@@ -211,7 +234,8 @@ class ConvolutionLayer(Layer):
         n, _, h, w = bottom[0].shape
         ho, wo = top[0].shape[2], top[0].shape[3]
         need = self.channels * g.kh * g.kw * n * ho * wo * self.dtype.itemsize
-        self._cache_cols = (self.phase == 0 and len(bottom) == 1 and sum(claims.values()) + need
+        # the shifted algorithm builds no columns (its weight gradient needs none)
+        self._cache_cols = (self.phase == 0 and self.chosen_algorithm() == "im2col" and len(bottom) == 1 and sum(claims.values()) + need
                             <= column_cache_budget())
         if self._cache_cols:
             claims[self.name] = need
@@ -260,22 +284,43 @@ class ConvolutionLayer(Layer):
         return ((g.kh, g.kw, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1) and self.group == 1
                 and g.ph <= 2 and g.pw <= 2)
 
+    def shifted_applicable(self):
+        g = self.geom
+        return ((g.sh, g.sw) == (1, 1) and not g.is_pointwise()
+                and g.ph <= g.dh * (g.kh - 1) and g.pw <= g.dw * (g.kw - 1))  # dX's padding must be >= 0
+
     def chosen_algorithm(self):
-        """'im2col' or 'winograd' for this layer, from `algorithm` / $VGGTOOL_CONV_ALGO."""
+        """'im2col', 'winograd' or 'shifted' for this layer, from `algorithm` / $VGGTOOL_CONV_ALGO."""
         algo = self.algorithm or default_algorithm()
         if algo not in ALGORITHMS:
             raise self.error(f"unknown convolution algorithm '{algo}' (from VGGTOOL_CONV_ALGO or the layer's "
                              f"algorithm attribute); use one of {', '.join(ALGORITHMS)}")
-        if algo == "im2col" or not self.winograd_applicable():
+        if algo == "winograd" and self.winograd_applicable():
+            return "winograd"
+        if algo == "shifted" and self.shifted_applicable():
+            return "shifted"
+        if algo != "auto":
             return "im2col"
-        if algo == "auto" and self.channels < WINOGRAD_MIN_CHANNELS:
-            return "im2col"
-        return "winograd"
+        if self.winograd_applicable() and self.channels >= WINOGRAD_MIN_CHANNELS:
+            return "winograd"
+        shape = self.bottom_shape
+        # measured on the CPU only: on a GPU 'auto' keeps im2col (ask for 'shifted' explicitly)
+        if (self.xp is np and self.shifted_applicable() and self.channels >= SHIFTED_MIN_CHANNELS and shape is not None
+                and shape[2] * shape[3] >= SHIFTED_MIN_AREA):
+            return "shifted"
+        return "im2col"
 
     def forward(self, bottom, top):
-        if self.chosen_algorithm() == "winograd":
+        algo = self.chosen_algorithm()
+        if algo == "winograd":
             for b, t in zip(bottom, top):
                 self._forward_winograd(b.data, t.data)
+            return
+        if algo == "shifted":
+            self._cols_valid = False
+            bias = self.blobs[1].data if self.bias_term else None
+            for b, t in zip(bottom, top):
+                self._shifted_correlate(b.data, t.data, self.geom, self._grouped_weight(), bias)
             return
         weight = self.blobs[0].data.reshape(self.group, self.num_output // self.group, -1)
         bias = self.blobs[1].data if self.bias_term else None
@@ -335,8 +380,19 @@ class ConvolutionLayer(Layer):
                 self.blobs[1].diff += dy_all.sum(axis=(0, 2, 3))
             if not (want_w or down):
                 continue
-            if self.chosen_algorithm() == "winograd":
+            algo = self.chosen_algorithm()
+            if algo == "winograd":
                 self._backward_winograd(b.data, dy_all, b.diff if down else None, want_w)
+                continue
+            if algo == "shifted":
+                if want_w:
+                    self._shifted_weight_grad(b.data, dy_all)
+                if down:
+                    g = self.geom
+                    tgeom = ConvGeometry((g.kh, g.kw), (1, 1), (g.dh * (g.kh - 1) - g.ph, g.dw * (g.kw - 1) - g.pw),
+                                         (g.dh, g.dw))
+                    wt = self._grouped_weight()[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+                    self._shifted_correlate(dy_all, b.diff, tgeom, wt, None, "shifted_bw_dx")
                 continue
             x = b.data
             n_all, _, h, w = x.shape
@@ -388,6 +444,108 @@ class ConvolutionLayer(Layer):
                         dxc[:, c0:c1] = padded[c0:c1, :, g.ph:g.ph + h, g.pw:g.pw + w].transpose(1, 0, 2, 3)
 
                     split_run(scatter, self.channels, dcols.size, xp)
+
+    # -- shifted GEMMs (stride 1, no column matrix; see the module docstring) ------------------------------
+    def _grouped_weight(self):
+        g = self.geom
+        return self.blobs[0].data.reshape(self.group, self.num_output // self.group, -1, g.kh, g.kw)
+
+    def _shifted_chunks(self, n, cin, cout, hp, wp):
+        per_image = (cin + cout) * hp * wp * self.dtype.itemsize
+        step = max(1, min(n, WORKSPACE_BYTES // max(per_image, 1)))
+        return [(s, min(n, s + step)) for s in range(0, n, step)]
+
+    def _shifted_padded(self, x, geom):
+        """(C, n*Hp*Wp) zero-padded, channel-major, flattened copy of x (n, C, H, W), and (Hp, Wp)."""
+        c, n, h, w = x.shape[1], x.shape[0], x.shape[2], x.shape[3]
+        hp, wp = h + 2 * geom.ph, w + 2 * geom.pw
+        with _section("shifted_pad"):
+            padded = self.workspace("conv_pad", (c, n, hp, wp))
+            pad_channel_major(self.xp, x, padded, geom.ph, geom.pw)
+        return padded.reshape(c, -1), hp, wp
+
+    def _shifted_taps(self, geom, wp, length):
+        """(i, j, flat shift) per tap and the number of output positions all taps can read."""
+        taps = [(i, j, i * geom.dh * wp + j * geom.dw) for i in range(geom.kh) for j in range(geom.kw)]
+        return taps, length - taps[-1][2]
+
+    def _shifted_correlate(self, x, y, geom, weight, bias, section="shifted"):
+        """y (N, Co, Ho, Wo) <- stride-1 correlation of x (N, C, H, W) with weight (groups, Co/g, C/g, kh, kw)."""
+        xp = self.xp
+        groups, cog, cg = weight.shape[:3]
+        co = groups * cog
+        ho, wo = y.shape[2], y.shape[3]
+        # per tap a contiguous (Co/g, C/g) matrix: the GEMMs' A operands
+        wk = xp.ascontiguousarray(weight.transpose(0, 3, 4, 1, 2))
+        n_all, c, h, w = x.shape
+        for n0, n1 in self._shifted_chunks(n_all, c, co, h + 2 * geom.ph, w + 2 * geom.pw):
+            flat, hp, wp = self._shifted_padded(x[n0:n1], geom)
+            taps, valid = self._shifted_taps(geom, wp, flat.shape[1])
+            out = self.workspace("conv_out", (co, flat.shape[1]))
+            with _section(section + "_gemm"):
+                for gi in range(groups):
+                    xs, os_ = flat[gi * cg:(gi + 1) * cg], out[gi * cog:(gi + 1) * cog, :valid]
+                    for t, (i, j, s) in enumerate(taps):
+                        gemm(wk[gi, i, j], xs[:, s:s + valid], os_, beta=0.0 if t == 0 else 1.0)
+            with _section(section + "_out_copy"):
+                out4 = out.reshape(co, n1 - n0, hp, wp)[:, :, :ho, :wo].transpose(1, 0, 2, 3)
+                yc = y[n0:n1]
+
+                def part(c0, c1):
+                    if bias is not None:
+                        xp.add(out4[:, c0:c1], bias[c0:c1].reshape(1, -1, 1, 1), out=yc[:, c0:c1])
+                    else:
+                        yc[:, c0:c1] = out4[:, c0:c1]
+
+                split_run(part, co, out.size, xp)
+
+    def _shifted_weight_grad(self, x, dy_all):
+        """blobs[0].diff += dW, one kernel row at a time: dW[:, :, i, :] = dY (on the padded grid) @ X3_i^T,
+        where X3 stacks the kw column shifts of X (rows (c, j)) and X3_i is X3 shifted by i rows. Stacking
+        the kw taps gives GEMMs with kw times larger N: per tap (N = C) they ran ~1.5x slower for the
+        same work (VGG-16 conv1_2), and X3 costs only kw copies of the input, not im2col's kh*kw."""
+        xp, geom = self.xp, self.geom
+        groups, co = self.group, self.num_output
+        cog, cg = co // groups, self.channels // groups
+        ho, wo = dy_all.shape[2], dy_all.shape[3]
+        n_all, c, h, w = x.shape
+        kh, kw = geom.kh, geom.kw
+        dwk = self.workspace("shifted_dw", (groups, kh, cg * kw, cog), zero=True)
+        for n0, n1 in self._shifted_chunks(n_all, (kw + 1) * c, co, h + 2 * geom.ph, w + 2 * geom.pw):
+            n = n1 - n0
+            flat, hp, wp = self._shifted_padded(x[n0:n1], geom)
+            taps, valid = self._shifted_taps(geom, wp, flat.shape[1])
+            with _section("shifted_bw_x3"):
+                span = flat.shape[1] - (kw - 1) * geom.dw
+                x3 = self.workspace("shifted_x3", (c, kw, span))
+
+                def stack(c0, c1):
+                    for j in range(kw):
+                        x3[c0:c1, j] = flat[c0:c1, j * geom.dw:j * geom.dw + span]
+
+                split_run(stack, c, x3.size, xp)
+                x3 = x3.reshape(c * kw, span)
+            with _section("shifted_bw_dy_pad"):
+                dyp = self.workspace("conv_dy", (co, n, hp, wp))
+                dyc = dy_all[n0:n1]
+
+                def part(c0, c1):  # garbage positions must be zero: they multiply real inputs
+                    d = dyp[c0:c1]
+                    d[:, :, ho:] = 0
+                    d[:, :, :ho, wo:] = 0
+                    d[:, :, :ho, :wo] = dyc[:, c0:c1].transpose(1, 0, 2, 3)
+
+                split_run(part, co, dyp.size, xp)
+            dyf = dyp.reshape(co, -1)
+            with _section("shifted_bw_gemm_dw"):
+                for gi in range(groups):
+                    ds, xs = dyf[gi * cog:(gi + 1) * cog, :valid], x3[gi * cg * kw:(gi + 1) * cg * kw]
+                    for i in range(kh):
+                        r = i * geom.dh * wp
+                        gemm(xs[:, r:r + valid], ds.T, dwk[gi, i])
+        # (groups, kh, cg, kw, cog) -> (groups, cog, cg, kh, kw)
+        self.blobs[0].diff += dwk.reshape(groups, kh, cg, kw, cog).transpose(0, 4, 2, 1, 3).reshape(
+            self.blobs[0].diff.shape)
 
     # -- Winograd F(2x2, 3x3) (see winograd.py) -----------------------------------------------------------
     def _winograd_chunks(self, n, cin, cout, th, tw):
