@@ -254,32 +254,41 @@ def read_list(path):
     return read_image_list_lines(path, require_label=False)
 
 
+def iterate_lmdb_images(path, limit=None, color=True):
+    """Yield (key, HxWxC image, Datum) from the LMDB at `path` (`--data`), at most `limit` records."""
+    if not is_lmdb(path):
+        raise VggtoolError(f"--data: {path} is a folder without data.mdb (not an LMDB database)")
+    from .data.datum import datum_to_image, iterate_records
+
+    for count, (key, datum) in enumerate(iterate_records(path)):
+        if limit is not None and count >= limit:
+            return
+        k = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+        yield k, datum_to_image(datum, color=color, source=f"{path}:{k}"), datum
+
+
+def read_image_file(root, name, color, where):
+    """The image `name` under `root` as HxWxC BGR (or gray) uint8; `where` names the list line in errors."""
+    file = os.path.join(root, name) if root else name
+    image = cv2.imread(file, cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise VggtoolError(f"{where}: cannot read image {file} (missing file or wrong --root?)")
+    return image
+
+
 def iterate_samples(path, root="", limit=None, color=True):
     """Yield (key, HxWxC BGR uint8 image, label) from an LMDB of Datum or a list file + root folder
     (`color`: 3-channel BGR, else 1-channel gray)."""
     if not os.path.exists(path):
         raise VggtoolError(f"--data: {path} does not exist (give an LMDB folder or an image list file)")
-    count = 0
     if os.path.isdir(path):
-        if not is_lmdb(path):
-            raise VggtoolError(f"--data: {path} is a folder without data.mdb (not an LMDB database)")
-        from .data.datum import datum_to_image, iterate_records
-        for key, datum in iterate_records(path):
-            if limit is not None and count >= limit:
-                return
-            k = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
-            yield k, datum_to_image(datum, color=color, source=f"{path}:{k}"), int(datum.label)
-            count += 1
+        for key, image, datum in iterate_lmdb_images(path, limit, color):
+            yield key, image, int(datum.label)
         return
-    for name, label, n in read_list(path):
+    for count, (name, label, n) in enumerate(read_list(path)):
         if limit is not None and count >= limit:
             return
-        file = os.path.join(root, name) if root else name
-        image = cv2.imread(file, cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
-        if image is None:
-            raise VggtoolError(f"{path}:{n}: cannot read image {file} (missing file or wrong --root?)")
-        yield name, image, label
-        count += 1
+        yield name, read_image_file(root, name, color, f"{path}:{n}"), label
 
 
 def evaluate(evaluator, data, root="", limit=None, progress=True):

@@ -21,7 +21,6 @@ import io
 import json
 import os
 
-import cv2
 import numpy as np
 
 from . import boxes as B
@@ -138,38 +137,24 @@ class Regressor:
 def iterate_boxed_samples(path, root="", limit=None, color=True):
     """Yield (key, HxWxC uint8 image, label, boxes (k, 4)) from an LMDB of Datum with `box` or a box
     list `path label x1 y1 x2 y2 ...` (+ root folder). Keys as vggtool.evaluate's (scores files match)."""
-    from .data.datum import datum_to_image, iterate_records
     from .data.imagelist import read_box_list
-    from .evaluate import is_lmdb
+    from .evaluate import iterate_lmdb_images, read_image_file
 
     if not os.path.exists(path):
         raise VggtoolError(f"--data: {path} does not exist (give an LMDB folder or a box list file)")
-    count = 0
     if os.path.isdir(path):
-        if not is_lmdb(path):
-            raise VggtoolError(f"--data: {path} is a folder without data.mdb (not an LMDB database)")
-        for key, datum in iterate_records(path):
-            if limit is not None and count >= limit:
-                return
-            k = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+        for k, image, datum in iterate_lmdb_images(path, limit, color):
             if len(datum.box) == 0 or len(datum.box) % 4:
                 raise VggtoolError(f"--data: record {k} of {path} has {len(datum.box)} box values; localisation "
                                    "needs ground-truth boxes (convert with a box list or convert_voc)")
-            yield (k, datum_to_image(datum, color=color, source=f"{path}:{k}"), int(datum.label),
-                   np.asarray(datum.box, np.float64).reshape(-1, 4))
-            count += 1
+            yield k, image, int(datum.label), np.asarray(datum.box, np.float64).reshape(-1, 4)
         return
-    for name, label, boxes in read_box_list(path):
+    for count, (name, label, boxes) in enumerate(read_box_list(path)):
         if limit is not None and count >= limit:
             return
         if len(boxes) == 0:
             raise VggtoolError(f"--data: {path}: {name} has no box (lines read `path label x1 y1 x2 y2 ...`)")
-        file = os.path.join(root, name) if root else name
-        image = cv2.imread(file, cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
-        if image is None:
-            raise VggtoolError(f"{path}: cannot read image {file} (missing file or wrong --root?)")
-        yield name, image, label, boxes
-        count += 1
+        yield name, read_image_file(root, name, color, path), label, boxes
 
 
 # -- protocols --------------------------------------------------------------------------------------------
