@@ -344,16 +344,20 @@ class ConvolutionLayer(Layer):
                 for gi in range(groups):
                     xp.matmul(weight[gi], cols[gi * cg:(gi + 1) * cg], out=og[gi])
             with _section(section + "_out_transpose"):
-                out4 = out.reshape(co, n1 - n0, ho, wo).transpose(1, 0, 2, 3)
-                yc = y[n0:n1]
+                self._write_output(out.reshape(co, n1 - n0, ho, wo), y[n0:n1], bias)
 
-                def part(c0, c1):
-                    if bias is not None:
-                        xp.add(out4[:, c0:c1], bias[c0:c1].reshape(1, -1, 1, 1), out=yc[:, c0:c1])
-                    else:
-                        yc[:, c0:c1] = out4[:, c0:c1]
+    def _write_output(self, out, y, bias):
+        """y (n, Co, Ho, Wo) <- out (Co, n, Ho, Wo) (+ bias), split over threads by channel."""
+        xp = self.xp
+        out4 = out.transpose(1, 0, 2, 3)
 
-                split_run(part, co, out.size, xp)
+        def part(c0, c1):
+            if bias is not None:
+                xp.add(out4[:, c0:c1], bias[c0:c1].reshape(1, -1, 1, 1), out=y[:, c0:c1])
+            else:
+                y[:, c0:c1] = out4[:, c0:c1]
+
+        split_run(part, out.shape[0], out.size, xp)
 
     def _transposed_geometry(self):
         """Geometry of dX = dY correlated with the flipped, transposed kernel, or None when that does not
@@ -488,16 +492,7 @@ class ConvolutionLayer(Layer):
                     for t, (i, j, s) in enumerate(taps):
                         gemm(wk[gi, i, j], xs[:, s:s + valid], os_, beta=0.0 if t == 0 else 1.0)
             with _section(section + "_out_copy"):
-                out4 = out.reshape(co, n1 - n0, hp, wp)[:, :, :ho, :wo].transpose(1, 0, 2, 3)
-                yc = y[n0:n1]
-
-                def part(c0, c1):
-                    if bias is not None:
-                        xp.add(out4[:, c0:c1], bias[c0:c1].reshape(1, -1, 1, 1), out=yc[:, c0:c1])
-                    else:
-                        yc[:, c0:c1] = out4[:, c0:c1]
-
-                split_run(part, co, out.size, xp)
+                self._write_output(out.reshape(co, n1 - n0, hp, wp)[:, :, :ho, :wo], y[n0:n1], bias)
 
     def _shifted_weight_grad(self, x, dy_all):
         """blobs[0].diff += dW, one kernel row at a time: dW[:, :, i, :] = dY (on the padded grid) @ X3_i^T,

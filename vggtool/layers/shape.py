@@ -4,6 +4,16 @@ import math
 from .base import Layer, register_layer
 
 
+
+def axis_parts(array, axis, sizes):
+    """Consecutive views of `array` along `axis` with the given sizes (Concat's inputs, Slice's outputs)."""
+    idx, start = [slice(None)] * array.ndim, 0
+    for size in sizes:
+        idx[axis] = slice(start, start + size)
+        yield array[tuple(idx)]
+        start += size
+
+
 class _ViewLayer(Layer):
     """A top that is a reshaped view of the bottom: data and diff are shared, so forward and backward
     have nothing to do (Caffe's ShareData/ShareDiff)."""
@@ -123,11 +133,7 @@ class ConcatLayer(Layer):
             top[0].share_diff(bottom[0])
 
     def _parts(self, array):
-        idx, start = [slice(None)] * array.ndim, 0
-        for size in self.sizes:
-            idx[self.axis] = slice(start, start + size)
-            yield array[tuple(idx)]
-            start += size
+        return axis_parts(array, self.axis, self.sizes)
 
     def forward(self, bottom, top):
         if len(bottom) == 1:
@@ -175,11 +181,7 @@ class SliceLayer(Layer):
             top[0].share_diff(b)
 
     def _parts(self, array):
-        idx, start = [slice(None)] * array.ndim, 0
-        for size in self.sizes:
-            idx[self.axis] = slice(start, start + size)
-            yield array[tuple(idx)]
-            start += size
+        return axis_parts(array, self.axis, self.sizes)
 
     def forward(self, bottom, top):
         if len(top) == 1:
