@@ -20,6 +20,7 @@ ap.add_argument("--algos", default="im2col,shifted,winograd")
 ap.add_argument("--guard-wait", type=float, default=60.0, help="max seconds to wait for a quiet CPU")
 A = ap.parse_args()
 os.environ["OPENBLAS_NUM_THREADS"] = str(A.threads)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as importing vggtool first would (vggtool/__init__.py)
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

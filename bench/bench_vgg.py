@@ -62,6 +62,7 @@ def parse():
 
 A = parse()
 os.environ["OPENBLAS_NUM_THREADS"] = str(A.threads)  # before numpy is imported
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as importing vggtool first would (vggtool/__init__.py)
 os.environ["OMP_NUM_THREADS"] = str(A.threads)
 os.environ["MKL_NUM_THREADS"] = str(A.threads)
 

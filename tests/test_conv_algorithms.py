@@ -1,10 +1,13 @@
 """The fast paths (Winograd convolution, 2x2 max pooling, threaded slices, in-place BLAS gemm) against
 direct loops and against the general paths they replace."""
+import shutil
+import sysconfig
+
 import numpy as np
 import pytest
 
 from vggtool.errors import VggtoolError
-from vggtool.layers import conv, gemm, pooling
+from vggtool.layers import conv, gemm, kernels, pooling
 from vggtool.layers import threads as split_threads
 from vggtool.testing import check_gradients, layer_net
 
@@ -18,6 +21,26 @@ def threads(request, monkeypatch):
     else:
         monkeypatch.setattr(split_threads, "_threads", 1)
     return request.param
+
+
+@pytest.fixture(params=["C", "NumPy"])
+def kernel_code(request, monkeypatch):
+    """Run once with the C kernels (vggtool/layers/_kernels.c) and once with the NumPy code they replace."""
+    if request.param == "C":
+        if not kernels.built():
+            pytest.skip("the C kernels were not built (no C compiler at install time)")
+        monkeypatch.delenv("VGGTOOL_NO_CKERNELS", raising=False)
+    else:
+        monkeypatch.setenv("VGGTOOL_NO_CKERNELS", "1")
+    return request.param
+
+
+def test_c_kernels_are_built_where_a_compiler_is():
+    """pip builds them (setup.py, optional=True) when it finds a C compiler; a silent failure would only
+    cost speed, so it is checked here."""
+    if shutil.which(sysconfig.get_config_var("CC").split()[0] or "cc") is None:
+        pytest.skip("no C compiler on this machine")
+    assert kernels.built()
 
 
 def conv_text(cout, pad, kernel=3, stride=1, group=1, dilation=1):
@@ -58,7 +81,7 @@ SHAPES = [(2, 3, 4, 5, 7, 1), (3, 5, 2, 6, 6, 0), (1, 4, 3, 7, 5, 2), (2, 6, 5, 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"n{s[0]}c{s[1]}o{s[2]}_{s[3]}x{s[4]}p{s[5]}" for s in SHAPES])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_winograd_equals_im2col_and_direct_loops(rng, threads, shape, dtype):
+def test_winograd_equals_im2col_and_direct_loops(rng, threads, kernel_code, shape, dtype):
     n, c, co, h, w, pad = shape
     x = rng.standard_normal((n, c, h, w))
     dy = rng.standard_normal((n, co, h + 2 * pad - 2, w + 2 * pad - 2))
@@ -81,7 +104,7 @@ def test_winograd_equals_im2col_and_direct_loops(rng, threads, shape, dtype):
     assert np.allclose(wino[3], dy.astype(dtype).sum(axis=(0, 2, 3)), rtol=tol * 10)
 
 
-def test_winograd_gradients_numerically(rng):
+def test_winograd_gradients_numerically(rng, kernel_code):
     text = conv_text(3, 1)
     conv.ConvolutionLayer.algorithm = "winograd"
     try:
@@ -101,14 +124,18 @@ def test_other_shapes_fall_back_to_im2col(rng, kwargs):
 
 
 def test_algorithm_choice_is_overridable(rng, monkeypatch):
-    net = layer_net(conv_text(4, 1), {"x": rng.standard_normal((1, 32, 6, 6))})
+    net = layer_net(conv_text(4, 1), {"x": rng.standard_normal((1, 32, 6, 6))}, dtype=np.float32)
     layer = net.layers[1]
     monkeypatch.delenv("VGGTOOL_CONV_ALGO", raising=False)
     monkeypatch.setattr(conv, "SHIFTED_MIN_AREA", 1 << 62)
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1 << 62)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_GEMM_SHARE", 1 << 62)
     assert layer.chosen_algorithm() == "im2col"  # auto, with Winograd off for every channel count
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 16)
-    assert layer.chosen_algorithm() == "winograd"  # auto: eligible and enough input channels
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_GEMM_SHARE", 3)  # 32 * 4 / (32 + 4) = 3.6
+    if kernels.built():
+        assert layer.chosen_algorithm() == "winograd"  # auto: eligible, enough GEMM work, C transforms
+        monkeypatch.setenv("VGGTOOL_NO_CKERNELS", "1")
+    assert layer.chosen_algorithm() == "im2col"  # NumPy transforms: auto never takes Winograd
+    monkeypatch.delenv("VGGTOOL_NO_CKERNELS")
     monkeypatch.setenv("VGGTOOL_CONV_ALGO", "im2col")
     assert layer.chosen_algorithm() == "im2col"
     layer.algorithm = "winograd"  # the attribute wins over the environment
@@ -138,7 +165,7 @@ def test_im2col_threaded_equals_serial(rng, monkeypatch, dtype):
 
 @pytest.mark.parametrize("block", ["one block", "small blocks"])
 @pytest.mark.parametrize("values", ["distinct", "ties"])
-def test_2x2_max_pool_fast_path_equals_general_path(rng, threads, monkeypatch, values, block):
+def test_2x2_max_pool_fast_path_equals_general_path(rng, threads, kernel_code, monkeypatch, values, block):
     x = rng.standard_normal((2, 3, 8, 6)) if values == "distinct" else rng.integers(0, 3, (2, 3, 8, 6)) * 1.0
     dy = rng.standard_normal((2, 3, 4, 3))
     if block == "small blocks":

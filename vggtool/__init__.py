@@ -3,6 +3,15 @@
 The Python API mirrors pycaffe: `vggtool.Net(model, weights=None, phase=vggtool.TEST)`,
 `net.blobs[name].data/.diff`, `net.params[layer][i].data`, `net.forward(**inputs)`, `net.backward()`.
 """
+import os
+
+# OpenBLAS's idle threads spin for about 2^28 cycles after each GEMM before they sleep. On a machine whose
+# cores all run GEMMs, that spinning steals the cores from the element-wise passes that follow (copies,
+# transforms, pooling, split over threads): measured 2x slower right after a GEMM. 2^4 cycles: sleep at
+# once; waking them costs microseconds per GEMM. Read when OpenBLAS loads, so it only takes effect when
+# vggtool is imported before NumPy (the CLI always is); set it yourself otherwise.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 from .backend import CPU, Device, gpu  # noqa: F401
 from .errors import VggtoolError  # noqa: F401
 from .net import TEST, TRAIN, Net  # noqa: F401

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..fillers import fill
+from . import kernels
 from . import winograd as wg
 from .base import Layer, register_layer
 from .gemm import gemm
@@ -35,12 +36,14 @@ def column_cache_budget():
     """Bytes of forward column matrices a net may keep for backward ($VGGTOOL_CONV_CACHE_MB, default 4096)."""
     return int(os.environ.get("VGGTOOL_CONV_CACHE_MB", "4096")) << 20
 WINOGRAD_BYTES = 128 << 20  # transformed input + output tiles of one chunk
-# 'auto' takes Winograd for eligible layers with at least this many input channels. Off for now: with
-# NumPy passes the transforms cost as much as im2col itself and the 16 smaller GEMMs run below the
-# big one's rate, so on VGG-16 (2 cores, batch 8) Winograd measured 1.25x (forward) and 1.3x
-# (forward+backward) slower than im2col (bench/bench_vgg.py, bench/bench_conv.py). Set it to e.g. 16
-# (or VGGTOOL_CONV_ALGO=winograd) where the transforms are cheap relative to the GEMMs.
-WINOGRAD_MIN_CHANNELS = 1 << 62
+# 'auto' takes Winograd (with the C transforms, see kernels.py) for eligible layers whose GEMM work per
+# transformed element, C * Cout / (C + Cout), reaches WINOGRAD_MIN_GEMM_SHARE: the GEMMs shrink 2.25x
+# while the transforms cost ~ (C + Cout) per tile. Measured per layer (bench/bench_conv.py, 2 cores, batch
+# 8, ms fwd+bwd, Winograd vs the best other algorithm): conv1_2 (64->64, share 32) 453 vs 442 (shifted),
+# conv2_1 (64->128, 43) 207 vs 227, conv2_2 319 vs 378, conv3_2 209 vs 297, conv4_2 163 vs 279, conv5_1
+# 55 vs 78 (im2col). With NumPy transforms (no C compiler at install) Winograd lost on every VGG-16 layer
+# (the transforms cost more than the GEMMs they save), so 'auto' leaves it out there.
+WINOGRAD_MIN_GEMM_SHARE = 40
 # 'auto' takes the shifted-GEMM algorithm for eligible layers with at least SHIFTED_MIN_CHANNELS input
 # channels (with K = C per GEMM, fewer leave the GEMMs memory-bound on the output: VGG-16 conv1_1, C=3)
 # and an input of at least SHIFTED_MIN_AREA pixels. Measured per layer (2 cores, batch 8, ms fwd+bwd,
@@ -301,7 +304,8 @@ class ConvolutionLayer(Layer):
             return "shifted"
         if algo != "auto":
             return "im2col"
-        if self.winograd_applicable() and self.channels >= WINOGRAD_MIN_CHANNELS:
+        if (self.winograd_applicable() and self.xp is np and kernels.enabled() and self.dtype == np.float32
+                and self.channels * self.num_output / (self.channels + self.num_output) >= WINOGRAD_MIN_GEMM_SHARE):
             return "winograd"
         shape = self.bottom_shape
         # measured on the CPU only: on a GPU 'auto' keeps im2col (ask for 'shifted' explicitly)
@@ -552,8 +556,12 @@ class ConvolutionLayer(Layer):
         """(16, Ci, n, th, tw) transformed tiles of src (n, Ci, H, W) zero-padded by pad."""
         xp = self.xp
         n, ci = src.shape[0], src.shape[1]
-        planes = self.workspace("conv_pad", (2, ci, n, 2 * th + 2, tw + 1))
         v = self.workspace("wino_v", (16, ci, n, th, tw))
+        if kernels.usable(src, v):
+            with _section("wino_pad_in_transform"):
+                kernels.wino_input(src, pad, v)
+            return v
+        planes = self.workspace("conv_pad", (2, ci, n, 2 * th + 2, tw + 1))
         rows = self.workspace("wino_rows", (2, 4, ci, n, th, tw + 1))
 
         def part(c0, c1):
@@ -564,17 +572,23 @@ class ConvolutionLayer(Layer):
             split_run(part, ci, v.size, xp)
         return v
 
-    def _winograd_correlate(self, src, pad, u, out, bias=None):
-        """out (Co, n, Ho, Wo) view <- 3x3 correlation of src (n, Ci, H, W) zero-padded by pad, u = (16, Co, Ci)."""
+    def _winograd_correlate(self, src, pad, u, dst, bias=None):
+        """dst (n, Co, Ho, Wo) <- 3x3 correlation of src (n, Ci, H, W) zero-padded by pad, u = (16, Co, Ci)."""
         xp = self.xp
         n, ci, h, w = src.shape
-        co, ho, wo = out.shape[0], out.shape[2], out.shape[3]
+        co, ho, wo = dst.shape[1], dst.shape[2], dst.shape[3]
         th, tw = wg.tiles(ho, wo)
         v = self._winograd_input(src, pad, th, tw)
         with _section("wino_gemm"):
             m = self.workspace("wino_m", (16, co, n, th, tw))
-            xp.matmul(u, v.reshape(16, ci, -1), out=m.reshape(16, co, -1))
+            vm, mm = v.reshape(16, ci, -1), m.reshape(16, co, -1)
+            for xi in range(16):
+                gemm(u[xi], vm[xi], mm[xi], beta=0.0)
         with _section("wino_out_transform"):
+            if kernels.usable(m, dst) and (bias is None or kernels.usable(m, bias)):
+                kernels.wino_output(m, dst, bias)
+                return
+            out = dst.transpose(1, 0, 2, 3)
             full = out if (2 * th, 2 * tw) == (ho, wo) else self.workspace("wino_full", (co, n, 2 * th, 2 * tw))
             scratch = self.workspace("wino_s", (2, 4, co, n, th, tw))
 
@@ -593,7 +607,7 @@ class ConvolutionLayer(Layer):
         bias = self.blobs[1].data if self.bias_term else None
         th, tw = wg.tiles(y.shape[2], y.shape[3])
         for n0, n1 in self._winograd_chunks(x.shape[0], self.channels, self.num_output, th, tw):
-            self._winograd_correlate(x[n0:n1], (g.ph, g.pw), u, y[n0:n1].transpose(1, 0, 2, 3), bias)
+            self._winograd_correlate(x[n0:n1], (g.ph, g.pw), u, y[n0:n1], bias)
 
     def _backward_winograd(self, x, dy_all, dx_all, want_w):
         xp, g = self.xp, self.geom
@@ -608,27 +622,29 @@ class ConvolutionLayer(Layer):
         th2, tw2 = wg.tiles(h, w)
         for n0, n1 in self._winograd_chunks(n_all, c, cout, max(th, th2), max(tw, tw2)):
             n = n1 - n0
-            dy = dy_all[n0:n1].transpose(1, 0, 2, 3)
             if want_w:
                 with _section("wino_bw_in_transform"):
                     v = self._winograd_input(x[n0:n1], (g.ph, g.pw), th, tw)
                 with _section("wino_bw_dy_transform"):
-                    if (2 * th, 2 * tw) != (ho, wo):
-                        full = self.workspace("wino_full", (cout, n, 2 * th, 2 * tw), zero=True)
-                        full[:, :, :ho, :wo] = dy
-                        dy_tiles = full
-                    else:
-                        dy_tiles = dy
                     dm = self.workspace("wino_m", (16, cout, n, th, tw))
-                    scratch = self.workspace("wino_s", (4, cout, n, th, 2 * tw))
-                    split_run(lambda c0, c1: wg.output_transform_adjoint(xp, dy_tiles[c0:c1], dm[:, c0:c1],
-                                                                         scratch[:, c0:c1]), cout, dm.size, xp)
+                    if kernels.usable(dy_all, dm):
+                        kernels.wino_output_adjoint(dy_all[n0:n1], dm)
+                    else:
+                        dy = dy_all[n0:n1].transpose(1, 0, 2, 3)
+                        if (2 * th, 2 * tw) != (ho, wo):
+                            full = self.workspace("wino_full", (cout, n, 2 * th, 2 * tw), zero=True)
+                            full[:, :, :ho, :wo] = dy
+                            dy_tiles = full
+                        else:
+                            dy_tiles = dy
+                        scratch = self.workspace("wino_s", (4, cout, n, th, 2 * tw))
+                        split_run(lambda c0, c1: wg.output_transform_adjoint(xp, dy_tiles[c0:c1], dm[:, c0:c1],
+                                                                             scratch[:, c0:c1]), cout, dm.size, xp)
                 with _section("wino_bw_gemm_dw"):
                     vm, dmm = v.reshape(16, c, -1), dm.reshape(16, cout, -1)
                     for xi in range(16):
                         gemm(dmm[xi], vm[xi].T, du[xi])
             if dx_all is not None:
-                self._winograd_correlate(dy_all[n0:n1], (2 - g.ph, 2 - g.pw), u_back,
-                                         dx_all[n0:n1].transpose(1, 0, 2, 3))
+                self._winograd_correlate(dy_all[n0:n1], (2 - g.ph, 2 - g.pw), u_back, dx_all[n0:n1])
         if want_w:
             wg.add_weight_grad(xp, du, self.blobs[0].diff)

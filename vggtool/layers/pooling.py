@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from . import kernels
 from .base import Layer, register_layer
 from .threads import split_run
 
@@ -134,6 +135,9 @@ class PoolingLayer(Layer):
         yf = y.reshape(n * c, h // 2, w // 2)
         # uint8 window index (0..3): a quarter of int32's memory traffic
         self.argmax = self.workspace_argmax(y.shape, np.uint8)
+        if kernels.usable(x, y):
+            kernels.max_pool_2x2(x, y, self.argmax)
+            return
         am = self.argmax.reshape(yf.shape)
         top_row = self.workspace("pool_m1", yf.shape)
         blocked = xp is np
@@ -157,6 +161,9 @@ class PoolingLayer(Layer):
 
     def _backward_2x2(self, dy, dx):
         xp = self.xp
+        if kernels.usable(dy, dx):
+            kernels.max_pool_2x2_backward(dy, self.argmax, dx)
+            return
         n, c, h, w = dx.shape
         q = dx.reshape(n * c, h // 2, 2, w // 2, 2)
         dyf = dy.reshape(n * c, h // 2, w // 2)

@@ -1,0 +1,130 @@
+/* vggtool.layers._kernels: the memory-bound passes that NumPy cannot fuse (Winograd transforms, 2x2 max
+ * pooling), one pass over memory each instead of NumPy's several.
+ *
+ * Optional: built at install time when a C compiler is present; without it the layers use their NumPy
+ * code (vggtool/layers/kernels.py chooses). Functions take raw addresses of contiguous arrays (checked
+ * by the Python side), an itemsize (4 float32, 8 float64) and a channel (or plane) range, and release
+ * the GIL, so the Python side can split one call over threads.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define REAL float
+#define SUFFIX f32
+#include "_kernels_impl.h"
+#undef REAL
+#undef SUFFIX
+
+#define REAL double
+#define SUFFIX f64
+#include "_kernels_impl.h"
+#undef REAL
+#undef SUFFIX
+
+static int check_itemsize(Py_ssize_t itemsize)
+{
+    if (itemsize == 4 || itemsize == 8)
+        return 1;
+    PyErr_SetString(PyExc_ValueError, "only float32 and float64 are supported");
+    return 0;
+}
+
+static PyObject *py_wino_input(PyObject *self, PyObject *args)
+{
+    Py_ssize_t isz, src, n, c, h, w, ph, pw, th, tw, c0, c1, tiles;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnnn", &isz, &src, &n, &c, &h, &w, &ph, &pw, &th, &tw, &c0, &c1, &tiles)
+        || !check_itemsize(isz))
+        return NULL;
+    void *row = malloc(8 * (2 * tw + 2) * isz);
+    if (!row)
+        return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    if (isz == 4)
+        wino_input_f32((const float *)src, n, c, h, w, ph, pw, th, tw, c0, c1, (float *)tiles, row);
+    else
+        wino_input_f64((const double *)src, n, c, h, w, ph, pw, th, tw, c0, c1, (double *)tiles, row);
+    Py_END_ALLOW_THREADS
+    free(row);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_wino_output(PyObject *self, PyObject *args)
+{
+    Py_ssize_t isz, m, n, c, th, tw, dst, ho, wo, bias, c0, c1;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnn", &isz, &m, &n, &c, &th, &tw, &dst, &ho, &wo, &bias, &c0, &c1)
+        || !check_itemsize(isz))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (isz == 4)
+        wino_output_f32((const float *)m, n, c, th, tw, (float *)dst, ho, wo, (const float *)bias, c0, c1);
+    else
+        wino_output_f64((const double *)m, n, c, th, tw, (double *)dst, ho, wo, (const double *)bias, c0, c1);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_wino_output_adjoint(PyObject *self, PyObject *args)
+{
+    Py_ssize_t isz, dy, n, c, ho, wo, th, tw, dm, c0, c1;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnnn", &isz, &dy, &n, &c, &ho, &wo, &th, &tw, &dm, &c0, &c1)
+        || !check_itemsize(isz))
+        return NULL;
+    void *row = malloc(6 * 2 * tw * isz);
+    if (!row)
+        return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    if (isz == 4)
+        wino_output_adjoint_f32((const float *)dy, n, c, ho, wo, th, tw, (float *)dm, c0, c1, row);
+    else
+        wino_output_adjoint_f64((const double *)dy, n, c, ho, wo, th, tw, (double *)dm, c0, c1, row);
+    Py_END_ALLOW_THREADS
+    free(row);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_max_pool_2x2(PyObject *self, PyObject *args)
+{
+    Py_ssize_t isz, x, h, w, y, mask, p0, p1;
+    if (!PyArg_ParseTuple(args, "nnnnnnnn", &isz, &x, &h, &w, &y, &mask, &p0, &p1) || !check_itemsize(isz))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (isz == 4)
+        max_pool_2x2_f32((const float *)x, h, w, (float *)y, (unsigned char *)mask, p0, p1);
+    else
+        max_pool_2x2_f64((const double *)x, h, w, (double *)y, (unsigned char *)mask, p0, p1);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_max_pool_2x2_backward(PyObject *self, PyObject *args)
+{
+    Py_ssize_t isz, dy, mask, h, w, dx, p0, p1;
+    if (!PyArg_ParseTuple(args, "nnnnnnnn", &isz, &dy, &mask, &h, &w, &dx, &p0, &p1) || !check_itemsize(isz))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (isz == 4)
+        max_pool_2x2_backward_f32((const float *)dy, (const unsigned char *)mask, h, w, (float *)dx, p0, p1);
+    else
+        max_pool_2x2_backward_f64((const double *)dy, (const unsigned char *)mask, h, w, (double *)dx, p0, p1);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"wino_input", py_wino_input, METH_VARARGS,
+     "wino_input(itemsize, src, n, C, H, W, ph, pw, th, tw, c0, c1, tiles)"},
+    {"wino_output", py_wino_output, METH_VARARGS,
+     "wino_output(itemsize, m, n, C, th, tw, dst, ho, wo, bias_or_0, c0, c1)"},
+    {"wino_output_adjoint", py_wino_output_adjoint, METH_VARARGS,
+     "wino_output_adjoint(itemsize, dy, n, C, ho, wo, th, tw, dm, c0, c1)"},
+    {"max_pool_2x2", py_max_pool_2x2, METH_VARARGS, "max_pool_2x2(itemsize, x, h, w, y, mask, p0, p1)"},
+    {"max_pool_2x2_backward", py_max_pool_2x2_backward, METH_VARARGS,
+     "max_pool_2x2_backward(itemsize, dy, mask, h, w, dx, p0, p1)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }

@@ -1,0 +1,76 @@
+"""The optional C kernels (_kernels.c): Winograd transforms and 2x2 max pooling in one pass each.
+
+`usable(...)` says whether a call can take them: the extension was built (pip builds it when a C
+compiler is present), it is not switched off (VGGTOOL_NO_CKERNELS=1), and the arrays are C-contiguous
+NumPy arrays of one float dtype. Otherwise the layers run their NumPy code, which gives the same
+results (tests compare the two). Each call is split over threads by channel (threads.split_run).
+"""
+import os
+
+import numpy as np
+
+from .threads import split_run
+
+try:
+    from . import _kernels as _k
+except ImportError:  # not built (no C compiler at install time)
+    _k = None
+
+
+def built():
+    return _k is not None
+
+
+def enabled():
+    """Built and not switched off by VGGTOOL_NO_CKERNELS=1."""
+    return _k is not None and not os.environ.get("VGGTOOL_NO_CKERNELS")
+
+
+def usable(*arrays):
+    if not enabled():
+        return False
+    dtype = arrays[0].dtype
+    return all(type(a) is np.ndarray and a.dtype == dtype and a.flags.c_contiguous for a in arrays) \
+        and dtype in (np.float32, np.float64)
+
+
+def _ptr(a):
+    return a.ctypes.data
+
+
+def wino_input(src, pad, tiles):
+    """tiles (16, C, n, th, tw) <- B^T d B of the 4x4 tiles (stride 2) of src (n, C, H, W) zero-padded by pad."""
+    n, c, h, w = src.shape
+    th, tw = tiles.shape[3], tiles.shape[4]
+    split_run(lambda c0, c1: _k.wino_input(src.itemsize, _ptr(src), n, c, h, w, pad[0], pad[1], th, tw, c0, c1,
+                                           _ptr(tiles)), c, tiles.size)
+
+
+def wino_output(m, dst, bias=None):
+    """dst (n, C, Ho, Wo) <- A^T M A (+ bias) of every tile of m (16, C, n, th, tw)."""
+    n, c, ho, wo = dst.shape
+    th, tw = m.shape[3], m.shape[4]
+    bias_ptr = 0 if bias is None else _ptr(bias)
+    split_run(lambda c0, c1: _k.wino_output(m.itemsize, _ptr(m), n, c, th, tw, _ptr(dst), ho, wo, bias_ptr, c0, c1),
+              c, m.size)
+
+
+def wino_output_adjoint(dy, dm):
+    """dm (16, C, n, th, tw) <- A dY A^T of every 2x2 tile of dy (n, C, Ho, Wo) (zero beyond Ho x Wo)."""
+    n, c, ho, wo = dy.shape
+    th, tw = dm.shape[3], dm.shape[4]
+    split_run(lambda c0, c1: _k.wino_output_adjoint(dy.itemsize, _ptr(dy), n, c, ho, wo, th, tw, _ptr(dm), c0, c1),
+              c, dm.size)
+
+
+def max_pool_2x2(x, y, mask):
+    """y, mask (uint8 window index) <- 2x2 stride-2 max pooling of x (n, C, H, W), H and W even."""
+    planes, h, w = x.shape[0] * x.shape[1], x.shape[2], x.shape[3]
+    split_run(lambda p0, p1: _k.max_pool_2x2(x.itemsize, _ptr(x), h, w, _ptr(y), _ptr(mask), p0, p1), planes, x.size)
+
+
+def max_pool_2x2_backward(dy, mask, dx):
+    """dx (n, C, H, W) <- dy routed to each window's maximum (mask from max_pool_2x2), zero elsewhere."""
+    planes, h, w = dx.shape[0] * dx.shape[1], dx.shape[2], dx.shape[3]
+    split_run(lambda p0, p1: _k.max_pool_2x2_backward(dx.itemsize, _ptr(dy), _ptr(mask), h, w, _ptr(dx), p0, p1),
+              planes, dx.size)
