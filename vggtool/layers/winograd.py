@@ -10,7 +10,8 @@ Layouts are channel-major, as in the im2col path: the zero-padded input of a chu
   * dW: dU[xi] = dM[xi] @ V[xi]^T with dM = A dY A^T per tile, then dW = G^T dU G;
   * dX: the same correlation applied to dY padded by 2 - pad, with the flipped, transposed kernel.
 All transforms are sums and differences of strided slices: a few passes over memory, no Python loops
-over pixels.
+over pixels. Where the C kernels are built (kernels.py) the layer runs their one-pass versions of the
+input, output and adjoint transforms instead; tests check both against each other and against loops.
 """
 import numpy as np
 
