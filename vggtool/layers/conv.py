@@ -592,8 +592,11 @@ class ConvolutionLayer(Layer):
         with _section("wino_gemm"):
             m = self.workspace("wino_m", (16, co, n, th, tw))
             vm, mm = v.reshape(16, ci, -1), m.reshape(16, co, -1)
-            for xi in range(16):
-                gemm(u[xi], vm[xi], mm[xi], beta=0.0)
+            if xp is np:  # straight cblas calls: ~8% faster than NumPy's batched matmul on these shapes
+                for xi in range(16):
+                    gemm(u[xi], vm[xi], mm[xi], beta=0.0)
+            else:
+                xp.matmul(u, vm, out=mm)
         with _section("wino_out_transform"):
             if kernels.usable(m, dst) and (bias is None or kernels.usable(m, bias)):
                 kernels.wino_output(m, dst, bias)
