@@ -76,17 +76,24 @@ def direct_conv(x, w, b, pad):
     return y
 
 
-SHAPES = [(2, 3, 4, 5, 7, 1), (3, 5, 2, 6, 6, 0), (1, 4, 3, 7, 5, 2), (2, 6, 5, 8, 8, 1), (2, 2, 3, 3, 4, 1)]
+SHAPES = [(2, 3, 4, 5, 7, 1), (3, 5, 2, 6, 6, 0), (1, 4, 3, 7, 5, 2), (2, 6, 5, 8, 8, 1), (2, 2, 3, 3, 4, 1),
+          (1, 3, 4, 13, 11, 1)]
+
+
+def expected_winograd(algo, kernel_code):
+    """F(4x4) runs only with the C kernels; without them 'winograd4' gives F(2x2)."""
+    return algo if algo == "winograd" or kernel_code == "C" else "winograd"
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"n{s[0]}c{s[1]}o{s[2]}_{s[3]}x{s[4]}p{s[5]}" for s in SHAPES])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_winograd_equals_im2col_and_direct_loops(rng, threads, kernel_code, shape, dtype):
+@pytest.mark.parametrize("algo", ["winograd", "winograd4"])
+def test_winograd_equals_im2col_and_direct_loops(rng, threads, kernel_code, algo, shape, dtype):
     n, c, co, h, w, pad = shape
     x = rng.standard_normal((n, c, h, w))
     dy = rng.standard_normal((n, co, h + 2 * pad - 2, w + 2 * pad - 2))
-    layer_w, wino = run_conv("winograd", conv_text(co, pad), x, dy, dtype)
-    assert layer_w.chosen_algorithm() == "winograd"
+    layer_w, wino = run_conv(algo, conv_text(co, pad), x, dy, dtype)
+    assert layer_w.chosen_algorithm() == expected_winograd(algo, kernel_code)
     layer_i, ref = run_conv("im2col", conv_text(co, pad), x, dy, dtype)
     assert layer_i.chosen_algorithm() == "im2col"
     tol = 1e-12 if dtype == np.float64 else 1e-4
@@ -104,9 +111,10 @@ def test_winograd_equals_im2col_and_direct_loops(rng, threads, kernel_code, shap
     assert np.allclose(wino[3], dy.astype(dtype).sum(axis=(0, 2, 3)), rtol=tol * 10)
 
 
-def test_winograd_gradients_numerically(rng, kernel_code):
+@pytest.mark.parametrize("algo", ["winograd", "winograd4"])
+def test_winograd_gradients_numerically(rng, kernel_code, algo):
     text = conv_text(3, 1)
-    conv.ConvolutionLayer.algorithm = "winograd"
+    conv.ConvolutionLayer.algorithm = algo
     try:
         check_gradients(text, {"x": rng.standard_normal((2, 2, 5, 4))})
     finally:

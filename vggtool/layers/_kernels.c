@@ -31,20 +31,32 @@ static int check_itemsize(Py_ssize_t itemsize)
     return 0;
 }
 
+static int check_tile(Py_ssize_t tile)
+{
+    if (tile == 2 || tile == 4)
+        return 1;
+    PyErr_SetString(PyExc_ValueError, "Winograd output tiles are 2x2 or 4x4");
+    return 0;
+}
+
 static PyObject *py_wino_input(PyObject *self, PyObject *args)
 {
-    Py_ssize_t isz, src, n, c, h, w, ph, pw, th, tw, c0, c1, tiles;
-    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnnn", &isz, &src, &n, &c, &h, &w, &ph, &pw, &th, &tw, &c0, &c1, &tiles)
-        || !check_itemsize(isz))
+    Py_ssize_t tile, isz, src, n, c, h, w, ph, pw, th, tw, c0, c1, tiles;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnnnn", &tile, &isz, &src, &n, &c, &h, &w, &ph, &pw, &th, &tw, &c0, &c1,
+                          &tiles) || !check_itemsize(isz) || !check_tile(tile))
         return NULL;
-    void *row = malloc(8 * (2 * tw + 2) * isz);
+    void *row = malloc(12 * (4 * tw + 2) * isz);
     if (!row)
         return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS
-    if (isz == 4)
+    if (tile == 2 && isz == 4)
         wino_input_f32((const float *)src, n, c, h, w, ph, pw, th, tw, c0, c1, (float *)tiles, row);
-    else
+    else if (tile == 2)
         wino_input_f64((const double *)src, n, c, h, w, ph, pw, th, tw, c0, c1, (double *)tiles, row);
+    else if (isz == 4)
+        wino4_input_f32((const float *)src, n, c, h, w, ph, pw, th, tw, c0, c1, (float *)tiles, row);
+    else
+        wino4_input_f64((const double *)src, n, c, h, w, ph, pw, th, tw, c0, c1, (double *)tiles, row);
     Py_END_ALLOW_THREADS
     free(row);
     Py_RETURN_NONE;
@@ -52,33 +64,41 @@ static PyObject *py_wino_input(PyObject *self, PyObject *args)
 
 static PyObject *py_wino_output(PyObject *self, PyObject *args)
 {
-    Py_ssize_t isz, m, n, c, th, tw, dst, ho, wo, bias, c0, c1;
-    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnn", &isz, &m, &n, &c, &th, &tw, &dst, &ho, &wo, &bias, &c0, &c1)
-        || !check_itemsize(isz))
+    Py_ssize_t tile, isz, m, n, c, th, tw, dst, ho, wo, bias, c0, c1;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnnn", &tile, &isz, &m, &n, &c, &th, &tw, &dst, &ho, &wo, &bias, &c0, &c1)
+        || !check_itemsize(isz) || !check_tile(tile))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
-    if (isz == 4)
+    if (tile == 2 && isz == 4)
         wino_output_f32((const float *)m, n, c, th, tw, (float *)dst, ho, wo, (const float *)bias, c0, c1);
-    else
+    else if (tile == 2)
         wino_output_f64((const double *)m, n, c, th, tw, (double *)dst, ho, wo, (const double *)bias, c0, c1);
+    else if (isz == 4)
+        wino4_output_f32((const float *)m, n, c, th, tw, (float *)dst, ho, wo, (const float *)bias, c0, c1);
+    else
+        wino4_output_f64((const double *)m, n, c, th, tw, (double *)dst, ho, wo, (const double *)bias, c0, c1);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
 static PyObject *py_wino_output_adjoint(PyObject *self, PyObject *args)
 {
-    Py_ssize_t isz, dy, n, c, ho, wo, th, tw, dm, c0, c1;
-    if (!PyArg_ParseTuple(args, "nnnnnnnnnnn", &isz, &dy, &n, &c, &ho, &wo, &th, &tw, &dm, &c0, &c1)
-        || !check_itemsize(isz))
+    Py_ssize_t tile, isz, dy, n, c, ho, wo, th, tw, dm, c0, c1;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnn", &tile, &isz, &dy, &n, &c, &ho, &wo, &th, &tw, &dm, &c0, &c1)
+        || !check_itemsize(isz) || !check_tile(tile))
         return NULL;
-    void *row = malloc(6 * 2 * tw * isz);
+    void *row = malloc(10 * 4 * tw * isz);
     if (!row)
         return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS
-    if (isz == 4)
+    if (tile == 2 && isz == 4)
         wino_output_adjoint_f32((const float *)dy, n, c, ho, wo, th, tw, (float *)dm, c0, c1, row);
-    else
+    else if (tile == 2)
         wino_output_adjoint_f64((const double *)dy, n, c, ho, wo, th, tw, (double *)dm, c0, c1, row);
+    else if (isz == 4)
+        wino4_output_adjoint_f32((const float *)dy, n, c, ho, wo, th, tw, (float *)dm, c0, c1, row);
+    else
+        wino4_output_adjoint_f64((const double *)dy, n, c, ho, wo, th, tw, (double *)dm, c0, c1, row);
     Py_END_ALLOW_THREADS
     free(row);
     Py_RETURN_NONE;
@@ -114,11 +134,11 @@ static PyObject *py_max_pool_2x2_backward(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"wino_input", py_wino_input, METH_VARARGS,
-     "wino_input(itemsize, src, n, C, H, W, ph, pw, th, tw, c0, c1, tiles)"},
+     "wino_input(tile, itemsize, src, n, C, H, W, ph, pw, th, tw, c0, c1, tiles); tile: 2 (F(2x2,3x3)) or 4"},
     {"wino_output", py_wino_output, METH_VARARGS,
-     "wino_output(itemsize, m, n, C, th, tw, dst, ho, wo, bias_or_0, c0, c1)"},
+     "wino_output(tile, itemsize, m, n, C, th, tw, dst, ho, wo, bias_or_0, c0, c1)"},
     {"wino_output_adjoint", py_wino_output_adjoint, METH_VARARGS,
-     "wino_output_adjoint(itemsize, dy, n, C, ho, wo, th, tw, dm, c0, c1)"},
+     "wino_output_adjoint(tile, itemsize, dy, n, C, ho, wo, th, tw, dm, c0, c1)"},
     {"max_pool_2x2", py_max_pool_2x2, METH_VARARGS, "max_pool_2x2(itemsize, x, h, w, y, mask, p0, p1)"},
     {"max_pool_2x2_backward", py_max_pool_2x2_backward, METH_VARARGS,
      "max_pool_2x2_backward(itemsize, dy, mask, h, w, dx, p0, p1)"},

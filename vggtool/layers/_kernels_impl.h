@@ -140,6 +140,158 @@ static void FN(wino_output_adjoint)(const REAL *dy, Py_ssize_t n, Py_ssize_t c_a
         }
 }
 
+/* ---- Winograd F(4x4, 3x3): 6x6 input tiles with stride 4, tiles (36, C, n, th, tw), xi = 6 * row + column.
+ * B^T, G and A^T as in Lavin & Gray (2015) (interpolation points 0, 1, -1, 2, -2); see winograd.py. */
+
+/* tiles <- B^T d B for each 6x6 input tile d (stride 4) of src zero-padded by (ph, pw). row: scratch of
+ * 12 * (4 * tw + 2) elements. */
+static void FN(wino4_input)(const REAL *src, Py_ssize_t n, Py_ssize_t c_all, Py_ssize_t h, Py_ssize_t w,
+                            Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t th, Py_ssize_t tw, Py_ssize_t c0,
+                            Py_ssize_t c1, REAL *tiles, REAL *row)
+{
+    const Py_ssize_t width = 4 * tw + 2, plane = c_all * n * th * tw;
+    REAL *buf[6], *t[6];
+    for (int k = 0; k < 6; k++) {
+        buf[k] = row + k * width;
+        t[k] = row + (6 + k) * width;
+    }
+    for (Py_ssize_t c = c0; c < c1; c++)
+        for (Py_ssize_t img = 0; img < n; img++) {
+            const REAL *s = src + (img * c_all + c) * h * w;
+            REAL *out = tiles + (c * n + img) * th * tw;
+            for (Py_ssize_t r = 0; r < th; r++) {
+                for (int k = 0; k < 6; k++) {
+                    Py_ssize_t y = 4 * r - ph + k;
+                    if (y < 0 || y >= h) {
+                        memset(buf[k], 0, width * sizeof(REAL));
+                        continue;
+                    }
+                    for (Py_ssize_t j = 0; j < width; j++) {
+                        Py_ssize_t x = j - pw;
+                        buf[k][j] = (x >= 0 && x < w) ? s[y * w + x] : 0;
+                    }
+                }
+                /* row pass: the six rows of B^T d */
+                for (Py_ssize_t j = 0; j < width; j++) {
+                    REAL d0 = buf[0][j], d1 = buf[1][j], d2 = buf[2][j], d3 = buf[3][j], d4 = buf[4][j],
+                         d5 = buf[5][j];
+                    t[0][j] = 4 * d0 - 5 * d2 + d4;
+                    t[1][j] = -4 * (d1 + d2) + d3 + d4;
+                    t[2][j] = 4 * (d1 - d2) - d3 + d4;
+                    t[3][j] = 2 * (d3 - d1) - d2 + d4;
+                    t[4][j] = 2 * (d1 - d3) - d2 + d4;
+                    t[5][j] = 4 * d1 - 5 * d3 + d5;
+                }
+                /* column pass: (B^T d) B, one output plane per element of the 6x6 tile */
+                for (int a = 0; a < 6; a++) {
+                    const REAL *e = t[a];
+                    REAL *o = out + (6 * a) * plane + r * tw;
+                    for (Py_ssize_t q = 0; q < tw; q++) {
+                        const REAL *f = e + 4 * q;
+                        REAL e0 = f[0], e1 = f[1], e2 = f[2], e3 = f[3], e4 = f[4], e5 = f[5];
+                        o[q] = 4 * e0 - 5 * e2 + e4;
+                        o[plane + q] = -4 * (e1 + e2) + e3 + e4;
+                        o[2 * plane + q] = 4 * (e1 - e2) - e3 + e4;
+                        o[3 * plane + q] = 2 * (e3 - e1) - e2 + e4;
+                        o[4 * plane + q] = 2 * (e1 - e3) - e2 + e4;
+                        o[5 * plane + q] = 4 * e1 - 5 * e3 + e5;
+                    }
+                }
+            }
+        }
+}
+
+/* dst (n, C, ho, wo) <- A^T M A (+ bias[c]) for each tile of m (36, C, n, th, tw); outputs beyond ho x wo
+ * are dropped. bias may be NULL. */
+static void FN(wino4_output)(const REAL *m, Py_ssize_t n, Py_ssize_t c_all, Py_ssize_t th, Py_ssize_t tw,
+                             REAL *dst, Py_ssize_t ho, Py_ssize_t wo, const REAL *bias, Py_ssize_t c0,
+                             Py_ssize_t c1)
+{
+    const Py_ssize_t plane = c_all * n * th * tw;
+    for (Py_ssize_t c = c0; c < c1; c++) {
+        REAL b = bias ? bias[c] : 0;
+        for (Py_ssize_t img = 0; img < n; img++) {
+            const REAL *in = m + (c * n + img) * th * tw;
+            REAL *d = dst + (img * c_all + c) * ho * wo;
+            for (Py_ssize_t r = 0; r < th; r++)
+                for (Py_ssize_t q = 0; q < tw; q++) {
+                    const REAL *p = in + r * tw + q;
+                    REAL s[4][6]; /* A^T M: four rows */
+                    for (int k = 0; k < 6; k++) {
+                        REAL m0 = p[k * plane], m1 = p[(6 + k) * plane], m2 = p[(12 + k) * plane],
+                             m3 = p[(18 + k) * plane], m4 = p[(24 + k) * plane], m5 = p[(30 + k) * plane];
+                        s[0][k] = m0 + m1 + m2 + m3 + m4;
+                        s[1][k] = m1 - m2 + 2 * (m3 - m4);
+                        s[2][k] = m1 + m2 + 4 * (m3 + m4);
+                        s[3][k] = m1 - m2 + 8 * (m3 - m4) + m5;
+                    }
+                    for (int i = 0; i < 4; i++) {
+                        Py_ssize_t y = 4 * r + i;
+                        if (y >= ho)
+                            break;
+                        const REAL *e = s[i];
+                        REAL o[4] = {e[0] + e[1] + e[2] + e[3] + e[4], e[1] - e[2] + 2 * (e[3] - e[4]),
+                                     e[1] + e[2] + 4 * (e[3] + e[4]), e[1] - e[2] + 8 * (e[3] - e[4]) + e[5]};
+                        REAL *drow = d + y * wo + 4 * q;
+                        Py_ssize_t count = wo - 4 * q < 4 ? wo - 4 * q : 4;
+                        for (Py_ssize_t j = 0; j < count; j++)
+                            drow[j] = o[j] + b;
+                    }
+                }
+        }
+    }
+}
+
+/* dm (36, C, n, th, tw) <- A dY A^T for each 4x4 tile of dy (n, C, ho, wo), zero beyond ho x wo (the
+ * adjoint of wino4_output). row: scratch of 10 * 4 * tw elements. */
+static void FN(wino4_output_adjoint)(const REAL *dy, Py_ssize_t n, Py_ssize_t c_all, Py_ssize_t ho, Py_ssize_t wo,
+                                     Py_ssize_t th, Py_ssize_t tw, REAL *dm, Py_ssize_t c0, Py_ssize_t c1,
+                                     REAL *row)
+{
+    const Py_ssize_t plane = c_all * n * th * tw, width = 4 * tw;
+    REAL *g[4], *t[6];
+    for (int k = 0; k < 4; k++)
+        g[k] = row + k * width;
+    for (int k = 0; k < 6; k++)
+        t[k] = row + (4 + k) * width;
+    for (Py_ssize_t c = c0; c < c1; c++)
+        for (Py_ssize_t img = 0; img < n; img++) {
+            const REAL *src = dy + (img * c_all + c) * ho * wo;
+            REAL *out = dm + (c * n + img) * th * tw;
+            for (Py_ssize_t r = 0; r < th; r++) {
+                memset(row, 0, 4 * width * sizeof(REAL));
+                for (int k = 0; k < 4; k++)
+                    if (4 * r + k < ho)
+                        memcpy(g[k], src + (4 * r + k) * wo, wo * sizeof(REAL));
+                /* rows of A dY */
+                for (Py_ssize_t j = 0; j < width; j++) {
+                    REAL g0 = g[0][j], g1 = g[1][j], g2 = g[2][j], g3 = g[3][j];
+                    t[0][j] = g0;
+                    t[1][j] = g0 + g1 + g2 + g3;
+                    t[2][j] = g0 - g1 + g2 - g3;
+                    t[3][j] = g0 + 2 * g1 + 4 * g2 + 8 * g3;
+                    t[4][j] = g0 - 2 * g1 + 4 * g2 - 8 * g3;
+                    t[5][j] = g3;
+                }
+                /* (A dY) A^T, one output plane per element of the 6x6 tile */
+                for (int a = 0; a < 6; a++) {
+                    const REAL *e = t[a];
+                    REAL *o = out + (6 * a) * plane + r * tw;
+                    for (Py_ssize_t q = 0; q < tw; q++) {
+                        const REAL *f = e + 4 * q;
+                        REAL e0 = f[0], e1 = f[1], e2 = f[2], e3 = f[3];
+                        o[q] = e0;
+                        o[plane + q] = e0 + e1 + e2 + e3;
+                        o[2 * plane + q] = e0 - e1 + e2 - e3;
+                        o[3 * plane + q] = e0 + 2 * e1 + 4 * e2 + 8 * e3;
+                        o[4 * plane + q] = e0 - 2 * e1 + 4 * e2 - 8 * e3;
+                        o[5 * plane + q] = e3;
+                    }
+                }
+            }
+        }
+}
+
 /* 2x2, stride 2 max pooling of planes [p0, p1) of x (planes, h, w), h and w even: y (planes, h/2, w/2) and
  * the window index of the maximum (0..3, rows then columns, first maximum wins as in Caffe). */
 static void FN(max_pool_2x2)(const REAL *x, Py_ssize_t h, Py_ssize_t w, REAL *y, unsigned char *mask,

@@ -52,7 +52,9 @@ WINOGRAD_MIN_GEMM_SHARE = 40
 # the per-tap GEMMs are too small there).
 SHIFTED_MIN_CHANNELS = 16
 SHIFTED_MIN_AREA = 28 * 28
-ALGORITHMS = ("auto", "im2col", "winograd", "shifted")
+ALGORITHMS = ("auto", "im2col", "winograd", "winograd4", "shifted")
+_WINOGRAD_TILE = {"winograd": 2, "winograd4": 4}  # output tile m of F(m x m, 3 x 3)
+_TILE_OF_SIZE = {16: 2, 36: 4}  # (m + 2)^2 -> m
 
 # Benchmarks set PROFILE = {} to collect seconds per section of the conv code (bench/bench_vgg.py).
 PROFILE = None
@@ -292,19 +294,24 @@ class ConvolutionLayer(Layer):
         return ((g.sh, g.sw) == (1, 1) and not g.is_pointwise()
                 and g.ph <= g.dh * (g.kh - 1) and g.pw <= g.dw * (g.kw - 1))  # dX's padding must be >= 0
 
+    def c_kernels_usable(self):
+        """The C Winograd transforms can run this layer (NumPy arrays, kernels built and enabled)."""
+        return self.xp is np and kernels.enabled() and self.dtype in (np.float32, np.float64)
+
     def chosen_algorithm(self):
-        """'im2col', 'winograd' or 'shifted' for this layer, from `algorithm` / $VGGTOOL_CONV_ALGO."""
+        """'im2col', 'winograd', 'winograd4' or 'shifted' for this layer, from `algorithm` / $VGGTOOL_CONV_ALGO.
+        'winograd4' (F(4x4, 3x3)) runs only with the C kernels; without them it gives 'winograd'."""
         algo = self.algorithm or default_algorithm()
         if algo not in ALGORITHMS:
             raise self.error(f"unknown convolution algorithm '{algo}' (from VGGTOOL_CONV_ALGO or the layer's "
                              f"algorithm attribute); use one of {', '.join(ALGORITHMS)}")
-        if algo == "winograd" and self.winograd_applicable():
-            return "winograd"
+        if algo in _WINOGRAD_TILE and self.winograd_applicable():
+            return "winograd4" if algo == "winograd4" and self.c_kernels_usable() else "winograd"
         if algo == "shifted" and self.shifted_applicable():
             return "shifted"
         if algo != "auto":
             return "im2col"
-        if (self.winograd_applicable() and self.xp is np and kernels.enabled() and self.dtype == np.float32
+        if (self.winograd_applicable() and self.c_kernels_usable() and self.dtype == np.float32
                 and self.channels * self.num_output / (self.channels + self.num_output) >= WINOGRAD_MIN_GEMM_SHARE):
             return "winograd"
         shape = self.bottom_shape
@@ -316,9 +323,9 @@ class ConvolutionLayer(Layer):
 
     def forward(self, bottom, top):
         algo = self.chosen_algorithm()
-        if algo == "winograd":
+        if algo in _WINOGRAD_TILE:
             for b, t in zip(bottom, top):
-                self._forward_winograd(b.data, t.data)
+                self._forward_winograd(b.data, t.data, _WINOGRAD_TILE[algo])
             return
         if algo == "shifted":
             self._cols_valid = False
@@ -389,8 +396,8 @@ class ConvolutionLayer(Layer):
             if not (want_w or down):
                 continue
             algo = self.chosen_algorithm()
-            if algo == "winograd":
-                self._backward_winograd(b.data, dy_all, b.diff if down else None, want_w)
+            if algo in _WINOGRAD_TILE:
+                self._backward_winograd(b.data, dy_all, b.diff if down else None, want_w, _WINOGRAD_TILE[algo])
                 continue
             if algo == "shifted":
                 if want_w:
@@ -557,17 +564,17 @@ class ConvolutionLayer(Layer):
             self.blobs[0].diff.shape)
 
     # -- Winograd F(2x2, 3x3) (see winograd.py) -----------------------------------------------------------
-    def _winograd_chunks(self, n, cin, cout, th, tw):
-        per_image = 16 * (cin + cout) * th * tw * self.dtype.itemsize
+    def _winograd_chunks(self, n, cin, cout, th, tw, m):
+        per_image = (m + 2) ** 2 * (cin + cout) * th * tw * self.dtype.itemsize
         step = max(1, min(n, WINOGRAD_BYTES // max(per_image, 1)))
         return [(s, min(n, s + step)) for s in range(0, n, step)]
 
-    def _winograd_input(self, src, pad, th, tw):
-        """(16, Ci, n, th, tw) transformed tiles of src (n, Ci, H, W) zero-padded by pad."""
+    def _winograd_input(self, src, pad, th, tw, m):
+        """((m+2)^2, Ci, n, th, tw) transformed tiles of src (n, Ci, H, W) zero-padded by pad."""
         xp = self.xp
         n, ci = src.shape[0], src.shape[1]
-        v = self.workspace("wino_v", (16, ci, n, th, tw))
-        if kernels.usable(src, v):
+        v = self.workspace("wino_v", ((m + 2) ** 2, ci, n, th, tw))
+        if kernels.usable(src, v) or m != 2:  # F(4x4) runs only in C (chosen_algorithm)
             with _section("wino_pad_in_transform"):
                 kernels.wino_input(src, pad, v)
             return v
@@ -583,22 +590,24 @@ class ConvolutionLayer(Layer):
         return v
 
     def _winograd_correlate(self, src, pad, u, dst, bias=None):
-        """dst (n, Co, Ho, Wo) <- 3x3 correlation of src (n, Ci, H, W) zero-padded by pad, u = (16, Co, Ci)."""
+        """dst (n, Co, Ho, Wo) <- 3x3 correlation of src (n, Ci, H, W) zero-padded by pad, u = ((m+2)^2, Co, Ci)."""
         xp = self.xp
         n, ci, h, w = src.shape
         co, ho, wo = dst.shape[1], dst.shape[2], dst.shape[3]
-        th, tw = wg.tiles(ho, wo)
-        v = self._winograd_input(src, pad, th, tw)
+        a2 = u.shape[0]
+        tile = _TILE_OF_SIZE[a2]
+        th, tw = wg.tiles(ho, wo, tile)
+        v = self._winograd_input(src, pad, th, tw, tile)
         with _section("wino_gemm"):
-            m = self.workspace("wino_m", (16, co, n, th, tw))
-            vm, mm = v.reshape(16, ci, -1), m.reshape(16, co, -1)
+            m = self.workspace("wino_m", (a2, co, n, th, tw))
+            vm, mm = v.reshape(a2, ci, -1), m.reshape(a2, co, -1)
             if xp is np:  # straight cblas calls: ~8% faster than NumPy's batched matmul on these shapes
-                for xi in range(16):
+                for xi in range(a2):
                     gemm(u[xi], vm[xi], mm[xi], beta=0.0)
             else:
                 xp.matmul(u, vm, out=mm)
         with _section("wino_out_transform"):
-            if kernels.usable(m, dst) and (bias is None or kernels.usable(m, bias)):
+            if tile != 2 or (kernels.usable(m, dst) and (bias is None or kernels.usable(m, bias))):
                 kernels.wino_output(m, dst, bias)
                 return
             out = dst.transpose(1, 0, 2, 3)
@@ -614,33 +623,34 @@ class ConvolutionLayer(Layer):
 
             split_run(part, co, m.size, xp)
 
-    def _forward_winograd(self, x, y):
+    def _forward_winograd(self, x, y, m):
         g = self.geom
-        u = wg.weight_transform(self.xp, self.blobs[0].data)
+        u = wg.weight_transform(self.xp, self.blobs[0].data, m)
         bias = self.blobs[1].data if self.bias_term else None
-        th, tw = wg.tiles(y.shape[2], y.shape[3])
-        for n0, n1 in self._winograd_chunks(x.shape[0], self.channels, self.num_output, th, tw):
+        th, tw = wg.tiles(y.shape[2], y.shape[3], m)
+        for n0, n1 in self._winograd_chunks(x.shape[0], self.channels, self.num_output, th, tw, m):
             self._winograd_correlate(x[n0:n1], (g.ph, g.pw), u, y[n0:n1], bias)
 
-    def _backward_winograd(self, x, dy_all, dx_all, want_w):
+    def _backward_winograd(self, x, dy_all, dx_all, want_w, m):
         xp, g = self.xp, self.geom
         c, cout = self.channels, self.num_output
         n_all, _, h, w = x.shape
         ho, wo = dy_all.shape[2], dy_all.shape[3]
-        th, tw = wg.tiles(ho, wo)
+        a2 = (m + 2) ** 2
+        th, tw = wg.tiles(ho, wo, m)
         if want_w:
-            du = self.workspace("wino_du", (16, cout, c), zero=True)
+            du = self.workspace("wino_du", (a2, cout, c), zero=True)
         if dx_all is not None:
-            u_back = wg.weight_transform_flipped(xp, self.blobs[0].data)
-        th2, tw2 = wg.tiles(h, w)
-        for n0, n1 in self._winograd_chunks(n_all, c, cout, max(th, th2), max(tw, tw2)):
+            u_back = wg.weight_transform_flipped(xp, self.blobs[0].data, m)
+        th2, tw2 = wg.tiles(h, w, m)
+        for n0, n1 in self._winograd_chunks(n_all, c, cout, max(th, th2), max(tw, tw2), m):
             n = n1 - n0
             if want_w:
                 with _section("wino_bw_in_transform"):
-                    v = self._winograd_input(x[n0:n1], (g.ph, g.pw), th, tw)
+                    v = self._winograd_input(x[n0:n1], (g.ph, g.pw), th, tw, m)
                 with _section("wino_bw_dy_transform"):
-                    dm = self.workspace("wino_m", (16, cout, n, th, tw))
-                    if kernels.usable(dy_all, dm):
+                    dm = self.workspace("wino_m", (a2, cout, n, th, tw))
+                    if kernels.usable(dy_all, dm) or m != 2:
                         kernels.wino_output_adjoint(dy_all[n0:n1], dm)
                     else:
                         dy = dy_all[n0:n1].transpose(1, 0, 2, 3)
@@ -654,10 +664,10 @@ class ConvolutionLayer(Layer):
                         split_run(lambda c0, c1: wg.output_transform_adjoint(xp, dy_tiles[c0:c1], dm[:, c0:c1],
                                                                              scratch[:, c0:c1]), cout, dm.size, xp)
                 with _section("wino_bw_gemm_dw"):
-                    vm, dmm = v.reshape(16, c, -1), dm.reshape(16, cout, -1)
-                    for xi in range(16):
+                    vm, dmm = v.reshape(a2, c, -1), dm.reshape(a2, cout, -1)
+                    for xi in range(a2):
                         gemm(dmm[xi], vm[xi].T, du[xi])
             if dx_all is not None:
                 self._winograd_correlate(dy_all[n0:n1], (2 - g.ph, 2 - g.pw), u_back, dx_all[n0:n1])
         if want_w:
-            wg.add_weight_grad(xp, du, self.blobs[0].diff)
+            wg.add_weight_grad(xp, du, self.blobs[0].diff, m)
