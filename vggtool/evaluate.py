@@ -23,6 +23,7 @@ from . import protoio, surgery
 from .backend import CPU, to_numpy
 from .blob import proto_to_array
 from .errors import VggtoolError
+from .listargs import parse_list
 from .net import Net
 from .proto import caffe_pb2
 
@@ -88,10 +89,7 @@ def load_mean(mean_value=None, mean_file=None, channels=None):
         a = a.reshape((-1,) + a.shape[-3:])[0] if a.ndim >= 3 else a
         mean = a.reshape(a.shape[0], -1).mean(axis=1) if a.ndim == 3 else np.ravel(a)
     elif mean_value is not None:
-        try:
-            mean = np.array([float(v) for v in str(mean_value).split(",")])
-        except ValueError:
-            raise VggtoolError(f"--mean-value expects numbers like 104,117,123, got '{mean_value}'") from None
+        mean = np.array(parse_list(mean_value, "--mean-value", float, "104,117,123", positive=False))
     else:
         mean = np.zeros(1)
     if mean.size == 1 and channels:
@@ -358,11 +356,6 @@ def report_lines(posteriors, labels):
             f"top-5 error = {100 * topk_error(posteriors, labels, 5):.2f}% ({n} images)"]
 
 
-def parse_scales(text):
-    try:
-        scales = [int(s) for s in str(text).split(",") if s.strip()]
-    except ValueError:
-        raise VggtoolError(f"--scales expects integers like 256,384,512, got '{text}'") from None
-    if not scales or any(q <= 0 for q in scales):
-        raise VggtoolError(f"--scales expects positive integers like 256,384,512, got '{text}'")
-    return scales
+def parse_scales(text, flag="--scales"):
+    """Test scales Q from '256,384,512' (positive integers)."""
+    return parse_list(text, flag, int, "256,384,512")
