@@ -125,6 +125,32 @@ def load_deploy_net(model, weights, source, device=CPU, convolutionalize=True):
     return net, name, shape
 
 
+class InputTransform:
+    """Caffe's test-time transform: HxWxC (or HxW) BGR uint8 image -> CxHxW float32 (image - mean) * scale.
+    Shared by the evaluator, the feature extractor and the localiser (--mean-value/--mean-file, --scale)."""
+
+    def __init__(self, mean, channels, scale=1.0):
+        self.channels = int(channels)
+        self.mean = np.zeros(self.channels, np.float32) if mean is None else np.ravel(mean).astype(np.float32)
+        if self.mean.size == 1:
+            self.mean = np.repeat(self.mean, self.channels)
+        if self.mean.shape != (self.channels,):
+            raise VggtoolError(f"the mean has {self.mean.size} channel(s), the net's input has {self.channels}")
+        self.scale = float(scale)  # Caffe's transform_param scale, applied after mean subtraction
+        if not np.isfinite(self.scale):
+            raise VggtoolError(f"--scale must be a finite number, got {scale}")
+
+    def __call__(self, image):
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.shape[2] != self.channels:
+            raise VggtoolError(f"image has {image.shape[2]} channel(s), the net's input has {self.channels}")
+        x = image.astype(np.float32) - self.mean
+        if self.scale != 1.0:
+            x *= np.float32(self.scale)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
 # -- the evaluator ----------------------------------------------------------------------------------------
 class Evaluator:
     """Runs a deploy net (InnerProducts convolutionalised in memory) under the VGG testing protocol."""
@@ -135,7 +161,6 @@ class Evaluator:
         if average not in AVERAGES:
             raise VggtoolError(f"--average must be one of {', '.join(AVERAGES)}, got '{average}'")
         self.average = average
-        self.scale = float(scale)  # Caffe's transform_param scale, applied after mean subtraction
         if mode not in MODES:
             raise VggtoolError(f"--mode must be one of {', '.join(MODES)}, got '{mode}'")
         self.net, self.input, shape = load_deploy_net(model, weights, source, device)
@@ -149,11 +174,7 @@ class Evaluator:
                 raise VggtoolError(f"--scales: Q={q} is smaller than the {self.crop[0]}x{self.crop[1]} crop; "
                                    f"use scales >= {max(self.crop)} or a smaller --crop")
         self.mode, self.flip, self.batch = mode, bool(flip), max(1, int(batch))
-        self.mean = np.zeros(self.channels, np.float32) if mean is None else np.ravel(mean).astype(np.float32)
-        if self.mean.size == 1:
-            self.mean = np.repeat(self.mean, self.channels)
-        if self.mean.shape != (self.channels,):
-            raise VggtoolError(f"the mean has {self.mean.size} channel(s), the net's input has {self.channels}")
+        self.preprocess = InputTransform(mean, self.channels, scale)
         self.score_blob, self.end_layer, self.is_posterior = self._pick_score_blob(blob, source)
 
     def _pick_score_blob(self, blob, source):
@@ -178,17 +199,6 @@ class Evaluator:
         return blob, end, net.layer_dict[end].type == "Softmax"
 
     # -- forward ---------------------------------------------------------------------------------------
-    def preprocess(self, image):
-        """HxWxC BGR uint8 -> CxHxW float32: (image - mean) * scale, as Caffe's transform."""
-        if image.ndim == 2:
-            image = image[:, :, None]
-        if image.shape[2] != self.channels:
-            raise VggtoolError(f"image has {image.shape[2]} channel(s), the net's input has {self.channels}")
-        x = image.astype(np.float32) - self.mean
-        if self.scale != 1.0:
-            x *= self.scale
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
-
     def posteriors(self, batch):
         """N x C x H x W input -> (N, classes) posteriors: softmax per location then spatial average
         (average='scores': the paper's sum-pooling of the score map, then softmax)."""
