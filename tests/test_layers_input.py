@@ -40,6 +40,31 @@ def test_dummy_data_constant_and_gaussian():
     assert not np.array_equal(net.blobs["g"].data, g1)  # refilled every forward
 
 
+def test_dummy_data_values_are_a_function_of_seed_layer_and_iteration():
+    text = ('layer { name: "d" type: "DummyData" top: "g" top: "c" dummy_data_param { '
+            'shape { dim: 3 dim: 4 } shape { dim: 2 } data_filler { type: "uniform" min: -1 max: 1 } '
+            'data_filler { type: "constant" value: 5 } } }')
+    a, b, other = net_of(text, seed=1), net_of(text, seed=1), net_of(text, seed=2)
+    seen = {}
+    for it in (0, 1, 2):
+        a.iteration = it
+        a.forward()
+        seen[it] = a.blobs["g"].data.copy()
+        np.testing.assert_array_equal(a.blobs["c"].data, [5.0, 5.0])
+    assert not np.array_equal(seen[0], seen[1]) and not np.array_equal(seen[1], seen[2])
+    b.iteration = 2  # straight to iteration 2, with no forwards before: the same values
+    b.forward()
+    np.testing.assert_array_equal(b.blobs["g"].data, seen[2])
+    other.iteration = 2
+    other.forward()
+    assert not np.array_equal(other.blobs["g"].data, seen[2])
+    # A loop that never sets net.iteration gets fresh values each forward, those of t = 0, 1, 2, ...
+    c = net_of(text, seed=1)
+    for it in (0, 1, 2):
+        c.forward()
+        np.testing.assert_array_equal(c.blobs["g"].data, seen[it])
+
+
 def test_dummy_data_legacy_shape_and_default_zero():
     net = net_of('layer { name: "d" type: "DummyData" top: "x" dummy_data_param { '
                  'num: 2 channels: 3 height: 4 width: 5 } }')

@@ -190,7 +190,8 @@ def test_pycaffe_attributes(tmp_path):
     assert net.outputs == ["loss", "prob"]  # name order, as Caffe's net_output_blobs_
     assert net.top_names["conv1"] == ["conv1"] and net.bottom_names["relu1"] == ["conv1"]
     assert net.top_names["fc"] == ["fc"] and net.bottom_names["prob"] == ["fc_fc_0_split_0"]
-    assert net.blob_loss_weights == {"loss": 1.0}
+    assert list(net.blob_loss_weights) == list(net.blobs)  # pycaffe: every blob, 0 unless a loss
+    assert {k: v for k, v in net.blob_loss_weights.items() if v} == {"loss": 1.0}
     assert net.layer_dict["conv1"].type == "Convolution" and net.layer_dict["conv1"].blobs[0] is net.params["conv1"][0]
     assert list(net.params) == ["conv1", "fc"]
     assert net.blobs["data"].data.shape == (2, 3, 6, 6) and net.blobs["data"].num == 2

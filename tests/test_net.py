@@ -129,7 +129,10 @@ def test_loss_weighted_top_that_also_feeds_a_layer(rng):
     text = inputs(x=(2, 3)) + ip("a", "x", 4, "loss_weight: 2") + ip("b", "a", 2, "loss_weight: 1")
     net = build(text)
     assert "a_a_0_split" in names(net)
-    assert net.blob_loss_weights == {"a_a_0_split_0": 2.0, "b": 1.0}
+    # pycaffe: every blob, in blob order, 0 where unweighted; the weight of "a" moved to the split's first top.
+    assert list(net.blob_loss_weights) == list(net.blobs)
+    assert {k: v for k, v in net.blob_loss_weights.items() if v} == {"a_a_0_split_0": 2.0, "b": 1.0}
+    assert net.blob_loss_weights["a"] == 0.0 and net.blob_loss_weights["a_a_0_split_1"] == 0.0
     x = rng.standard_normal((2, 3))
     net.forward(x=x)
     loss = net.forward_from_to()
@@ -170,7 +173,8 @@ def run_loss(extra, rng_seed=0):
 def test_loss_weight_on_a_loss_layer_scales_loss_and_gradients():
     base, loss1 = run_loss("")
     scaled, loss3 = run_loss("loss_weight: 3")
-    assert base.blob_loss_weights == {"loss": 1.0} and scaled.blob_loss_weights == {"loss": 3.0}
+    assert base.blob_loss_weights == {"x": 0.0, "label": 0.0, "fc": 0.0, "loss": 1.0}
+    assert list(scaled.blob_loss_weights.items()) == [("x", 0.0), ("label", 0.0), ("fc", 0.0), ("loss", 3.0)]
     assert loss3 == pytest.approx(3 * loss1)
     assert float(to_numpy(scaled.blobs["loss"].data)) == pytest.approx(loss1)  # the top holds the unweighted loss
     np.testing.assert_allclose(to_numpy(scaled.params["fc"][0].diff), 3 * to_numpy(base.params["fc"][0].diff))
@@ -178,7 +182,7 @@ def test_loss_weight_on_a_loss_layer_scales_loss_and_gradients():
 
 def test_loss_weight_zero_means_no_backward():
     net, loss = run_loss("loss_weight: 0")
-    assert loss == 0.0 and net.blob_loss_weights == {}
+    assert loss == 0.0 and net.blob_loss_weights == {"x": 0.0, "label": 0.0, "fc": 0.0, "loss": 0.0}
     assert not any(net.layer_need_backward)
     assert not np.any(to_numpy(net.params["fc"][0].diff))
 

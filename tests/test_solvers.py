@@ -213,6 +213,36 @@ def test_resume_is_exact(tmp_path, extra):
         np.testing.assert_array_equal(a, b)
 
 
+RANDOM_DUMMY_NET = RESUME_NET.replace('data_filler { type: "constant" value: 0.7 }',
+                                      'data_filler { type: "gaussian" std: 1 }')
+
+
+def test_resume_with_random_dummy_data_is_exact(tmp_path):
+    # DummyData refills its gaussian top every forward: the values must come from the iteration, not
+    # from a stream that a resumed run would restart.
+    assert RANDOM_DUMMY_NET != RESUME_NET
+
+    def fresh():
+        return make_solver(f'type: "SGD" momentum: 0.9 iter_size: 2 snapshot_prefix: "{tmp_path}/d"',
+                           dtype=np.float32, net=RANDOM_DUMMY_NET)
+    straight = fresh()
+    straight.step(6)
+    first = fresh()
+    first.step(3)
+    _, state = first.snapshot()
+    resumed = fresh()
+    resumed.net.forward()  # an extra forward before restoring must not shift the values either
+    resumed.restore(state)
+    resumed.step(3)
+    for name in ("ip1", "ip2"):
+        for a, b in zip(straight.net.params[name], resumed.net.params[name]):
+            np.testing.assert_array_equal(a.data, b.data)
+    x = straight.net.blobs["x"].data.copy()
+    straight.step(1)
+    assert not np.array_equal(straight.net.blobs["x"].data, x)  # refilled per iteration
+    np.testing.assert_array_equal(straight.net.blobs["y"].data, np.ones(4))  # constant: unchanged
+
+
 def test_restore_refuses_a_state_of_another_solver_type(tmp_path):
     s = make_solver(f'type: "SGD" snapshot_prefix: "{tmp_path}/x"', dtype=np.float32, net=RESUME_NET)
     _, state = s.snapshot()

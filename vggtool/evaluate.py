@@ -23,6 +23,7 @@ from . import protoio, surgery
 from .backend import CPU, to_numpy
 from .blob import proto_to_array
 from .errors import VggtoolError
+from .listargs import parse_list
 from .net import Net
 from .proto import caffe_pb2
 
@@ -88,10 +89,7 @@ def load_mean(mean_value=None, mean_file=None, channels=None):
         a = a.reshape((-1,) + a.shape[-3:])[0] if a.ndim >= 3 else a
         mean = a.reshape(a.shape[0], -1).mean(axis=1) if a.ndim == 3 else np.ravel(a)
     elif mean_value is not None:
-        try:
-            mean = np.array([float(v) for v in str(mean_value).split(",")])
-        except ValueError:
-            raise VggtoolError(f"--mean-value expects numbers like 104,117,123, got '{mean_value}'") from None
+        mean = np.array(parse_list(mean_value, "--mean-value", float, "104,117,123", positive=False))
     else:
         mean = np.zeros(1)
     if mean.size == 1 and channels:
@@ -127,6 +125,32 @@ def load_deploy_net(model, weights, source, device=CPU, convolutionalize=True):
     return net, name, shape
 
 
+class InputTransform:
+    """Caffe's test-time transform: HxWxC (or HxW) BGR uint8 image -> CxHxW float32 (image - mean) * scale.
+    Shared by the evaluator, the feature extractor and the localiser (--mean-value/--mean-file, --scale)."""
+
+    def __init__(self, mean, channels, scale=1.0):
+        self.channels = int(channels)
+        self.mean = np.zeros(self.channels, np.float32) if mean is None else np.ravel(mean).astype(np.float32)
+        if self.mean.size == 1:
+            self.mean = np.repeat(self.mean, self.channels)
+        if self.mean.shape != (self.channels,):
+            raise VggtoolError(f"the mean has {self.mean.size} channel(s), the net's input has {self.channels}")
+        self.scale = float(scale)  # Caffe's transform_param scale, applied after mean subtraction
+        if not np.isfinite(self.scale):
+            raise VggtoolError(f"--scale must be a finite number, got {scale}")
+
+    def __call__(self, image):
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.shape[2] != self.channels:
+            raise VggtoolError(f"image has {image.shape[2]} channel(s), the net's input has {self.channels}")
+        x = image.astype(np.float32) - self.mean
+        if self.scale != 1.0:
+            x *= np.float32(self.scale)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
 # -- the evaluator ----------------------------------------------------------------------------------------
 class Evaluator:
     """Runs a deploy net (InnerProducts convolutionalised in memory) under the VGG testing protocol."""
@@ -137,7 +161,6 @@ class Evaluator:
         if average not in AVERAGES:
             raise VggtoolError(f"--average must be one of {', '.join(AVERAGES)}, got '{average}'")
         self.average = average
-        self.scale = float(scale)  # Caffe's transform_param scale, applied after mean subtraction
         if mode not in MODES:
             raise VggtoolError(f"--mode must be one of {', '.join(MODES)}, got '{mode}'")
         self.net, self.input, shape = load_deploy_net(model, weights, source, device)
@@ -151,11 +174,7 @@ class Evaluator:
                 raise VggtoolError(f"--scales: Q={q} is smaller than the {self.crop[0]}x{self.crop[1]} crop; "
                                    f"use scales >= {max(self.crop)} or a smaller --crop")
         self.mode, self.flip, self.batch = mode, bool(flip), max(1, int(batch))
-        self.mean = np.zeros(self.channels, np.float32) if mean is None else np.ravel(mean).astype(np.float32)
-        if self.mean.size == 1:
-            self.mean = np.repeat(self.mean, self.channels)
-        if self.mean.shape != (self.channels,):
-            raise VggtoolError(f"the mean has {self.mean.size} channel(s), the net's input has {self.channels}")
+        self.preprocess = InputTransform(mean, self.channels, scale)
         self.score_blob, self.end_layer, self.is_posterior = self._pick_score_blob(blob, source)
 
     def _pick_score_blob(self, blob, source):
@@ -180,17 +199,6 @@ class Evaluator:
         return blob, end, net.layer_dict[end].type == "Softmax"
 
     # -- forward ---------------------------------------------------------------------------------------
-    def preprocess(self, image):
-        """HxWxC BGR uint8 -> CxHxW float32: (image - mean) * scale, as Caffe's transform."""
-        if image.ndim == 2:
-            image = image[:, :, None]
-        if image.shape[2] != self.channels:
-            raise VggtoolError(f"image has {image.shape[2]} channel(s), the net's input has {self.channels}")
-        x = image.astype(np.float32) - self.mean
-        if self.scale != 1.0:
-            x *= self.scale
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
-
     def posteriors(self, batch):
         """N x C x H x W input -> (N, classes) posteriors: softmax per location then spatial average
         (average='scores': the paper's sum-pooling of the score map, then softmax)."""
@@ -358,11 +366,6 @@ def report_lines(posteriors, labels):
             f"top-5 error = {100 * topk_error(posteriors, labels, 5):.2f}% ({n} images)"]
 
 
-def parse_scales(text):
-    try:
-        scales = [int(s) for s in str(text).split(",") if s.strip()]
-    except ValueError:
-        raise VggtoolError(f"--scales expects integers like 256,384,512, got '{text}'") from None
-    if not scales or any(q <= 0 for q in scales):
-        raise VggtoolError(f"--scales expects positive integers like 256,384,512, got '{text}'")
-    return scales
+def parse_scales(text, flag="--scales"):
+    """Test scales Q from '256,384,512' (positive integers)."""
+    return parse_list(text, flag, int, "256,384,512")

@@ -37,7 +37,7 @@ def l2_normalise(x, eps=1e-12):
 
 class FeatureExtractor:
     def __init__(self, model, weights, layer, *, scales=None, flip=False, aggregate="stack", mean=None,
-                 pool=True, device=CPU, batch=8, source=None):
+                 pool=True, device=CPU, batch=8, source=None, scale=1.0):
         source = source or (model if isinstance(model, str) else "net")
         if aggregate not in AGGREGATES:
             raise VggtoolError(f"--aggregate must be one of {', '.join(AGGREGATES)}, got '{aggregate}'")
@@ -64,11 +64,7 @@ class FeatureExtractor:
                         f"--scales: Q={q} is smaller than the net's {self.input_size[0]}x{self.input_size[1]} "
                         f"input, which its fully-connected layers ({', '.join(self.fc_layers)}) need: "
                         f"use scales >= {max(self.input_size)}")
-        self.mean = np.zeros(self.channels, np.float32) if mean is None else np.ravel(mean).astype(np.float32)
-        if self.mean.size == 1:
-            self.mean = np.repeat(self.mean, self.channels)
-        if self.mean.shape != (self.channels,):
-            raise VggtoolError(f"the mean has {self.mean.size} channel(s), the net's input has {self.channels}")
+        self.preprocess = ev.InputTransform(mean, self.channels, scale)  # (image - mean) * scale
         self.blob, self.end_layer = self._pick_blob(layer, source)
         self.blob_shape = None  # (C, H, W) of the raw blob, set by the first --no-pool batch
 
@@ -84,13 +80,6 @@ class FeatureExtractor:
         return blob, last[blob]
 
     # -- forward -----------------------------------------------------------------------------------------
-    def preprocess(self, image):
-        if image.ndim == 2:
-            image = image[:, :, None]
-        if image.shape[2] != self.channels:
-            raise VggtoolError(f"image has {image.shape[2]} channel(s), the net's input has {self.channels}")
-        return np.ascontiguousarray((image.astype(np.float32) - self.mean).transpose(2, 0, 1))
-
     def run_blob(self, batch):
         """N x C x H x W input -> the blob, as float64 NumPy (N, ...)."""
         self.net.forward(**{self.input: batch}, end=self.end_layer)

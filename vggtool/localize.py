@@ -27,7 +27,7 @@ from . import boxes as B
 from . import protoio, surgery
 from .backend import CPU, to_numpy
 from .errors import VggtoolError
-from .evaluate import rescale
+from .evaluate import InputTransform, rescale
 from .net import Net
 from .proto import caffe_pb2
 
@@ -81,22 +81,14 @@ class Regressor:
                                "(single-class) or 4 x classes (per-class) outputs")
         self.classes = outputs // 4
         self.stride = net_stride(net)
-        self.mean = np.zeros(self.channels, np.float32) if mean is None else np.ravel(mean).astype(np.float32)
-        if self.mean.size == 1:
-            self.mean = np.repeat(self.mean, self.channels)
-        if self.mean.shape != (self.channels,):
-            raise VggtoolError(f"the mean has {self.mean.size} channel(s), the net's input has {self.channels}")
+        self.preprocess = InputTransform(mean, self.channels)
 
     def predict(self, image):
         """HxWxC uint8 -> (Hm, Wm, K, 4) box parameters, one set per crop window of the image."""
-        if image.ndim == 2:
-            image = image[:, :, None]
-        if image.shape[2] != self.channels:
-            raise VggtoolError(f"image has {image.shape[2]} channel(s), the net's input has {self.channels}")
-        if image.shape[0] < self.crop_h or image.shape[1] < self.crop_w:
-            raise VggtoolError(f"image of {image.shape[0]}x{image.shape[1]} is smaller than the net's "
+        x = self.preprocess(image)[None]
+        if x.shape[2] < self.crop_h or x.shape[3] < self.crop_w:
+            raise VggtoolError(f"image of {x.shape[2]}x{x.shape[3]} is smaller than the net's "
                                f"{self.crop_h}x{self.crop_w} input")
-        x = np.ascontiguousarray((image.astype(np.float32) - self.mean).transpose(2, 0, 1))[None]
         out = to_numpy(self.net.forward(**{self.input: x})[self.blob]).astype(np.float64)
         out = out.reshape(self.classes, 4, out.shape[2], out.shape[3])
         return out.transpose(2, 3, 0, 1)

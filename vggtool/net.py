@@ -263,6 +263,7 @@ class Net:
                 else:
                     blob = Blob((), dtype=self.dtype, device=self.device)
                     self.blobs[tname] = blob
+                    self.blob_loss_weights[tname] = 0.0  # every blob, in blob order (pycaffe)
                 tops.append(blob)
                 available[tname] = True
             if layer_param.type == "Input":
@@ -345,7 +346,7 @@ class Net:
         for i in range(len(self.layers) - 1, -1, -1):
             name = self._layer_names[i]
             tops = self.top_names[name]
-            contributes = any(t in self.blob_loss_weights or t in under_loss for t in tops)
+            contributes = any(self.blob_loss_weights[t] or t in under_loss for t in tops)
             skipped = all(t in skip for t in tops)
             if self.layer_need_backward[i] and skipped:
                 self.layer_need_backward[i] = False
@@ -403,7 +404,7 @@ class Net:
     def _layer_loss(self, i):
         loss = 0.0
         for j, top in enumerate(self.top_vecs[i]):
-            weight = self.blob_loss_weights.get(self.top_names[self._layer_names[i]][j])
+            weight = self.blob_loss_weights[self.top_names[self._layer_names[i]][j]]
             if weight:
                 loss = loss + weight * top.data.sum()
         return loss

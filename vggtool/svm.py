@@ -20,6 +20,7 @@ import warnings
 import numpy as np
 
 from .errors import VggtoolError
+from .listargs import parse_list
 
 AP_METHODS = ("area", "11point")
 DEFAULT_C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -114,16 +115,11 @@ class OneVsRest:
         return np.asarray(x, np.float64) @ self.w.T + self.b
 
 
-def parse_grid(text):
+def parse_grid(text, flag="--c-grid"):
+    """SVM C values from '0.01,0.1,1' (positive numbers); None: the default grid."""
     if text is None:
         return list(DEFAULT_C_GRID)
-    try:
-        grid = [float(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise VggtoolError(f"--c-grid expects numbers like 0.01,0.1,1,10,100, got '{text}'") from None
-    if not grid or any(v <= 0 for v in grid):
-        raise VggtoolError(f"--c-grid expects positive numbers, got '{text}'")
-    return grid
+    return parse_list(text, flag, float, "0.01,0.1,1,10,100")
 
 
 def choose_c(x_fit, t_fit, x_val, score, grid, seed=0):

@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import evaluate as ev
 from ..errors import VggtoolError
-from .test import _device
+from .test import _device, add_transform_arguments, transform_options
 
 HELP = "print the top-5 classes of images (dense multi-scale evaluation by default)"
 
@@ -19,10 +19,7 @@ def add_arguments(parser):
                         help="test scales Q (default: crop x 8/7, 12/7, 16/7, i.e. 256,384,512 for a 224 net)")
     parser.add_argument("--mode", default="dense", choices=ev.MODES)
     parser.add_argument("--no-flip", dest="flip", action="store_false", help="do not average with the flip")
-    parser.add_argument("--mean-value", default=None, help="per-channel mean B,G,R (or one value)")
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="multiply the mean-subtracted input by this (Caffe's transform_param scale)")
-    parser.add_argument("--mean-file", default=None, help="mean .binaryproto (averaged per channel)")
+    add_transform_arguments(parser)
     parser.add_argument("--average", default="posteriors", choices=("posteriors", "scores"),
                         help="dense score map: softmax per location then average (default), or average then softmax")
     parser.add_argument("--blob", default=None, help="class score blob (default: input of the final Softmax)")
@@ -42,14 +39,11 @@ def run(args):
     for path in (args.net, args.weights):
         if not os.path.exists(path):
             raise VggtoolError(f"{path} does not exist")
-    mean = None
-    if args.mean_value is not None or args.mean_file is not None:
-        mean = ev.load_mean(args.mean_value, args.mean_file)
+    transform = transform_options(args)
     labels = read_labels(args.labels) if args.labels else None
     scales = ev.parse_scales(args.scales) if args.scales else None
     evaluator = ev.Evaluator(args.net, args.weights, scales=scales, mode=args.mode, flip=args.flip,
-                             mean=mean, blob=args.blob, average=args.average, device=_device(args),
-                             scale=args.scale)
+                             blob=args.blob, average=args.average, device=_device(args), **transform)
     for path in args.images:
         image = cv2.imread(path, cv2.IMREAD_COLOR if evaluator.channels == 3 else cv2.IMREAD_GRAYSCALE)
         if image is None:

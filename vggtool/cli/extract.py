@@ -3,8 +3,8 @@ import os
 
 import numpy as np
 
-from .. import backend
 from ..errors import VggtoolError
+from .test import _device, add_transform_arguments, transform_options
 
 HELP = "extract image features from a net's blob: dense, globally pooled, flipped, multi-scale, L2-normalised"
 
@@ -28,8 +28,7 @@ def add_arguments(parser):
                         help="combine scales by concatenation (stack, default) or averaging")
     parser.add_argument("--no-pool", dest="pool", action="store_false", help="keep the raw blob per image "
                         "(no surgery, no pooling, no normalisation), like Caffe's extract_features")
-    parser.add_argument("--mean-value", default=None, help="per-channel mean B,G,R (or one value)")
-    parser.add_argument("--mean-file", default=None, help="mean .binaryproto (averaged per channel)")
+    add_transform_arguments(parser)  # --mean-value, --mean-file, --scale: as test and classify
     parser.add_argument("--format", default="npz", choices=("npz", "lmdb"), help="output: .npz (features, "
                         "labels, keys) or an LMDB of Datum float_data")
     parser.add_argument("--out", required=True, help="output .npz file or LMDB folder")
@@ -48,13 +47,9 @@ def run(args):
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise VggtoolError(f"--out: folder {out_dir} does not exist")
-    mean = None
-    if args.mean_value is not None or args.mean_file is not None:
-        mean = ev.load_mean(args.mean_value, args.mean_file)
-    device = backend.CPU if args.gpu is None else backend.parse_devices(args.gpu)[0]
     extractor = fx.FeatureExtractor(args.net, args.weights, args.layer, scales=scales, flip=args.flip,
-                                    aggregate=args.aggregate, mean=mean, pool=args.pool, device=device,
-                                    batch=args.batch)
+                                    aggregate=args.aggregate, pool=args.pool, device=_device(args),
+                                    batch=args.batch, **transform_options(args))
     image_set = lb.open_image_set(args.data, args.root, args.split, lb.parse_classes(args.classes))
     how = (f"dense, scales {','.join(map(str, extractor.scales))} ({args.aggregate})"
            f"{', flips' if args.flip else ''}, global average pooling, L2" if args.pool else "raw blob")

@@ -73,7 +73,7 @@ def run(args):
         else:
             if not args.cls_weights:
                 raise VggtoolError("--cls-net needs --cls-weights")
-            cls_scales = ev.parse_scales(args.cls_scales) if args.cls_scales else scales
+            cls_scales = ev.parse_scales(args.cls_scales, "--cls-scales") if args.cls_scales else scales
             classifier = ev.Evaluator(args.cls_net, args.cls_weights, scales=cls_scales, mode="dense",
                                       flip=args.flip, mean=mean, device=device)
     print(f"localize: {len(regs)} net(s), protocol {args.protocol}, scales {','.join(map(str, scales))}"

@@ -28,16 +28,31 @@ def add_arguments(parser):
                    "image; multi-crop: mirrored crops, 50 per scale)")
     g.add_argument("--mode", default="dense", choices=("dense", "multicrop", "both"))
     g.add_argument("--crop", type=int, default=None, help="multi-crop size (default: the net's input size)")
-    g.add_argument("--mean-value", default=None, help="per-channel mean B,G,R (or one value)")
-    g.add_argument("--mean-file", default=None, help="mean .binaryproto (averaged per channel)")
-    g.add_argument("--scale", type=float, default=1.0,
-                   help="multiply the mean-subtracted input by this (Caffe's transform_param scale)")
+    add_transform_arguments(g)
     g.add_argument("--average", default="posteriors", choices=("posteriors", "scores"),
                    help="dense score map: softmax per location then average (default), or average then softmax")
     g.add_argument("--blob", default=None, help="class score blob (default: input of the final Softmax)")
     g.add_argument("--batch", type=int, default=50, help="crops per forward pass in multi-crop (default 50)")
     g.add_argument("--out", default=None, help="write posteriors, labels and keys to this .npz")
     g.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+
+
+def add_transform_arguments(parser):
+    """The test-time input transform (image - mean) * scale: the same flags for test, classify, extract."""
+    parser.add_argument("--mean-value", default=None, help="per-channel mean B,G,R (or one value)")
+    parser.add_argument("--mean-file", default=None, help="mean .binaryproto (averaged per channel)")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiply the mean-subtracted input by this (Caffe's transform_param scale)")
+
+
+def transform_options(args):
+    """{'mean': per-channel mean or None, 'scale': float} from the flags of add_transform_arguments."""
+    from .. import evaluate as ev
+
+    mean = None
+    if args.mean_value is not None or args.mean_file is not None:
+        mean = ev.load_mean(args.mean_value, args.mean_file)
+    return {"mean": mean, "scale": args.scale}
 
 
 def _device(args):
@@ -93,12 +108,9 @@ def run_evaluation(args):
         raise VggtoolError(f"--data: {args.data} does not exist (give an LMDB folder or an image list file)")
     if args.root and not os.path.isdir(args.root):
         raise VggtoolError(f"--root: {args.root} is not a folder")
-    mean = None
-    if args.mean_value is not None or args.mean_file is not None:
-        mean = ev.load_mean(args.mean_value, args.mean_file)
     evaluator = ev.Evaluator(args.net, args.weights, scales=scales, mode=args.mode, flip=args.flip,
-                             crop=args.crop, mean=mean, blob=args.blob, average=args.average,
-                             device=_device(args), batch=args.batch, scale=args.scale)
+                             crop=args.crop, blob=args.blob, average=args.average, device=_device(args),
+                             batch=args.batch, **transform_options(args))
     print(f"evaluating {args.net} ({args.mode}, scales {','.join(map(str, evaluator.scales))}"
           f"{', flips' if args.flip else ''}, score blob '{evaluator.score_blob}')", flush=True)
     posteriors, labels, keys = ev.evaluate(evaluator, args.data, args.root, args.limit)

@@ -1,4 +1,8 @@
 """Input layers without a data source: Input (shapes given, data set by the caller) and DummyData."""
+import zlib
+
+import numpy as np
+
 from ..fillers import fill
 from .base import Layer, register_layer
 
@@ -30,8 +34,14 @@ class InputLayer(Layer):
 
 @register_layer("DummyData")
 class DummyDataLayer(Layer):
-    """Tops filled by fillers (constant 0 unless data_filler says otherwise); refilled each forward
-    unless every filler is constant."""
+    """Tops filled by fillers (constant 0 unless data_filler says otherwise); as in Caffe, the
+    non-constant ones are refilled each forward.
+
+    A refill draws from a Generator keyed like Net.sample_rng: (net seed, layer, t, sample_offset),
+    t being net.iteration, or the next t when net.iteration has not changed since the last forward (as
+    the Data layer). So the values depend on the iteration, not on how many forwards ran before: a
+    resumed run sees the same values as an uninterrupted one.
+    """
 
     exact_bottoms = 0
     min_tops = 1
@@ -55,8 +65,9 @@ class DummyDataLayer(Layer):
 
         default = caffe_pb2.FillerParameter(type="constant", value=0)
         self.fillers = [fillers[0 if len(fillers) == 1 else i] if fillers else default for i in range(n)]
-        self.refill = any((f.type or "constant") != "constant" for f in self.fillers)
-        self._rng = self.rng()
+        self.refill = [(f.type or "constant") != "constant" for f in self.fillers]
+        self._rng = self.rng()  # setup values, and the refills of a layer without a net
+        self._t, self._last_iteration = -1, None
         for blob, shape, filler in zip(top, shapes, self.fillers):
             blob.reshape(shape)
             fill(blob, filler, self._rng)
@@ -64,10 +75,22 @@ class DummyDataLayer(Layer):
     def reshape(self, bottom, top):
         pass
 
+    def forward_rng(self):
+        if self.net is None:
+            return self._rng
+        it = int(self.net.iteration)
+        self._t = self._t + 1 if it == self._last_iteration else it
+        self._last_iteration = it
+        key = [self.net.seed, zlib.crc32(self.name.encode()), self._t, int(self.net.sample_offset)]
+        return np.random.Generator(np.random.Philox(np.random.SeedSequence(key)))
+
     def forward(self, bottom, top):
-        if self.refill:
-            for blob, filler in zip(top, self.fillers):
-                fill(blob, filler, self._rng)
+        if not any(self.refill):
+            return
+        rng = self.forward_rng()
+        for blob, filler, refill in zip(top, self.fillers, self.refill):
+            if refill:
+                fill(blob, filler, rng)
 
     def backward(self, top, propagate_down, bottom):
         pass

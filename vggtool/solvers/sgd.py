@@ -74,10 +74,7 @@ class AdaGrad(UpdateRule):
         xp, h, t = _xp(g), hist[0], tmp[0]
         xp.multiply(g, g, out=t)
         h += t
-        xp.sqrt(h, out=t)
-        t += self.param.delta
-        g /= t
-        g *= local_rate
+        _divide_by_root(xp, g, h, self.param.delta, local_rate, out=g, scratch=t)
 
 
 @rule("RMSProp")
@@ -95,10 +92,7 @@ class RMSProp(UpdateRule):
         t *= 1 - d
         h *= d
         h += t
-        xp.sqrt(h, out=t)
-        t += self.param.delta
-        g /= t
-        g *= local_rate
+        _divide_by_root(xp, g, h, self.param.delta, local_rate, out=g, scratch=t)
 
 
 @rule("AdaDelta")
@@ -144,10 +138,16 @@ class Adam(UpdateRule):
         t *= 1 - b2
         v *= b2
         v += t
-        xp.sqrt(v, out=t)
-        t += self.param.delta
-        xp.divide(m, t, out=g)
-        g *= local_rate * correction
+        _divide_by_root(xp, m, v, self.param.delta, local_rate * correction, out=g, scratch=t)
+
+
+def _divide_by_root(xp, num, h, delta, rate, out, scratch):
+    """out = rate * num / (sqrt(h) + delta): the tail shared by AdaGrad, RMSProp and Adam (Caffe's
+    order of operations, so results are unchanged). `scratch` is overwritten; `out` may be `num`."""
+    xp.sqrt(h, out=scratch)
+    scratch += delta
+    xp.divide(num, scratch, out=out)
+    out *= rate
 
 
 def _xp(a):

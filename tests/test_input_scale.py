@@ -1,0 +1,107 @@
+"""--scale (Caffe's transform_param scale, after mean subtraction), one InputTransform shared by
+`vggtool test`, `classify` and `extract`: checked on nets whose output is linear in the input."""
+import cv2
+import numpy as np
+import pytest
+
+from vggtool import Net
+from vggtool import evaluate as ev
+from vggtool.cli import main
+from vggtool.errors import VggtoolError
+from vggtool.extract import load_features
+
+MEAN = "90,100,110"
+
+# Input -> bias-free convolution (linear) [-> Softmax]: conv(s * (x - m)) = s * conv(x - m).
+LINEAR = """name: "linear"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 4 kernel_size: 3 bias_term: false weight_filler { type: "gaussian" std: 0.1 } } }
+"""
+SCORES = """
+layer { name: "score" type: "Convolution" bottom: "conv" top: "score"
+  convolution_param { num_output: 5 kernel_size: 6 bias_term: false weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "prob" type: "Softmax" bottom: "score" top: "prob" }
+"""
+
+
+def write_net(folder, text, name):
+    path = folder / f"{name}.prototxt"
+    path.write_text(text)
+    weights = folder / f"{name}.caffemodel"
+    Net(str(path), phase="TEST", seed=3).save(str(weights))
+    return str(path), str(weights)
+
+
+def test_transform_subtracts_the_mean_then_scales(rng):
+    image = rng.integers(0, 256, size=(5, 6, 3), dtype=np.uint8)
+    mean = np.array([90, 100, 110], np.float32)
+    x = ev.InputTransform(mean, 3, scale=-0.25)(image)
+    np.testing.assert_array_equal(x, ((image.astype(np.float32) - mean) * np.float32(-0.25)).transpose(2, 0, 1))
+    assert x.dtype == np.float32 and x.flags.c_contiguous
+    gray = ev.InputTransform([7], 1, scale=2)(image[:, :, 0])
+    np.testing.assert_array_equal(gray[0], (image[:, :, 0].astype(np.float32) - 7) * 2)
+    with pytest.raises(VggtoolError, match="the mean has 2 channel"):
+        ev.InputTransform([1, 2], 3)
+    with pytest.raises(VggtoolError, match="--scale must be a finite number"):
+        ev.InputTransform(None, 3, scale=float("nan"))
+
+
+def test_extract_scale_end_to_end(rng, tmp_path, capsys):
+    net, weights = write_net(tmp_path, LINEAR, "linear")
+    names = []
+    for i in range(3):
+        names.append(f"im{i}.png")
+        cv2.imwrite(str(tmp_path / names[-1]), rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8))
+    (tmp_path / "list.txt").write_text("".join(f"{n} {i}\n" for i, n in enumerate(names)))
+    base = ["extract", "--net", net, "--weights", weights, "--layer", "conv", "--data",
+            str(tmp_path / "list.txt"), "--root", str(tmp_path), "--mean-value", MEAN]
+
+    def features(*extra):
+        out = tmp_path / f"f{len(list(tmp_path.glob('f*.npz')))}.npz"
+        rc = main(base + ["--out", str(out), *extra])
+        assert rc == 0, capsys.readouterr().err
+        return load_features(str(out)).features.astype(np.float64)
+
+    raw1, raw_half = features("--no-pool"), features("--no-pool", "--scale", "-0.5")
+    # Independently: the net on (image - mean) directly, with no scale.
+    direct = Net(net, weights, phase="TEST")
+    for n, row in zip(names, raw1):
+        x = cv2.imread(str(tmp_path / n)).astype(np.float32) - np.array([90, 100, 110], np.float32)
+        direct.forward(data=x.transpose(2, 0, 1)[None])
+        np.testing.assert_allclose(row, np.ravel(direct.blobs["conv"].data), rtol=1e-5, atol=1e-5)
+    # Linear and mean subtracted first: exactly -0.5 times (scaling before the mean would not be).
+    assert np.abs(raw1).max() > 1
+    np.testing.assert_allclose(raw_half, -0.5 * raw1, rtol=1e-5, atol=1e-5)
+    # Pooled descriptors are L2-normalised: a positive scale cancels, a negative one flips the sign.
+    pooled1, pooled3, pooled_neg = features("--scales", "8"), features("--scales", "8", "--scale", "3"), \
+        features("--scales", "8", "--scale", "-2")
+    np.testing.assert_allclose(pooled3, pooled1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pooled_neg, -pooled1, rtol=1e-5, atol=1e-6)
+    assert main(base + ["--no-pool", "--scale", "inf", "--out", str(tmp_path / "x.npz")]) == 1
+    assert "--scale must be a finite number" in capsys.readouterr().err
+
+
+def test_evaluator_scale_multiplies_the_logits(rng, tmp_path):
+    net, weights = write_net(tmp_path, LINEAR + SCORES, "scores")
+    image = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    mean = ev.load_mean(MEAN)
+
+    def log_posteriors(scale):
+        e = ev.Evaluator(net, weights, scales=[8], mean=mean, scale=scale, average="scores")
+        lp = np.log(e.evaluate_image(image))
+        return lp - lp.mean()  # the logits up to a constant
+
+    one, three = log_posteriors(1.0), log_posteriors(3.0)
+    assert np.ptp(one) > 0.1
+    np.testing.assert_allclose(three, 3 * one, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("command", ["test", "classify", "extract"])
+def test_the_three_commands_take_the_same_transform_flags(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--mean-value", "--mean-file", "--scale SCALE"):
+        assert flag in out
+    assert "transform_param scale" in out
