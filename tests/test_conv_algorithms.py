@@ -141,9 +141,11 @@ def test_algorithm_choice_is_overridable(rng, monkeypatch):
     monkeypatch.setattr(conv, "WINOGRAD_MIN_GEMM_SHARE", 3)  # 32 * 4 / (32 + 4) = 3.6
     if kernels.built():
         assert layer.chosen_algorithm() == "winograd"  # auto: eligible, enough GEMM work, C transforms
+        monkeypatch.setattr(conv, "WINOGRAD4_MIN_SIZE", 6)
+        assert layer.chosen_algorithm() == "winograd4"  # ... and an output of at least 6x6
         monkeypatch.setenv("VGGTOOL_NO_CKERNELS", "1")
     assert layer.chosen_algorithm() == "im2col"  # NumPy transforms: auto never takes Winograd
-    monkeypatch.delenv("VGGTOOL_NO_CKERNELS")
+    monkeypatch.delenv("VGGTOOL_NO_CKERNELS", raising=False)
     monkeypatch.setenv("VGGTOOL_CONV_ALGO", "im2col")
     assert layer.chosen_algorithm() == "im2col"
     layer.algorithm = "winograd"  # the attribute wins over the environment
@@ -268,25 +270,31 @@ def test_split_run_covers_the_range_once_and_survives_fork(monkeypatch):
     assert os.WEXITSTATUS(status) == 0
 
 
-def test_cached_forward_columns_give_the_same_weight_gradient(monkeypatch):
-    """In TRAIN the forward column matrices are kept for backward (within VGGTOOL_CONV_CACHE_MB); the
-    weight and input gradients equal those of recomputing the columns in backward."""
-    from vggtool.testing import layer_net
-
+@pytest.mark.parametrize("algo", ["im2col", "winograd", "winograd4"])
+def test_cached_forward_columns_give_the_same_weight_gradient(monkeypatch, kernel_code, algo):
+    """In TRAIN the forward column matrices (im2col) or transformed input tiles (Winograd) are kept for
+    backward (within VGGTOOL_CONV_CACHE_MB); the gradients equal those of recomputing them in backward."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 3, 9, 7)).astype(np.float32)
-    dy = rng.standard_normal((5, 4, 5, 4)).astype(np.float32)
+    stride = 2 if algo == "im2col" else 1
+    ho, wo = (5, 4) if stride == 2 else (9, 7)
+    dy = rng.standard_normal((5, 4, ho, wo)).astype(np.float32)
     text = ('layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 4 '
-            'kernel_size: 3 pad: 1 stride: 2 weight_filler { type: "gaussian" std: 0.3 } } }')
+            f'kernel_size: 3 pad: 1 stride: {stride} weight_filler {{ type: "gaussian" std: 0.3 }} }} }}')
+    monkeypatch.setenv("VGGTOOL_CONV_ALGO", algo)  # before the net is built: the cache is planned at reshape
     grads = {}
     for budget in ("4096", "0"):
         monkeypatch.setenv("VGGTOOL_CONV_CACHE_MB", budget)
         monkeypatch.setattr(conv, "WORKSPACE_BYTES", 2000)  # several chunks
+        monkeypatch.setattr(conv, "WINOGRAD_BYTES", 20000)
         net = layer_net(text, {"x": x}, dtype=np.float32, seed=1)
         layer = net.layer_dict["c"]
+        assert layer.chosen_algorithm() == (expected_winograd(algo, kernel_code) if algo != "im2col" else algo)
         assert layer._cache_cols == (budget != "0")
+        assert len(layer._winograd_plan(x.shape, dy.shape, 2)) > 1 or algo == "im2col"
         net.blobs["x"].data[...] = x
         net.forward()
+        assert layer._cols_valid == (budget != "0")
         net.blobs["y"].diff[...] = dy
         net.backward()
         grads[budget] = (layer.blobs[0].diff.copy(), net.blobs["x"].diff.copy())

@@ -68,16 +68,21 @@ static PyObject *py_wino_output(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "nnnnnnnnnnnnn", &tile, &isz, &m, &n, &c, &th, &tw, &dst, &ho, &wo, &bias, &c0, &c1)
         || !check_itemsize(isz) || !check_tile(tile))
         return NULL;
+    void *row = malloc(24 * tw * isz);
+    if (!row)
+        return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS
     if (tile == 2 && isz == 4)
         wino_output_f32((const float *)m, n, c, th, tw, (float *)dst, ho, wo, (const float *)bias, c0, c1);
     else if (tile == 2)
         wino_output_f64((const double *)m, n, c, th, tw, (double *)dst, ho, wo, (const double *)bias, c0, c1);
     else if (isz == 4)
-        wino4_output_f32((const float *)m, n, c, th, tw, (float *)dst, ho, wo, (const float *)bias, c0, c1);
+        wino4_output_f32((const float *)m, n, c, th, tw, (float *)dst, ho, wo, (const float *)bias, c0, c1, row);
     else
-        wino4_output_f64((const double *)m, n, c, th, tw, (double *)dst, ho, wo, (const double *)bias, c0, c1);
+        wino4_output_f64((const double *)m, n, c, th, tw, (double *)dst, ho, wo, (const double *)bias, c0, c1,
+                         row);
     Py_END_ALLOW_THREADS
+    free(row);
     Py_RETURN_NONE;
 }
 

@@ -202,10 +202,11 @@ static void FN(wino4_input)(const REAL *src, Py_ssize_t n, Py_ssize_t c_all, Py_
 }
 
 /* dst (n, C, ho, wo) <- A^T M A (+ bias[c]) for each tile of m (36, C, n, th, tw); outputs beyond ho x wo
- * are dropped. bias may be NULL. */
+ * are dropped. bias may be NULL. row: scratch of 24 * tw elements. A row of tiles at a time, so every
+ * pass reads the 36 planes with unit stride. */
 static void FN(wino4_output)(const REAL *m, Py_ssize_t n, Py_ssize_t c_all, Py_ssize_t th, Py_ssize_t tw,
                              REAL *dst, Py_ssize_t ho, Py_ssize_t wo, const REAL *bias, Py_ssize_t c0,
-                             Py_ssize_t c1)
+                             Py_ssize_t c1, REAL *row)
 {
     const Py_ssize_t plane = c_all * n * th * tw;
     for (Py_ssize_t c = c0; c < c1; c++) {
@@ -213,31 +214,42 @@ static void FN(wino4_output)(const REAL *m, Py_ssize_t n, Py_ssize_t c_all, Py_s
         for (Py_ssize_t img = 0; img < n; img++) {
             const REAL *in = m + (c * n + img) * th * tw;
             REAL *d = dst + (img * c_all + c) * ho * wo;
-            for (Py_ssize_t r = 0; r < th; r++)
-                for (Py_ssize_t q = 0; q < tw; q++) {
-                    const REAL *p = in + r * tw + q;
-                    REAL s[4][6]; /* A^T M: four rows */
-                    for (int k = 0; k < 6; k++) {
-                        REAL m0 = p[k * plane], m1 = p[(6 + k) * plane], m2 = p[(12 + k) * plane],
-                             m3 = p[(18 + k) * plane], m4 = p[(24 + k) * plane], m5 = p[(30 + k) * plane];
-                        s[0][k] = m0 + m1 + m2 + m3 + m4;
-                        s[1][k] = m1 - m2 + 2 * (m3 - m4);
-                        s[2][k] = m1 + m2 + 4 * (m3 + m4);
-                        s[3][k] = m1 - m2 + 8 * (m3 - m4) + m5;
-                    }
-                    for (int i = 0; i < 4; i++) {
-                        Py_ssize_t y = 4 * r + i;
-                        if (y >= ho)
-                            break;
-                        const REAL *e = s[i];
-                        REAL o[4] = {e[0] + e[1] + e[2] + e[3] + e[4], e[1] - e[2] + 2 * (e[3] - e[4]),
-                                     e[1] + e[2] + 4 * (e[3] + e[4]), e[1] - e[2] + 8 * (e[3] - e[4]) + e[5]};
-                        REAL *drow = d + y * wo + 4 * q;
-                        Py_ssize_t count = wo - 4 * q < 4 ? wo - 4 * q : 4;
-                        for (Py_ssize_t j = 0; j < count; j++)
-                            drow[j] = o[j] + b;
+            for (Py_ssize_t r = 0; r < th; r++) {
+                /* s[i][k] = row i of A^T M for tile column k, over the row of tiles */
+                for (int k = 0; k < 6; k++) {
+                    const REAL *p0 = in + k * plane + r * tw, *p1 = p0 + 6 * plane, *p2 = p1 + 6 * plane,
+                               *p3 = p2 + 6 * plane, *p4 = p3 + 6 * plane, *p5 = p4 + 6 * plane;
+                    REAL *s0 = row + k * tw, *s1 = s0 + 6 * tw, *s2 = s1 + 6 * tw, *s3 = s2 + 6 * tw;
+                    for (Py_ssize_t q = 0; q < tw; q++) {
+                        REAL m1 = p1[q], m2 = p2[q], m3 = p3[q], m4 = p4[q];
+                        s0[q] = p0[q] + m1 + m2 + m3 + m4;
+                        s1[q] = m1 - m2 + 2 * (m3 - m4);
+                        s2[q] = m1 + m2 + 4 * (m3 + m4);
+                        s3[q] = m1 - m2 + 8 * (m3 - m4) + p5[q];
                     }
                 }
+                for (int i = 0; i < 4 && 4 * r + i < ho; i++) {
+                    const REAL *e0 = row + (6 * i) * tw, *e1 = e0 + tw, *e2 = e1 + tw, *e3 = e2 + tw,
+                               *e4 = e3 + tw, *e5 = e4 + tw;
+                    REAL *drow = d + (4 * r + i) * wo;
+                    Py_ssize_t full = wo / 4; /* tiles whose 4 columns all lie inside the output */
+                    for (Py_ssize_t q = 0; q < full; q++) {
+                        REAL v1 = e1[q], v2 = e2[q], v3 = e3[q], v4 = e4[q];
+                        drow[4 * q] = e0[q] + v1 + v2 + v3 + v4 + b;
+                        drow[4 * q + 1] = v1 - v2 + 2 * (v3 - v4) + b;
+                        drow[4 * q + 2] = v1 + v2 + 4 * (v3 + v4) + b;
+                        drow[4 * q + 3] = v1 - v2 + 8 * (v3 - v4) + e5[q] + b;
+                    }
+                    if (full < tw) {
+                        Py_ssize_t q = full;
+                        REAL v1 = e1[q], v2 = e2[q], v3 = e3[q], v4 = e4[q];
+                        REAL o[4] = {e0[q] + v1 + v2 + v3 + v4, v1 - v2 + 2 * (v3 - v4), v1 + v2 + 4 * (v3 + v4),
+                                     v1 - v2 + 8 * (v3 - v4) + e5[q]};
+                        for (Py_ssize_t j = 0; j < wo - 4 * q; j++)
+                            drow[4 * q + j] = o[j] + b;
+                    }
+                }
+            }
         }
     }
 }

@@ -44,6 +44,10 @@ WINOGRAD_BYTES = 128 << 20  # transformed input + output tiles of one chunk
 # 55 vs 78 (im2col). With NumPy transforms (no C compiler at install) Winograd lost on every VGG-16 layer
 # (the transforms cost more than the GEMMs they save), so 'auto' leaves it out there.
 WINOGRAD_MIN_GEMM_SHARE = 40
+# ... as F(4x4, 3x3) ('winograd4') where the output is at least this many pixels on each side. Measured
+# (same bench, ms fwd+bwd, F(4x4) vs F(2x2)): conv2_1 167 vs 188, conv2_2 255 vs 303, conv3_2 158 vs 198,
+# conv4_2 141 vs 176; conv5_1 (14x14: 4x4 tiles pad it to 16x16, GEMMs get 8 * 16 tiles) 72 vs 57.
+WINOGRAD4_MIN_SIZE = 28
 # 'auto' takes the shifted-GEMM algorithm for eligible layers with at least SHIFTED_MIN_CHANNELS input
 # channels (with K = C per GEMM, fewer leave the GEMMs memory-bound on the output: VGG-16 conv1_1, C=3)
 # and an input of at least SHIFTED_MIN_AREA pixels. Measured per layer (2 cores, batch 8, ms fwd+bwd,
@@ -230,7 +234,8 @@ class ConvolutionLayer(Layer):
         self._plan_column_cache(bottom, top)
 
     def _plan_column_cache(self, bottom, top):
-        """Keep the forward columns for the weight gradient when this TRAIN net's budget allows."""
+        """Keep the forward columns (im2col) or transformed input tiles (Winograd) for the weight gradient
+        when this TRAIN net's budget allows."""
         self._cols_valid = False
         owner = self.net if self.net is not None else self
         claims = owner.__dict__.setdefault("_conv_column_claims", {})
@@ -238,19 +243,25 @@ class ConvolutionLayer(Layer):
         g = self.geom
         n, _, h, w = bottom[0].shape
         ho, wo = top[0].shape[2], top[0].shape[3]
-        need = self.channels * g.kh * g.kw * n * ho * wo * self.dtype.itemsize
+        algo = self._cache_algo = self.chosen_algorithm()  # the cache's layout depends on it
+        if algo in _WINOGRAD_TILE:
+            m = _WINOGRAD_TILE[algo]
+            th, tw = wg.tiles(ho, wo, m)
+            self._cache_per_image = (m + 2) ** 2 * self.channels * th * tw
+        else:
+            self._cache_per_image = self.channels * g.kh * g.kw * ho * wo
+        need = self._cache_per_image * n * self.dtype.itemsize
         # the shifted algorithm builds no columns (its weight gradient needs none)
-        self._cache_cols = (self.phase == 0 and self.chosen_algorithm() == "im2col" and len(bottom) == 1 and sum(claims.values()) + need
-                            <= column_cache_budget())
+        self._cache_cols = (self.phase == 0 and algo != "shifted" and len(bottom) == 1
+                            and sum(claims.values()) + need <= column_cache_budget())
         if self._cache_cols:
             claims[self.name] = need
         elif getattr(self, "_col_cache", None) is not None:
             self._col_cache = None
 
-    def _cached_columns(self, n0, n1, n, ho, wo):
+    def _cached_columns(self, n0, n1, n):
         """The flat slice of the column cache (room for all n images) holding images n0..n1."""
-        g = self.geom
-        per_image = self.channels * g.kh * g.kw * ho * wo
+        per_image = self._cache_per_image
         size = per_image * n
         cache = getattr(self, "_col_cache", None)
         if cache is None or cache.size < size:
@@ -311,10 +322,11 @@ class ConvolutionLayer(Layer):
             return "shifted"
         if algo != "auto":
             return "im2col"
+        shape = self.bottom_shape
         if (self.winograd_applicable() and self.c_kernels_usable() and self.dtype == np.float32
                 and self.channels * self.num_output / (self.channels + self.num_output) >= WINOGRAD_MIN_GEMM_SHARE):
-            return "winograd"
-        shape = self.bottom_shape
+            out = self.geom.output_shape(shape[2], shape[3]) if shape is not None else (0, 0)
+            return "winograd4" if min(out) >= WINOGRAD4_MIN_SIZE else "winograd"
         # measured on the CPU only: on a GPU 'auto' keeps im2col (ask for 'shifted' explicitly)
         if (self.xp is np and self.shifted_applicable() and self.channels >= SHIFTED_MIN_CHANNELS and shape is not None
                 and shape[2] * shape[3] >= SHIFTED_MIN_AREA):
@@ -323,9 +335,11 @@ class ConvolutionLayer(Layer):
 
     def forward(self, bottom, top):
         algo = self.chosen_algorithm()
+        keep = self._cache_cols and algo == self._cache_algo  # (an algorithm set after reshape has no cache)
         if algo in _WINOGRAD_TILE:
             for b, t in zip(bottom, top):
-                self._forward_winograd(b.data, t.data, _WINOGRAD_TILE[algo])
+                self._forward_winograd(b.data, t.data, _WINOGRAD_TILE[algo], keep=keep)
+            self._cols_valid = keep
             return
         if algo == "shifted":
             self._cols_valid = False
@@ -336,8 +350,8 @@ class ConvolutionLayer(Layer):
         weight = self.blobs[0].data.reshape(self.group, self.num_output // self.group, -1)
         bias = self.blobs[1].data if self.bias_term else None
         for b, t in zip(bottom, top):
-            self._im2col_correlate(b.data, t.data, self.geom, weight, bias, keep=self._cache_cols)
-        self._cols_valid = self._cache_cols
+            self._im2col_correlate(b.data, t.data, self.geom, weight, bias, keep=keep)
+        self._cols_valid = keep
 
     def _im2col_correlate(self, x, y, geom, weight, bias, section="im2col", keep=False):
         """y (N, Co, Ho, Wo) <- x (N, C, H, W) correlated with weight (groups, Co/g, C/g*kh*kw) (+ bias);
@@ -347,7 +361,7 @@ class ConvolutionLayer(Layer):
         co = groups * cog
         ho, wo = y.shape[2], y.shape[3]
         for n0, n1 in self._chunks(x.shape[0], ho, wo, geom, x.shape[1]):
-            store = self._cached_columns(n0, n1, x.shape[0], ho, wo) if keep else None
+            store = self._cached_columns(n0, n1, x.shape[0]) if keep else None
             cols = self._columns(x, n0, n1, ho, wo, geom, out=store)
             out = self.workspace("conv_out", (co, (n1 - n0) * ho * wo))
             og = out.reshape(groups, cog, -1)
@@ -433,7 +447,7 @@ class ConvolutionLayer(Layer):
                 dyg = dy.reshape(groups, cout // groups, n * ho * wo)
                 if want_w:
                     if self._cols_valid:
-                        cols = self._cached_columns(n0, n1, n_all, ho, wo).reshape(self.channels * g.kh * g.kw, -1)
+                        cols = self._cached_columns(n0, n1, n_all).reshape(self.channels * g.kh * g.kw, -1)
                     else:
                         cols = self._columns(x, n0, n1, ho, wo)
                     with _section("im2col_bw_gemm_dw"):
@@ -569,11 +583,13 @@ class ConvolutionLayer(Layer):
         step = max(1, min(n, WINOGRAD_BYTES // max(per_image, 1)))
         return [(s, min(n, s + step)) for s in range(0, n, step)]
 
-    def _winograd_input(self, src, pad, th, tw, m):
-        """((m+2)^2, Ci, n, th, tw) transformed tiles of src (n, Ci, H, W) zero-padded by pad."""
+    def _winograd_input(self, src, pad, th, tw, m, out=None):
+        """((m+2)^2, Ci, n, th, tw) transformed tiles of src (n, Ci, H, W) zero-padded by pad, in `out` (a flat
+        array of that size) if given, else in the shared workspace."""
         xp = self.xp
         n, ci = src.shape[0], src.shape[1]
-        v = self.workspace("wino_v", ((m + 2) ** 2, ci, n, th, tw))
+        shape = ((m + 2) ** 2, ci, n, th, tw)
+        v = self.workspace("wino_v", shape) if out is None else out.reshape(shape)
         if kernels.usable(src, v) or m != 2:  # F(4x4) runs only in C (chosen_algorithm)
             with _section("wino_pad_in_transform"):
                 kernels.wino_input(src, pad, v)
@@ -589,7 +605,7 @@ class ConvolutionLayer(Layer):
             split_run(part, ci, v.size, xp)
         return v
 
-    def _winograd_correlate(self, src, pad, u, dst, bias=None):
+    def _winograd_correlate(self, src, pad, u, dst, bias=None, keep=None):
         """dst (n, Co, Ho, Wo) <- 3x3 correlation of src (n, Ci, H, W) zero-padded by pad, u = ((m+2)^2, Co, Ci)."""
         xp = self.xp
         n, ci, h, w = src.shape
@@ -597,7 +613,7 @@ class ConvolutionLayer(Layer):
         a2 = u.shape[0]
         tile = _TILE_OF_SIZE[a2]
         th, tw = wg.tiles(ho, wo, tile)
-        v = self._winograd_input(src, pad, th, tw, tile)
+        v = self._winograd_input(src, pad, th, tw, tile, out=keep)
         with _section("wino_gemm"):
             m = self.workspace("wino_m", (a2, co, n, th, tw))
             vm, mm = v.reshape(a2, ci, -1), m.reshape(a2, co, -1)
@@ -623,13 +639,20 @@ class ConvolutionLayer(Layer):
 
             split_run(part, co, m.size, xp)
 
-    def _forward_winograd(self, x, y, m):
+    def _winograd_plan(self, x_shape, y_shape, m):
+        """Chunks of images for forward and backward alike (so the forward tiles kept for dW line up)."""
+        th, tw = wg.tiles(y_shape[2], y_shape[3], m)
+        th2, tw2 = wg.tiles(x_shape[2], x_shape[3], m)  # dX's tiles
+        return self._winograd_chunks(x_shape[0], self.channels, self.num_output, max(th, th2), max(tw, tw2), m)
+
+    def _forward_winograd(self, x, y, m, keep=False):
+        """keep: transform the input tiles into the layer's cache, for the weight gradient."""
         g = self.geom
         u = wg.weight_transform(self.xp, self.blobs[0].data, m)
         bias = self.blobs[1].data if self.bias_term else None
-        th, tw = wg.tiles(y.shape[2], y.shape[3], m)
-        for n0, n1 in self._winograd_chunks(x.shape[0], self.channels, self.num_output, th, tw, m):
-            self._winograd_correlate(x[n0:n1], (g.ph, g.pw), u, y[n0:n1], bias)
+        for n0, n1 in self._winograd_plan(x.shape, y.shape, m):
+            store = self._cached_columns(n0, n1, x.shape[0]) if keep else None
+            self._winograd_correlate(x[n0:n1], (g.ph, g.pw), u, y[n0:n1], bias, keep=store)
 
     def _backward_winograd(self, x, dy_all, dx_all, want_w, m):
         xp, g = self.xp, self.geom
@@ -642,12 +665,14 @@ class ConvolutionLayer(Layer):
             du = self.workspace("wino_du", (a2, cout, c), zero=True)
         if dx_all is not None:
             u_back = wg.weight_transform_flipped(xp, self.blobs[0].data, m)
-        th2, tw2 = wg.tiles(h, w, m)
-        for n0, n1 in self._winograd_chunks(n_all, c, cout, max(th, th2), max(tw, tw2), m):
+        for n0, n1 in self._winograd_plan(x.shape, dy_all.shape, m):
             n = n1 - n0
             if want_w:
-                with _section("wino_bw_in_transform"):
-                    v = self._winograd_input(x[n0:n1], (g.ph, g.pw), th, tw, m)
+                if self._cols_valid:
+                    v = self._cached_columns(n0, n1, n_all).reshape(a2, c, n, th, tw)
+                else:
+                    with _section("wino_bw_in_transform"):
+                        v = self._winograd_input(x[n0:n1], (g.ph, g.pw), th, tw, m)
                 with _section("wino_bw_dy_transform"):
                     dm = self.workspace("wino_m", (a2, cout, n, th, tw))
                     if kernels.usable(dy_all, dm) or m != 2:
