@@ -37,13 +37,15 @@ def column_cache_budget():
     return int(os.environ.get("VGGTOOL_CONV_CACHE_MB", "4096")) << 20
 WINOGRAD_BYTES = 128 << 20  # transformed input + output tiles of one chunk
 # 'auto' takes Winograd (with the C transforms, see kernels.py) for eligible layers whose GEMM work per
-# transformed element, C * Cout / (C + Cout), reaches WINOGRAD_MIN_GEMM_SHARE: the GEMMs shrink 2.25x
-# while the transforms cost ~ (C + Cout) per tile. Measured per layer (bench/bench_conv.py, 2 cores, batch
-# 8, ms fwd+bwd, Winograd vs the best other algorithm): conv1_2 (64->64, share 32) 453 vs 442 (shifted),
-# conv2_1 (64->128, 43) 207 vs 227, conv2_2 319 vs 378, conv3_2 209 vs 297, conv4_2 163 vs 279, conv5_1
-# 55 vs 78 (im2col). With NumPy transforms (no C compiler at install) Winograd lost on every VGG-16 layer
-# (the transforms cost more than the GEMMs they save), so 'auto' leaves it out there.
-WINOGRAD_MIN_GEMM_SHARE = 40
+# transformed element, C * Cout / (C + Cout), reaches WINOGRAD_MIN_GEMM_SHARE: the GEMMs shrink (2.25x for
+# F(2x2), 4x for F(4x4)) while the transforms cost ~ (C + Cout) per tile. Measured per layer (2 cores, batch
+# 8, ms fwd+bwd; bench/bench_conv.py, TEST nets, so no tile cache): F(2x2) vs the best other algorithm:
+# conv2_1 (64->128, share 43) 207 vs 227, conv2_2 319 vs 378, conv3_2 209 vs 297, conv4_2 163 vs 279,
+# conv5_1 55 vs 78 (im2col); conv1_2 (64->64, share 32) 453 vs 442 (shifted) in that bench, but in the
+# TRAIN net, where the forward's tiles are kept for dW, F(4x4) took conv1_2 from 438 to 315
+# (bench/bench_vgg.py). With NumPy transforms (no C compiler at install) Winograd lost on every VGG-16
+# layer (the transforms cost more than the GEMMs they save), so 'auto' leaves it out there.
+WINOGRAD_MIN_GEMM_SHARE = 32
 # ... as F(4x4, 3x3) ('winograd4') where the output is at least this many pixels on each side. Measured
 # (same bench, ms fwd+bwd, F(4x4) vs F(2x2)): conv2_1 167 vs 188, conv2_2 255 vs 303, conv3_2 158 vs 198,
 # conv4_2 141 vs 176; conv5_1 (14x14: 4x4 tiles pad it to 16x16, GEMMs get 8 * 16 tiles) 72 vs 57.
