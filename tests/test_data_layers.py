@@ -240,3 +240,120 @@ def test_image_data_layer(digits, tmp_path, caplog):
     (tmp_path / "bad.txt").write_text("a.png 1\nb.png\n")
     with pytest.raises(VggtoolError, match=r"ImageData.*bad.txt:2: .*no label"):
         data_net(tmp_path / "bad.txt", kind="ImageData", transform="")
+
+
+# -- reading without the key list (vggtool.data.lmdb_records) ------------------------------------------------
+class Counting:
+    """An LMDB environment / transaction / cursor that counts the calls made through it."""
+
+    def __init__(self, target, calls):
+        self.target, self.calls = target, calls
+
+    def __getattr__(self, name):
+        attr = getattr(self.target, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            out = attr(*args, **kwargs)
+            if name in ("begin", "cursor"):
+                return Counting(out, self.calls)
+            if name == "iternext":
+                return self._items(out)
+            return out
+        return call
+
+    def _items(self, it):
+        for item in it:
+            self.calls["listed"] = self.calls.get("listed", 0) + 1
+            yield item
+
+    def __enter__(self):
+        self.target.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.target.__exit__(*exc)
+
+
+def raw_db(path, n, key=lambda i: record_key(i, f"img{i}.png")):
+    """n raw 4x4 records whose label is their position in key order."""
+    env = lmdb.open(str(path), map_size=1 << 26)
+    with env.begin(write=True) as txn:
+        for i in range(n):
+            datum = array_to_datum(np.full((4, 4, 3), i % 256, np.uint8), i)
+            txn.put(key(i), datum.SerializeToString())
+    env.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def big_db(tmp_path_factory):
+    return raw_db(tmp_path_factory.mktemp("big") / "db", 3000)
+
+
+@pytest.fixture(scope="module")
+def other_keys_db(tmp_path_factory):  # not convert_imageset's numbered keys
+    return raw_db(tmp_path_factory.mktemp("other") / "db", 3000, key=lambda i: b"k%06d" % (3 * i))
+
+
+def counted_net(monkeypatch, source, **kwargs):
+    import vggtool.layers.data as data_module
+    calls = {}
+    real = data_module.shared_lmdb
+    monkeypatch.setattr(data_module, "shared_lmdb", lambda path: Counting(real(path), calls))
+    return data_net(source, transform="", **kwargs), calls
+
+
+@pytest.mark.parametrize("which", ["big_db", "other_keys_db"])
+def test_setup_reads_no_key_list(which, request, monkeypatch):
+    monkeypatch.setenv("VGGTOOL_DATA_THREADS", "1")
+    net, calls = counted_net(monkeypatch, request.getfixturevalue(which), batch=16)
+    layer = net.layer_dict["data"]
+    assert layer.num_records == 3000
+    assert calls.get("listed", 0) == 0 and calls.get("next", 0) == 0  # count from the stat, record 0 read
+    for t in range(3):
+        np.testing.assert_array_equal(batch(net, t)[1], np.arange(16 * t, 16 * t + 16))
+    assert calls.get("listed", 0) == 0
+    assert calls["next"] < 16 * 8  # batches 0-2 and the prefetched ones, one step each
+    assert layer.records.keys is None
+
+
+@pytest.mark.parametrize("which", ["big_db", "other_keys_db"])
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_resumed_reads_equal_the_uninterrupted_ones(which, threads, request, monkeypatch):
+    """Labels are positions in key order: a net started at batch 5 (a resume) reads what an uninterrupted
+    one reads at batches 5.., across the wrap, with rand_skip, with replicas and with several threads."""
+    from vggtool.data.lmdb_records import LmdbRecords
+    monkeypatch.setenv("VGGTOOL_DATA_THREADS", threads)
+    monkeypatch.setattr(LmdbRecords, "WALK", 50)  # unnumbered keys: long jumps need the key list
+    db, B, N = request.getfixturevalue(which), 600, 3000
+    whole = data_net(db, batch=B, transform="crop_size: 2 mirror: true", extra="rand_skip: 900")
+    skip = whole.layer_dict["data"].skip
+    assert skip > 0
+    seq = [batch(whole, t) for t in range(8)]
+    for t, (_, labels) in enumerate(seq):
+        np.testing.assert_array_equal(labels, (skip + t * B + np.arange(B)) % N)
+    resumed = data_net(db, batch=B, transform="crop_size: 2 mirror: true", extra="rand_skip: 900")
+    halves = [data_net(db, batch=B, transform="crop_size: 2 mirror: true", extra="rand_skip: 900", divisor=2)
+              for _ in range(2)]
+    for t in range(5, 8):
+        d, l = batch(resumed, t)
+        np.testing.assert_array_equal(d, seq[t][0])
+        np.testing.assert_array_equal(l, seq[t][1])
+        parts = [batch(halves[k], t, offset=B // 2 * k) for k in range(2)]
+        np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), seq[t][1])
+        np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), seq[t][0])
+
+
+def test_numbered_keys_with_a_repeat_fall_back_to_the_key_list(tmp_path, caplog):
+    # first key 00000000_, last 00000003_, 4 records: looks numbered, but record 1 is 00000000_b
+    keys = [b"00000000_a", b"00000000_b", b"00000002_c", b"00000003_d"]
+    db = raw_db(tmp_path / "db", 4, key=lambda i: keys[i])
+    net = data_net(db, batch=4, transform="")
+    with caplog.at_level(logging.WARNING, logger="vggtool.data"):
+        np.testing.assert_array_equal(batch(net, 0)[1], [0, 1, 2, 3])
+        np.testing.assert_array_equal(batch(net, 1)[1], [0, 1, 2, 3])
+    assert any("not numbered 0..3" in r.getMessage() for r in caplog.records)
+    assert net.layer_dict["data"].records.keys == keys

@@ -45,6 +45,30 @@ def test_deploy_matches_classification_d_names():
         assert weighted[-1].inner_product_param.num_output == outputs
 
 
+def test_loc_body_is_classification_d_body():
+    """conv1_1 .. drop7 are configuration D's layers message for message (one generator writes both); the
+    train_val differs only in fillers and lr_mult (frozen convolutions in pcr_fc)."""
+    def layers(path, strip=False):
+        out = []
+        for layer in read_net_param(path).layer:
+            if layer.type in ("Input", "Data") or layer.name.startswith(("fc8", "loss", "accuracy", "prob")):
+                continue
+            if strip:
+                del layer.param[:]
+                for p in (layer.convolution_param, layer.inner_product_param):
+                    p.ClearField("weight_filler")
+                    p.ClearField("bias_filler")
+            out.append(layer)
+        return out
+    d = os.path.join(ROOT, "netdefs", "vgg_d")
+    assert len(layers(os.path.join(d, "deploy.prototxt"))) == 13 * 2 + 5 + 2 * 3
+    for v in ("pcr", "scr"):
+        assert layers(os.path.join(LOC, f"deploy_{v}.prototxt")) == layers(os.path.join(d, "deploy.prototxt"))
+    for v in ("pcr", "pcr_fc", "scr"):
+        assert layers(os.path.join(LOC, f"train_val_{v}.prototxt"), strip=True) == \
+            layers(os.path.join(d, "train_val.prototxt"), strip=True)
+
+
 @pytest.fixture(scope="module")
 def tiny_db(tmp_path_factory):
     root = tmp_path_factory.mktemp("locdb")

@@ -1,5 +1,6 @@
 """Synchronous data parallel: 1, 2, 4 CPU replicas and 2 MPI ranks train to the same weights as one device;
 a failing replica or rank stops the whole run with a message naming it."""
+import json
 import os
 import shutil
 import subprocess
@@ -209,13 +210,13 @@ def _mpiexec():
     return found, ""
 
 
-def _mpirun(args, cwd, timeout=120):
+def _mpirun(args, cwd, timeout=120, command=("-m", "vggtool", "train")):
     mpiexec, why = _mpiexec()
     if mpiexec is None:
         pytest.skip(why)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                VGGTOOL_DATA_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    return subprocess.run([mpiexec, "-n", "2", sys.executable, "-m", "vggtool", "train", *args], cwd=cwd,
+    return subprocess.run([mpiexec, "-n", "2", sys.executable, *command, *args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -236,6 +237,37 @@ def test_mpi_two_ranks_train_like_one_process(db, tmp_path):
     assert "Data parallel: 4 replicas (2 rank(s) x 2 device(s) [cpu, cpu]), 2 samples" in proc.stderr
     mpi_net = Net(net_param, str(tmp_path / "snap_iter_5.caffemodel"), phase="TRAIN")
     assert_same(weights(mpi_net), weights(train(path, iters=5).net))
+
+
+def test_mpi_ranks_update_alike_without_sending_weights(db, tmp_path):
+    """Every rank applies the update itself: after training, resuming and plateau drops (decided by rank 0's
+    tests) both ranks hold bit-identical weights and history, and weights were sent once, not per iteration."""
+    path = write_solver(tmp_path, db, iters=6, test=" test_iter: 1 test_interval: 2")
+    param = protoio.read_solver_param(path)
+    param.lr_policy, param.gamma = "plateau", 0.5
+    param.plateau_output, param.plateau_patience, param.plateau_max_drops = "loss", 1, 5
+    param.plateau_mode, param.plateau_threshold = caffe_pb2.SolverParameter.MAX, 1e9  # never improves
+    protoio.write_text_proto(path, param)
+    proc = _mpirun([path, str(tmp_path), "4", "2"], tmp_path,
+                   command=(os.path.join(ROOT, "tests", "mpi_ranks_agree.py"),))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1))
+    assert r0["calls"].get("Bcast") == r1["calls"].get("Bcast") == 1  # at the start of step(), not per iteration
+    for key in ("trained", "continued", "resumed", "resynced"):
+        assert r0[key] == r1[key], key
+    assert r0["resumed"] == r0["continued"]  # a resumed run goes on exactly like the uninterrupted one
+    assert (r0["drops"], r0["continued_drops"], r0["resumed_drops"]) == (1, 2, 2)
+    assert (r1["drops"], r1["continued_drops"], r1["resumed_drops"]) == (1, 2, 2)
+    assert r1["perturbed"] != r0["perturbed"] and r0["resynced"] == r0["perturbed"]
+    assert len(r0["warnings"]) == 1 and "rank(s) 1 differ from rank 0's" in r0["warnings"][0]
+
+
+def test_cpu_replicas_share_replica_0_weights(db, tmp_path):
+    s = ParallelSolver(write_solver(tmp_path, db), devices=[CPU] * 4, log=GLog(stream=False))
+    for rep in s.replicas[1:]:
+        for a, b in zip(s.net.learnable_params, rep.learnable_params):
+            assert np.shares_memory(a.blob.data, b.blob.data)
+    assert s.exchange.copied == []
 
 
 def test_mpi_failing_rank_aborts_with_its_message(tmp_path):

@@ -19,8 +19,11 @@ import argparse
 import os
 import sys
 
-BLOCKS = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]  # configuration D
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_netdefs import body_layers  # noqa: E402  (configuration D's layers: one generator for both)
+
 MEAN = "  mean_value: 103.939\n  mean_value: 116.779\n  mean_value: 123.68\n"  # BGR, ILSVRC training set
+FILLER = '    weight_filler { type: "gaussian" std: STD }\n    bias_filler { type: "constant" value: 0 }\n'
 VARIANTS = {  # name: (outputs, loss type, which layers learn)
     "pcr": (4000, "BoxRegressionLoss", "all"),
     "pcr_fc": (4000, "BoxRegressionLoss", "fc"),
@@ -50,33 +53,17 @@ def _data(phase, batch, source, scale_field):
 
 
 def body(outputs, learn_conv, learn_fc, deploy):
-    """The layers after the input: conv1_1 .. fc7, fc8_loc."""
-    out, bottom = [], "data"
-    filler = '    weight_filler { type: "gaussian" std: 0.01 }\n    bias_filler { type: "constant" value: 0 }\n'
-    for block, widths in enumerate(BLOCKS, start=1):
-        for i, width in enumerate(widths, start=1):
-            name = f"conv{block}_{i}"
-            out.append(_layer(name, "Convolution", [bottom], [name],
-                              ("" if deploy else _params(learn_conv))
-                              + f"  convolution_param {{\n    num_output: {width}\n    pad: 1\n    kernel_size: 3\n"
-                              + ("" if deploy else filler) + "  }\n"))
-            out.append(_layer(f"relu{block}_{i}", "ReLU", [name], [name]))
-            bottom = name
-        out.append(_layer(f"pool{block}", "Pooling", [bottom], [f"pool{block}"],
-                          "  pooling_param {\n    pool: MAX\n    kernel_size: 2\n    stride: 2\n  }\n"))
-        bottom = f"pool{block}"
-    for name, width, learn in (("fc6", 4096, learn_fc), ("fc7", 4096, learn_fc), ("fc8_loc", outputs, True)):
-        out.append(_layer(name, "InnerProduct", [bottom], [name],
-                          ("" if deploy else _params(learn))
-                          + f"  inner_product_param {{\n    num_output: {width}\n"
-                          + ("" if deploy else filler.replace("0.01", "0.001" if name == "fc8_loc" else "0.01"))
-                          + "  }\n"))
-        bottom = name
-        if name != "fc8_loc":
-            out.append(_layer(f"relu{name[2:]}", "ReLU", [name], [name]))
-            out.append(_layer(f"drop{name[2:]}", "Dropout", [name], [name],
-                              "  dropout_param {\n    dropout_ratio: 0.5\n  }\n"))
-    return "".join(out)
+    """The layers after the input: configuration D's conv1_1 .. fc7 from tools/make_netdefs.py, then
+    fc8_loc."""
+    def learn(name):
+        if deploy:
+            return ""
+        return _params(learn_conv if name.startswith("conv") else learn_fc or name == "fc8_loc")
+
+    def fill(name):
+        std = "0.001" if name == "fc8_loc" else "0.01"
+        return "" if deploy else FILLER.replace("STD", std)
+    return "".join(body_layers("vgg_d", learn, fill, last=("fc8_loc", outputs)))
 
 
 def train_val_text(variant):

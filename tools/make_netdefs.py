@@ -73,6 +73,41 @@ def _data_layers():
     return out
 
 
+def body_layers(config, learn, fill, last=("fc8", 1000)):
+    """The layers of `config` after the input "data": conv1_1 .. pool5, fc6, fc7 (with ReLU and dropout) and
+    the last InnerProduct `last` = (name, outputs), as text. learn(name) -> the layer's param {} text,
+    fill(name) -> its fillers (placed inside convolution_param / inner_product_param); "" for none.
+    Also used by tools/make_loc_netdefs.py (configuration D with a box-regression last layer)."""
+    out, bottom = [], "data"
+    for block, kernels in enumerate(CONFIGS[config], start=1):
+        for i, k in enumerate(kernels, start=1):
+            name = f"conv{block}_{i}"
+            pad = (k - 1) // 2
+            out.append(_layer(name, "Convolution", bottom, name,
+                              learn(name) + f"  convolution_param {{\n    num_output: {_B[block]}\n"
+                              f"    pad: {pad}\n    kernel_size: {k}\n{fill(name)}  }}\n"))
+            out.append(_layer(f"relu{block}_{i}", "ReLU", name, name))
+            bottom = name
+            if config == "vgg_a_lrn" and name == "conv1_1":
+                out.append(_layer("norm1", "LRN", bottom, "norm1",
+                                  "  lrn_param {\n    local_size: 5\n    alpha: 0.0001\n    beta: 0.75\n"
+                                  "    k: 2\n  }\n"))
+                bottom = "norm1"
+        out.append(_layer(f"pool{block}", "Pooling", bottom, f"pool{block}",
+                          "  pooling_param {\n    pool: MAX\n    kernel_size: 2\n    stride: 2\n  }\n"))
+        bottom = f"pool{block}"
+    for name, width in (("fc6", 4096), ("fc7", 4096), last):
+        out.append(_layer(name, "InnerProduct", bottom, name,
+                          learn(name) + f"  inner_product_param {{\n    num_output: {width}\n{fill(name)}  }}\n"))
+        bottom = name
+        if name in ("fc6", "fc7"):
+            n = name[2:]
+            out.append(_layer(f"relu{n}", "ReLU", bottom, bottom))
+            out.append(_layer(f"drop{n}", "Dropout", bottom, bottom,
+                              "  dropout_param {\n    dropout_ratio: 0.5\n  }\n"))
+    return out
+
+
 def deploy_text(config, batch=1, size=224, filler=None):
     """The deploy prototxt of `config` (a key of CONFIGS) as text; with `filler` (a key of FILLERS), the
     train_val body: learnable layers get fillers and lr/decay multipliers."""
@@ -87,31 +122,8 @@ def deploy_text(config, batch=1, size=224, filler=None):
         out.extend(_data_layers())
     learn = _LEARN if filler else ""
     fill = (FILLERS[filler] + _BIAS) if filler else ""
-    bottom = "data"
-    for block, kernels in enumerate(CONFIGS[config], start=1):
-        for i, k in enumerate(kernels, start=1):
-            name = f"conv{block}_{i}"
-            pad = (k - 1) // 2
-            out.append(_layer(name, "Convolution", bottom, name,
-                              learn + f"  convolution_param {{\n    num_output: {_B[block]}\n"
-                              f"    pad: {pad}\n    kernel_size: {k}\n{fill}  }}\n"))
-            out.append(_layer(f"relu{block}_{i}", "ReLU", name, name))
-            bottom = name
-            if config == "vgg_a_lrn" and name == "conv1_1":
-                out.append(_layer("norm1", "LRN", bottom, "norm1",
-                                  "  lrn_param {\n    local_size: 5\n    alpha: 0.0001\n    beta: 0.75\n"
-                                  "    k: 2\n  }\n"))
-                bottom = "norm1"
-        out.append(_layer(f"pool{block}", "Pooling", bottom, f"pool{block}",
-                          "  pooling_param {\n    pool: MAX\n    kernel_size: 2\n    stride: 2\n  }\n"))
-        bottom = f"pool{block}"
-    for n, width in ((6, 4096), (7, 4096), (8, 1000)):
-        out.append(_layer(f"fc{n}", "InnerProduct", bottom, f"fc{n}",
-                          learn + f"  inner_product_param {{\n    num_output: {width}\n{fill}  }}\n"))
-        bottom = f"fc{n}"
-        if n < 8:
-            out.append(_layer(f"relu{n}", "ReLU", bottom, bottom))
-            out.append(_layer(f"drop{n}", "Dropout", bottom, bottom, "  dropout_param {\n    dropout_ratio: 0.5\n  }\n"))
+    out.extend(body_layers(config, lambda name: learn, lambda name: fill))
+    bottom = "fc8"
     if filler is None:
         out.append(_layer("prob", "Softmax", bottom, "prob"))
     else:

@@ -7,11 +7,22 @@ g*b .. g*b+b-1 of every batch, b = batch_size / replicas (net.batch_divisor, net
 per-sample randomness is keyed by the global sample index, so the split changes nothing.
 
 One iteration:
-  each local replica (one thread each on GPUs; one after another on the CPU) clears its diffs and runs iter_size forward/backward passes
-  -> local sum into replica 0 (NCCL on GPUs when available, else device-to-device copies; in memory on
-  the CPU) -> MPI Allreduce of one flat buffer (the diffs and the loss) -> divide by the replica count
-  -> rank 0 applies the solver update to replica 0 -> rank 0 broadcasts the weights (MPI Bcast) and
-  replica 0 copies them to the local replicas.
+  each local replica (one thread each on GPUs; one after another on the CPU) clears its diffs and runs
+  iter_size forward/backward passes -> local sum into replica 0 (NCCL on GPUs when available, else
+  device-to-device copies; in memory on the CPU) -> MPI Allreduce of one flat buffer (the diffs and the
+  loss) -> divide by the replica count -> EVERY rank applies the same solver update to its replica 0, as
+  Caffe's multi-GPU (NCCL) solver does: the ranks start from the same weights and solver state and see
+  the same summed gradients, so they stay identical without sending weights -> GPU replica 0 copies the
+  weights to the other local GPUs. CPU replicas of one process read replica 0's weight arrays (shared
+  storage), so there nothing is copied at all.
+
+Weights go from rank 0 to every rank (one MPI Bcast) only when step() starts (after fine-tuning weights
+were loaded or a state restored). A restored state's history, iteration, multistep step and plateau
+counters are broadcast once from rank 0; so are the plateau counters after each test round (only rank 0
+tests) and the signal action after each iteration, so every rank takes the same learning-rate and
+stopping decisions. Before each snapshot the ranks compare checksums of their weights and history; if
+they ever differ (different device kinds on different ranks, say) rank 0's are broadcast again, with a
+warning.
 
 The averaging rule: the update uses (1/N) * sum of the replicas' gradients, as Caffe's multi-GPU
 P2PSync does. A loss that is a mean over its share (SoftmaxWithLoss with normalization VALID and no
@@ -20,10 +31,9 @@ one device, because the shares are equal. With normalization NONE (a sum) the st
 single-device one, and with ignore_label + VALID it is exact only when every share holds as many valid
 labels -- Caffe behaves the same way.
 
-Only rank 0 tests, logs, snapshots and reads a resumed .solverstate; the iteration counter, the signal
-actions and the early-exit flag are broadcast from it so every rank runs the same collectives. A
-failing replica stops the run with a VggtoolError naming it; a failing rank calls MPI Abort with its
-message (see abort_on_failure), so no rank waits for ever.
+Only rank 0 tests, logs, snapshots and reads a resumed .solverstate. A failing replica stops the run with
+a VggtoolError naming it; a failing rank calls MPI Abort with its message (see abort_on_failure), so no
+rank waits for ever.
 """
 import contextlib
 import os
@@ -36,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import protoio
-from .backend import CPU, to_numpy
+from .backend import CPU, get_array_module, to_numpy
 from .errors import VggtoolError
 from .layers.data import PrefetchingDataLayer
 from .proto import caffe_pb2
@@ -93,15 +103,28 @@ def abort_on_failure(comm, command="train"):
 
 
 # -- moving gradients and weights between the local replicas --------------------------------------------
+def share_weights(nets):
+    """Replicas on the CPU read replica 0's parameter storage (every layer's blobs, shared ones included):
+    the update of replica 0 is then every replica's, with no copy."""
+    for net in nets[1:]:
+        for layer0, layer in zip(nets[0].layers, net.layers):
+            for b0, b in zip(layer0.blobs, layer.blobs):
+                b.share_data(b0)
+
+
 class CopyExchange:
     """Sum diffs into replica 0 and copy weights out of it, one parameter at a time: in memory on the CPU,
-    device-to-device copies between GPUs."""
+    device-to-device copies between GPUs. CPU replicas share replica 0's weights (nothing to copy)."""
 
     def __init__(self, nets):
         self.nets = nets
         self.params = [[lp.blob for lp in net.learnable_params] for net in nets]
         self.devices = [net.device for net in nets]
         dev0 = self.devices[0]
+        shared = not any(d.is_gpu for d in self.devices)
+        if shared:
+            share_weights(nets)
+        self.copied = [] if shared else list(range(1, len(nets)))
         self.staging = None
         if dev0.is_gpu and len(nets) > 1 and self.params[0]:
             with dev0:  # one buffer the size of the largest param receives the other GPUs' diffs
@@ -121,8 +144,10 @@ class CopyExchange:
                     acc += src
 
     def broadcast(self):
+        if not self.copied:
+            return
         self.devices[0].synchronize()  # the update on replica 0 must be done before others copy it
-        for r in range(1, len(self.nets)):
+        for r in self.copied:
             dev = self.devices[r]
             with dev:
                 for src, dst in zip(self.params[0], self.params[r]):
@@ -182,7 +207,7 @@ def local_exchange(nets):
 
 class MpiExchange:
     """Replica 0's diffs (plus a few scalars) summed over the ranks in one Allreduce of a flat host buffer;
-    weights broadcast from rank 0 in one Bcast."""
+    weights broadcast from rank 0 in one Bcast (at the start only: every rank applies the update)."""
 
     def __init__(self, comm, net):
         from mpi4py import MPI
@@ -223,6 +248,24 @@ class MpiExchange:
         self.comm.Bcast(view, root=0)
         if self.comm.Get_rank() != 0:
             self._unpack("data")
+
+    def broadcast_arrays(self, arrays):
+        """Rank 0's values of device arrays (the solver history) into every rank's, one Bcast each."""
+        for a in arrays:
+            host = np.ascontiguousarray(to_numpy(a))
+            self.comm.Bcast(host, root=0)
+            if self.comm.Get_rank() != 0:
+                a[...] = get_array_module(a).asarray(host)
+
+    def ranks_that_differ(self, arrays):
+        """The ranks whose arrays are not bit-identical to rank 0's (empty on every rank when all agree).
+        The checksum is the integer sum of the values' bit patterns: exact, so any changed value shows."""
+        sums = []
+        for a in arrays:
+            bits = a.view(np.uint32 if a.dtype.itemsize == 4 else np.uint64)
+            sums.append(int(get_array_module(a).sum(bits, dtype=np.uint64)))
+        every = self.comm.allgather(sums)
+        return [r for r, other in enumerate(every) if other != every[0]]
 
 
 # -- the solver ------------------------------------------------------------------------------------------
@@ -396,18 +439,31 @@ class ParallelSolver(Solver):
         self.seconds["exchange"] += time.perf_counter() - t0
 
     def apply_update(self):
+        """The same update on every rank (same averaged diffs, same history): no weights are sent."""
         t0 = time.perf_counter()
-        if self.rank == 0:
-            super().apply_update()
-            self.device.synchronize()
+        super().apply_update()
+        self.device.synchronize()
         self.seconds["update"] += time.perf_counter() - t0
-        self.broadcast_weights()
+        if len(self.replicas) > 1:  # GPU replicas get replica 0's weights (CPU ones share them)
+            t1 = time.perf_counter()
+            self.exchange.broadcast()
+            self.seconds["exchange"] += time.perf_counter() - t1
         if self.comm:  # rank 0 decides what a signal does (the other ranks ignore signals)
             self.requested_action = self.comm.bcast(self.requested_action, root=0)
 
     def step(self, iters):
         self.broadcast_weights()  # weights set since construction (fine-tuning, resume) reach every replica
         super().step(iters)
+
+    def _plateau_state(self):
+        state = caffe_pb2.SolverState()
+        self.plateau.save(state)
+        return state.SerializeToString()
+
+    def _set_plateau_state(self, data):
+        state = caffe_pb2.SolverState()
+        state.ParseFromString(data)
+        self.plateau.restore(state)
 
     def final_loss(self):
         losses = self._on_replicas(lambda r: self._forward_only(r))
@@ -426,20 +482,41 @@ class ParallelSolver(Solver):
     def test_all(self):
         if self.rank == 0:
             super().test_all()
-        if self.comm:
-            self.requested_early_exit = self.comm.bcast(self.requested_early_exit, root=0)
+        if self.comm:  # the plateau counters follow rank 0's test results: the same rate on every rank
+            self.requested_early_exit, plateau = self.comm.bcast(
+                (self.requested_early_exit, self._plateau_state()), root=0)
+            self._set_plateau_state(plateau)
             self.requested_action = NONE if self.requested_early_exit else self.requested_action
 
     def snapshot(self):
+        if self.comm:
+            self._check_ranks_agree()
         if self.rank == 0:
             return super().snapshot()
         return None
 
+    def _check_ranks_agree(self):
+        """Every rank must hold rank 0's weights and history; if not (it should not happen), log which ranks
+        diverged and give them rank 0's."""
+        arrays = [lp.blob.data for lp in self.net.learnable_params] + list(self.history)
+        differ = self.mpi.ranks_that_differ(arrays)
+        if differ:
+            self.log.warning("parallel.py:1", f"iteration {self.iter}: the weights or solver history of rank(s) "
+                                              f"{', '.join(map(str, differ))} differ from rank 0's; re-sending "
+                                              f"rank 0's to every rank")
+            self.broadcast_weights()
+            self.mpi.broadcast_arrays(self.history)
+
     def restore(self, path):
+        """Rank 0 reads the state; its iteration, counters and history go to every rank (the weights at the
+        start of step())."""
         if self.rank == 0:
             super().restore(path)
         if self.comm:
-            self.iter, self.current_step = self.comm.bcast((self.iter, self.current_step), root=0)
+            self.iter, self.current_step, plateau = self.comm.bcast(
+                (self.iter, self.current_step, self._plateau_state()), root=0)
+            self._set_plateau_state(plateau)
+            self.mpi.broadcast_arrays(self.history)
 
 
 def get_solver(param, *, devices=(CPU,), comm=None, **kwargs):

@@ -26,6 +26,11 @@ beat processes here, see PERF_NOTES). After batch t is taken, batches t+1 .. t+p
 are keyed by (t, offset, count), so a solver that jumps (resume, a test round) just gets a batch
 computed on demand, and stale ones are dropped. Threads: VGGTOOL_DATA_THREADS (default min(4, cores)).
 
+Reading (Data). Record i is the i-th in key order; the layer never lists the keys at setup: the count
+is the LMDB's stat and each worker thread reads with its own cursor, seeking by key on a jump
+(vggtool.data.lmdb_records; only a database whose keys are not convert_imageset's '%08d_' numbers needs
+its key list, read once at the first long jump).
+
 A record that cannot be decoded is skipped with one warning per record, counted in
 `layer.skipped_records`, and replaced by the next good record; training never stops on it.
 """
@@ -42,6 +47,7 @@ import numpy as np
 from .. import boxes as box_geometry
 from ..data.datum import datum_to_image, decode_image_bytes, shared_lmdb
 from ..data.imagelist import read_box_list, read_image_list
+from ..data.lmdb_records import LmdbRecords
 from ..data.transform import DataTransformer
 from ..errors import VggtoolError
 from ..proto import caffe_pb2
@@ -246,19 +252,14 @@ class DataLayer(PrefetchingDataLayer):
             self.env = shared_lmdb(self.source_path)
         except VggtoolError as e:
             raise self.error(str(e)) from None
-        with self.env.begin() as txn:
-            self.keys = list(txn.cursor().iternext(keys=True, values=False))
-        self._local = threading.local()
-        return len(self.keys)
+        self.records = LmdbRecords(self.env, self.source_path)  # no key list: a cursor, as in Caffe
+        return self.records.count
 
     def describe(self, index):
-        return f"record {self.keys[index].decode(errors='replace')} of {self.source_path}"
+        return f"record {self.records.key(index).decode(errors='replace')} of {self.source_path}"
 
     def load(self, index):
-        txn = getattr(self._local, "txn", None)
-        if txn is None:
-            txn = self._local.txn = self.env.begin(buffers=False)
-        value = txn.get(self.keys[index])
+        _, value = self.records.get(index)
         datum = caffe_pb2.Datum()
         try:
             datum.ParseFromString(value)
