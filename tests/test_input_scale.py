@@ -97,11 +97,32 @@ def test_evaluator_scale_multiplies_the_logits(rng, tmp_path):
     np.testing.assert_allclose(three, 3 * one, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("command", ["test", "classify", "extract"])
-def test_the_three_commands_take_the_same_transform_flags(command, capsys):
+@pytest.mark.parametrize("command", ["test", "classify", "extract", "localize"])
+def test_the_commands_take_the_same_transform_flags(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     out = capsys.readouterr().out
     for flag in ("--mean-value", "--mean-file", "--scale SCALE"):
         assert flag in out
     assert "transform_param scale" in out
+
+
+def test_localize_regressor_applies_mean_then_scale(tmp_path):
+    """Box regression sees (image - mean) * scale, as the evaluator does: the preprocessed input is checked
+    directly, then the output of a linear net (one bias-free fc layer)."""
+    from vggtool import localize as L
+
+    text = ('name: "r" layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 '
+            'dim: 8 } } } layer { name: "box" type: "InnerProduct" bottom: "data" top: "box" inner_product_param { '
+            'num_output: 4 bias_term: false weight_filler { type: "gaussian" std: 0.1 } } }')
+    path = tmp_path / "r.prototxt"
+    path.write_text(text)
+    net = Net(str(path), phase="TEST")
+    net.save(str(tmp_path / "r.caffemodel"))
+    image = np.random.default_rng(0).integers(0, 256, (8, 8, 3)).astype(np.uint8)
+    mean = np.array([10.0, 20.0, 30.0])
+    got = {s: L.Regressor(str(path), str(tmp_path / "r.caffemodel"), mean=mean, scale=s) for s in (1.0, -0.5)}
+    want = (image.transpose(2, 0, 1).astype(np.float32) - mean.reshape(3, 1, 1)) * -0.5
+    np.testing.assert_allclose(got[-0.5].preprocess(image), want, rtol=1e-6)
+    boxes = {s: r.predict(image) for s, r in got.items()}
+    np.testing.assert_allclose(boxes[-0.5], -0.5 * boxes[1.0], rtol=1e-5, atol=1e-6)

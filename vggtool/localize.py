@@ -50,7 +50,7 @@ def net_stride(net):
 class Regressor:
     """A box-regression deploy net, convolutionalised in memory so it runs on images of any size."""
 
-    def __init__(self, model, weights, *, mean=None, blob=None, device=CPU, source=None):
+    def __init__(self, model, weights, *, mean=None, scale=1.0, blob=None, device=CPU, source=None):
         source = source or (model if isinstance(model, str) else "net")
         if weights is not None and not os.path.exists(str(weights)):
             raise VggtoolError(f"--weights: {weights} does not exist")
@@ -81,7 +81,7 @@ class Regressor:
                                "(single-class) or 4 x classes (per-class) outputs")
         self.classes = outputs // 4
         self.stride = net_stride(net)
-        self.preprocess = InputTransform(mean, self.channels)
+        self.preprocess = InputTransform(mean, self.channels, scale)
 
     def predict(self, image):
         """HxWxC uint8 -> (Hm, Wm, K, 4) box parameters, one set per crop window of the image."""

@@ -5,6 +5,7 @@ import numpy as np
 
 from .. import backend
 from ..errors import VggtoolError
+from .test import add_transform_arguments, transform_options
 
 HELP = "localisation: boxes from box-regression nets (centre crop or dense + greedy merging), top-k error"
 
@@ -28,8 +29,7 @@ def add_arguments(parser):
     parser.add_argument("--cls-net", default=None, help="full: classification deploy net run here instead")
     parser.add_argument("--cls-weights", default=None, help="weights of --cls-net")
     parser.add_argument("--cls-scales", default=None, help="scales of --cls-net (default: --scales)")
-    parser.add_argument("--mean-value", default=None, help="per-channel mean B,G,R (or one value)")
-    parser.add_argument("--mean-file", default=None, help="mean .binaryproto (averaged per channel)")
+    add_transform_arguments(parser)
     parser.add_argument("--blob", default=None, help="box output blob (default: the net's only output)")
     parser.add_argument("--gpu", default=None, help="GPU id to run on (default: CPU)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
@@ -52,10 +52,8 @@ def run(args):
     if args.root and not os.path.isdir(args.root):
         raise VggtoolError(f"--root: {args.root} is not a folder")
     device = backend.CPU if args.gpu is None else backend.parse_devices(args.gpu)[0]
-    mean = None
-    if args.mean_value is not None or args.mean_file is not None:
-        mean = ev.load_mean(args.mean_value, args.mean_file)
-    regs = [loc.Regressor(n, w, mean=mean, blob=args.blob, device=device) for n, w in zip(args.net, args.weights)]
+    transform = transform_options(args)
+    regs = [loc.Regressor(n, w, blob=args.blob, device=device, **transform) for n, w in zip(args.net, args.weights)]
     crop = max(regs[0].crop_h, regs[0].crop_w)
     scales = ev.parse_scales(args.scales) if args.scales else [int(round(crop * 8 / 7))]
     for q in scales:
@@ -75,7 +73,7 @@ def run(args):
                 raise VggtoolError("--cls-net needs --cls-weights")
             cls_scales = ev.parse_scales(args.cls_scales, "--cls-scales") if args.cls_scales else scales
             classifier = ev.Evaluator(args.cls_net, args.cls_weights, scales=cls_scales, mode="dense",
-                                      flip=args.flip, mean=mean, device=device)
+                                      flip=args.flip, device=device, **transform)
     print(f"localize: {len(regs)} net(s), protocol {args.protocol}, scales {','.join(map(str, scales))}"
           + (f", top {args.top}, merge threshold {args.threshold}" if full else ""), flush=True)
 
