@@ -144,7 +144,10 @@ def test_algorithm_choice_is_overridable(rng, monkeypatch):
         monkeypatch.setattr(conv, "WINOGRAD4_MIN_SIZE", 6)
         assert layer.chosen_algorithm() == "winograd4"  # ... and an output of at least 6x6
         monkeypatch.setenv("VGGTOOL_NO_CKERNELS", "1")
-    assert layer.chosen_algorithm() == "im2col"  # NumPy transforms: auto never takes Winograd
+    assert layer.chosen_algorithm() == "im2col"  # NumPy transforms: auto needs a larger share
+    monkeypatch.setattr(conv, "WINOGRAD_NUMPY_MIN_GEMM_SHARE", 3)
+    assert layer.chosen_algorithm() == "winograd"  # ... and then takes F(2x2) (F(4x4) needs the C kernels)
+    monkeypatch.setattr(conv, "WINOGRAD_NUMPY_MIN_GEMM_SHARE", 1 << 62)
     monkeypatch.delenv("VGGTOOL_NO_CKERNELS", raising=False)
     monkeypatch.setenv("VGGTOOL_CONV_ALGO", "im2col")
     assert layer.chosen_algorithm() == "im2col"

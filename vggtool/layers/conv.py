@@ -43,9 +43,13 @@ WINOGRAD_BYTES = 128 << 20  # transformed input + output tiles of one chunk
 # conv2_1 (64->128, share 43) 207 vs 227, conv2_2 319 vs 378, conv3_2 209 vs 297, conv4_2 163 vs 279,
 # conv5_1 55 vs 78 (im2col); conv1_2 (64->64, share 32) 453 vs 442 (shifted) in that bench, but in the
 # TRAIN net, where the forward's tiles are kept for dW, F(4x4) took conv1_2 from 438 to 315
-# (bench/bench_vgg.py). With NumPy transforms (no C compiler at install) Winograd lost on every VGG-16
-# layer (the transforms cost more than the GEMMs they save), so 'auto' leaves it out there.
+# (bench/bench_vgg.py).
 WINOGRAD_MIN_GEMM_SHARE = 32
+# Without the C kernels (no C compiler at install, VGGTOOL_NO_CKERNELS=1) the NumPy transforms cost more,
+# and 'auto' takes F(2x2) only from this share. Measured the same way, NumPy transforms vs the best direct
+# algorithm: conv2_2 (share 64) 503 vs 353, conv3_2 (128) 311 vs 324, conv4_2 (256) 232 vs 314, conv5_1
+# (256, 14x14) 79 vs 75.
+WINOGRAD_NUMPY_MIN_GEMM_SHARE = 160
 # ... as F(4x4, 3x3) ('winograd4') where the output is at least this many pixels on each side. Measured
 # (same bench, ms fwd+bwd, F(4x4) vs F(2x2)): conv2_1 167 vs 188, conv2_2 255 vs 303, conv3_2 158 vs 198,
 # conv4_2 141 vs 176; conv5_1 (14x14: 4x4 tiles pad it to 16x16, GEMMs get 8 * 16 tiles) 72 vs 57.
@@ -325,10 +329,13 @@ class ConvolutionLayer(Layer):
         if algo != "auto":
             return "im2col"
         shape = self.bottom_shape
-        if (self.winograd_applicable() and self.c_kernels_usable() and self.dtype == np.float32
-                and self.channels * self.num_output / (self.channels + self.num_output) >= WINOGRAD_MIN_GEMM_SHARE):
-            out = self.geom.output_shape(shape[2], shape[3]) if shape is not None else (0, 0)
-            return "winograd4" if min(out) >= WINOGRAD4_MIN_SIZE else "winograd"
+        share = self.channels * self.num_output / (self.channels + self.num_output)  # GEMM work per transformed value
+        if self.winograd_applicable() and self.xp is np and self.dtype == np.float32:  # (measured there)
+            if self.c_kernels_usable() and share >= WINOGRAD_MIN_GEMM_SHARE:
+                out = self.geom.output_shape(shape[2], shape[3]) if shape is not None else (0, 0)
+                return "winograd4" if min(out) >= WINOGRAD4_MIN_SIZE else "winograd"
+            if not self.c_kernels_usable() and share >= WINOGRAD_NUMPY_MIN_GEMM_SHARE:
+                return "winograd"
         # measured on the CPU only: on a GPU 'auto' keeps im2col (ask for 'shifted' explicitly)
         if (self.xp is np and self.shifted_applicable() and self.channels >= SHIFTED_MIN_CHANNELS and shape is not None
                 and shape[2] * shape[3] >= SHIFTED_MIN_AREA):
