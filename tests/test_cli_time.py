@@ -44,6 +44,7 @@ def test_time_lists_every_layer(tmp_path, capsys):
         assert f"{layer:>10}\tforward: " in out
         assert f"{layer:>10}\tbackward: " in out
     assert out.count("forward-backward time:") == 3
+    assert "Convolution algorithms: conv1 " in out  # the code each conv layer runs, named
     for line in ("Average Forward pass: ", "Average Backward pass: ", "Average Forward-Backward: ", "Total Time: "):
         assert line in out
     values = {l.split(":")[0]: float(l.split(": ")[1].split()[0]) for l in out.splitlines()

@@ -52,6 +52,10 @@ def run(args):
     print("Performing Forward")
     loss = float(backend.to_numpy(net.forward_from_to()))
     print(f"Initial loss: {loss:g}")
+    algorithms = [f"{name} {layer.chosen_algorithm()}" for name, layer in zip(net._layer_names, net.layers)
+                  if hasattr(layer, "chosen_algorithm")]
+    if algorithms:  # not in caffe time: which convolution code each layer runs (VGGTOOL_CONV_ALGO overrides)
+        print("Convolution algorithms: " + ", ".join(algorithms))
     print("Performing Backward")
     net.backward_from_to()
     print("*** Benchmark begins ***")
