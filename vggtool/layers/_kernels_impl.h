@@ -9,6 +9,20 @@
 #define FN1(name, suffix) FN2(name, suffix)
 #define FN(name) FN1(name, SUFFIX)
 
+/* buf[0, width) <- row y of the plane s (h x w) zero-padded on the left by pw (zeros outside the plane) */
+static void FN(padded_row)(const REAL *s, Py_ssize_t h, Py_ssize_t w, Py_ssize_t y, Py_ssize_t pw,
+                           Py_ssize_t width, REAL *buf)
+{
+    if (y < 0 || y >= h) {
+        memset(buf, 0, width * sizeof(REAL));
+        return;
+    }
+    for (Py_ssize_t j = 0; j < width; j++) {
+        Py_ssize_t x = j - pw;
+        buf[j] = (x >= 0 && x < w) ? s[y * w + x] : 0;
+    }
+}
+
 /* tiles <- B^T d B for each 4x4 input tile d (stride 2) of src zero-padded by (ph, pw). row: scratch of
  * 8 * (2 * tw + 2) elements. */
 static void FN(wino_input)(const REAL *src, Py_ssize_t n, Py_ssize_t c_all, Py_ssize_t h, Py_ssize_t w,
@@ -24,17 +38,8 @@ static void FN(wino_input)(const REAL *src, Py_ssize_t n, Py_ssize_t c_all, Py_s
             REAL *out = tiles + (c * n + img) * th * tw;
             for (Py_ssize_t r = 0; r < th; r++) {
                 /* the four padded input rows 2r - ph .. 2r - ph + 3 of this tile row */
-                for (int k = 0; k < 4; k++) {
-                    Py_ssize_t y = 2 * r - ph + k;
-                    if (y < 0 || y >= h) {
-                        memset(buf[k], 0, width * sizeof(REAL));
-                        continue;
-                    }
-                    for (Py_ssize_t j = 0; j < width; j++) {
-                        Py_ssize_t x = j - pw;
-                        buf[k][j] = (x >= 0 && x < w) ? s[y * w + x] : 0;
-                    }
-                }
+                for (int k = 0; k < 4; k++)
+                    FN(padded_row)(s, h, w, 2 * r - ph + k, pw, width, buf[k]);
                 /* row pass: the four rows of B^T d, over the whole padded width */
                 for (Py_ssize_t j = 0; j < width; j++) {
                     REAL d0 = buf[0][j], d1 = buf[1][j], d2 = buf[2][j], d3 = buf[3][j];
@@ -160,17 +165,8 @@ static void FN(wino4_input)(const REAL *src, Py_ssize_t n, Py_ssize_t c_all, Py_
             const REAL *s = src + (img * c_all + c) * h * w;
             REAL *out = tiles + (c * n + img) * th * tw;
             for (Py_ssize_t r = 0; r < th; r++) {
-                for (int k = 0; k < 6; k++) {
-                    Py_ssize_t y = 4 * r - ph + k;
-                    if (y < 0 || y >= h) {
-                        memset(buf[k], 0, width * sizeof(REAL));
-                        continue;
-                    }
-                    for (Py_ssize_t j = 0; j < width; j++) {
-                        Py_ssize_t x = j - pw;
-                        buf[k][j] = (x >= 0 && x < w) ? s[y * w + x] : 0;
-                    }
-                }
+                for (int k = 0; k < 6; k++)
+                    FN(padded_row)(s, h, w, 4 * r - ph + k, pw, width, buf[k]);
                 /* row pass: the six rows of B^T d */
                 for (Py_ssize_t j = 0; j < width; j++) {
                     REAL d0 = buf[0][j], d1 = buf[1][j], d2 = buf[2][j], d3 = buf[3][j], d4 = buf[4][j],
