@@ -5,6 +5,8 @@ import sysconfig
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from vggtool.errors import VggtoolError
 from vggtool.layers import conv, gemm, kernels, pooling
@@ -382,3 +384,19 @@ def test_winograd_float32_rounding_on_a_realistic_layer(rng, algo, bound):
         out[name] = net.blobs["y"].data.astype(np.float64)
     err = np.abs(out[algo] - out["im2col"]).max() / np.abs(out["im2col"]).max()
     assert err < bound
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 5), co=st.integers(1, 5), h=st.integers(1, 14), w=st.integers(1, 14),
+       pad=st.integers(0, 2), algo=st.sampled_from(["winograd", "winograd4"]), seed=st.integers(0, 2 ** 16))
+def test_winograd_matches_im2col_on_any_shape(n, c, co, h, w, pad, algo, seed):
+    """Forward, input gradient and weight gradient of both Winograd tilings (with whatever transforms this
+    install has) against im2col, in float64, on shapes whose outputs are not multiples of the tile."""
+    assume(h + 2 * pad >= 3 and w + 2 * pad >= 3)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w))
+    dy = rng.standard_normal((n, co, h + 2 * pad - 2, w + 2 * pad - 2))
+    _, got = run_conv(algo, conv_text(co, pad), x, dy, np.float64)
+    _, want = run_conv("im2col", conv_text(co, pad), x, dy, np.float64)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
