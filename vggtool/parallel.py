@@ -259,7 +259,8 @@ class MpiExchange:
 
     def ranks_that_differ(self, arrays):
         """The ranks whose arrays are not bit-identical to rank 0's (empty on every rank when all agree).
-        The checksum is the integer sum of the values' bit patterns: exact, so any changed value shows."""
+        The checksum is the integer sum of the values' bit patterns: one changed value always shows; changes
+        that cancel out in the sum would not (vanishingly unlikely from divergent arithmetic)."""
         sums = []
         for a in arrays:
             bits = a.view(np.uint32 if a.dtype.itemsize == 4 else np.uint64)
