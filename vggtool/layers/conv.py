@@ -64,7 +64,6 @@ SHIFTED_MIN_CHANNELS = 16
 SHIFTED_MIN_AREA = 28 * 28
 ALGORITHMS = ("auto", "im2col", "winograd", "winograd4", "shifted")
 _WINOGRAD_TILE = {"winograd": 2, "winograd4": 4}  # output tile m of F(m x m, 3 x 3)
-_TILE_OF_SIZE = {16: 2, 36: 4}  # (m + 2)^2 -> m
 
 # Benchmarks set PROFILE = {} to collect seconds per section of the conv code (bench/bench_vgg.py).
 PROFILE = None
@@ -592,6 +591,12 @@ class ConvolutionLayer(Layer):
         step = max(1, min(n, WINOGRAD_BYTES // max(per_image, 1)))
         return [(s, min(n, s + step)) for s in range(0, n, step)]
 
+    @staticmethod
+    def _c_transforms(m, *arrays):
+        """Whether F(m x m)'s transforms on these arrays run in C: F(4x4) always (chosen_algorithm takes it
+        only where the C kernels run; it has no NumPy code), F(2x2) where kernels.usable says so."""
+        return m != 2 or kernels.usable(*arrays)
+
     def _winograd_input(self, src, pad, th, tw, m, out=None):
         """((m+2)^2, Ci, n, th, tw) transformed tiles of src (n, Ci, H, W) zero-padded by pad, in `out` (a flat
         array of that size) if given, else in the shared workspace."""
@@ -599,7 +604,7 @@ class ConvolutionLayer(Layer):
         n, ci = src.shape[0], src.shape[1]
         shape = ((m + 2) ** 2, ci, n, th, tw)
         v = self.workspace("wino_v", shape) if out is None else out.reshape(shape)
-        if kernels.usable(src, v) or m != 2:  # F(4x4) runs only in C (chosen_algorithm)
+        if self._c_transforms(m, src, v):
             with _section("wino_pad_in_transform"):
                 kernels.wino_input(src, pad, v)
             return v
@@ -620,7 +625,7 @@ class ConvolutionLayer(Layer):
         n, ci, h, w = src.shape
         co, ho, wo = dst.shape[1], dst.shape[2], dst.shape[3]
         a2 = u.shape[0]
-        tile = _TILE_OF_SIZE[a2]
+        tile = wg.output_tile(a2)
         th, tw = wg.tiles(ho, wo, tile)
         v = self._winograd_input(src, pad, th, tw, tile, out=keep)
         with _section("wino_gemm"):
@@ -632,7 +637,7 @@ class ConvolutionLayer(Layer):
             else:
                 xp.matmul(u, vm, out=mm)
         with _section("wino_out_transform"):
-            if tile != 2 or (kernels.usable(m, dst) and (bias is None or kernels.usable(m, bias))):
+            if self._c_transforms(tile, m, dst, *([] if bias is None else [bias])):
                 kernels.wino_output(m, dst, bias)
                 return
             out = dst.transpose(1, 0, 2, 3)
@@ -684,7 +689,7 @@ class ConvolutionLayer(Layer):
                         v = self._winograd_input(x[n0:n1], (g.ph, g.pw), th, tw, m)
                 with _section("wino_bw_dy_transform"):
                     dm = self.workspace("wino_m", (a2, cout, n, th, tw))
-                    if kernels.usable(dy_all, dm) or m != 2:
+                    if self._c_transforms(m, dy_all, dm):
                         kernels.wino_output_adjoint(dy_all[n0:n1], dm)
                     else:
                         dy = dy_all[n0:n1].transpose(1, 0, 2, 3)

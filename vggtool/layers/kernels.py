@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from .threads import split_run
+from .winograd import output_tile
 
 try:
     from . import _kernels as _k
@@ -38,16 +39,12 @@ def _ptr(a):
     return a.ctypes.data
 
 
-# Winograd F(m x m, 3 x 3): the tile arrays have (m + 2)^2 leading entries (16: m = 2, 36: m = 4)
-_TILE = {16: 2, 36: 4}
-
-
 def wino_input(src, pad, tiles):
     """tiles ((m+2)^2, C, n, th, tw) <- B^T d B of the (m+2)x(m+2) tiles (stride m) of src (n, C, H, W)
     zero-padded by pad."""
     n, c, h, w = src.shape
     th, tw = tiles.shape[3], tiles.shape[4]
-    tile = _TILE[tiles.shape[0]]
+    tile = output_tile(tiles.shape[0])
     split_run(lambda c0, c1: _k.wino_input(tile, src.itemsize, _ptr(src), n, c, h, w, pad[0], pad[1], th, tw, c0, c1,
                                            _ptr(tiles)), c, tiles.size)
 
@@ -56,7 +53,7 @@ def wino_output(m, dst, bias=None):
     """dst (n, C, Ho, Wo) <- A^T M A (+ bias) of every tile of m ((m+2)^2, C, n, th, tw)."""
     n, c, ho, wo = dst.shape
     th, tw = m.shape[3], m.shape[4]
-    tile = _TILE[m.shape[0]]
+    tile = output_tile(m.shape[0])
     bias_ptr = 0 if bias is None else _ptr(bias)
     split_run(lambda c0, c1: _k.wino_output(tile, m.itemsize, _ptr(m), n, c, th, tw, _ptr(dst), ho, wo, bias_ptr,
                                             c0, c1), c, m.size)
@@ -66,7 +63,7 @@ def wino_output_adjoint(dy, dm):
     """dm ((m+2)^2, C, n, th, tw) <- A dY A^T of every m x m tile of dy (n, C, Ho, Wo) (zero beyond Ho x Wo)."""
     n, c, ho, wo = dy.shape
     th, tw = dm.shape[3], dm.shape[4]
-    tile = _TILE[dm.shape[0]]
+    tile = output_tile(dm.shape[0])
     split_run(lambda c0, c1: _k.wino_output_adjoint(tile, dy.itemsize, _ptr(dy), n, c, ho, wo, th, tw, _ptr(dm),
                                                     c0, c1), c, dm.size)
 
