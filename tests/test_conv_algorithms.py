@@ -137,6 +137,7 @@ def test_algorithm_choice_is_overridable(rng, monkeypatch):
     net = layer_net(conv_text(4, 1), {"x": rng.standard_normal((1, 32, 6, 6))}, dtype=np.float32)
     layer = net.layers[1]
     monkeypatch.delenv("VGGTOOL_CONV_ALGO", raising=False)
+    monkeypatch.delenv("VGGTOOL_NO_CKERNELS", raising=False)  # the C kernels on where built
     monkeypatch.setattr(conv, "SHIFTED_MIN_AREA", 1 << 62)
     monkeypatch.setattr(conv, "WINOGRAD_MIN_GEMM_SHARE", 1 << 62)
     assert layer.chosen_algorithm() == "im2col"  # auto, with Winograd off for every channel count
@@ -365,12 +366,13 @@ def test_auto_takes_shifted_for_large_inputs_with_enough_channels(rng, monkeypat
 
 
 @pytest.mark.parametrize("algo, bound", [("winograd", 2e-6), ("winograd4", 3e-5)])
-def test_winograd_float32_rounding_on_a_realistic_layer(rng, algo, bound):
+def test_winograd_float32_rounding_on_a_realistic_layer(rng, monkeypatch, algo, bound):
     """F(4x4)'s transforms amplify float32 rounding (larger interpolation points) more than F(2x2)'s:
     measured 5e-6 and 4e-7 (max error relative to the largest output) on a 64->64 layer with ReLU inputs,
     against im2col's 5e-7; bounded here a few times above those."""
     if algo == "winograd4" and not kernels.built():
         pytest.skip("F(4x4) runs only with the C kernels")
+    monkeypatch.delenv("VGGTOOL_NO_CKERNELS", raising=False)
     x = np.maximum(rng.standard_normal((1, 64, 28, 28)), 0)
     text = ('layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 64 '
             'kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.06 } } }')
