@@ -11,12 +11,14 @@ import logging
 import threading
 
 from ..errors import VggtoolError
+from .datum import record_key
 
 log = logging.getLogger("vggtool.data")
 
 
 def numbered_prefix(i):
-    return b"%08d_" % i
+    """The start of record i's key as convert_imageset writes it (datum.record_key)."""
+    return record_key(i, "")
 
 
 class LmdbRecords:
