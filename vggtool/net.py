@@ -373,13 +373,15 @@ class Net:
         """The Generator for a layer's parameter initialisation (same seed -> same weights)."""
         return np.random.default_rng([self.seed, zlib.crc32(layer_name.encode())])
 
-    def sample_rng(self, layer_name, index):
+    def sample_rng(self, layer_name, index, iteration=None):
         """A Generator for the sample at `index` within this replica's share of the current batch.
 
         Seeded by (net seed, layer, iteration, global sample index), so how a batch is split over devices
-        does not change any sample's random draws.
+        does not change any sample's random draws. `iteration`: the layer's own batch index (default
+        net.iteration; see Layer.batch_position).
         """
-        key = [self.seed, zlib.crc32(layer_name.encode()), int(self.iteration), int(self.sample_offset + index)]
+        t = self.iteration if iteration is None else iteration
+        key = [self.seed, zlib.crc32(layer_name.encode()), int(t), int(self.sample_offset + index)]
         return np.random.Generator(np.random.Philox(np.random.SeedSequence(key)))
 
     # -- running ------------------------------------------------------------------------------------------

@@ -156,3 +156,14 @@ class Layer:
         if self.net is not None:
             return self.net.layer_rng(self.name)
         return np.random.default_rng()
+
+    _t, _last_iteration = 0, None  # batch_position's state (per instance once set)
+
+    def batch_position(self):
+        """Batch index t for this forward, for layers that produce new data each batch: net.iteration, or
+        the next batch when net.iteration has not changed since the last forward (a caller that never sets
+        it walks through the data, as with Caffe's layers). Call once per forward."""
+        it = int(getattr(self.net, "iteration", 0) or 0)
+        self._t = self._t + 1 if it == self._last_iteration else it
+        self._last_iteration = it
+        return self._t

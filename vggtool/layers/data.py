@@ -190,14 +190,6 @@ class PrefetchingDataLayer(Layer):
         return futures, data, labels, boxes
 
     # -- forward ------------------------------------------------------------------------------------------
-    def batch_position(self):
-        """Batch index t: net.iteration, or the next batch when net.iteration has not changed since the
-        last forward (a caller that never sets it walks through the data, as with Caffe's layers)."""
-        it = int(getattr(self.net, "iteration", 0) or 0)
-        self._t = self._t + 1 if it == self._last_iteration else it
-        self._last_iteration = it
-        return self._t
-
     def forward(self, bottom, top):
         t = self.batch_position()
         if self.replica_batch() != self.local_batch:

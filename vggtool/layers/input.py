@@ -1,8 +1,4 @@
 """Input layers without a data source: Input (shapes given, data set by the caller) and DummyData."""
-import zlib
-
-import numpy as np
-
 from ..fillers import fill
 from .base import Layer, register_layer
 
@@ -67,7 +63,6 @@ class DummyDataLayer(Layer):
         self.fillers = [fillers[0 if len(fillers) == 1 else i] if fillers else default for i in range(n)]
         self.refill = [(f.type or "constant") != "constant" for f in self.fillers]
         self._rng = self.rng()  # setup values, and the refills of a layer without a net
-        self._t, self._last_iteration = -1, None
         for blob, shape, filler in zip(top, shapes, self.fillers):
             blob.reshape(shape)
             fill(blob, filler, self._rng)
@@ -78,11 +73,7 @@ class DummyDataLayer(Layer):
     def forward_rng(self):
         if self.net is None:
             return self._rng
-        it = int(self.net.iteration)
-        self._t = self._t + 1 if it == self._last_iteration else it
-        self._last_iteration = it
-        key = [self.net.seed, zlib.crc32(self.name.encode()), self._t, int(self.net.sample_offset)]
-        return np.random.Generator(np.random.Philox(np.random.SeedSequence(key)))
+        return self.net.sample_rng(self.name, 0, iteration=self.batch_position())
 
     def forward(self, bottom, top):
         if not any(self.refill):
