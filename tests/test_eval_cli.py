@@ -153,3 +153,22 @@ def test_classify_prints_top5_with_names(model, image_list, tmp_path, capsys):
     # default scales: crop x 8/7, 12/7, 16/7 (256, 384, 512 for 224) -> 37, 55, 73 here
     assert main(["classify", "--net", model[0], "--weights", model[1], path]) == 0
     assert "class " in capsys.readouterr().out
+
+
+def test_constant_scores_count_as_errors_in_test_and_fuse(model, image_list, tmp_path, capsys):
+    """All-zero weights give every class the same posterior: a tie is a miss (as the Accuracy layer), so
+    top-1 and top-5 error are 100%, in `test --data` and in `fuse`."""
+    listfile, root, _ = image_list
+    net = Net(model[0], model[1], phase="TEST")
+    for blobs in net.params.values():
+        for b in blobs:
+            b.data[...] = 0
+    zero = str(tmp_path / "zero.caffemodel")
+    net.save(zero)
+    out = str(tmp_path / "zero.npz")
+    assert main(["test", "--net", model[0], "--weights", zero, "--data", listfile, "--root", root,
+                 "--scales", "32", "--out", out]) == 0
+    text = capsys.readouterr().out
+    assert "top-1 error = 100.00%" in text and "top-5 error = 100.00% (4 images)" in text
+    assert main(["fuse", out, out]) == 0
+    assert "fusion of 2 model(s): top-1 error = 100.00%, top-5 error = 100.00%" in capsys.readouterr().out

@@ -30,13 +30,15 @@ def single_crop_posterior(deploy, crop_hwc):
 def test_topk_error_hand_checked():
     p = np.array([[0.1, 0.5, 0.2, 0.2],    # label 1: top-1 right
                   [0.4, 0.3, 0.2, 0.1],    # label 2: third -> top-1 wrong, top-2 wrong, top-3 right
-                  [0.25, 0.25, 0.3, 0.2],  # label 0: tied second -> wrong at 1, right at 2
+                  [0.25, 0.25, 0.3, 0.2],  # label 0: tied with 1, beaten by 2 -> right only at 3 (a tie counts against)
                   [0.1, 0.2, 0.3, 0.4]])   # label 0: last -> wrong up to top-3
     labels = [1, 2, 0, 0]
     assert ev.topk_error(p, labels, 1) == 0.75
-    assert ev.topk_error(p, labels, 2) == 0.5
+    assert ev.topk_error(p, labels, 2) == 0.75
     assert ev.topk_error(p, labels, 3) == 0.25
     assert ev.topk_error(p, labels, 4) == 0.0
+    assert ev.topk_error(np.full((3, 4), 0.25), [0, 1, 3], 1) == 1.0  # constant scores: all ties, all wrong
+    assert ev.topk_error([[np.nan, 0.1], [0.9, 0.1]], [0, 0], 1) == 0.5  # a NaN score is never a hit
 
 
 def test_grid_has_25_positions_in_bounds_with_corners():

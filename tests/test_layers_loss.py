@@ -144,6 +144,9 @@ def test_accuracy_ties_count_against_like_caffe():
     assert float(net.blobs["acc"].data) == 0.0
     net = run(acc_text("top_k: 2"), {"x": [[0.5, 0.5], [0.5, 0.5]], "label": [0, 1]})
     assert float(net.blobs["acc"].data) == 1.0
+    # A NaN true score is a miss (Caffe's >= test would make it a hit: a diverged net at 100%).
+    net = run(acc_text(), {"x": [[np.nan, 0.5], [0.1, 0.5]], "label": [0, 1]})
+    assert float(net.blobs["acc"].data) == 0.5
 
 
 def test_accuracy_ignore_label_and_empty_classes():

@@ -149,3 +149,17 @@ def test_cli_classifier_run_here(tmp_path, capsys):
     assert "top-1 localisation error = 66.67% (3 images)" in capsys.readouterr().out
     with np.load(tmp_path / "o.npz") as z:
         assert list(z["classes"][:, 0]) == [1, 1, 1] and list(z["correct"]) == [False, True, False]
+
+
+def test_cli_full_tied_posteriors_count_against(tmp_path, capsys):
+    """Equal posteriors for both classes: the true class is not in the top 1 (ties count against, the
+    rule of `vggtool test` and the Accuracy layer), so no image is localised at top-1; at top-2 it is."""
+    listing = write_set(tmp_path)
+    net, weights = const_net(tmp_path, [[0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 1, 1]])
+    save_scores(str(tmp_path / "s.npz"), np.full((3, 2), 0.5), [0, 1, 1], ["i0.png", "i1.png", "i2.png"])
+    base = ["localize", "--net", net, "--weights", weights, "--data", str(listing), "--root", str(tmp_path),
+            "--scales", "12", "--scores", str(tmp_path / "s.npz"), "--threshold", "1"]
+    assert main(base + ["--top", "1"]) == 0
+    assert "top-1 localisation error = 100.00% (3 images)" in capsys.readouterr().out
+    assert main(base + ["--top", "2"]) == 0
+    assert "top-2 localisation error = 33.33% (3 images)" in capsys.readouterr().out

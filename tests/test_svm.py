@@ -60,10 +60,19 @@ def test_mean_average_precision_multilabel():
 
 
 def test_class_recall():
-    # class 0: 1/1, class 1: 2/3, class 2: 1/2 -> mean 13/18 (plain accuracy would be 4/6)
-    m, per = svm.class_recall([0, 0, 1, 1, 1, 2], [0, 1, 1, 1, 2, 2])
+    # predicted 0, 0, 1, 1, 1, 2 -> class 0: 1/1, class 1: 2/3, class 2: 1/2 -> mean 13/18 (accuracy 4/6)
+    m, per = svm.class_recall(np.eye(3)[[0, 0, 1, 1, 1, 2]], [0, 1, 1, 1, 2, 2])
     assert per == pytest.approx({0: 1.0, 1: 2 / 3, 2: 0.5})
     assert m == pytest.approx(13 / 18)
+
+
+def test_class_recall_ties_count_against():
+    # A class tied for the highest decision value is not recalled (the rule of the Accuracy layer), whatever
+    # its index: all-equal decision values recall nothing.
+    m, per = svm.class_recall(np.zeros((4, 3)), [0, 0, 1, 2])
+    assert m == 0.0 and per == {0: 0.0, 1: 0.0, 2: 0.0}
+    m, _ = svm.class_recall([[1.0, 1.0, 0.0], [2.0, 0.0, 0.0]], [0, 0])
+    assert m == 0.5
 
 
 # -- splits and SVMs ------------------------------------------------------------------------------------------
@@ -111,7 +120,7 @@ def test_protocols_on_separable_data(rng):
 def test_choose_c_returns_the_best_of_the_grid(rng):
     x, labels = blobs(rng, 30, 3, spread=2.0)
     t = svm.one_hot(labels, 3)
-    c, table = svm.choose_c(x[::2], t[::2], x[1::2], lambda s: svm.class_recall(s.argmax(1), labels[1::2])[0],
+    c, table = svm.choose_c(x[::2], t[::2], x[1::2], lambda s: svm.class_recall(s, labels[1::2])[0],
                             [0.001, 0.1, 10])
     assert [g for g, _ in table] == [0.001, 0.1, 10]
     assert dict(table)[c] == max(v for _, v in table)

@@ -26,6 +26,7 @@ from .errors import VggtoolError
 from .listargs import parse_list
 from .net import Net
 from .proto import caffe_pb2
+from .ranking import topk_error  # noqa: F401 - the one top-k rule; evaluate.topk_error for callers
 
 MODES = ("dense", "multicrop", "both")
 AVERAGES = ("posteriors", "scores")  # dense map: softmax per location then average, or average then softmax
@@ -33,21 +34,6 @@ GRID = 5  # multi-crop grid per side (the paper: 5x5 crops, 2 flips -> 50 per sc
 
 
 # -- metrics ----------------------------------------------------------------------------------------------
-def topk_error(posteriors, labels, k):
-    """Fraction of images whose label is not among the k highest posteriors.
-
-    Ties count in the image's favour only as far as they fit: the label is in the top k when fewer than
-    k classes score strictly higher than it.
-    """
-    p = np.asarray(posteriors, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
-    if len(p) == 0:
-        return float("nan")
-    true = p[np.arange(len(p)), labels]
-    higher = (p > true[:, None]).sum(axis=1)
-    return float(np.mean(higher >= k))
-
-
 def softmax(scores, axis=1):
     s = scores - scores.max(axis=axis, keepdims=True)
     e = np.exp(s)

@@ -11,7 +11,8 @@ data layer's "box" top trains it (vggtool.boxes). Two protocols:
   scale Q (and its mirror with --flip): output location (i, j) is the crop window whose top-left
   corner is (j, i) x the net's total stride in the rescaled image, and its box is placed in that
   window (windows reaching past the border, from Caffe's ceil-rounded pooling, are used as they are).
-  For each of the top-k classes of a classification model (posteriors from `vggtool test --out`, or
+  For each of the top-k classes (vggtool.ranking; ties broken against the true class) of a classification
+  model (posteriors from `vggtool test --out`, or
   a classification net run here) the boxes of that class from every location, scale, flip and net are
   pooled and merged greedily (vggtool.boxes.merge_boxes); the merged box with the most support is the
   guess for that class. Top-k error: an image is correct when one of its k guesses has the right class
@@ -168,10 +169,6 @@ def localize_full(regressors, image, classes, scales, flip=False, threshold=0.5)
         merged, weights = B.merge_boxes(pooled, threshold=threshold)
         guesses.append((int(c), merged[0], float(weights[0])))
     return guesses
-
-
-def top_classes(posterior, k):
-    return [int(c) for c in np.argsort(-np.asarray(posterior), kind="stable")[:k]]
 
 
 def save_boxes(path, result):

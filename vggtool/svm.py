@@ -21,6 +21,7 @@ import numpy as np
 
 from .errors import VggtoolError
 from .listargs import parse_list
+from .ranking import topk_hits
 
 AP_METHODS = ("area", "11point")
 DEFAULT_C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -69,10 +70,12 @@ def mean_average_precision(scores, targets, method="area", ignore=None):
     return float(np.nanmean(aps)), aps
 
 
-def class_recall(predicted, labels):
-    """(mean class recall, {class: recall}) over the classes present in `labels`."""
-    predicted, labels = np.asarray(predicted), np.asarray(labels)
-    per = {int(c): float(np.mean(predicted[labels == c] == c)) for c in np.unique(labels)}
+def class_recall(scores, labels):
+    """(mean class recall, {class: recall}) over the classes present in `labels`, from N x C decision
+    values: an image is recalled when its class has the top value (vggtool.ranking: a tie is a miss)."""
+    labels = np.asarray(labels)
+    hit = topk_hits(np.asarray(scores, np.float64), labels, 1) if len(labels) else np.zeros(0, bool)
+    per = {int(c): float(np.mean(hit[labels == c])) for c in np.unique(labels)}
     if not per:
         raise VggtoolError("no test images: class recall is undefined")
     return float(np.mean(list(per.values()))), per
@@ -229,9 +232,9 @@ def caltech_protocol(features, train_per_class=30, test_per_class=50, splits=3, 
         fit, val = holdout_split(labels[train], holdout, rng, stratified=True)
         fit, val = train[fit], train[val]
         c, table = choose_c(x[fit], one_hot(labels[fit], n_classes), x[val],
-                            lambda s: class_recall(s.argmax(axis=1), labels[val])[0], grid, seed)
+                            lambda s: class_recall(s, labels[val])[0], grid, seed)
         model = OneVsRest(c, seed).fit(x[train], one_hot(labels[train], n_classes))
-        recall, _ = class_recall(model.decision(x[test]).argmax(axis=1), labels[test])
+        recall, _ = class_recall(model.decision(x[test]), labels[test])
         out["recalls"].append(recall)
         out["cs"].append(c)
         out["tables"].append(table)

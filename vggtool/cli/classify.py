@@ -2,10 +2,10 @@
 import os
 
 import cv2
-import numpy as np
 
 from .. import evaluate as ev
 from ..errors import VggtoolError
+from ..ranking import top_classes
 from .test import _device, add_transform_arguments, transform_options
 
 HELP = "print the top-5 classes of images (dense multi-scale evaluation by default)"
@@ -52,7 +52,7 @@ def run(args):
         if labels is not None and len(labels) != len(p):
             raise VggtoolError(f"--labels: {args.labels} names {len(labels)} classes, the net scores {len(p)}")
         print(path)
-        for c in np.argsort(-p, kind="stable")[:args.top]:
+        for c in top_classes(p, args.top):
             name = labels[c] if labels else f"class {c}"
             print(f"  {p[c]:.4f} - {name}")
     return 0

@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 
-from .. import backend
+from .. import backend, ranking
 from ..errors import VggtoolError
 from .test import add_transform_arguments, transform_options
 
@@ -88,7 +88,7 @@ def run(args):
                 posterior = scores[key]
             else:
                 posterior = classifier.evaluate_image(image)
-            classes = loc.top_classes(posterior, args.top)
+            classes = ranking.top_classes(posterior, args.top, label=label)  # ties broken against the label
             guesses = loc.localize_full(regs, image, classes, scales, args.flip, args.threshold)
             pairs = [(c, b) for c, b, _ in guesses]
         else:

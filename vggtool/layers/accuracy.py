@@ -1,10 +1,12 @@
 """Accuracy: the fraction of predictions whose true class is among the top_k scores.
 
-Caffe's rule (accuracy_layer.cpp/.cu): a prediction is correct when fewer than top_k OTHER classes
-score >= the true class, so a tie with another class counts against it. Ignored labels count nowhere;
+Caffe's rule (accuracy_layer.cpp/.cu), vggtool.ranking's topk_hits: a prediction is correct when fewer
+than top_k OTHER classes score >= the true class, so a tie with another class counts against it (and a
+NaN true score, which Caffe would count, is a miss). Ignored labels count nowhere;
 the optional second top is the accuracy per true class (0 for a class with no samples)."""
 import numpy as np
 
+from ..ranking import topk_hits
 from .base import Layer, register_layer
 
 
@@ -42,9 +44,7 @@ class AccuracyLayer(Layer):
         safe = xp.where(valid, labels, 0)
         if bool((valid & ((safe < 0) | (safe >= self.classes))).any()):
             raise self.error(f"a label is outside [0, {self.classes})")
-        true_score = xp.take_along_axis(scores, safe[:, None, :], axis=1)
-        better = (scores >= true_score).sum(axis=1) - 1  # the true class itself scores >= itself
-        correct = (better < self.top_k) & valid
+        correct = topk_hits(scores, safe, self.top_k, axis=1, xp=xp) & valid
         count = int(valid.sum())
         top[0].data[...] = float(correct.sum()) / count if count else 0.0
         if len(top) == 2:
