@@ -229,11 +229,37 @@ def test_divergence_exits_1_and_keeps_the_last_good_snapshot(tmp_path, capsys):
     assert m, err[-2000:]
     bad_iter = int(m.group(1))
     files = sorted(os.listdir(tmp_path / "nan"))
-    assert not any(f.startswith(f"snap_iter_{bad_iter + 1}.") for f in files)
+    # The weights of iteration bad_iter gave the non-finite loss: no snapshot of them, as the message says.
+    assert not any(f.startswith((f"snap_iter_{bad_iter}.", f"snap_iter_{bad_iter + 1}.")) for f in files), files
     for f in files:
         if f.endswith(".caffemodel"):
             net_ = Net(str(tmp_path / "nan" / "net.prototxt"), str(tmp_path / "nan" / f))
             assert all(np.isfinite(p.data).all() for ps in net_.params.values() for p in ps)
+
+
+def test_divergence_at_the_end_of_a_step_writes_no_snapshot_of_the_bad_weights(tmp_path):
+    """Solver.step(n) ending at the iteration whose weights give a non-finite loss: the snapshot due there
+    is not written (the loss is checked first), and the error says so."""
+    from vggtool.solvers import Solver, TrainingDiverged
+
+    net = TINY_NET.replace('min: -1 max: 1', 'min: 1000 max: 2000')
+    solver = write_solver(tmp_path / "a", max_iter=50, snapshot=1, net_text=net, extra="clip_gradients: -1\n")
+    text = open(solver).read().replace("base_lr: 0.1", "base_lr: 1e8")
+    open(solver, "w").write(text)
+    with pytest.raises(TrainingDiverged) as e:
+        Solver(solver).step(50)
+    bad_iter = int(re.search(r"iteration (\d+)", str(e.value)).group(1))
+    assert bad_iter > 1
+    assert f"snap_iter_{bad_iter - 1}.caffemodel" in os.listdir(tmp_path / "a")
+    assert f"snap_iter_{bad_iter}.caffemodel" not in os.listdir(tmp_path / "a")
+    for f in os.listdir(tmp_path / "a"):
+        if f.startswith("snap"):
+            os.remove(tmp_path / "a" / f)
+    with pytest.raises(TrainingDiverged, match=rf"iteration {bad_iter}: the loss is not finite.*No snapshot"):
+        Solver(solver).step(bad_iter)
+    files = os.listdir(tmp_path / "a")
+    assert f"snap_iter_{bad_iter - 1}.caffemodel" in files
+    assert not any(f.startswith(f"snap_iter_{bad_iter}.") for f in files), files
 
 
 def test_sigint_snapshots_and_exits_cleanly(tmp_path):

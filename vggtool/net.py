@@ -469,6 +469,15 @@ class Net:
         for p in self.learnable_params:
             p.blob.diff[...] = 0
 
+    def batch_positions(self):
+        """Each layer's Layer.batch_position state, to put back with restore_batch_positions after a
+        forward that must not move the data on (the solver's check of a snapshot's loss)."""
+        return [(layer._t, layer._last_iteration) for layer in self.layers]
+
+    def restore_batch_positions(self, saved):
+        for layer, (t, last) in zip(self.layers, saved):
+            layer._t, layer._last_iteration = t, last
+
     def first_nonfinite_layer(self, diff=False):
         """Name of the first layer (forward order; reverse for diffs) whose output or gradient is not finite."""
         xp = self.xp

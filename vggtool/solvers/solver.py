@@ -312,11 +312,14 @@ class Solver:
 
     # -- the loop ------------------------------------------------------------------------------------------
     def step(self, iters):
-        """Run `iters` iterations (Caffe's Solver::Step)."""
+        """Run `iters` iterations (Caffe's Solver::Step). A snapshot due at iteration k (Caffe writes it
+        right after the update that reached k) is written once the loss and gradients of iteration k are
+        known to be finite, so the weights that diverge are never saved."""
         p = self.param
         stop_iter = self.iter + int(iters)
         losses = []
         last_display, timer = self.iter, time.perf_counter()
+        snapshot_due = False
         while self.iter < stop_iter:
             if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
                 self.test_all()
@@ -326,6 +329,9 @@ class Solver:
             with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf are reported by check_finite
                 loss = self.compute_gradients()
             self.check_finite(loss)
+            if snapshot_due:
+                self.snapshot()
+                snapshot_due = False
             losses.append(float(loss))
             losses = losses[-p.average_loss:]
             if display:
@@ -340,12 +346,13 @@ class Solver:
                 self.apply_update()
             self.iter += 1
             action, self.requested_action = self.requested_action, NONE
-            if (p.snapshot and self.iter % p.snapshot == 0) or action == SNAPSHOT:
-                self.snapshot()
+            snapshot_due = bool(p.snapshot and self.iter % p.snapshot == 0) or action == SNAPSHOT
             if action == STOP:
                 self.requested_early_exit = True
                 break
         self.smoothed_loss = sum(losses) / len(losses) if losses else None
+        if snapshot_due:
+            self.checked_snapshot()
 
     def solve(self, resume=None):
         """Caffe's Solver::Solve: optionally restore, run to max_iter, final snapshot and test."""
@@ -358,7 +365,7 @@ class Solver:
             self.restore(resume)
         self.step(p.max_iter - self.iter)
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
-            self.snapshot()
+            self.checked_snapshot()
         if self.requested_early_exit:
             self.log.info("solver.cpp:311", "Optimization stopped early.")
             return
@@ -443,6 +450,24 @@ class Solver:
                                                f"{p.plateau_max_drops})")
 
     # -- snapshots -----------------------------------------------------------------------------------------
+    def checked_snapshot(self):
+        """snapshot() after a forward pass shows the loss of these weights is finite (at the end of a step,
+        where no next iteration has checked them). The forward leaves the data where it was."""
+        nets = getattr(self, "replicas", None) or [self.net]
+        positions = [net.batch_positions() for net in nets]
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                loss = self.final_loss()
+        finally:
+            for net, saved in zip(nets, positions):
+                net.restore_batch_positions(saved)
+        if not math.isfinite(loss):
+            layer = self.net.first_nonfinite_layer()
+            where = f" (first non-finite values in layer '{layer}')" if layer else ""
+            raise TrainingDiverged(f"iteration {self.iter}: the loss is not finite{where}; training stopped. "
+                                   f"No snapshot of these weights was written; lower base_lr or check the data.")
+        return self.snapshot()
+
     def snapshot(self):
         """Write <prefix>_iter_N.caffemodel and .solverstate atomically (refusing non-finite weights)."""
         xp = self.net.xp
