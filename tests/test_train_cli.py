@@ -136,6 +136,35 @@ def test_resume_through_the_cli_matches_straight_run(tmp_path, capsys):
             np.testing.assert_array_equal(pa.data, pb.data)
 
 
+def test_resume_tests_on_the_same_batches_and_drops_lr_at_the_same_iteration(tmp_path, capsys):
+    """With test_iter: 1 every test round reads a new batch of random test data; the batch of a round
+    follows from the iteration alone, so a resumed run tests on the same batches as the straight run and
+    the plateau policy drops the rate at the same iterations."""
+    from vggtool.solvers.parse_log import parse_log
+
+    plateau = ('lr_policy: "plateau" plateau_output: "loss" plateau_mode: MIN plateau_patience: 1 '
+               'plateau_max_drops: 5 plateau_threshold: 0.01\n')
+    logs = {}
+    for run in ("a", "b"):
+        path = write_solver(tmp_path / run, max_iter=24, snapshot=8, extra=plateau)
+        text = open(path).read().replace('lr_policy: "step"', "").replace("test_iter: 2", "test_iter: 1")
+        open(path, "w").write(text.replace("test_interval: 10", "test_interval: 2"))
+        logs[run] = str(tmp_path / run / "train.log")
+        argv = ["train", "--solver", path, "--log", logs[run]]
+        if run == "b":
+            assert main(argv + ["--iterations", "8"]) == 0
+            argv = ["train", "--solver", path, "--snapshot", str(tmp_path / "b" / "snap_iter_8.solverstate"),
+                    "--log", logs[run]]
+        assert main(argv) == 0
+    capsys.readouterr()
+    (train_a, test_a), (train_b, test_b) = parse_log(logs["a"]), parse_log(logs["b"])
+    after = [r for r in test_a if r["NumIters"] >= 8]
+    assert len(after) == 9 and len({r["loss"] for r in after}) > 1  # the rounds saw different batches
+    assert [r for r in test_b if r["NumIters"] >= 8] == after
+    assert [r for r in train_b if r["NumIters"] >= 8] == [r for r in train_a if r["NumIters"] >= 8]
+    assert len({r["LearningRate"] for r in train_a}) > 1  # the plateau policy did drop the rate
+
+
 CHAIN = ["conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8"]
 
 

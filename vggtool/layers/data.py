@@ -11,7 +11,7 @@ Determinism. The record of sample i of batch t is (skip + t * batch_size + sampl
 (ImageData with shuffle: position p of a seeded permutation drawn per epoch), and every random draw of
 the sample comes from a Generator seeded by (net seed, layer, t, sample_offset + i) -- the same key as
 Net.sample_rng -- so a batch depends only on t, not on how the batch is split over devices. t is net.iteration, set by the solver (iter * iter_size + micro-batch; test nets:
-the test batch index), so resume is exact; a forward at an unchanged net.iteration reads batch t + 1
+test round * test_iter + test batch, Solver.test_round), so resume is exact; a forward at an unchanged net.iteration reads batch t + 1
 (a caller that never sets it, e.g. a pycaffe-style loop, walks through the data as in Caffe).
 
 Multi-device hook: `batch_size` is the WHOLE batch. A replica's net carries `net.batch_divisor` (the

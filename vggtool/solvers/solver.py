@@ -398,6 +398,8 @@ class Solver:
         self.log.info("solver.cpp:347", f"Iteration {self.iter}, Testing net (#{i})")
         sums = {name: None for name in net.outputs}
         loss = 0.0
+        first_batch = self.test_round() * p.test_iter[i]
+        net.restore_batch_positions([(0, None)] * len(net.layers))  # no carry-over from an earlier round
         for k in range(p.test_iter[i]):
             action = self.requested_action
             if action == STOP:
@@ -405,7 +407,7 @@ class Solver:
                 self.requested_early_exit = True
                 self.log.info("solver.cpp:396", "Test interrupted.")
                 return None
-            net.iteration = k
+            net.iteration = first_batch + k
             net.sample_offset = 0
             batch_loss = net.forward_from_to()
             if p.test_compute_loss:
@@ -422,6 +424,17 @@ class Solver:
         self.last_test_scores[i] = scores
         self._log_outputs(net, "Test", {n: np.atleast_1d(scores[n]) for n in net.outputs})
         return scores
+
+    def test_round(self):
+        """Index of the test round at this iteration (rounds at multiples of test_interval, the first at 0
+        with test_initialization, else at test_interval). Round r reads test batches r * test_iter ...
+        (r + 1) * test_iter - 1, as Caffe's test data cursor walks on; the batches follow from `iter`
+        alone, so a resumed run tests on the same images as a straight one."""
+        p = self.param
+        if not p.test_interval:
+            return 0
+        r = self.iter // p.test_interval
+        return r if p.test_initialization else max(0, r - 1)
 
     def _log_outputs(self, net, kind, values):
         index = 0
