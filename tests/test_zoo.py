@@ -160,3 +160,34 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert cv2.imread(str(out / "training_curve.png")) is not None
     log = (out / "train.log").read_text()
     assert "Snapshotting to binary proto file snapshots/vgg_mini_iter_20.caffemodel" in log and "Optimization Done." in log
+
+
+def test_demo_rerun_evaluates_the_model_it_just_trained(tmp_path, monkeypatch, capsys):
+    """A used --out folder holds an older run's higher-numbered snapshot: the demo must test the snapshot
+    its own training wrote (the steps are stood in for by ones that record what they are given)."""
+    from vggtool.cli import demo
+    from vggtool.evaluate import save_scores
+
+    out = tmp_path / "run"
+    (out / "snapshots").mkdir(parents=True)
+    (out / "snapshots" / "vgg_mini_iter_1600.caffemodel").write_bytes(b"an older, longer run")
+    (out / "digits").mkdir()
+    (out / "digits" / "val.txt").write_text("")
+    for split in ("train", "val"):
+        (out / f"digits_{split}_lmdb").mkdir()
+    tested = []
+
+    def step(title, argv, tool="vggtool"):
+        if argv[0] == "train":
+            (out / "snapshots" / "vgg_mini_iter_20.caffemodel").write_bytes(b"this run")
+            (out / "train.log").write_text("I1201 10:00:00.000000  1 solver.cpp:464] Snapshotting to binary "
+                                           "proto file snapshots/vgg_mini_iter_20.caffemodel\n")
+        elif argv[0] == "test":
+            tested.append(argv[argv.index("--weights") + 1])
+            save_scores("scores.npz", np.eye(3), [0, 1, 2], ["a", "b", "c"])
+        return 0.0
+
+    monkeypatch.setattr(demo, "_step", step)
+    assert vggtool_main(["demo", "--out", str(out), "--iterations", "20"]) == 0
+    assert tested == [os.path.join("snapshots", "vgg_mini_iter_20.caffemodel")]
+    assert "top-1 error 0.00%" in capsys.readouterr().out

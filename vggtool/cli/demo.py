@@ -5,6 +5,7 @@ dense multi-scale evaluation with flips -> training curve. Every step is an ordi
 command run inside the output folder; the commands are printed so they can be rerun by hand.
 """
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from ..errors import VggtoolError
 
 HELP = "train and densely test a VGG-style net on the bundled digits data, end to end (a few minutes)"
 
+SNAPSHOT_LINE = re.compile(r"Snapshotting to binary proto file (.+\.caffemodel)\s*$", re.M)
 TEST_SCALES = "24,28,32"  # {Smin, (Smin+Smax)/2, Smax} for training jitter [24, 32], as in the paper
 
 
@@ -23,6 +25,15 @@ def _source_file(*parts):
         raise VggtoolError(f"{path} not found: run the demo from a source checkout installed with "
                            "`pip install -e .`")
     return path
+
+
+def last_snapshot(log):
+    """The model this training run saved last, from its own log: not the highest-numbered snapshot in the
+    folder, which may be an earlier run's (a re-run in a used --out, or one with fewer --iterations)."""
+    models = SNAPSHOT_LINE.findall(Path(log).read_text(encoding="utf-8", errors="replace"))
+    if not models:
+        raise VggtoolError(f"training wrote no snapshot (no 'Snapshotting to binary proto file' line in {log})")
+    return models[-1]
 
 
 def add_arguments(parser):
@@ -72,11 +83,7 @@ def run(args):
         if args.devices:
             train += ["--devices", args.devices]
         times["train"] = _step("train (scale jittering S in [24, 32], crops 24x24, flips)", train)
-        snapshots = sorted((out / "snapshots").glob("vgg_mini_iter_*.caffemodel"),
-                           key=lambda p: int(p.stem.rsplit("_", 1)[1]))
-        if not snapshots:
-            raise VggtoolError("training wrote no snapshot")
-        weights = snapshots[-1].relative_to(out)
+        weights = last_snapshot(out / "train.log")
         times["test"] = _step("dense multi-scale evaluation with flips", [
             "test", "--net", "deploy.prototxt", "--weights", str(weights), "--data", "digits_val_lmdb",
             "--scales", TEST_SCALES, "--flip", "--mode", "dense", "--mean-value", "50", "--scale", "0.0125",
