@@ -172,3 +172,44 @@ def test_constant_scores_count_as_errors_in_test_and_fuse(model, image_list, tmp
     assert "top-1 error = 100.00%" in text and "top-5 error = 100.00% (4 images)" in text
     assert main(["fuse", out, out]) == 0
     assert "fusion of 2 model(s): top-1 error = 100.00%, top-5 error = 100.00%" in capsys.readouterr().out
+
+
+def test_weights_that_fit_nothing_are_an_error_naming_the_file(model, image_list, tmp_path, capsys):
+    """--weights of another net (no layer name in common) or a net definition (a text file without weights)
+    must not run the net at its random initialisation."""
+    listfile, root, _ = image_list
+    other = tmp_path / "other.prototxt"
+    other.write_text('name: "other"\nlayer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 5 } } }\n'
+                     'layer { name: "unrelated_ip" type: "InnerProduct" bottom: "x" top: "y" '
+                     'inner_product_param { num_output: 3 } }\n')
+    Net(str(other), phase="TEST").save(str(tmp_path / "other.caffemodel"))
+    for weights in (str(tmp_path / "other.caffemodel"), model[0]):
+        for extra in (["--data", listfile, "--root", root, "--scales", "32"], ["--iterations", "1"]):
+            assert main(["test", "--net", model[0], "--weights", weights, *extra]) == 1
+            err = capsys.readouterr().err
+            assert weights in err and "no parameter" in err, err
+    img = str(tmp_path / "images" / "img0.png")
+    assert main(["classify", "--net", model[0], "--weights", str(tmp_path / "other.caffemodel"), img]) == 1
+    assert "other.caffemodel" in capsys.readouterr().err
+
+
+def test_layers_left_at_their_fillers_are_named(model, image_list, tmp_path, capsys):
+    """Weights that cover only some layers: the run goes on (as Caffe's), with a warning naming the layers
+    whose parameters keep their random initialisation."""
+    from vggtool import protoio
+
+    listfile, root, _ = image_list
+    param = protoio.read_net_param(model[1])
+    for layer in param.layer:
+        if layer.name in ("fc7", "fc8"):
+            del layer.blobs[:]
+    partial = tmp_path / "partial.caffemodel"
+    partial.write_bytes(param.SerializeToString())
+    assert main(["test", "--net", model[0], "--weights", str(partial), "--data", listfile, "--root", root,
+                 "--scales", "32"]) == 0
+    err = capsys.readouterr().err
+    warning = [line for line in err.splitlines() if line.startswith("W") and "fc7, fc8" in line]
+    assert len(warning) == 1 and str(partial) in warning[0] and "fc6" not in warning[0], err
+    assert main(["test", "--net", model[0], "--weights", model[1], "--data", listfile, "--root", root,
+                 "--scales", "32"]) == 0
+    assert "left at their fillers" not in capsys.readouterr().err

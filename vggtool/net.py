@@ -216,7 +216,7 @@ class Net:
         with device:
             self._init_layers(insert_splits(self.param, self.source))
         if weights:
-            self.copy_from(weights)
+            self.load_weights(weights)
 
     # -- construction ------------------------------------------------------------------------------------
     def _init_layers(self, param):
@@ -491,6 +491,25 @@ class Net:
         return None
 
     # -- weights ------------------------------------------------------------------------------------------
+    def load_weights(self, path):
+        """copy_from(path) for a net that is run as trained (test, classify, extract, localize): a file
+        from which no parameter is copied is an error naming it; layers whose parameters keep their
+        fillers are named in one warning line (Caffe logs what it ignores; running them silently would
+        report an untrained net's scores)."""
+        report = self.copy_from(path)
+        with_params = [name for name, layer in self.layer_dict.items() if layer.blobs]
+        if with_params and not report.copied:
+            weighted = report.ignored  # nothing copied: every source layer with weights was ignored
+            why = (f"its layers with weights ({', '.join(weighted[:8])}{', ...' if len(weighted) > 8 else ''}) "
+                   f"have no namesake in {self.source}" if weighted else
+                   "it holds no weights at all (a net definition rather than a .caffemodel?)")
+            raise VggtoolError(f"{path}: no parameter could be copied into the net: {why}")
+        if report.missing:
+            from .solvers.glog import GLog
+            GLog().warning("net.cpp:1137", f"{path} has no weights for layer(s) {', '.join(report.missing)}: "
+                                           "their parameters are left at their fillers (random initialisation)")
+        return report
+
     def copy_from(self, source, only=None, report=None):
         """Copy parameters from a .caffemodel path or NetParameter, by layer name (Caffe's CopyTrainedLayersFrom).
 
