@@ -164,6 +164,9 @@ def convert(entries, args, list_name):
                            "or re-create it from the images with --backend lmdb)")
     if args.encode_type and args.encode_type.lower() not in _ENCODINGS:
         raise VggtoolError(f"--encode_type {args.encode_type}: use png or jpg")
+    for flag in ("resize_smallest", "resize_height", "resize_width"):
+        if getattr(args, flag) < 0:  # a negative size would become a 1x1 (or a cv2.error) image
+            raise VggtoolError(f"--{flag} must be a positive size in pixels (0: no resize), got {getattr(args, flag)}")
     if (args.resize_height > 0) != (args.resize_width > 0):
         raise VggtoolError("--resize_height and --resize_width go together (or use --resize_smallest)")
     if args.resize_smallest and args.resize_height:

@@ -197,3 +197,14 @@ def test_digits_export_and_convert(tmp_path, capsys):
     recs = records(tmp_path / "val_lmdb")
     assert [d.label for _, d in recs] == [int(l) for _, l in val]
     assert (recs[0][1].channels, recs[0][1].height, recs[0][1].width) == (3, 32, 32)
+
+
+@pytest.mark.parametrize("flags,name", [(["--resize_smallest", "-5"], "--resize_smallest"),
+                                        (["--resize_height", "-5", "--resize_width", "-5"], "--resize_height"),
+                                        (["--resize_height", "8", "--resize_width", "-3"], "--resize_width")])
+def test_negative_resize_sizes_are_flag_errors(tmp_path, rng, capsys, flags, name):
+    listing, _ = make_images(tmp_path, rng)
+    assert convert(tmp_path, listing, tmp_path / "db", *flags) == 1
+    err = capsys.readouterr().err
+    assert f"{name} must be a positive size" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "db").exists()
