@@ -20,10 +20,11 @@ def model(tmp_path_factory):
 
 
 def resize_smallest(image, q):
-    """Independent isotropic rescale: smallest side q, the other rounded."""
+    """Independent isotropic rescale: smallest side q, the other rounded; pixel areas when shrinking."""
     h, w = image.shape[:2]
     size = (int(round(w * q / h)), q) if h <= w else (q, int(round(h * q / w)))
-    return image if (size[1], size[0]) == (h, w) else cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+    how = cv2.INTER_AREA if q < min(h, w) else cv2.INTER_LINEAR
+    return image if (size[1], size[0]) == (h, w) else cv2.resize(image, size, interpolation=how)
 
 
 def direct_descriptor(conv_net, image, scales, flip, aggregate, blob="fc7"):

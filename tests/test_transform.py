@@ -147,3 +147,35 @@ def test_bad_parameters():
         DataTransformer(tp(pca_stats_file="/nonexistent/pca"), TRAIN)
     with pytest.raises(VggtoolError, match="smaller than crop_size 16"):
         DataTransformer(tp(crop_size=16), TEST)(np.zeros((8, 30, 3), np.uint8))
+
+
+def reference_rescale(image, q):
+    """Independent: smaller side q, the other side rounded; pixel-area averaging when shrinking (no
+    aliasing), bilinear when enlarging."""
+    import cv2
+
+    h, w = image.shape[:2]
+    size = (round(w * q / min(h, w)), q) if h <= w else (q, round(h * q / min(h, w)))
+    how = cv2.INTER_AREA if q < min(h, w) else cv2.INTER_LINEAR
+    out = cv2.resize(image, size, interpolation=how)
+    return out[:, :, None] if out.ndim == 2 else out
+
+
+@pytest.mark.parametrize("shape,q", [((64, 96, 3), 16), ((120, 80, 3), 32), ((80, 121, 3), 35),
+                                     ((40, 52, 3), 48), ((30, 30, 1), 20)])
+def test_one_rescale_for_training_testing_extraction_and_localisation(shape, q):
+    """An image stored larger than the test scale is shrunk as in training (pixel areas, no aliasing) by
+    dense/multi-crop testing, extraction and localisation, and enlarged bilinearly by all of them."""
+    from vggtool import evaluate, extract, localize
+
+    rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
+    image = np.repeat((((rows + cols) % 2) * 255).astype(np.uint8)[:, :, None], shape[2], axis=2)  # 1-px checks
+    want = reference_rescale(image, q)
+    trained = DataTransformer(tp(smallest_side=q), TRAIN)(image, np.random.default_rng(0))
+    tested = DataTransformer(tp(test_smallest_side=q), TEST)(image)
+    np.testing.assert_array_equal(trained, want.transpose(2, 0, 1).astype(np.float32))
+    np.testing.assert_array_equal(tested, trained)
+    for module in (evaluate, extract.ev, localize):
+        np.testing.assert_array_equal(module.rescale(image, q), want)
+    if q < min(shape[:2]) and min(shape[:2]) % q == 0:  # a whole-pixel shrink averages the checks to grey
+        assert np.abs(evaluate.rescale(image, q).astype(int) - 127.5).max() <= 0.5

@@ -22,6 +22,7 @@ import numpy as np
 from . import protoio, surgery
 from .backend import CPU, to_numpy
 from .blob import proto_to_array
+from .data.transform import isotropic_resize
 from .errors import VggtoolError
 from .listargs import parse_list
 from .net import Net
@@ -41,17 +42,10 @@ def softmax(scores, axis=1):
 
 
 # -- images -----------------------------------------------------------------------------------------------
-def rescale(image, q):
-    """Isotropic rescale so the smallest side is q (cv2.INTER_LINEAR)."""
-    h, w = image.shape[:2]
-    if h <= w:
-        size = (max(1, int(round(w * q / h))), q)
-    else:
-        size = (q, max(1, int(round(h * q / w))))
-    if (size[1], size[0]) == (h, w):
-        return image
-    out = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-    return out if out.ndim == 3 else out[:, :, None]
+# The one isotropic rescale of training and testing (dense, multi-crop, extraction, localisation): pixel
+# areas when shrinking, bilinear when enlarging, so an image stored at 512 and tested at Q=256 is not
+# aliased and a net sees at test time the kind of pixels it was trained on.
+rescale = isotropic_resize
 
 
 def grid_positions(h, w, crop_h, crop_w, grid=GRID):

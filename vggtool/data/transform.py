@@ -26,7 +26,9 @@ TRAIN = 0
 
 
 def isotropic_resize(image, smallest):
-    """Rescale so the smaller side is `smallest`, keeping the aspect ratio."""
+    """Rescale so the smaller side is `smallest`, keeping the aspect ratio (the other side rounded):
+    cv2.INTER_AREA when shrinking (no aliasing), INTER_LINEAR when enlarging. The one rescale of vggtool:
+    training's transform, and testing, extraction and localisation (vggtool.evaluate.rescale)."""
     h, w = image.shape[:2]
     if min(h, w) == smallest:
         return image
