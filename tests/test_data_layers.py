@@ -357,3 +357,54 @@ def test_numbered_keys_with_a_repeat_fall_back_to_the_key_list(tmp_path, caplog)
         np.testing.assert_array_equal(batch(net, 1)[1], [0, 1, 2, 3])
     assert any("not numbered 0..3" in r.getMessage() for r in caplog.records)
     assert net.layer_dict["data"].records.keys == keys
+
+
+CORRUPT_NET = """
+name: "corrupt"
+layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: TRAIN }}
+  data_param {{ source: "{db}" batch_size: 4 backend: LMDB }} }}
+layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: TEST }}
+  data_param {{ source: "{db}" batch_size: 5 backend: LMDB }} }}
+layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+  inner_product_param {{ num_output: 3 weight_filler {{ type: "gaussian" std: 0.01 }} }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }}
+"""
+
+
+def test_corrupt_records_are_counted_and_opencv_stays_quiet(tmp_path):
+    """Training over a database with a truncated PNG and a broken JPEG: each is warned about once per layer
+    by vggtool, the count is printed (end of epoch, each test round, end of training), and none of
+    OpenCV's own decoder messages ('[ WARN...] global ... readHeader') reach stderr."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(5)
+    records = [encoded_datum(cv2.imencode(".png", rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))[1], i % 3)
+               for i in range(10)]
+    records[3] = encoded_datum(records[3].data[:40], 0)  # truncated PNG
+    records[7] = encoded_datum(b"\xff\xd8\xff\xe0\x00\x10JFIF" + bytes(30), 1)  # a JPEG header, no image
+    write_db(tmp_path / "db", [r.SerializeToString() for r in records])
+    (tmp_path / "net.prototxt").write_text(CORRUPT_NET.format(db=tmp_path / "db"))
+    (tmp_path / "solver.prototxt").write_text(
+        f'net: "{tmp_path / "net.prototxt"}"\ntest_iter: 1\ntest_interval: 5\nbase_lr: 0.01\nlr_policy: "fixed"\n'
+        f'max_iter: 10\ndisplay: 0\nsnapshot: 0\nsnapshot_prefix: "{tmp_path / "s"}"\n'
+        'random_seed: 1\n')
+    run = subprocess.run([sys.executable, "-m", "vggtool", "train", "--solver", str(tmp_path / "solver.prototxt")],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    err = run.stderr.splitlines()
+    assert not [line for line in err if "global " in line or "readHeader" in line or line.startswith("[")], err
+    for key in ("00000003_r3", "00000007_r7"):
+        assert sum("skipping" in line and key in line for line in err) == 2, err  # train and test layer
+    counts = [line for line in err if "2 corrupt record(s)" in line]
+    assert any("epoch" in line for line in counts), err  # 10 iterations x 4 = 4 passes over 10 records
+    assert any("Test net" in line for line in counts) and any("end of training" in line for line in counts), err
+    # Caffe's test mode on the same data: the count at the end, no OpenCV lines either.
+    run = subprocess.run([sys.executable, "-m", "vggtool", "test", "--net", str(tmp_path / "net.prototxt"),
+                          "--weights", str(tmp_path / "s_iter_10.caffemodel"), "--iterations", "3"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    err = run.stderr.splitlines()
+    assert not [line for line in err if "global " in line or "readHeader" in line or line.startswith("[")], err
+    counts = [k for k, line in enumerate(err) if line.startswith("W") and "2 corrupt record(s)" in line]
+    assert len(counts) == 1 and "] Loss: " in err[counts[0] + 1], err

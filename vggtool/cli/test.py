@@ -91,6 +91,10 @@ def run_caffe_test(args):
         else:
             for s, (_, v) in zip(sums, values):
                 s += v
+    for layer in net.layers:  # corrupt records skipped by the data layers, counted
+        line = getattr(layer, "skipped_summary", lambda: None)()
+        if line:
+            GLog().warning(f"caffe.cpp:{sys._getframe().f_lineno}", line)
     glog(f"Loss: {fmt(loss / args.iterations)}")
     for name, s in zip(net.outputs, sums):
         weight = net.blob_loss_weights.get(name, 0.0)

@@ -32,7 +32,9 @@ is the LMDB's stat and each worker thread reads with its own cursor, seeking by 
 its key list, read once at the first long jump).
 
 A record that cannot be decoded is skipped with one warning per record, counted in
-`layer.skipped_records`, and replaced by the next good record; training never stops on it.
+`layer.skipped_records` (every skip) and `layer.corrupt_records` (distinct records), and replaced by the
+next good record; training never stops on it. The count is logged at the end of each pass over the
+data, and by the solver after each test round and at the end of training (skipped_summary).
 """
 import logging
 import os
@@ -153,6 +155,27 @@ class PrefetchingDataLayer(Layer):
                     log.warning("layer '%s': skipping %s: %s", self.name, self.describe(i), e)
         raise self.error(f"no record of {self.source_path} can be decoded")
 
+    @property
+    def corrupt_records(self):
+        """Distinct records found undecodable so far."""
+        return len(self._warned)
+
+    def skipped_summary(self):
+        """One line counting the corrupt records skipped so far, or None when there were none."""
+        if not self._warned:
+            return None
+        return (f"layer '{self.name}': {len(self._warned)} corrupt record(s) of {self.source_path} skipped "
+                f"so far ({self.skipped_records} skip(s) in all)")
+
+    def _log_epoch_end(self, t):
+        """After the batch that completes a pass over the records: the count so far (offset-0 replica)."""
+        start = self.skip + t * self.batch_size
+        end = start + self.batch_size
+        if end // self.num_records > start // self.num_records:
+            line = self.skipped_summary()
+            if line:
+                log.warning("%s (end of epoch %d)", line, end // self.num_records)
+
     def make_sample(self, t, g):
         index, image, label, boxes = self._load_good(self.record_index(t, g))
         box = None
@@ -208,6 +231,8 @@ class PrefetchingDataLayer(Layer):
         futures, data, labels, boxes = entry
         for f in futures:
             f.result()  # re-raises a worker's error here, in the training thread
+        if offset == 0:
+            self._log_epoch_end(t)
         top[0].data[...] = self.xp.asarray(data)
         if len(top) > 1:
             top[1].data[...] = self.xp.asarray(labels)

@@ -364,6 +364,7 @@ class Solver:
             self.log.info("solver.cpp:296", f"Restoring previous solver status from {resume}")
             self.restore(resume)
         self.step(p.max_iter - self.iter)
+        self.log_skipped_records(self.net, "Train net, end of training")
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
             self.checked_snapshot()
         if self.requested_early_exit:
@@ -423,7 +424,15 @@ class Solver:
             scores[name] = float(means[0]) if means.size == 1 else list(means)
         self.last_test_scores[i] = scores
         self._log_outputs(net, "Test", {n: np.atleast_1d(scores[n]) for n in net.outputs})
+        self.log_skipped_records(net, f"Test net (#{i})")
         return scores
+
+    def log_skipped_records(self, net, what):
+        """Warn with the data layers' counts of corrupt records skipped (none: nothing logged)."""
+        for layer in net.layers:
+            line = getattr(layer, "skipped_summary", lambda: None)()
+            if line:
+                self.log.warning("data.py:1", f"{what}: {line}")
 
     def test_round(self):
         """Index of the test round at this iteration (rounds at multiples of test_interval, the first at 0
