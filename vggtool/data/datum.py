@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import VggtoolError
 from ..proto import caffe_pb2
+from .lmdb_check import check_complete, read_errors
 
 
 def record_key(index, path):
@@ -89,9 +90,15 @@ def open_lmdb(path, write=False, map_size=1 << 30):
     try:
         if write:
             return lmdb.open(path, map_size=map_size, subdir=True, meminit=False, map_async=True)
-        return lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=True)
+        env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=True)
     except lmdb.Error as e:
         raise VggtoolError(f"cannot open LMDB database {path}: {e}") from None
+    try:
+        check_complete(env, path)
+    except VggtoolError:
+        env.close()
+        raise
+    return env
 
 
 _SHARED = weakref.WeakValueDictionary()
@@ -124,11 +131,16 @@ def shared_lmdb(path):
 def iterate_records(path):
     """Yield (key, Datum) in key order from the LMDB at `path`."""
     env = shared_lmdb(path)
-    with env.begin(buffers=False) as txn:
+    with read_errors(path), env.begin(buffers=False) as txn:
         for key, value in txn.cursor():
-            datum = caffe_pb2.Datum()
-            try:
-                datum.ParseFromString(value)
-            except Exception:
-                raise VggtoolError(f"{path}: record {key!r} is not a Datum (corrupt database?)") from None
-            yield key, datum
+            yield key, parse_datum(value, f"{path}: record {key.decode(errors='replace')}")
+
+
+def parse_datum(value, source):
+    """A Datum from record bytes; an error naming `source` when they are not one."""
+    datum = caffe_pb2.Datum()
+    try:
+        datum.ParseFromString(value)
+    except Exception as e:  # protobuf's DecodeError (its type depends on the protobuf runtime)
+        raise VggtoolError(f"{source} is not a Datum (corrupt database?): {e}") from None
+    return datum
