@@ -82,10 +82,20 @@ CPU = Device("cpu")
 
 
 def _physical_memory():
+    """The machine's RAM, or the process's address-space limit (ulimit -v) when that is smaller."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not a POSIX system: no bound from here
-        return 1 << 62
+        total = 1 << 62
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            total = min(total, soft)
+    except (ImportError, ValueError, OSError):
+        pass
+    return total
 
 
 def gpu_count():

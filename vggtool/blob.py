@@ -13,6 +13,8 @@ from .errors import VggtoolError
 
 
 MAX_AXES = 32  # Caffe's kMaxBlobAxes
+MAX_DIM = 2**31 - 1  # Caffe's dimensions are ints
+MAX_ELEMENTS = 2**60
 
 
 class BlobShapeError(VggtoolError):
@@ -31,6 +33,10 @@ def _as_shape(args):
         raise BlobShapeError(f"shape of {len(shape)} axes; a blob has at most {MAX_AXES} (as in Caffe)")
     if any(d < 0 for d in shape):
         raise BlobShapeError(f"negative dimension in shape {shape}")
+    if any(d > MAX_DIM for d in shape):
+        raise BlobShapeError(f"dimension above {MAX_DIM} (Caffe's int) in shape {shape}")
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:  # even an empty view of it is refused by NumPy
+        raise BlobShapeError(f"shape {shape} has more elements than any array can hold")
     return shape
 
 

@@ -72,7 +72,31 @@ def read_binary_proto(path, message, what="binary proto"):
         message.ParseFromString(data)
     except pb_message.DecodeError as e:
         raise VggtoolError(f"{path}: not a valid {what} (truncated or corrupt: {e})") from None
+    bad = _non_text_string(message)
+    if bad:
+        raise VggtoolError(f"{path}: not a valid {what}: its field {bad} is not UTF-8 text (corrupt file?)")
     return message
+
+
+def _non_text_string(message, prefix=""):
+    """The name of the first string field holding bytes that are not UTF-8 (proto2 parses them and hands
+    them over as bytes, which would fail far from here, in a path or a name), or None."""
+    for field, value in message.ListFields():
+        name = prefix + field.name
+        if field.type == field.TYPE_MESSAGE:
+            for sub in (value if _is_repeated(field) else [value]):
+                bad = _non_text_string(sub, name + ".")
+                if bad:
+                    return bad
+        elif field.type == field.TYPE_STRING:
+            if any(isinstance(v, bytes) for v in (value if _is_repeated(field) else [value])):
+                return name
+    return None
+
+
+def _is_repeated(field):
+    flag = getattr(field, "is_repeated", None)  # newer protobuf runtimes; older ones have `label`
+    return bool(flag) if flag is not None else field.label == field.LABEL_REPEATED
 
 
 def read_net_param(path_or_text, is_text=None):

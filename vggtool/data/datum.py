@@ -39,7 +39,10 @@ def encoded_datum(file_bytes, label=0):
 
 def decode_image_bytes(data, color=True, source="image"):
     flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag) if len(data) else None
+    except cv2.error:  # OpenCV refuses some malformed buffers with an exception instead of None
+        image = None
     if image is None:
         raise VggtoolError(f"{source}: cannot decode the image bytes (corrupt or unsupported format)")
     return image
