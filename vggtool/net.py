@@ -134,11 +134,16 @@ def insert_splits(net_param, source="net"):
 
 @contextlib.contextmanager
 def _layer_context(layer):
-    """Name the layer in a BlobShapeError raised while it sets up or reshapes its blobs."""
+    """Name the layer in a BlobShapeError raised while it sets up or reshapes its blobs. A blob larger
+    than the device is refused before allocation (Blob._check_fits); memory running out over many blobs
+    that each fit is reported here too, naming the layer that asked last."""
     try:
         yield
     except BlobShapeError as e:
         raise VggtoolError(f"layer '{layer.name}' ({layer.type}): {e}") from None
+    except MemoryError as e:  # also CuPy's OutOfMemoryError, a MemoryError subclass
+        raise VggtoolError(f"layer '{layer.name}' ({layer.type}): out of memory while setting up its blobs "
+                           f"({' '.join(str(e).split())[:200]}); the net is too large for this device") from None
 
 
 def _field_header(number, size):
