@@ -195,6 +195,7 @@ CASES = [
     (V, "train --solver {w}/solver.prototxt --snapshot {w}/state_fifo.solverstate", "fifo.caffemodel"),
     (V, "train --solver {w}/solver.prototxt --snapshot {w}/state_truncated.solverstate", "state_truncated"),
     (V, "train --solver {w}/solver.prototxt --weights {w}/garbage.caffemodel", "garbage.caffemodel"),
+    (V, "train --solver {w}/solver.prototxt --snapshot {w}/missing.solverstate", "missing.solverstate"),
     (V, "train --solver {w}/solver.prototxt --iterations -1", "--iterations"),
     (V, "train --solver {w}/solver.prototxt --devices cpu:0", "--devices"),
     (V, "train --solver {w}/solver.prototxt --gpu x", "--gpu"),
@@ -256,6 +257,9 @@ CASES = [
     (V, "svm --features {w}/missing.npz --test-features {w}/missing.npz", "missing.npz"),
     (V, "svm --features {w}/scores.npz --test-features {w}/scores.npz", "scores.npz"),
     (V, "svm --features {w}/not_scores.npz --protocol caltech", "not_scores.npz"),
+    (V, "svm --features {w}/scores.npz --protocol caltech", "scores.npz"),
+    (V, "extract --net {w}/deploy.prototxt --weights {w}/deploy.caffemodel --layer fc8 --data {w}/db5 "
+        "--out {w}/f.npz", "db5:00000000_img0.png: an image of 5 channels"),
     # -- vggtool localize
     (V, "localize --net {w}/deploy.prototxt --weights {w}/deploy.caffemodel --weights {w}/deploy.caffemodel "
         "--data {w}/db", "--weights"),

@@ -254,7 +254,7 @@ def load_npz(path):
                             z["classes"] if "classes" in z else None, z["ignore"] if "ignore" in z else None,
                             [path])
     except KeyError as e:
-        raise VggtoolError(f"{path}: not a vggtool features file (no {e} array)") from None
+        raise VggtoolError(f"{path}: not a vggtool features file (it lacks an array: {e})") from None
     except (ValueError, OSError) as e:
         raise VggtoolError(f"{path}: cannot read features: {e}") from None
 
