@@ -259,7 +259,7 @@ CASES = [
     (V, "svm --features {w}/not_scores.npz --protocol caltech", "not_scores.npz"),
     (V, "svm --features {w}/scores.npz --protocol caltech", "scores.npz"),
     (V, "extract --net {w}/deploy.prototxt --weights {w}/deploy.caffemodel --layer fc8 --data {w}/db5 "
-        "--out {w}/f.npz", "db5:00000000_img0.png: an image of 5 channels"),
+        "--out {w}/f.npz", "image '00000000_img0.png' has 5 channel(s)"),
     # -- vggtool localize
     (V, "localize --net {w}/deploy.prototxt --weights {w}/deploy.caffemodel --weights {w}/deploy.caffemodel "
         "--data {w}/db", "--weights"),

@@ -180,6 +180,10 @@ def extract(extractor, image_set, limit=None, chunk=64, progress=True):
     bar = tqdm(total=total, unit="img", disable=not progress, desc=f"extracting {extractor.blob}")
     with bar:
         for key, image, lab in iterate_images(image_set, extractor.channels == 3, limit):
+            channels = image.shape[2] if image.ndim == 3 else 1
+            if channels != extractor.channels:
+                raise VggtoolError(f"--data {image_set.source}: image '{key}' has {channels} channel(s), the "
+                                   f"net's input has {extractor.channels}")
             keys.append(key)
             labels.append(lab)
             pending.append((key, image, lab))

@@ -60,6 +60,8 @@ def datum_to_image(datum, color=None, source="record"):
             image = image[:, :, None]
     else:
         c, h, w = datum.channels, datum.height, datum.width
+        if min(c, h, w) <= 0:
+            raise VggtoolError(f"{source}: Datum of shape {c}x{h}x{w} (every dimension must be positive)")
         if len(datum.data):
             if len(datum.data) != c * h * w:
                 raise VggtoolError(f"{source}: Datum holds {len(datum.data)} bytes but its shape "
@@ -72,9 +74,6 @@ def datum_to_image(datum, color=None, source="record"):
             image = np.asarray(datum.float_data, dtype=np.float32).reshape(c, h, w).transpose(1, 2, 0)
         else:
             raise VggtoolError(f"{source}: empty Datum (no data and no float_data)")
-    if color is not None and image.shape[2] not in (1, 3):
-        raise VggtoolError(f"{source}: an image of {image.shape[2]} channels cannot be read as "
-                           f"{'colour (3 channels)' if color else 'gray (1 channel)'}")
     if color is True and image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
     elif color is False and image.shape[2] == 3:
