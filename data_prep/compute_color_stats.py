@@ -13,7 +13,7 @@ from vggtool.blob import array_to_proto
 from vggtool.data.datum import datum_to_image, iterate_records
 from vggtool.errors import VggtoolError
 from vggtool.proto import caffe_pb2
-from vggtool.protoio import write_binary_proto
+from vggtool.protoio import check_output_path, write_binary_proto
 
 HELP = "RGB covariance eigen-decomposition of an LMDB for PCA colour augmentation (BlobProtoVector)"
 
@@ -58,6 +58,7 @@ def write_color_stats(path, values, vectors):
 
 
 def run(args):
+    check_output_path(args.out, "output colour statistics file")
     values, vectors, n = color_stats(args.db, args.max_pixels_per_image, args.seed)
     write_color_stats(args.out, values, vectors)
     print(f"RGB covariance of {n} pixels (0-255 scale)")

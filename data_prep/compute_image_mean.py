@@ -8,7 +8,7 @@ import numpy as np
 from vggtool.blob import array_to_proto
 from vggtool.data.datum import datum_to_image, iterate_records
 from vggtool.errors import VggtoolError
-from vggtool.protoio import write_binary_proto
+from vggtool.protoio import check_output_path, write_binary_proto
 
 HELP = "compute the mean image (BlobProto 1xCxHxW) of an LMDB of Datum records"
 
@@ -52,6 +52,7 @@ def image_mean(db, per_channel_only=False):
 def run(args):
     if args.backend.lower() != "lmdb":
         raise VggtoolError(f"--backend {args.backend}: only lmdb is supported")
+    check_output_path(args.out, "output mean file")
     mean, count = image_mean(args.db, args.per_channel_only)
     write_binary_proto(args.out, array_to_proto(mean.astype(np.float32)))
     print(f"Processed {count} files.")

@@ -21,6 +21,7 @@ from vggtool.data.datum import array_to_datum, encoded_datum, record_key
 from vggtool import boxes as box_geometry
 from vggtool.data.imagelist import read_box_list, read_image_list as read_list
 from vggtool.errors import VggtoolError
+from vggtool.protoio import check_output_path
 
 HELP = "convert an image list (path label per line) to an LMDB of Caffe Datum records"
 
@@ -147,6 +148,12 @@ class LmdbWriter:
         self.env.close()
 
 
+def is_replaceable_lmdb(path):
+    """--overwrite deletes the old database: only a folder holding nothing but LMDB's two files."""
+    names = set(os.listdir(path))
+    return "data.mdb" in names and names <= {"data.mdb", "lock.mdb"}
+
+
 def run(args):
     if list_has_boxes(args.list):
         entries = read_box_list(args.list)
@@ -176,8 +183,12 @@ def convert(entries, args, list_name):
     if not entries:
         raise VggtoolError(f"{list_name}: the list is empty")
     db = os.path.normpath(args.db)
+    check_output_path(db, "output database", folder=True)
     if os.path.exists(db) and not args.overwrite:
         raise VggtoolError(f"{db} already exists (pass --overwrite to replace it)")
+    if os.path.exists(db) and not is_replaceable_lmdb(db):
+        raise VggtoolError(f"{db} is not an LMDB database (it holds other files than data.mdb and lock.mdb); "
+                           "--overwrite replaces only a database")
     if args.shuffle:
         order = np.random.default_rng(args.seed).permutation(len(entries))
         entries = [entries[i] for i in order]

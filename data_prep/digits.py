@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from vggtool.errors import VggtoolError
+from vggtool.protoio import check_output_path
 
 HELP = "export scikit-learn's handwritten digits as PNG files with train.txt/val.txt lists"
 
@@ -70,6 +71,7 @@ def export_digits(out, size=32, val_fraction=0.2, seed=0, margin=4):
 
 
 def run(args):
+    check_output_path(args.out, "output folder", folder=True)
     n_train, n_val = export_digits(args.out, args.size, args.val_fraction, args.seed, args.margin)
     print(f"Wrote {n_train + n_val} digit images ({args.size}x{args.size} PNG) to {args.out}: "
           f"train.txt {n_train}, val.txt {n_val}")

@@ -3,6 +3,8 @@
 A `Device` says where arrays live; `device.xp` is the array module to use there. Layer code is written
 once against `xp`; nothing else in vggtool imports cupy directly.
 """
+import os
+
 import numpy as np
 
 from .errors import VggtoolError
@@ -63,6 +65,13 @@ class Device:
                 return _cupy.asarray(x, dtype=dtype)
         return np.asarray(to_numpy(x), dtype=dtype)
 
+    def memory_bytes(self):
+        """The device's total memory: no array larger than this can be allocated on it."""
+        if self.is_gpu:
+            with self:
+                return int(_cupy.cuda.runtime.memGetInfo()[1])
+        return _physical_memory()
+
     def synchronize(self):
         if self.is_gpu:
             with self:
@@ -70,6 +79,23 @@ class Device:
 
 
 CPU = Device("cpu")
+
+
+def _physical_memory():
+    """The machine's RAM, or the process's address-space limit (ulimit -v) when that is smaller."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: no bound from here
+        total = 1 << 62
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            total = min(total, soft)
+    except (ImportError, ValueError, OSError):
+        pass
+    return total
 
 
 def gpu_count():

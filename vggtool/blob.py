@@ -12,6 +12,16 @@ from .backend import CPU, to_numpy
 from .errors import VggtoolError
 
 
+MAX_AXES = 32  # Caffe's kMaxBlobAxes
+MAX_DIM = 2**31 - 1  # Caffe's dimensions are ints
+MAX_ELEMENTS = 2**60
+
+
+class BlobShapeError(VggtoolError):
+    """A shape no blob can take (negative, too many axes, more bytes than the device holds). The net adds
+    the layer's name (Net._layer_context)."""
+
+
 def _as_shape(args):
     if len(args) == 1 and not isinstance(args[0], (int, np.integer)):
         arg = args[0]
@@ -19,13 +29,20 @@ def _as_shape(args):
             arg = list(arg.dim)
         args = tuple(arg)
     shape = tuple(int(d) for d in args)
+    if len(shape) > MAX_AXES:
+        raise BlobShapeError(f"shape of {len(shape)} axes; a blob has at most {MAX_AXES} (as in Caffe)")
     if any(d < 0 for d in shape):
-        raise VggtoolError(f"negative blob dimension in shape {shape}")
+        raise BlobShapeError(f"negative dimension in shape {shape}")
+    if any(d > MAX_DIM for d in shape):
+        raise BlobShapeError(f"dimension above {MAX_DIM} (Caffe's int) in shape {shape}")
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:  # even an empty view of it is refused by NumPy
+        raise BlobShapeError(f"shape {shape} has more elements than any array can hold")
     return shape
 
 
 class Blob:
-    def __init__(self, shape=(), dtype=np.float32, device=CPU):
+    def __init__(self, shape=(), dtype=np.float32, device=CPU, name=None):
+        self.name = name  # for messages (the net's blob name, or "<layer> param k")
         self.device = device
         self.dtype = np.dtype(dtype)
         self._data_buf = None
@@ -33,7 +50,7 @@ class Blob:
         self._data = None
         self._diff = None
         self._shape = None
-        self.reshape(_as_shape((shape,)) if not isinstance(shape, int) else (shape,))
+        self.reshape(shape)
 
     # -- shape -------------------------------------------------------------------------------------------
     @property
@@ -73,19 +90,37 @@ class Blob:
         return " ".join(str(d) for d in self._shape) + f" ({self.count})"
 
     def reshape(self, *shape):
-        shape = _as_shape(shape)
+        try:
+            shape = _as_shape(shape)
+        except BlobShapeError as e:
+            raise BlobShapeError(f"{self._what()}: {e}") from None
         if shape == self._shape:
             return
-        self._shape = shape
         count = math.prod(shape)
         xp = self.device.xp
         with self.device:
             if self._data_buf is None or self._data_buf.size < count:
+                self._check_fits(shape, count)
                 self._data_buf = xp.zeros(count, dtype=self.dtype)
                 self._diff_buf = None
             if self._diff_buf is not None and self._diff_buf.size < count:
                 self._diff_buf = None
+        self._shape = shape
         self._refresh_views()
+
+    def _what(self):
+        return f"blob '{self.name}'" if self.name else "blob"
+
+    def _check_fits(self, shape, count):
+        """Refuse a buffer larger than the device's memory before asking for it: an allocator may grant
+        it lazily and the process then dies when the pages are touched (or MemoryError comes from deep
+        inside a layer)."""
+        need = count * self.dtype.itemsize
+        have = self.device.memory_bytes()
+        if need > have:
+            raise BlobShapeError(f"{self._what()}: shape {' x '.join(map(str, shape))} needs "
+                                 f"{need / 2**30:.4g} GiB, more than the {have / 2**30:.4g} GiB of "
+                                 f"{self.device.name} memory")
 
     def reshape_like(self, other):
         self.reshape(other.shape)
@@ -300,5 +335,11 @@ def array_to_proto(array, proto=None):
     return proto
 
 
-def proto_to_array(proto):
-    return proto_values(proto).reshape(proto_shape(proto))
+def proto_to_array(proto, source="blob proto"):
+    """The BlobProto's values shaped as it says; an error naming `source` when they do not fill it."""
+    shape = proto_shape(proto)
+    values = proto_values(proto)
+    if any(d < 0 for d in shape) or values.size != math.prod(shape):
+        raise VggtoolError(f"{source}: holds {values.size} value(s) but its shape "
+                           f"{' x '.join(map(str, shape))} needs {math.prod(shape)} (truncated or corrupt?)")
+    return values.reshape(shape)

@@ -65,7 +65,8 @@ def load_mean(mean_value=None, mean_file=None, channels=None):
     if mean_file is not None:
         if not os.path.exists(mean_file):
             raise VggtoolError(f"--mean-file: {mean_file} does not exist")
-        a = proto_to_array(protoio.read_binary_proto(mean_file, caffe_pb2.BlobProto(), "mean file"))
+        a = proto_to_array(protoio.read_binary_proto(mean_file, caffe_pb2.BlobProto(), "mean file"),
+                           f"--mean-file {mean_file}")
         a = a.reshape((-1,) + a.shape[-3:])[0] if a.ndim >= 3 else a
         mean = a.reshape(a.shape[0], -1).mean(axis=1) if a.ndim == 3 else np.ravel(a)
     elif mean_value is not None:

@@ -180,6 +180,10 @@ def extract(extractor, image_set, limit=None, chunk=64, progress=True):
     bar = tqdm(total=total, unit="img", disable=not progress, desc=f"extracting {extractor.blob}")
     with bar:
         for key, image, lab in iterate_images(image_set, extractor.channels == 3, limit):
+            channels = image.shape[2] if image.ndim == 3 else 1
+            if channels != extractor.channels:
+                raise VggtoolError(f"--data {image_set.source}: image '{key}' has {channels} channel(s), the "
+                                   f"net's input has {extractor.channels}")
             keys.append(key)
             labels.append(lab)
             pending.append((key, image, lab))
@@ -254,7 +258,7 @@ def load_npz(path):
                             z["classes"] if "classes" in z else None, z["ignore"] if "ignore" in z else None,
                             [path])
     except KeyError as e:
-        raise VggtoolError(f"{path}: not a vggtool features file (no {e} array)") from None
+        raise VggtoolError(f"{path}: not a vggtool features file (it lacks an array: {e})") from None
     except (ValueError, OSError) as e:
         raise VggtoolError(f"{path}: cannot read features: {e}") from None
 

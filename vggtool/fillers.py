@@ -32,6 +32,12 @@ def fill_array(param, shape, rng, dtype=np.float32):
     """A new NumPy array of `shape` filled as `param` (a FillerParameter) says."""
     kind = param.type or "constant"
     shape = tuple(shape)
+    if math.prod(shape) == 0:  # nothing to fill (and no fan to divide by)
+        return np.zeros(shape, dtype)
+    if kind in ("uniform", "gaussian"):
+        values = (param.min, param.max) if kind == "uniform" else (param.mean, param.std)
+        if not all(math.isfinite(v) for v in values):
+            raise VggtoolError(f"{kind} filler: its parameters must be finite, got {values}")
     if kind == "constant":
         out = np.full(shape, param.value, dtype=np.float64)
     elif kind == "uniform":
@@ -39,6 +45,8 @@ def fill_array(param, shape, rng, dtype=np.float32):
             raise VggtoolError(f"uniform filler: max ({param.max}) is below min ({param.min})")
         out = rng.uniform(param.min, param.max, size=shape)
     elif kind == "gaussian":
+        if param.std < 0:
+            raise VggtoolError(f"gaussian filler: std must be >= 0, got {param.std}")
         out = rng.normal(param.mean, param.std, size=shape)
         if param.sparse >= 0 and len(shape) >= 2:
             # Caffe's sparse gaussian: each output unit keeps about `sparse` non-zero inputs.
@@ -71,4 +79,9 @@ def fill_array(param, shape, rng, dtype=np.float32):
 
 
 def fill(blob, param, rng):
-    blob.data = fill_array(param, blob.shape, rng, dtype=blob.dtype)
+    try:
+        blob.data = fill_array(param, blob.shape, rng, dtype=blob.dtype)
+    except VggtoolError as e:
+        if not getattr(blob, "name", None):
+            raise
+        raise VggtoolError(f"{blob.name}: {e}") from None

@@ -5,6 +5,7 @@ where one top feeds several bottoms (their gradients are summed), wire in-place 
 share parameters by ParamSpec name, and work out which layers need backward (from the losses down,
 with propagate_down and force_backward).
 """
+import contextlib
 import math
 import zlib
 from collections import OrderedDict, defaultdict, namedtuple
@@ -13,7 +14,7 @@ import numpy as np
 
 from . import protoio
 from .backend import CPU, to_numpy
-from .blob import Blob, _encode_varint, blob_field_chunks, chunks_size, proto_shape, proto_values
+from .blob import Blob, BlobShapeError, _encode_varint, blob_field_chunks, chunks_size, proto_shape, proto_values
 from .errors import VggtoolError
 from .layers import layer_class
 from .proto import caffe_pb2
@@ -131,6 +132,20 @@ def insert_splits(net_param, source="net"):
     return out
 
 
+@contextlib.contextmanager
+def _layer_context(layer):
+    """Name the layer in a BlobShapeError raised while it sets up or reshapes its blobs. A blob larger
+    than the device is refused before allocation (Blob._check_fits); memory running out over many blobs
+    that each fit is reported here too, naming the layer that asked last."""
+    try:
+        yield
+    except BlobShapeError as e:
+        raise VggtoolError(f"layer '{layer.name}' ({layer.type}): {e}") from None
+    except MemoryError as e:  # also CuPy's OutOfMemoryError, a MemoryError subclass
+        raise VggtoolError(f"layer '{layer.name}' ({layer.type}): out of memory while setting up its blobs "
+                           f"({' '.join(str(e).split())[:200]}); the net is too large for this device") from None
+
+
 def _field_header(number, size):
     return _encode_varint(number << 3 | 2) + _encode_varint(size)
 
@@ -196,6 +211,8 @@ class Net:
         else:
             net_param = protoio.read_net_param(model)
             self.source = str(model)
+        if not len(net_param.layer):
+            raise VggtoolError(f"{self.source}: the net has no layers (an empty or wrong prototxt?)")
         self.phase = phase_value(phase)
         self.device = device
         self.xp = device.xp
@@ -261,14 +278,15 @@ class Net:
                                        "(only in-place use, with the same name as the bottom at the same "
                                        "position, may repeat a name)")
                 else:
-                    blob = Blob((), dtype=self.dtype, device=self.device)
+                    blob = Blob((), dtype=self.dtype, device=self.device, name=tname)
                     self.blobs[tname] = blob
                     self.blob_loss_weights[tname] = 0.0  # every blob, in blob order (pycaffe)
                 tops.append(blob)
                 available[tname] = True
             if layer_param.type == "Input":
                 self.inputs.extend(layer_param.top)
-            layer.setup(bottoms, tops)
+            with _layer_context(layer):
+                layer.setup(bottoms, tops)
             self._setup_loss_weights(layer, layer_param, tops)
             self._setup_params(layer, layer_param)
             self.layers.append(layer)
@@ -463,7 +481,8 @@ class Net:
     def reshape(self):
         with self.device:
             for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
-                layer.reshape(bottom, top)
+                with _layer_context(layer):
+                    layer.reshape(bottom, top)
 
     def clear_param_diffs(self):
         for p in self.learnable_params:

@@ -4,6 +4,7 @@ Every read error names the file (and, for text, the line and column); every writ
 file in the same folder that is renamed over the target only once complete.
 """
 import os
+import stat
 import tempfile
 
 from google.protobuf import message as pb_message
@@ -14,10 +15,25 @@ from .proto import caffe_pb2
 from .upgrade import upgrade_net, upgrade_solver
 
 
-def _read_bytes(path, what):
+# Protobuf's own limit on one serialised message (a signed 32-bit size); also the most any file read
+# here may hold, so a huge file or an endless one (/dev/zero, a pipe) is refused instead of filling memory.
+MAX_PROTO_BYTES = 2**31 - 1
+
+
+def _read_bytes(path, what, limit=MAX_PROTO_BYTES):
     try:
+        # stat before open: opening a FIFO would wait for a writer
+        if not stat.S_ISREG(os.stat(path).st_mode) and not os.path.isdir(path):
+            raise VggtoolError(f"{what} {path} is not a regular file (a device, pipe or socket)")
         with open(path, "rb") as f:
-            return f.read()
+            st = os.fstat(f.fileno())
+            if st.st_size > limit:
+                raise VggtoolError(f"{what} {path} is {st.st_size} bytes, more than the {limit} a protobuf "
+                                   "message can hold")
+            data = f.read(limit + 1)  # bounded even if the file grows while it is read
+            if len(data) > limit:
+                raise VggtoolError(f"{what} {path} holds more than the {limit} bytes a protobuf message can hold")
+            return data
     except FileNotFoundError:
         raise VggtoolError(f"{what} file not found: {path}") from None
     except IsADirectoryError:
@@ -56,7 +72,31 @@ def read_binary_proto(path, message, what="binary proto"):
         message.ParseFromString(data)
     except pb_message.DecodeError as e:
         raise VggtoolError(f"{path}: not a valid {what} (truncated or corrupt: {e})") from None
+    bad = _non_text_string(message)
+    if bad:
+        raise VggtoolError(f"{path}: not a valid {what}: its field {bad} is not UTF-8 text (corrupt file?)")
     return message
+
+
+def _non_text_string(message, prefix=""):
+    """The name of the first string field holding bytes that are not UTF-8 (proto2 parses them and hands
+    them over as bytes, which would fail far from here, in a path or a name), or None."""
+    for field, value in message.ListFields():
+        name = prefix + field.name
+        if field.type == field.TYPE_MESSAGE:
+            for sub in (value if _is_repeated(field) else [value]):
+                bad = _non_text_string(sub, name + ".")
+                if bad:
+                    return bad
+        elif field.type == field.TYPE_STRING:
+            if any(isinstance(v, bytes) for v in (value if _is_repeated(field) else [value])):
+                return name
+    return None
+
+
+def _is_repeated(field):
+    flag = getattr(field, "is_repeated", None)  # newer protobuf runtimes; older ones have `label`
+    return bool(flag) if flag is not None else field.label == field.LABEL_REPEATED
 
 
 def read_net_param(path_or_text, is_text=None):
@@ -84,6 +124,19 @@ def read_solver_param(path):
     return upgrade_solver(solver)
 
 
+def check_output_path(path, what="output", folder=False):
+    """Fail before any work is done when `path` cannot be the output: its parent folder must exist, and
+    an output file must not be an existing folder (an output folder must not be an existing file)."""
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise VggtoolError(f"{what} {path}: the folder {parent} does not exist")
+    if not folder and os.path.isdir(path):
+        raise VggtoolError(f"{what} {path} is an existing folder; give a file name")
+    if folder and os.path.exists(path) and not os.path.isdir(path):
+        raise VggtoolError(f"{what} {path} is an existing file, not a folder")
+
+
 def atomic_write_bytes(path, data):
     """Write `data` to `path` through a temporary file and a rename: readers never see half a file."""
     atomic_write_chunks(path, [data])
@@ -92,6 +145,8 @@ def atomic_write_bytes(path, data):
 def atomic_write_chunks(path, chunks):
     """atomic_write_bytes for a sequence of bytes-like pieces written one after the other."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise VggtoolError(f"cannot write {path}: it is an existing folder")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=folder)

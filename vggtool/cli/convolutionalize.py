@@ -18,6 +18,8 @@ def run(args):
     for flag, path in (("--net", args.net), ("--weights", args.weights)):
         if not os.path.exists(path):
             raise VggtoolError(f"{flag}: {path} does not exist")
+    protoio.check_output_path(args.out_net, "--out-net")
+    protoio.check_output_path(args.out_weights, "--out-weights")
     param = protoio.read_net_param(args.net)
     if not surgery.needs_surgery(param):
         raise VggtoolError(f"{args.net}: no InnerProduct layer to convert")

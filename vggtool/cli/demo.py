@@ -58,6 +58,14 @@ def run(args):
     from .. import evaluate
 
     out = Path(args.out).resolve()
+    # the flags are checked before anything is written
+    if out.exists() and not out.is_dir():
+        raise VggtoolError(f"--out {args.out} is an existing file, not a folder")
+    if args.iterations is not None and args.iterations < 1:
+        raise VggtoolError(f"--iterations must be at least 1, got {args.iterations}")
+    if args.devices:
+        from .. import backend
+        backend.parse_devices(devices_spec=args.devices)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("train_val.prototxt", "deploy.prototxt"):
         shutil.copyfile(_source_file("netdefs", "demo", name), out / name)

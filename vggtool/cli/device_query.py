@@ -13,6 +13,7 @@ def add_arguments(parser):
 
 
 def run(args):
+    requested = None if args.gpu is None else backend.parse_devices(args.gpu)  # an unknown id is an error
     print(f"CPU: {os.cpu_count()} core(s), NumPy {np.__version__}")
     count = backend.gpu_count()
     if count == 0:
@@ -20,7 +21,7 @@ def run(args):
         return 0
     import cupy
 
-    ids = range(count) if args.gpu in (None, "all") else [int(i) for i in args.gpu.split(",")]
+    ids = range(count) if requested is None else [d.index for d in requested]
     for i in ids:
         dev = backend.gpu(i)
         props = cupy.cuda.runtime.getDeviceProperties(dev.index)

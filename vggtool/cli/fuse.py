@@ -1,5 +1,6 @@
 """`vggtool fuse`: average the posteriors of several models (paper §4.3, ConvNet fusion)."""
 from .. import evaluate as ev
+from ..protoio import check_output_path
 
 HELP = "average the posteriors of several models' score files (.npz from vggtool test --out)"
 
@@ -10,6 +11,8 @@ def add_arguments(parser):
 
 
 def run(args):
+    if args.out:
+        check_output_path(args.out, "--out")
     for path in args.scores:
         p, labels, _ = ev.load_scores(path)
         print(f"{path}: " + ", ".join(ev.report_lines(p, labels)))

@@ -5,6 +5,7 @@ import numpy as np
 
 from .. import backend, ranking
 from ..errors import VggtoolError
+from ..protoio import check_output_path
 from .test import add_transform_arguments, transform_options
 
 HELP = "localisation: boxes from box-regression nets (centre crop or dense + greedy merging), top-k error"
@@ -51,6 +52,8 @@ def run(args):
         raise VggtoolError(f"--threshold is a distance 1 - IoU in [0, 1], got {args.threshold}")
     if args.root and not os.path.isdir(args.root):
         raise VggtoolError(f"--root: {args.root} is not a folder")
+    if args.out:
+        check_output_path(args.out, "--out")
     device = backend.CPU if args.gpu is None else backend.parse_devices(args.gpu)[0]
     transform = transform_options(args)
     regs = [loc.Regressor(n, w, blob=args.blob, device=device, **transform) for n, w in zip(args.net, args.weights)]

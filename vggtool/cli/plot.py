@@ -4,6 +4,7 @@ import math
 import os
 
 from ..errors import VggtoolError
+from ..protoio import check_output_path
 from ..solvers.parse_log import parse_log
 
 HELP = "plot train loss, test outputs and the learning rate from a training log"
@@ -20,9 +21,26 @@ def _series(rows, key):
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def image_format(path):
+    """The matplotlib format named by the --out extension (png when there is none)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ext = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    supported = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    if ext not in supported:
+        raise VggtoolError(f"--out {path}: unsupported image type '.{ext}' (use one of "
+                           f"{', '.join('.' + e for e in sorted(supported))})")
+    return ext
+
+
 def run(args):
     if not os.path.exists(args.log):
         raise VggtoolError(f"{args.log}: log file not found")
+    if os.path.isdir(args.log):
+        raise VggtoolError(f"{args.log}: is a folder, not a training log")
+    check_output_path(args.out, "--out")
+    fmt = image_format(args.out)
     train, test = parse_log(args.log)
     if not train and not test:
         raise VggtoolError(f"{args.log}: no 'Train net output' or 'Test net output' lines found "
@@ -54,7 +72,7 @@ def run(args):
     from ..protoio import atomic_write_bytes
     import io
     buf = io.BytesIO()
-    fig.savefig(buf, format=os.path.splitext(args.out)[1].lstrip(".") or "png")
+    fig.savefig(buf, format=fmt)
     plt.close(fig)
     atomic_write_bytes(args.out, buf.getvalue())
     print(f"wrote {args.out}: {len(train)} train and {len(test)} test point(s)")

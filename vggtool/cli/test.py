@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import backend
 from ..errors import VggtoolError
+from ..protoio import check_output_path
 from ..solvers.glog import GLog, fmt
 
 HELP = "score a net: Caffe's test (net's own data layer) or, with --data, VGG dense/multi-crop evaluation"
@@ -112,6 +113,8 @@ def run_evaluation(args):
         raise VggtoolError(f"--data: {args.data} does not exist (give an LMDB folder or an image list file)")
     if args.root and not os.path.isdir(args.root):
         raise VggtoolError(f"--root: {args.root} is not a folder")
+    if args.out:
+        check_output_path(args.out, "--out")
     evaluator = ev.Evaluator(args.net, args.weights, scales=scales, mode=args.mode, flip=args.flip,
                              crop=args.crop, blob=args.blob, average=args.average, device=_device(args),
                              batch=args.batch, **transform_options(args))

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import VggtoolError
 from ..proto import caffe_pb2
+from .lmdb_check import check_complete, read_errors
 
 
 def record_key(index, path):
@@ -38,7 +39,10 @@ def encoded_datum(file_bytes, label=0):
 
 def decode_image_bytes(data, color=True, source="image"):
     flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag) if len(data) else None
+    except cv2.error:  # OpenCV refuses some malformed buffers with an exception instead of None
+        image = None
     if image is None:
         raise VggtoolError(f"{source}: cannot decode the image bytes (corrupt or unsupported format)")
     return image
@@ -56,6 +60,8 @@ def datum_to_image(datum, color=None, source="record"):
             image = image[:, :, None]
     else:
         c, h, w = datum.channels, datum.height, datum.width
+        if min(c, h, w) <= 0:
+            raise VggtoolError(f"{source}: Datum of shape {c}x{h}x{w} (every dimension must be positive)")
         if len(datum.data):
             if len(datum.data) != c * h * w:
                 raise VggtoolError(f"{source}: Datum holds {len(datum.data)} bytes but its shape "
@@ -89,9 +95,15 @@ def open_lmdb(path, write=False, map_size=1 << 30):
     try:
         if write:
             return lmdb.open(path, map_size=map_size, subdir=True, meminit=False, map_async=True)
-        return lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=True)
+        env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=True)
     except lmdb.Error as e:
         raise VggtoolError(f"cannot open LMDB database {path}: {e}") from None
+    try:
+        check_complete(env, path)
+    except VggtoolError:
+        env.close()
+        raise
+    return env
 
 
 _SHARED = weakref.WeakValueDictionary()
@@ -124,11 +136,16 @@ def shared_lmdb(path):
 def iterate_records(path):
     """Yield (key, Datum) in key order from the LMDB at `path`."""
     env = shared_lmdb(path)
-    with env.begin(buffers=False) as txn:
+    with read_errors(path), env.begin(buffers=False) as txn:
         for key, value in txn.cursor():
-            datum = caffe_pb2.Datum()
-            try:
-                datum.ParseFromString(value)
-            except Exception:
-                raise VggtoolError(f"{path}: record {key!r} is not a Datum (corrupt database?)") from None
-            yield key, datum
+            yield key, parse_datum(value, f"{path}: record {key.decode(errors='replace')}")
+
+
+def parse_datum(value, source):
+    """A Datum from record bytes; an error naming `source` when they are not one."""
+    datum = caffe_pb2.Datum()
+    try:
+        datum.ParseFromString(value)
+    except Exception as e:  # protobuf's DecodeError (its type depends on the protobuf runtime)
+        raise VggtoolError(f"{source} is not a Datum (corrupt database?): {e}") from None
+    return datum

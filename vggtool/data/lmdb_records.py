@@ -12,6 +12,7 @@ import threading
 
 from ..errors import VggtoolError
 from .datum import record_key
+from .lmdb_check import read_errors
 
 log = logging.getLogger("vggtool.data")
 
@@ -28,13 +29,14 @@ class LmdbRecords:
 
     def __init__(self, env, source):
         self.env, self.source = env, source
-        self.count = int(env.stat()["entries"])
+        with read_errors(source):
+            self.count = int(env.stat()["entries"])
         self.keys = None  # only for databases whose keys are not numbered 0 .. count-1
         self._lock = threading.Lock()
         self._local = threading.local()
         self.numbered = False
         if self.count:
-            with env.begin() as txn:
+            with read_errors(source), env.begin() as txn:
                 cursor = txn.cursor()
                 first = cursor.key() if cursor.first() else b""
                 last = cursor.key() if cursor.last() else b""
@@ -48,12 +50,14 @@ class LmdbRecords:
         return state
 
     def get(self, i):
-        state = self._cursor()
-        cursor, pos = state[1], state[2]
-        if pos != i:
-            self._move(cursor, pos, i)
-            state[2] = i
-        return cursor.key(), cursor.value()
+        with read_errors(self.source):
+            state = self._cursor()
+            cursor, pos = state[1], state[2]
+            if pos != i:
+                state[2] = None  # unknown until the move succeeds
+                self._move(cursor, pos, i)
+                state[2] = i
+            return cursor.key(), cursor.value()
 
     def key(self, i):
         return self.get(i)[0]

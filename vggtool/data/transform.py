@@ -23,6 +23,7 @@ from ..proto import caffe_pb2
 from ..protoio import read_binary_proto
 
 TRAIN = 0
+MAX_RESIZE_CHANNELS = 4
 
 
 def isotropic_resize(image, smallest):
@@ -43,8 +44,8 @@ def read_pca_stats(path, where="transform_param"):
     if len(vec.blobs) != 2:
         raise VggtoolError(f"{where}: pca_stats_file {path} holds {len(vec.blobs)} blob(s); expected 2 "
                            "(eigenvalues, eigenvectors) as written by data_prep compute_color_stats")
-    values = proto_to_array(vec.blobs[0]).astype(np.float64).reshape(-1)
-    vectors = proto_to_array(vec.blobs[1]).astype(np.float64)
+    values = proto_to_array(vec.blobs[0], f"{where}: pca_stats_file {path} blob 0").astype(np.float64).reshape(-1)
+    vectors = proto_to_array(vec.blobs[1], f"{where}: pca_stats_file {path} blob 1").astype(np.float64)
     if values.shape != (3,) or vectors.size != 9:
         raise VggtoolError(f"{where}: pca_stats_file {path}: expected 3 eigenvalues and a 3x3 eigenvector "
                            f"matrix, got shapes {values.shape} and {vectors.shape}")
@@ -76,7 +77,7 @@ class DataTransformer:
             raise self.error("give mean_file or mean_value, not both")
         if p.mean_file:
             blob = read_binary_proto(p.mean_file, caffe_pb2.BlobProto(), "mean file (BlobProto)")
-            mean = proto_to_array(blob).astype(np.float32)
+            mean = proto_to_array(blob, f"{where}: mean_file {p.mean_file}").astype(np.float32)
             if mean.ndim == 4 and mean.shape[0] == 1:
                 mean = mean[0]
             if mean.ndim != 3:
@@ -122,6 +123,7 @@ class DataTransformer:
             image = image[:, :, None]
         s = self.scale_for(rng)
         if s:
+            self._check_resizable(image, source)
             old_hw = image.shape[:2]
             image = isotropic_resize(image, s)
             if boxes is not None:
@@ -164,6 +166,12 @@ class DataTransformer:
             out *= np.float32(p.scale)
         return out if boxes is None else (out, boxes)
 
+    def _check_resizable(self, image, source):
+        # OpenCV shrinks (INTER_AREA) images of at most 4 channels
+        if image.shape[2] > MAX_RESIZE_CHANNELS:
+            raise self.error(f"{source} has {image.shape[2]} channels; rescaling (smallest_side, "
+                             f"smallest_side_min/max, test_smallest_side) handles at most {MAX_RESIZE_CHANNELS}")
+
     def _mean_for(self, shape, h, w, h_off, w_off, mirror, source):
         mean = self.mean
         c, ch, cw = shape
@@ -191,5 +199,6 @@ class DataTransformer:
                              "set crop_size")
         s = self.scale_for(None)
         if s:
+            self._check_resizable(image, "the first record")
             image = isotropic_resize(image, s)
         return (c,) + image.shape[:2]

@@ -139,7 +139,7 @@ class Layer:
     def new_param(self, shape):
         from ..blob import Blob
 
-        blob = Blob(shape, dtype=self.dtype, device=self.device)
+        blob = Blob(shape, dtype=self.dtype, device=self.device, name=f"{self.name} param {len(self.blobs)}")
         self.blobs.append(blob)
         return blob
 
