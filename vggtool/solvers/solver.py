@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from .. import protoio
+from ..atomic_files import remove_stale_temporaries
 from ..backend import CPU, to_numpy
 from ..errors import VggtoolError
 from ..net import Net
@@ -109,6 +110,8 @@ class Solver:
         self.prefix = param.snapshot_prefix or (os.path.splitext(self.source)[0] if source else "snapshot")
         if param.snapshot:
             snapshot.check_prefix_writable(self.prefix)
+        for path in remove_stale_temporaries(self.prefix + "_iter_"):  # what a killed run left unfinished
+            self.log.info("solver.cpp:1", f"Removed the unfinished temporary file {path} of a killed run")
         self.history = self._zero_history()
         self.log.info("solver.cpp:57", "Solver scaffolding done.")
 
