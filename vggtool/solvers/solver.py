@@ -456,6 +456,8 @@ class Solver:
         snapshot.check_prefix_writable(self.prefix)
         model = snapshot.snapshot_filename(self.prefix, self.iter, ".caffemodel")
         self.log.info("solver.cpp:464", f"Snapshotting to binary proto file {model}")
+        # The model first, then the state that names it, each renamed into place only when complete and
+        # synced: a process killed at any moment leaves every .solverstate with its whole .caffemodel.
         self.net.save(model, write_diff=self.param.snapshot_diff)
         state = snapshot.snapshot_filename(self.prefix, self.iter, ".solverstate")
         self.log.info("sgd_solver.cpp:284", f"Snapshotting solver state to binary proto file {state}")
