@@ -97,12 +97,12 @@ F64_EPS = float(np.finfo(np.float64).eps)
 TRAIN_TERMS = BATCH * (27 + 64 + 16)
 
 
-def train(solver_path, devices=1, threads=None, iters=None, dtype=np.float32):
+def train(solver_path, devices=1, threads=None, iters=None, dtype=np.float32, share=True):
     if devices == 1:
         s = Solver(solver_path, log=GLog(stream=False), dtype=dtype)
     else:
         s = ParallelSolver(solver_path, devices=[CPU] * devices, threads=threads, log=GLog(stream=False),
-                           dtype=dtype)
+                           dtype=dtype, share_cpu_weights=share)
     s.step(s.param.max_iter if iters is None else iters)
     return s
 
@@ -126,9 +126,9 @@ def test_replicas_train_like_one_device(db, tmp_path, iter_size):
         many = train(path, n, threads, dtype=np.float64)
         assert many.replica_count == n and many.offsets == [r * BATCH // n for r in range(n)]
         assert_same(weights(many.net), weights(one.net), eps=F64_EPS)
-        for rep in many.replicas[1:]:  # every replica holds replica 0's weights
-            for x, y in zip(weights(rep), weights(many.net)):
-                np.testing.assert_array_equal(x, y)
+        for rep in many.replicas[1:]:  # every replica reads replica 0's weight arrays
+            for a, b in zip(many.net.learnable_params, rep.learnable_params):
+                assert np.shares_memory(a.blob.data, b.blob.data)
         assert many.smoothed_loss == pytest.approx(one.smoothed_loss, rel=1e-5)
 
 
@@ -282,6 +282,51 @@ def test_cpu_replicas_share_replica_0_weights(db, tmp_path):
         for a, b in zip(s.net.learnable_params, rep.learnable_params):
             assert np.shares_memory(a.blob.data, b.blob.data)
     assert s.exchange.copied == []
+
+
+def replicas_hold_replica_0_weights(s):
+    return all(np.array_equal(a.blob.data, b.blob.data)
+               for rep in s.replicas[1:] for a, b in zip(s.net.learnable_params, rep.learnable_params))
+
+
+@pytest.mark.parametrize("threads", [False, True])
+def test_cpu_replicas_with_their_own_weights_receive_copies(db, tmp_path, threads):
+    """The copy path (GPU replicas' and mixed GPU/CPU lists'), run with CPU replicas that own their weights:
+    after every update and after a resume the copies must reach them, or they compute other gradients."""
+    path = write_solver(tmp_path, db, iters=4)
+    shared = train(path, 4, threads)
+    copied = train(path, 4, threads, share=False)
+    assert copied.exchange.copied == [1, 2, 3]
+    for rep in copied.replicas[1:]:
+        for a, b in zip(copied.net.learnable_params, rep.learnable_params):
+            assert not np.shares_memory(a.blob.data, b.blob.data)
+    assert replicas_hold_replica_0_weights(copied)
+    # the same arithmetic as sharing: bit-identical weights and solver history
+    for a, b in zip(weights(copied.net), weights(shared.net)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(copied.history, shared.history):
+        np.testing.assert_array_equal(a, b)
+    # broadcast_weights copies what replica 0 holds now (weights set after construction, say)
+    rng = np.random.default_rng(0)
+    for lp in copied.net.learnable_params:
+        lp.blob.data[...] = rng.standard_normal(lp.blob.shape)
+    assert not replicas_hold_replica_0_weights(copied)
+    copied.broadcast_weights()
+    assert replicas_hold_replica_0_weights(copied)
+
+
+def test_resumed_cpu_replicas_with_their_own_weights_continue_exactly(db, tmp_path):
+    path = write_solver(tmp_path, db, iters=4)
+    straight = train(path, 2, share=False)
+    first = train(path, 2, iters=2, share=False)
+    _, state = first.snapshot()
+    resumed = ParallelSolver(path, devices=[CPU] * 2, log=GLog(stream=False), share_cpu_weights=False)
+    resumed.restore(state)
+    assert not replicas_hold_replica_0_weights(resumed)  # replica 1 still holds the fillers' weights
+    resumed.step(2)
+    assert resumed.iter == 4 and replicas_hold_replica_0_weights(resumed)
+    for a, b in zip(weights(resumed.net), weights(straight.net)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_mpi_failing_rank_aborts_with_its_message(tmp_path):
