@@ -119,7 +119,10 @@ def atomic_write_chunks(path, chunks):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), dir=folder)
     try:
-        os.fchmod(fd, file_mode())
+        try:
+            os.fchmod(fd, file_mode())
+        except OSError:  # a file system without permissions (some network or FUSE mounts): keep its default
+            pass
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
