@@ -17,8 +17,9 @@ import time
 import cv2
 import numpy as np
 
-from vggtool.data.datum import array_to_datum, encoded_datum, record_key
+from vggtool.data.datum import array_to_datum, encoded_datum, lmdb_for_writing, record_key
 from vggtool import boxes as box_geometry
+from vggtool.atomic_files import remove_stale_temporaries, temporary_folder
 from vggtool.data.imagelist import read_box_list, read_image_list as read_list
 from vggtool.errors import VggtoolError
 from vggtool.protoio import check_output_path
@@ -123,7 +124,7 @@ class LmdbWriter:
         import lmdb
 
         self.lmdb = lmdb
-        self.env = lmdb.open(path, map_size=map_size, subdir=True, meminit=False)
+        self.env = lmdb_for_writing(path, map_size)
         self.pending = []
         self.batch = batch
 
@@ -194,7 +195,8 @@ def convert(entries, args, list_name):
         entries = [entries[i] for i in order]
     print(f"A total of {len(entries)} images.")
 
-    tmp = os.path.join(os.path.dirname(os.path.abspath(db)), f".tmp-{os.path.basename(db)}.{os.getpid()}")
+    remove_stale_temporaries(db)  # what a killed conversion left
+    tmp = temporary_folder(db)
     shutil.rmtree(tmp, ignore_errors=True)
     writer = LmdbWriter(tmp, args.map_size)
     skipped, first_shape, count, start = [], None, 0, time.time()

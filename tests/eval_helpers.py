@@ -5,6 +5,17 @@ from vggtool import Net
 
 CROP = 32
 CLASSES = 10
+# Terms summed into one element by each layer with weights (C_in x 3 x 3 for the convs, the fan-in for the fc
+# layers); chain_terms adds them up along the path from the data: the k_terms of a float32 comparison of that
+# blob (tests/numerics.py).
+LAYER_TERMS = {"conv1": 3 * 9, "conv2": 6 * 9, "conv3": 8 * 9, "fc6": 8 * 4 * 4, "fc7": 16, "fc8": CLASSES}
+POOL_OF = {"pool1": "conv1", "pool2": "conv2", "pool3": "conv3", "prob": "fc8"}
+
+
+def chain_terms(blob):
+    names = list(LAYER_TERMS)
+    last = names.index(POOL_OF.get(blob, blob))
+    return sum(LAYER_TERMS[n] for n in names[:last + 1])
 
 
 def conv(name, bottom, n):

@@ -9,8 +9,10 @@ from vggtool import evaluate as ev
 from vggtool.cli import main
 from vggtool.errors import VggtoolError
 from vggtool.extract import load_features
+from numerics import assert_close_to_scale
 
 MEAN = "90,100,110"
+CONV_TERMS = 3 * 3 * 3  # the 3x3 convolution of LINEAR over 3 channels
 
 # Input -> bias-free convolution (linear) [-> Softmax]: conv(s * (x - m)) = s * conv(x - m).
 LINEAR = """name: "linear"
@@ -69,15 +71,15 @@ def test_extract_scale_end_to_end(rng, tmp_path, capsys):
     for n, row in zip(names, raw1):
         x = cv2.imread(str(tmp_path / n)).astype(np.float32) - np.array([90, 100, 110], np.float32)
         direct.forward(data=x.transpose(2, 0, 1)[None])
-        np.testing.assert_allclose(row, np.ravel(direct.blobs["conv"].data), rtol=1e-5, atol=1e-5)
+        assert_close_to_scale(row, np.ravel(direct.blobs["conv"].data), CONV_TERMS)
     # Linear and mean subtracted first: exactly -0.5 times (scaling before the mean would not be).
     assert np.abs(raw1).max() > 1
-    np.testing.assert_allclose(raw_half, -0.5 * raw1, rtol=1e-5, atol=1e-5)
+    assert_close_to_scale(raw_half, -0.5 * raw1, CONV_TERMS)
     # Pooled descriptors are L2-normalised: a positive scale cancels, a negative one flips the sign.
     pooled1, pooled3, pooled_neg = features("--scales", "8"), features("--scales", "8", "--scale", "3"), \
         features("--scales", "8", "--scale", "-2")
-    np.testing.assert_allclose(pooled3, pooled1, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(pooled_neg, -pooled1, rtol=1e-5, atol=1e-6)
+    assert_close_to_scale(pooled3, pooled1, CONV_TERMS + 36)  # + the spatial mean of 6x6 positions
+    assert_close_to_scale(pooled_neg, -pooled1, CONV_TERMS + 36)
     assert main(base + ["--no-pool", "--scale", "inf", "--out", str(tmp_path / "x.npz")]) == 1
     assert "--scale must be a finite number" in capsys.readouterr().err
 
@@ -94,7 +96,7 @@ def test_evaluator_scale_multiplies_the_logits(rng, tmp_path):
 
     one, three = log_posteriors(1.0), log_posteriors(3.0)
     assert np.ptp(one) > 0.1
-    np.testing.assert_allclose(three, 3 * one, rtol=1e-4, atol=1e-5)
+    assert_close_to_scale(three, 3 * one, CONV_TERMS + 4 * 6 * 6)  # conv, then the 6x6 score conv
 
 
 @pytest.mark.parametrize("command", ["test", "classify", "extract", "localize"])
@@ -125,4 +127,4 @@ def test_localize_regressor_applies_mean_then_scale(tmp_path):
     want = (image.transpose(2, 0, 1).astype(np.float32) - mean.reshape(3, 1, 1)) * -0.5
     np.testing.assert_allclose(got[-0.5].preprocess(image), want, rtol=1e-6)
     boxes = {s: r.predict(image) for s, r in got.items()}
-    np.testing.assert_allclose(boxes[-0.5], -0.5 * boxes[1.0], rtol=1e-5, atol=1e-6)
+    assert_close_to_scale(boxes[-0.5], -0.5 * boxes[1.0], 3 * 8 * 8)  # one fc over 3x8x8

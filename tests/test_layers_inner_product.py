@@ -1,6 +1,7 @@
 """InnerProduct: axis and transpose against a direct loop, gradients of inputs and parameters."""
 import numpy as np
 import pytest
+from numerics import assert_close_to_scale
 
 from vggtool.errors import VggtoolError
 from vggtool.testing import check_gradients, layer_net
@@ -34,10 +35,11 @@ def test_inner_product_matches_loop_and_gradients(spec, shape, out_shape):
     k = int(np.prod(shape[axis:]))
     xf = x.reshape(-1, k).astype(np.float64)
     yf = y.reshape(-1, 3)
+    loops = np.zeros(yf.shape)
     for m in range(xf.shape[0]):
         for o in range(3):
-            s = b[o] + sum(xf[m, i] * (w[i, o] if transpose else w[o, i]) for i in range(k))
-            assert yf[m, o] == pytest.approx(s, rel=1e-5, abs=1e-5)
+            loops[m, o] = b[o] + sum(xf[m, i] * (w[i, o] if transpose else w[o, i]) for i in range(k))
+    assert_close_to_scale(yf, loops, k + 1)
     check_gradients(ip_text(spec), {"x": x.astype(np.float64)})
 
 

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from eval_helpers import CLASSES, CROP, make_model
+from eval_helpers import CLASSES, CROP, chain_terms, make_model
+from numerics import assert_close_to_scale
 from vggtool import Net, surgery
 from vggtool.cli import main
 from vggtool.errors import VggtoolError
@@ -43,8 +44,8 @@ def test_score_map_equals_fc_output_at_crop_size(model, rng):
     fc8 = deploy.blobs["fc8"].data.copy()
     out = conv.forward(data=x)["prob"]
     assert out.shape == (3, CLASSES, 1, 1)
-    np.testing.assert_allclose(conv.blobs["fc8"].data[:, :, 0, 0], fc8, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(out[:, :, 0, 0], ref, atol=1e-6)
+    assert_close_to_scale(conv.blobs["fc8"].data[:, :, 0, 0], fc8, chain_terms("fc8"))
+    assert_close_to_scale(out[:, :, 0, 0], ref, chain_terms("prob"))
 
 
 @pytest.mark.parametrize("h,w", [(64, 48), (40, 40), (33, 95)])
@@ -68,7 +69,8 @@ def test_convolutionalize_cli_writes_a_loadable_pair(model, tmp_path, rng, capsy
     conv = Net(out_net, out_w, phase="TEST")
     deploy = Net(model[0], model[1], phase="TEST")
     x = rng.normal(0, 50, size=(1, 3, CROP, CROP)).astype(np.float32)
-    np.testing.assert_allclose(conv.forward(data=x)["prob"][:, :, 0, 0], deploy.forward(data=x)["prob"], atol=1e-6)
+    assert_close_to_scale(conv.forward(data=x)["prob"][:, :, 0, 0], deploy.forward(data=x)["prob"],
+                          chain_terms("prob"))
     assert main(["convolutionalize", "--net", out_net, "--weights", out_w,
                  "--out-net", out_net + "2", "--out-weights", out_w + "2"]) == 1
     assert "no InnerProduct layer" in capsys.readouterr().err

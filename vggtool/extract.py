@@ -22,6 +22,7 @@ import shutil
 import numpy as np
 
 from . import evaluate as ev, protoio
+from .atomic_files import remove_stale_temporaries, temporary_folder
 from .backend import CPU, to_numpy
 from .errors import VggtoolError
 from .proto import caffe_pb2
@@ -220,7 +221,8 @@ def save_lmdb(path, features, labels, keys, blob_shape=None, overwrite=False):
     c, h, w = blob_shape if blob_shape is not None else (features.shape[1], 1, 1)
     labels = np.asarray(labels)
     single = labels.ndim == 1
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.path.basename(path)}.{os.getpid()}")
+    remove_stale_temporaries(path)  # what a killed extraction left
+    tmp = temporary_folder(path)
     shutil.rmtree(tmp, ignore_errors=True)
     env = open_lmdb(tmp, write=True, map_size=max(1 << 24, 2 * features.nbytes + 4096 * len(features)))
     try:

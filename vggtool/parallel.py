@@ -14,7 +14,8 @@ One iteration:
   Caffe's multi-GPU (NCCL) solver does: the ranks start from the same weights and solver state and see
   the same summed gradients, so they stay identical without sending weights -> GPU replica 0 copies the
   weights to the other local GPUs. CPU replicas of one process read replica 0's weight arrays (shared
-  storage), so there nothing is copied at all.
+  storage), so there nothing is copied at all (share_cpu_weights=False gives them copies instead, through
+  the same path as a mix of GPUs and CPUs).
 
 Weights go from rank 0 to every rank (one MPI Bcast) only when step() starts (after fine-tuning weights
 were loaded or a state restored). A restored state's history, iteration, multistep step and plateau
@@ -114,14 +115,16 @@ def share_weights(nets):
 
 class CopyExchange:
     """Sum diffs into replica 0 and copy weights out of it, one parameter at a time: in memory on the CPU,
-    device-to-device copies between GPUs. CPU replicas share replica 0's weights (nothing to copy)."""
+    device-to-device copies between GPUs. CPU replicas share replica 0's weights (nothing to copy) unless
+    share_cpu_weights is False; then, as with a mix of GPUs and CPUs, each owns its weights and receives
+    replica 0's by copy after every update."""
 
-    def __init__(self, nets):
+    def __init__(self, nets, share_cpu_weights=True):
         self.nets = nets
         self.params = [[lp.blob for lp in net.learnable_params] for net in nets]
         self.devices = [net.device for net in nets]
         dev0 = self.devices[0]
-        shared = not any(d.is_gpu for d in self.devices)
+        shared = share_cpu_weights and not any(d.is_gpu for d in self.devices)
         if shared:
             share_weights(nets)
         self.copied = [] if shared else list(range(1, len(nets)))
@@ -194,7 +197,7 @@ class NcclExchange(CopyExchange):
         self._grouped(lambda comm, b, s: comm.bcast(b.data.data.ptr, b.count, self.dtype, 0, s))
 
 
-def local_exchange(nets):
+def local_exchange(nets, share_cpu_weights=True):
     if len(nets) > 1 and all(n.device.is_gpu for n in nets):
         try:
             from cupy.cuda import nccl
@@ -202,7 +205,7 @@ def local_exchange(nets):
                 return NcclExchange(nets)
         except Exception:  # no NCCL in this CuPy build: plain peer copies
             pass
-    return CopyExchange(nets)
+    return CopyExchange(nets, share_cpu_weights)
 
 
 class MpiExchange:
@@ -278,9 +281,10 @@ class ParallelSolver(Solver):
     """A Solver over several replicas of the train net (see the module docstring). `devices`: this
     process's devices (a list of vggtool.backend.Device; CPU repeated for CPU replicas); `comm`: an mpi4py
     communicator of several ranks or None; `threads`: run the local replicas in threads (default: on GPUs
-    only)."""
+    only); `share_cpu_weights`: CPU replicas read replica 0's weights (default) or hold copies of them."""
 
-    def __init__(self, param, *, devices, comm=None, threads=None, log=None, seed=None, **kwargs):
+    def __init__(self, param, *, devices, comm=None, threads=None, log=None, seed=None, share_cpu_weights=True,
+                 **kwargs):
         self.devices = list(devices) or [CPU]
         self.comm = comm if comm is not None and comm.Get_size() > 1 else None
         self.rank = self.comm.Get_rank() if self.comm else 0
@@ -307,7 +311,7 @@ class ParallelSolver(Solver):
         self._train_outputs = None
         self.seconds = {"gradients": 0.0, "exchange": 0.0, "update": 0.0}  # time spent, for benchmarks
         super().__init__(param, device=self.devices[0], log=log, seed=seed, **kwargs)
-        self.exchange = local_exchange(self.replicas)
+        self.exchange = local_exchange(self.replicas, share_cpu_weights)
         self.mpi = MpiExchange(self.comm, self.net) if self.comm else None
         self.pool = None
         if self.threads and len(self.replicas) > 1:

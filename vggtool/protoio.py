@@ -5,11 +5,11 @@ file in the same folder that is renamed over the target only once complete.
 """
 import os
 import stat
-import tempfile
 
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
+from .atomic_files import atomic_write_chunks
 from .errors import VggtoolError
 from .proto import caffe_pb2
 from .upgrade import upgrade_net, upgrade_solver
@@ -140,29 +140,6 @@ def check_output_path(path, what="output", folder=False):
 def atomic_write_bytes(path, data):
     """Write `data` to `path` through a temporary file and a rename: readers never see half a file."""
     atomic_write_chunks(path, [data])
-
-
-def atomic_write_chunks(path, chunks):
-    """atomic_write_bytes for a sequence of bytes-like pieces written one after the other."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise VggtoolError(f"cannot write {path}: it is an existing folder")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def write_binary_proto(path, message):

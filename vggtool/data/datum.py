@@ -81,6 +81,19 @@ def datum_to_image(datum, color=None, source="record"):
     return np.ascontiguousarray(image)
 
 
+# Caffe opens the LMDBs it writes with mode 0664; the umask applies (LMDB's own default would ignore it).
+LMDB_FILE_MODE = 0o664
+
+
+def lmdb_for_writing(path, map_size, **options):
+    """A new (or existing) LMDB folder opened for writing: the folder gets 0777 & ~umask, the files
+    LMDB_FILE_MODE & ~umask, as Caffe's do."""
+    import lmdb
+
+    os.makedirs(path, exist_ok=True)
+    return lmdb.open(path, map_size=map_size, subdir=True, meminit=False, mode=LMDB_FILE_MODE, **options)
+
+
 def open_lmdb(path, write=False, map_size=1 << 30):
     """Open an LMDB environment with errors that say what is wrong with `path`."""
     import lmdb
@@ -94,7 +107,7 @@ def open_lmdb(path, write=False, map_size=1 << 30):
                                "folder of images?)")
     try:
         if write:
-            return lmdb.open(path, map_size=map_size, subdir=True, meminit=False, map_async=True)
+            return lmdb_for_writing(path, map_size, map_async=True)
         env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=True)
     except lmdb.Error as e:
         raise VggtoolError(f"cannot open LMDB database {path}: {e}") from None

@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from .. import protoio
+from ..atomic_files import remove_stale_temporaries
 from ..backend import CPU, to_numpy
 from ..errors import VggtoolError
 from ..net import Net
@@ -109,6 +110,8 @@ class Solver:
         self.prefix = param.snapshot_prefix or (os.path.splitext(self.source)[0] if source else "snapshot")
         if param.snapshot:
             snapshot.check_prefix_writable(self.prefix)
+        for path in remove_stale_temporaries(self.prefix + "_iter_"):  # what a killed run left unfinished
+            self.log.info("solver.cpp:1", f"Removed the unfinished temporary file {path} of a killed run")
         self.history = self._zero_history()
         self.log.info("solver.cpp:57", "Solver scaffolding done.")
 
@@ -500,6 +503,8 @@ class Solver:
         snapshot.check_prefix_writable(self.prefix)
         model = snapshot.snapshot_filename(self.prefix, self.iter, ".caffemodel")
         self.log.info("solver.cpp:464", f"Snapshotting to binary proto file {model}")
+        # The model first, then the state that names it, each renamed into place only when complete and
+        # synced: a process killed at any moment leaves every .solverstate with its whole .caffemodel.
         self.net.save(model, write_diff=self.param.snapshot_diff)
         state = snapshot.snapshot_filename(self.prefix, self.iter, ".solverstate")
         self.log.info("sgd_solver.cpp:284", f"Snapshotting solver state to binary proto file {state}")
