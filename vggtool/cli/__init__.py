@@ -26,6 +26,7 @@ COMMANDS = {
     "time": "time",
     "localize": "localize",
     "export": "export",
+    "convert": "convert",
 }
 
 
