@@ -295,6 +295,11 @@ def test_export_cli_end_to_end(tmp_path, capsys):
     assert prob.shape == (4, 10, 1, 1)
     assert rel_err(prob[:, :, 0, 0], ref.blobs["prob"].data) < TOL
 
+    renamed = tmp_path / "renamed.prototxt"  # fc8 renamed: the caffemodel has no weights for it
+    renamed.write_text(open(netdef("demo", "deploy.prototxt")).read().replace('"fc8"', '"fc8_new"'))
+    assert main(["export", "--net", str(renamed), "--weights", weights, "--onnx", str(tmp_path / "r.onnx")]) == 1
+    assert "no weights for layer(s) fc8_new" in capsys.readouterr().err
+
     loss_net = tmp_path / "loss.prototxt"
     loss_net.write_text(LOSS_NET)
     vggtool.Net(str(loss_net), phase="TEST").save(str(tmp_path / "loss.caffemodel"))

@@ -168,6 +168,10 @@ def test_round_trip_caffemodel_safetensors_caffemodel(tmp_path, capsys):
             np.testing.assert_array_max_ulp(after[key], value, maxulp=1)
         else:
             assert np.array_equal(after[key], value), key
+    from safetensors import safe_open
+    with safe_open(st, "np") as f:
+        meta = f.metadata()
+    assert meta["format"] == "pt" and meta["arch"] == "vgg11" and "0.229, 0.224, 0.225" in meta["input"]
     state = tc.read_state_dict(st)
     w = state["features.0.weight"]
     assert np.allclose(w[:, 0], before[("conv1_1", 0)][:, 2] * 255 * 0.229, rtol=1e-6)  # R of torch = R of Caffe

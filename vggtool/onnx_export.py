@@ -446,17 +446,23 @@ def export(net_path, weights, onnx_path, convolutionalize=False, outputs=None, d
     """Export `net_path` (deploy prototxt) with `weights` (.caffemodel) to `onnx_path`; returns the model.
 
     convolutionalize: turn InnerProduct layers into convolutions first (vggtool.surgery), for dense
-    evaluation at any input size."""
+    evaluation at any input size. Every layer with parameters must find them in `weights`."""
     from .net import Net
     onnx = _onnx()
+    param = protoio.read_net_param(net_path)
+    trained = protoio.read_net_param(weights, is_text=False)
+    net = Net(param, phase="TEST", source=net_path)
+    report = net.copy_from(trained)
+    if report.missing:
+        raise VggtoolError(f"{weights}: no weights for layer(s) {', '.join(report.missing)} of {net_path}; "
+                           "the export would carry their untrained initial values")
     if convolutionalize:
         from . import surgery
-        param = protoio.read_net_param(net_path)
         if not surgery.needs_surgery(param):
             raise VggtoolError(f"{net_path}: --convolutionalize: the net has no InnerProduct layer")
-        _, net = surgery.convolutionalize(param, weights, net_path)
-    else:
-        net = Net(net_path, weights, phase="TEST")
+        del net
+        _, net = surgery.convolutionalize(param, trained, net_path)
+    del trained
     model = net_to_onnx(net, outputs=outputs, dynamic_spatial=dynamic_spatial)
     if check:
         onnx.checker.check_model(model)

@@ -216,8 +216,8 @@ def torchvision_to_caffe(state, net, conv=None, fold=True, source="state dict"):
                            "which the file does not have")
     for i, (name, prefix) in enumerate(pairs):
         layer = net.layer_dict[name]
-        w = np.asarray(state[f"{prefix}.weight"])
-        b = np.asarray(state[f"{prefix}.bias"])
+        w = np.asarray(state[f"{prefix}.weight"], dtype=np.float32)  # float16 files fold in float32 too
+        b = np.asarray(state[f"{prefix}.bias"], dtype=np.float32)
         if i == 0 and fold:
             w, b = fold_into_caffe(w, b, conv)
         if layer.type == "InnerProduct" and layer.transpose:

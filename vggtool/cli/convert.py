@@ -58,7 +58,8 @@ def run(args):
         arch, state = tc.caffe_to_torchvision(net, conv, fold)
         first = state["features.0.weight"]
         meta = {"format": "pt", "arch": arch, "converted_by": "vggtool convert",
-                "input": conv.describe().split("; ")[0 if fold else 1]}
+                "input": conv.describe().split("; ")[0] if fold else
+                "unchanged from the caffemodel: its own convention (Caffe's: BGR 0-255 minus its mean)"}
         tc.write_safetensors(args.target, state, meta)
     else:
         net = Net(args.net, phase="TEST")

@@ -36,7 +36,7 @@ def run(args):
         return "x".join(d.dim_param or str(d.dim_value) for d in v.type.tensor_type.shape.dim)
 
     print(f"wrote {args.onnx}: opset {model.opset_import[0].version}, {len(graph.node)} nodes ({', '.join(ops)}), "
-          f"{sum(int(np.prod(t.dims)) for t in graph.initializer):,} parameters")
+          f"{sum(int(np.prod(t.dims)) for t in graph.initializer if t.data_type == 1):,} parameters")
     for v in graph.input:
         print(f"input  {v.name}: {dims(v)}")
     for v in graph.output:
