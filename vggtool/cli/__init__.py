@@ -25,6 +25,8 @@ COMMANDS = {
     "svm": "svm",
     "time": "time",
     "localize": "localize",
+    "export": "export",
+    "convert": "convert",
 }
 
 
