@@ -12,8 +12,9 @@ from ..errors import VggtoolError
 from ..proto import caffe_pb2
 
 
-class BlobShapeError(VggtoolError, ValueError):
-    """A BlobProto whose shape cannot be known (pycaffe raises ValueError on the reshape)."""
+class PycaffeValueError(VggtoolError, ValueError):
+    """Where pycaffe raises ValueError (a blob proto without a shape, a Datum array that is not 3-d, a
+    mean that does not fit the input)."""
 
 
 # -- proto / datum / ndarray conversion -----------------------------------------------------------------------
@@ -26,10 +27,10 @@ def blobproto_to_array(blob, return_diff=False):
     elif blob.HasField("shape"):
         shape = tuple(blob.shape.dim)
     else:
-        raise BlobShapeError(f"blob proto has no shape (neither 'shape' nor num/channels/height/width) and "
+        raise PycaffeValueError(f"blob proto has no shape (neither 'shape' nor num/channels/height/width) and "
                              f"{values.size} value(s)")
     if values.size != int(np.prod(shape)):
-        raise BlobShapeError(f"blob proto of shape {shape} holds {values.size} {'diff' if return_diff else 'data'} "
+        raise PycaffeValueError(f"blob proto of shape {shape} holds {values.size} {'diff' if return_diff else 'data'} "
                              f"value(s), not {int(np.prod(shape))}")
     return values.astype(np.float64).reshape(shape)
 
@@ -64,7 +65,7 @@ def array_to_datum(arr, label=None):
     """A C x H x W array as a Datum: uint8 goes to `data` (bytes), any other dtype to `float_data`."""
     arr = np.asarray(arr)
     if arr.ndim != 3:
-        raise VggtoolError(f"Incorrect array shape: array_to_datum takes a C x H x W array, got shape {arr.shape}")
+        raise PycaffeValueError(f"Incorrect array shape: array_to_datum takes a C x H x W array, got shape {arr.shape}")
     datum = caffe_pb2.Datum()
     datum.channels, datum.height, datum.width = arr.shape
     if arr.dtype == np.uint8:
@@ -184,12 +185,12 @@ class Transformer:
         mean = np.asarray(mean)
         if mean.ndim == 1:
             if mean.shape[0] != self.inputs[in_][1]:
-                raise VggtoolError("Mean channels incompatible with input.")
+                raise PycaffeValueError("Mean channels incompatible with input.")
             mean = mean[:, None, None]
         else:
             shape = mean.shape if mean.ndim != 2 else (1,) + mean.shape
             if len(shape) != 3:
-                raise VggtoolError("Mean shape invalid")
+                raise PycaffeValueError("Mean shape invalid")
             mean = mean.reshape(shape)
             if shape != self.inputs[in_][1:]:
                 mean = resize_image(mean.transpose(1, 2, 0), self.inputs[in_][2:]).transpose(2, 0, 1)
