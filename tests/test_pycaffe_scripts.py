@@ -8,6 +8,7 @@ import sys
 import cv2
 import lmdb
 import numpy as np
+import pytest
 
 from vggtool.data.datum import record_key
 from vggtool.net import Net
@@ -24,16 +25,28 @@ layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
 """
 
 
-def run_script(name, cwd):
+def run_script(name, cwd, import_caffe=False):
+    """Run a script of tests/pycaffe_scripts; with import_caffe, its import line turned back into
+    pycaffe's own `import caffe` and run through `python -m vggtool.pycaffe`."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
                                                        os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, os.path.join(SCRIPTS, name)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    script = os.path.join(SCRIPTS, name)
+    command = [sys.executable, script]
+    if import_caffe:
+        text = open(script).read().replace("import vggtool.pycaffe as caffe", "import caffe")
+        text = text.replace("from vggtool.pycaffe import", "from caffe import")
+        assert "vggtool" not in text.split('"""')[-1]
+        script = os.path.join(str(cwd), "original_" + name)
+        with open(script, "w") as f:
+            f.write(text)
+        command = [sys.executable, "-m", "vggtool.pycaffe", script]
+    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
 
-def test_classification_script(tmp_path):
+@pytest.mark.parametrize("import_caffe", [False, True])
+def test_classification_script(tmp_path, import_caffe):
     (tmp_path / "deploy.prototxt").write_text(DEPLOY)
     net = Net(str(tmp_path / "deploy.prototxt"), phase="TEST")
     net.params["conv"][0].data = np.eye(3).reshape(3, 3, 1, 1)
@@ -50,7 +63,7 @@ def test_classification_script(tmp_path):
     image[4:8, 4:8, 1] = 51  # a touch of green in one corner patch
     cv2.imwrite(str(tmp_path / "image.png"), image)
 
-    out = run_script("classify.py", tmp_path)
+    out = run_script("classify.py", tmp_path, import_caffe)
     assert "predicted class is: 2" in out
     assert "output label: red" in out
     assert "Classifier predicts: red" in out
