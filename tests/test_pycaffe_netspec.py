@@ -132,3 +132,19 @@ def test_detector_scores_windows(tmp_path):
                          mean=np.array([0.0, 0.0, 0.0]), context_pad=2)
     crop = ctx.crop(caffe.io.load_image(str(tmp_path / "im.png")), np.array([5, 20, 14, 29]))
     assert crop.shape == (8, 8, 3)
+
+
+def test_vggtool_draw_command(tmp_path, capsys):
+    from vggtool.cli import main
+
+    net = _fcn_like().to_proto()
+    net.layer.add(name="train_only", type="ReLU", bottom=["up"], top=["up"]).include.add(phase=caffe_pb2.TRAIN)
+    path = tmp_path / "net.prototxt"
+    path.write_text(str(net))
+    out = tmp_path / "net.svg"
+    assert main(["draw", str(path), str(out), "--rankdir", "TB", "--phase", "TEST"]) == 0
+    svg = out.read_text()
+    assert "conv1" in svg and "train_only" not in svg
+    assert main(["draw", str(path), str(tmp_path / "all.svg")]) == 0
+    assert "train_only" in (tmp_path / "all.svg").read_text()
+    assert main(["draw", str(tmp_path / "none.prototxt"), str(out)]) == 1
