@@ -35,6 +35,9 @@ def add_arguments(parser):
     g.add_argument("--batch", type=int, default=50, help="crops per forward pass in multi-crop (default 50)")
     g.add_argument("--out", default=None, help="write posteriors, labels and keys to this .npz")
     g.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    g.add_argument("--heatmaps", default=None, metavar="DIR",
+                   help="write each image's class score maps (true and predicted class) as heat maps to DIR")
+    g.add_argument("--labels", default=None, help="class names, one a line, for the --heatmaps titles")
 
 
 def add_transform_arguments(parser):
@@ -120,6 +123,14 @@ def run_evaluation(args):
         ev.save_scores(args.out, posteriors, labels, keys, scales=np.array(evaluator.scales), mode=args.mode,
                        flip=args.flip)
         print(f"wrote {args.out}")
+    if args.heatmaps:
+        from ..data.imagefolder import read_labels_file
+        from ..heatmaps import write_heatmaps
+
+        names = read_labels_file(args.labels) if args.labels else None
+        samples = ev.iterate_samples(args.data, args.root, args.limit, color=evaluator.channels == 3)
+        written = write_heatmaps(evaluator, samples, posteriors, args.heatmaps, names)
+        print(f"wrote {len(written)} heat map(s) to {args.heatmaps}")
     return 0
 
 
