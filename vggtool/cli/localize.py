@@ -34,6 +34,8 @@ def add_arguments(parser):
     parser.add_argument("--gpu", default=None, help="GPU id to run on (default: CPU)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
     parser.add_argument("--out", default=None, help="write the boxes to this .npz or .json")
+    parser.add_argument("--draw", default=None, metavar="DIR",
+                        help="write each image with its true (green) and predicted (red) boxes to DIR")
 
 
 def run(args):
@@ -101,6 +103,9 @@ def run(args):
         guesses_cls.append([c for c, _ in pairs])
         guesses_box.append([b for _, b in pairs])
         ok.append(B.correct(pairs, label, gt))
+        if args.draw:
+            from ..box_pictures import draw_boxes, write_box_picture
+            write_box_picture(args.draw, key, draw_boxes(image, gt, pairs, label, ok[-1]))
     if not keys:
         raise VggtoolError(f"--data: {args.data} holds no images")
     error = 100 * (1 - np.mean(ok))
