@@ -317,14 +317,14 @@ def iterate_samples(path, root="", limit=None, color=True):
 
 def evaluate(evaluator, data, root="", limit=None, progress=True):
     """(posteriors (N, classes) float32, labels (N,), keys (N,)) over a data set."""
-    from tqdm import tqdm
+    from .progress import progress as progress_bar
 
     total = count_samples(data) if os.path.exists(data) else None
     if total is not None and limit is not None:
         total = min(total, limit)
     posts, labels, keys = [], [], []
     samples = iterate_samples(data, root, limit, color=evaluator.channels == 3)
-    bar = tqdm(samples, total=total, unit="img", disable=not progress, desc="evaluating")
+    bar = progress_bar(samples, total=total, unit="img", disable=not progress, desc="evaluating")
     for key, image, label in bar:
         posts.append(evaluator.evaluate_image(image))
         labels.append(label)

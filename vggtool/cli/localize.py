@@ -39,7 +39,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from tqdm import tqdm
+    from ..progress import progress
 
     from .. import boxes as B
     from .. import evaluate as ev
@@ -81,7 +81,7 @@ def run(args):
 
     keys, labels, guesses_cls, guesses_box, ok = [], [], [], [], []
     samples = loc.iterate_boxed_samples(args.data, args.root, args.limit, color=regs[0].channels == 3)
-    for key, image, label, gt in tqdm(samples, unit="img", desc="localizing", mininterval=1):
+    for key, image, label, gt in progress(samples, unit="img", desc="localizing", mininterval=1):
         if full:
             if scores is not None:
                 if key not in scores:
