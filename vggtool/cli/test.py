@@ -44,18 +44,42 @@ def add_transform_arguments(parser):
     """The test-time input transform (image - mean) * scale: the same flags for test, classify, extract."""
     parser.add_argument("--mean-value", default=None, help="per-channel mean B,G,R (or one value)")
     parser.add_argument("--mean-file", default=None, help="mean .binaryproto (averaged per channel)")
-    parser.add_argument("--scale", type=float, default=1.0,
+    parser.add_argument("--scale", type=float, default=None,
                         help="multiply the mean-subtracted input by this (Caffe's transform_param scale)")
+    parser.add_argument("--no-recorded-transform", dest="recorded_transform", action="store_false",
+                        help="ignore the mean and scale of the model's own transform_param")
 
 
 def transform_options(args):
-    """{'mean': per-channel mean or None, 'scale': float} from the flags of add_transform_arguments."""
+    """{'mean': per-channel mean or None, 'scale': float}: the flags of add_transform_arguments, else the
+    model's own transform_param (vggtool.recorded_transform: the --net prototxt, then the --weights file).
+    When neither gives a mean, say so: the images then go in without mean subtraction."""
     from .. import evaluate as ev
+    from ..recorded_transform import recorded_transform, resolve_mean_file
 
-    mean = None
+    mean, scale = None, args.scale
     if args.mean_value is not None or args.mean_file is not None:
         mean = ev.load_mean(args.mean_value, args.mean_file)
-    return {"mean": mean, "scale": args.scale}
+    net = args.net[0] if isinstance(args.net, list) else args.net
+    weights = args.weights[0] if isinstance(args.weights, list) else args.weights
+    tp, where = recorded_transform(net, weights) if getattr(args, "recorded_transform", True) else (None, None)
+    used = []
+    if mean is None and tp is not None and (tp.mean_file or len(tp.mean_value)):
+        if tp.mean_file:
+            mean = ev.load_mean(mean_file=resolve_mean_file(tp.mean_file, where, where.split(", layer")[0]))
+            used.append(f"mean_file {tp.mean_file}")
+        else:
+            mean = ev.load_mean(",".join(str(v) for v in tp.mean_value))
+            used.append("mean_value " + ",".join(f"{v:g}" for v in tp.mean_value))
+    if scale is None and tp is not None and tp.HasField("scale"):
+        scale = tp.scale
+        used.append(f"scale {tp.scale:g}")
+    if used:
+        print(f"input transform from {where}: {', '.join(used)}", file=sys.stderr)
+    if mean is None:
+        print("note: no mean given (--mean-value / --mean-file) and none in the model's transform_param: "
+              "the images are not mean-subtracted", file=sys.stderr)
+    return {"mean": mean, "scale": 1.0 if scale is None else scale}
 
 
 def _device(args):
