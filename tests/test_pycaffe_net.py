@@ -248,6 +248,11 @@ def test_hdf5_round_trip_in_caffes_layout(model, net, tmp_path, rng):
     other.load_hdf5(path)
     x = batch(rng)
     np.testing.assert_array_equal(other.forward(data=x)["prob"], net.forward(data=x)["prob"])
+    # copy_from and the weights= argument recognise an HDF5 file by its signature, as Caffe does
+    import shutil
+    shutil.copy(path, str(tmp_path / "weights.bin"))
+    third = caffe.Net(model, caffe.TEST, weights=str(tmp_path / "weights.bin"))
+    np.testing.assert_array_equal(third.params["fc"][0].data, net.params["fc"][0].data)
     with h5py.File(path, "a") as f:
         del f["data/fc/0"]
     with pytest.raises(VggtoolError, match="Incompatible number of blobs for layer fc"):

@@ -19,6 +19,14 @@ def _check_file(path):
         raise PycaffeError(f"Could not open file {path}")
 
 
+def _is_hdf5(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == b"\x89HDF\r\n\x1a\n"
+    except OSError:
+        return False
+
+
 def _check_memory_array(arr, name, channels, height, width):
     """_caffe.cpp's CheckContiguousArray: the exact checks pycaffe makes before handing arrays over."""
     if not isinstance(arr, np.ndarray) or not arr.flags["C_CONTIGUOUS"]:
@@ -263,7 +271,7 @@ class Net(engine.Net):
 
     def copy_from(self, source, only=None, report=None):
         """Weights from a .caffemodel (or, like Caffe, an HDF5 weights file written by save_hdf5)."""
-        if isinstance(source, (str, os.PathLike)) and str(source).endswith((".h5", ".hdf5")):
+        if isinstance(source, (str, os.PathLike)) and _is_hdf5(source):  # Caffe: H5Fis_hdf5
             return self.load_hdf5(source)
         return super().copy_from(source, only=only, report=report)
 
