@@ -1,4 +1,5 @@
 """`vggtool classify`: top-5 classes of each image, dense multi-scale evaluation by default."""
+import argparse
 import os
 
 import cv2
@@ -12,13 +13,14 @@ HELP = "print the top-5 classes of images (dense multi-scale evaluation by defau
 
 
 def add_arguments(parser):
-    parser.add_argument("--net", required=True, help="deploy prototxt")
+    parser.add_argument("--net", "--model", dest="net", required=True, help="deploy prototxt")
     parser.add_argument("--weights", required=True, help=".caffemodel")
     parser.add_argument("--labels", default=None, help="class names, one a line (e.g. synset_words.txt)")
     parser.add_argument("--scales", default=None,
                         help="test scales Q (default: crop x 8/7, 12/7, 16/7, i.e. 256,384,512 for a 224 net)")
     parser.add_argument("--mode", default="dense", choices=ev.MODES)
-    parser.add_argument("--no-flip", dest="flip", action="store_false", help="do not average with the flip")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                        help="average with the horizontally flipped image (default; --no-flip: do not)")
     add_transform_arguments(parser)
     parser.add_argument("--average", default="posteriors", choices=("posteriors", "scores"),
                         help="dense score map: softmax per location then average (default), or average then softmax")

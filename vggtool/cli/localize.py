@@ -1,4 +1,5 @@
 """`vggtool localize`: localisation error of box-regression nets (paper Appendix A, vggtool.localize)."""
+import argparse
 import os
 
 import numpy as np
@@ -21,7 +22,7 @@ def add_arguments(parser):
                         "classes of a classifier (default)")
     parser.add_argument("--scales", default=None, help="test scales Q (smallest image side); centre uses the "
                         "first (default: the net's input size x 8/7)")
-    parser.add_argument("--flip", action="store_true", help="full: also the mirrored image")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False, help="full: also the mirrored image")
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="full: merge while the closest pair's 1 - IoU is below this (default 0.5)")
     parser.add_argument("--top", type=int, default=5, help="full: guesses per image (default 5)")

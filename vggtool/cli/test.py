@@ -1,5 +1,6 @@
 """`vggtool test`: Caffe's `caffe test` (TEST phase with the net's own data layer, K iterations) and,
 with --data, the VGG evaluation protocol (dense / multi-crop, multi-scale, flips) of vggtool.evaluate."""
+import argparse
 import os
 import sys
 
@@ -24,7 +25,7 @@ def add_arguments(parser):
     g.add_argument("--root", default="", help="folder the list file's paths are relative to")
     g.add_argument("--scales", default=None, help="test scales Q, the smallest image side (default: crop x 8/7, 12/7, "
                    "16/7, i.e. 256,384,512 for a 224 crop)")
-    g.add_argument("--flip", action="store_true", help="also evaluate horizontal flips (dense: flipped "
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False, help="also evaluate horizontal flips (dense: flipped "
                    "image; multi-crop: mirrored crops, 50 per scale)")
     g.add_argument("--mode", default="dense", choices=("dense", "multicrop", "both"))
     g.add_argument("--crop", type=int, default=None, help="multi-crop size (default: the net's input size)")
