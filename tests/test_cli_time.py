@@ -31,7 +31,7 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
 """
 
 
-GLOG = re.compile(r"^I\d{4} [\d:.]+ +\d+ (caffe\.cpp:\d+|time\.py)\] ", re.M)
+GLOG = re.compile(r"^I\d{4} [\d:.]+ +\d+ (caffe\.cpp:\d+|net\.cpp:\d+|time\.py)\] ", re.M)
 
 
 def glog_messages(err):
@@ -128,3 +128,10 @@ def test_time_on_gpu(tmp_path, capsys):
     assert main(["time", "--net", write(tmp_path, INPUT_NET), "--gpu", "0", "--iterations", "2"]) == 0
     out = glog_messages(capsys.readouterr().err)
     assert "Use GPU with device ID 0" in out and f"{'conv1':>10}\tbackward: " in out
+
+
+def test_time_logs_the_net_setup_like_caffe(tmp_path, capsys):
+    assert main(["time", "--net", write(tmp_path, INPUT_NET), "--iterations", "1"]) == 0
+    out = glog_messages(capsys.readouterr().err)
+    assert "Setting up conv1" in out and "Top shape: 2 3 8 8 (384)" in out
+    assert "Memory required for data: " in out and "Network initialization done." in out

@@ -104,7 +104,8 @@ def run_caffe_test(args):
     device = _device(args)
     glog("Use CPU." if not device.is_gpu else f"Use GPU with device ID {device.index}")
     stages = [s for s in args.stage.split(",") if s]
-    net = Net(args.net, args.weights, phase="TEST", stages=stages, level=args.level, device=device)
+    net = Net(args.net, args.weights, phase="TEST", stages=stages, level=args.level, device=device,
+              log=GLog())
     glog(f"Running for {args.iterations} iterations.")
     sums, loss = None, 0.0
     for i in range(args.iterations):

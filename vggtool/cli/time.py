@@ -50,7 +50,7 @@ def run(args):
     info(339 if device.is_gpu else 343, f"Use GPU with device ID {device.index}" if device.is_gpu else "Use CPU.")
     stages = [s for s in args.stage.split(",") if s]
     net = Net(args.net, args.weights, phase=args.phase, stages=stages, level=args.level, device=device,
-              seed=args.seed)
+              seed=args.seed, log=_LOG)
     rng = np.random.default_rng(args.seed)
     for name in net.inputs:
         blob = net.blobs[name]

@@ -133,7 +133,7 @@ class Solver:
         net_param.state.CopyFrom(merged)
         return self.net_class(net_param, phase=phase, stages=tuple(merged.stage), level=merged.level,
                    device=self.device, dtype=dtype, seed=self.seed, source=label,
-                   batch_divisor=self.train_batch_divisor if phase == caffe_pb2.TRAIN else 1)
+                   batch_divisor=self.train_batch_divisor if phase == caffe_pb2.TRAIN else 1, log=self.log)
 
     def _init_train_net(self, dtype):
         p = self.param
