@@ -7,7 +7,6 @@ from itertools import zip_longest
 import numpy as np
 
 from .. import net as engine
-from .. import protoio
 from ..backend import to_numpy
 from ..errors import VggtoolError
 from . import _runtime
