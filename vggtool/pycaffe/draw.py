@@ -158,8 +158,10 @@ def draw_net(caffe_net, rankdir="LR", ext="png", phase=None, display_lrm=False):
         (x0, y0), (x1, y1) = xy(src), xy(dst)
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
                     arrowprops=dict(arrowstyle="-|>", color="#404040", shrinkA=18, shrinkB=18, lw=0.8))
-        if label:
-            ax.text((x0 + x1) / 2, (y0 + y1) / 2, label, fontsize=7, ha="center", va="bottom", color="#202020")
+        if label:  # beside the arrow's middle, not on it
+            dx, dy = (0.0, 0.12) if horizontal else (0.12, 0.0)
+            ax.text((x0 + x1) / 2 + dx, (y0 + y1) / 2 + dy, label, fontsize=7, color="#202020",
+                    ha="center" if horizontal else "left", va="bottom" if horizontal else "center")
     for n, (label, color, is_blob) in nodes.items():
         x, y = xy(n)
         box = dict(boxstyle="round,pad=0.4" if is_blob else "square,pad=0.4", facecolor=color,
