@@ -295,3 +295,21 @@ def test_runtime_names():
     first = t.ms
     assert first > 0 and t.ms == first  # stopped: reading again gives the same time
     assert caffe.TRAIN == 0 and caffe.TEST == 1
+
+
+def test_gpu_mode_without_a_gpu_warns_once_and_runs_on_the_cpu(model, capsys, monkeypatch):
+    from vggtool import backend
+    from vggtool.pycaffe import _runtime
+
+    if backend.gpu_count() > 0:
+        pytest.skip("a GPU is present: GPU mode uses it")
+    monkeypatch.setitem(_runtime._state, "gpu_warned", False)
+    caffe.set_mode_gpu()
+    try:
+        a = caffe.Net(model, caffe.TEST)
+        b = caffe.Net(model, caffe.TEST)
+    finally:
+        caffe.set_mode_cpu()
+    assert a.device == backend.CPU and b.device == backend.CPU
+    err = capsys.readouterr().err
+    assert err.count("running on the CPU") == 1
