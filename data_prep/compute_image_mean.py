@@ -1,11 +1,15 @@
 """compute_image_mean: the mean image of an LMDB of Datum records, as a BlobProto 1 x C x H x W.
 
+As Caffe's tool writes it, the shape is in the legacy num/channels/height/width fields (no `shape`), so
+the usual `np.array(blob.data).reshape(blob.channels, blob.height, blob.width)` works.
+
 As Caffe's tool, it also prints the per-channel means. Images of different sizes have no mean image:
 --per_channel_only writes the 1 x C x 1 x 1 per-channel mean instead.
 """
 import numpy as np
 
-from vggtool.blob import array_to_proto
+from vggtool.blob import set_proto_values
+from vggtool.proto import caffe_pb2
 from vggtool.data.datum import datum_to_image, iterate_records
 from vggtool.errors import VggtoolError
 from vggtool.protoio import check_output_path, write_binary_proto
@@ -49,12 +53,20 @@ def image_mean(db, per_channel_only=False):
     return mean.transpose(2, 0, 1)[None], count
 
 
+def mean_blob(mean):
+    """A 1 x C x H x W mean as Caffe's BlobProto: num/channels/height/width set, float data."""
+    blob = caffe_pb2.BlobProto()
+    blob.num, blob.channels, blob.height, blob.width = mean.shape
+    set_proto_values(blob, mean.astype(np.float32))
+    return blob
+
+
 def run(args):
     if args.backend.lower() != "lmdb":
         raise VggtoolError(f"--backend {args.backend}: only lmdb is supported")
     check_output_path(args.out, "output mean file")
     mean, count = image_mean(args.db, args.per_channel_only)
-    write_binary_proto(args.out, array_to_proto(mean.astype(np.float32)))
+    write_binary_proto(args.out, mean_blob(mean))
     print(f"Processed {count} files.")
     print(f"Write to {args.out}")
     print(f"Number of channels: {mean.shape[1]}")

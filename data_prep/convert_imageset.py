@@ -165,7 +165,7 @@ def run(args):
 
 def convert(entries, args, list_name):
     """Write [(relative path, label, boxes or None)] (paths under args.root) to args.db."""
-    from tqdm import tqdm
+    from vggtool.progress import progress
 
     if args.backend.lower() != "lmdb":
         raise VggtoolError(f"--backend {args.backend}: only lmdb is supported (convert LevelDB data with Caffe "
@@ -201,7 +201,7 @@ def convert(entries, args, list_name):
     writer = LmdbWriter(tmp, args.map_size)
     skipped, first_shape, count, start = [], None, 0, time.time()
     try:
-        bar = tqdm(entries, unit="img", desc="convert_imageset", mininterval=0.5)
+        bar = progress(entries, unit="img", desc="convert_imageset", mininterval=0.5)
         for line_id, (name, label, boxes) in enumerate(bar):
             try:
                 datum, shape = make_datum(os.path.join(args.root, name), label, args, boxes)

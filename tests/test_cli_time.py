@@ -1,5 +1,6 @@
 """`vggtool time`: per-layer timing output, and clear one-line errors for bad input."""
 import os
+import re
 import subprocess
 import sys
 
@@ -30,6 +31,16 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
 """
 
 
+GLOG = re.compile(r"^I\d{4} [\d:.]+ +\d+ (caffe\.cpp:\d+|net\.cpp:\d+|time\.py)\] ", re.M)
+
+
+def glog_messages(err):
+    """The messages of `caffe time`'s glog lines (every line must be one)."""
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert all(GLOG.match(l) for l in lines), [l for l in lines if not GLOG.match(l)][:3]
+    return "\n".join(GLOG.sub("", l) for l in lines)
+
+
 def write(tmp_path, text, name="net.prototxt"):
     path = tmp_path / name
     path.write_text(text)
@@ -38,7 +49,7 @@ def write(tmp_path, text, name="net.prototxt"):
 
 def test_time_lists_every_layer(tmp_path, capsys):
     rc = main(["time", "--net", write(tmp_path, INPUT_NET), "--iterations", "3"])
-    out = capsys.readouterr().out
+    out = glog_messages(capsys.readouterr().err)
     assert rc == 0
     for layer in ("data", "conv1", "relu1", "pool1", "fc", "prob"):
         assert f"{layer:>10}\tforward: " in out
@@ -56,7 +67,7 @@ def test_time_lists_every_layer(tmp_path, capsys):
 def test_time_runs_data_layers_and_reports_loss(tmp_path, capsys):
     # Caffe's -model and -iterations spellings.
     rc = main(["time", "-model", write(tmp_path, DATA_NET), "-iterations=2", "--phase", "TRAIN"])
-    out = capsys.readouterr().out
+    out = glog_messages(capsys.readouterr().err)
     assert rc == 0
     loss_line = next(l for l in out.splitlines() if l.startswith("Initial loss: "))
     assert float(loss_line.split(": ")[1]) > 0  # softmax loss of 4 classes with random scores
@@ -83,7 +94,7 @@ def test_time_bad_net_one_clear_error(tmp_path, case):
     proc = subprocess.run([sys.executable, "-m", "vggtool", "time", "--net", path], capture_output=True,
                           text=True, cwd=ROOT, env=env)
     assert proc.returncode == 1
-    err = proc.stderr.strip()
+    err = "\n".join(l for l in proc.stderr.strip().splitlines() if not GLOG.match(l))  # glog lines aside
     assert "Traceback" not in proc.stderr
     assert len(err.splitlines()) == 1, err
     for needle in needles:
@@ -93,7 +104,7 @@ def test_time_bad_net_one_clear_error(tmp_path, case):
 def test_time_missing_file(tmp_path, capsys):
     missing = str(tmp_path / "nope.prototxt")
     assert main(["time", "--net", missing]) == 1
-    err = capsys.readouterr().err.strip()
+    err = "\n".join(l for l in capsys.readouterr().err.strip().splitlines() if not GLOG.match(l))
     assert len(err.splitlines()) == 1 and "not found" in err and missing in err
 
 
@@ -108,12 +119,19 @@ def test_time_gpu_without_gpu(tmp_path, capsys):
     if backend.gpu_count():
         pytest.skip("a GPU is visible here")
     assert main(["time", "--net", write(tmp_path, INPUT_NET), "--gpu", "0"]) == 1
-    err = capsys.readouterr().err.strip()
+    err = "\n".join(l for l in capsys.readouterr().err.strip().splitlines() if not GLOG.match(l))
     assert len(err.splitlines()) == 1 and "vggtool time: error:" in err
 
 
 @pytest.mark.gpu
 def test_time_on_gpu(tmp_path, capsys):
     assert main(["time", "--net", write(tmp_path, INPUT_NET), "--gpu", "0", "--iterations", "2"]) == 0
-    out = capsys.readouterr().out
-    assert "Use GPU with device ID 0." in out and f"{'conv1':>10}\tbackward: " in out
+    out = glog_messages(capsys.readouterr().err)
+    assert "Use GPU with device ID 0" in out and f"{'conv1':>10}\tbackward: " in out
+
+
+def test_time_logs_the_net_setup_like_caffe(tmp_path, capsys):
+    assert main(["time", "--net", write(tmp_path, INPUT_NET), "--iterations", "1"]) == 0
+    out = glog_messages(capsys.readouterr().err)
+    assert "Setting up conv1" in out and "Top shape: 2 3 8 8 (384)" in out
+    assert "Memory required for data: " in out and "Network initialization done." in out

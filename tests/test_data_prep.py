@@ -134,6 +134,13 @@ def test_image_mean(tmp_path, rng, capsys):
     expect = np.mean([p.astype(np.float64) for _, _, p in items], axis=0).transpose(2, 0, 1)[None]
     assert mean.shape == (1, 3, 10, 12)
     np.testing.assert_allclose(mean, expect, rtol=1e-6)
+    # Caffe's fields, read the way pycaffe scripts read a mean file
+    blob = read_binary_proto(tmp_path / "mean.binaryproto", caffe_pb2.BlobProto())
+    assert (blob.num, blob.channels, blob.height, blob.width) == (1, 3, 10, 12)
+    np.testing.assert_allclose(np.array(blob.data).reshape(blob.channels, blob.height, blob.width), expect[0],
+                               rtol=1e-6)
+    import vggtool.pycaffe as caffe
+    assert caffe.io.blobproto_to_array(blob).shape == (1, 3, 10, 12)
     assert f"mean_value channel [0]: {expect[0, 0].mean():.6g}" in out
     # Different sizes: an error unless --per_channel_only.
     listing, items = make_images(tmp_path / "v", rng)

@@ -357,3 +357,30 @@ def test_partial_passes_and_nonfinite_detection(rng):
     assert net.first_nonfinite_layer() == "b"
     with pytest.raises(VggtoolError, match="no layer named 'c'"):
         net.forward(end="c")
+
+
+def test_building_with_a_log_writes_caffes_setup_lines():
+    import io
+
+    from vggtool.protoio import parse_net_text
+    from vggtool.solvers.glog import GLog
+
+    text = """
+layer { name: "data" type: "Input" top: "data" top: "label" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 4 } }
+layer { name: "relu" type: "ReLU" bottom: "ip" top: "ip" }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" loss_weight: 2 }
+"""
+    stream = io.StringIO()
+    log = GLog(stream=False)
+    log.line = lambda where, message, severity="I": stream.write(f"{where}] {message}\n")
+    Net(parse_net_text(text), phase="TRAIN", log=log)
+    lines = stream.getvalue().splitlines()
+    assert "net.cpp:86] Creating Layer data" in lines
+    assert "net.cpp:131] Top shape: 2 3 (6)" in lines and "net.cpp:131] Top shape: 2 (2)" in lines
+    assert "net.cpp:131] Top shape: 2 4 (8)" in lines
+    # memory as Caffe counts it: float32 bytes of every top, in-place tops again: (6 + 2) + 8 + 8 + 1
+    memory = [int(l.rsplit(" ", 1)[1]) for l in lines if "Memory required for data" in l]
+    assert memory == [32, 64, 96, 100]
+    assert "net.cpp:134]     with loss weight 2" in lines
+    assert lines[-1] == "net.cpp:257] Network initialization done."

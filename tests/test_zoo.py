@@ -146,7 +146,15 @@ def test_demo_nets_build_on_one_channel_digits(tmp_path):
     assert [k for k in deploy.params] == [k for k in net.params]
     solver = read_solver_param(os.path.join(ROOT, "solver", "demo_solver.prototxt"))
     check_param(solver, "demo_solver")
-    assert solver.net == "train_val.prototxt"
+    assert solver.net == "netdefs/demo/train_val.prototxt"
+
+
+def test_every_shipped_solver_names_nets_that_exist_from_the_repository_root():
+    for path in sorted(glob.glob(os.path.join(ROOT, "solver", "*.prototxt"))):
+        solver = read_solver_param(path)
+        nets = [solver.net, solver.train_net, *solver.test_net]
+        for net in filter(None, nets):
+            assert os.path.isfile(os.path.join(ROOT, net)), f"{os.path.basename(path)}: {net}"
 
 
 @pytest.mark.slow

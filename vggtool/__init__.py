@@ -11,6 +11,16 @@ import os
 # once; waking them costs microseconds per GEMM. Read when OpenBLAS loads, so it only takes effect when
 # vggtool is imported before NumPy (the CLI always is); set it yourself otherwise.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# vggtool reports unreadable images itself (naming the list line); OpenCV's own "[ WARN:0@...]" lines
+# about the same files would only clutter the output. Read when OpenCV loads; set the level now if it has.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+if "cv2" in __import__("sys").modules:  # pragma: no cover - depends on import order
+    try:
+        import cv2.utils.logging as _cv_logging
+
+        _cv_logging.setLogLevel(_cv_logging.LOG_LEVEL_ERROR)
+    except Exception:
+        pass
 
 from .backend import CPU, Device, gpu  # noqa: F401
 from .errors import VggtoolError  # noqa: F401

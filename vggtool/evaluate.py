@@ -230,6 +230,10 @@ def is_lmdb(path):
 
 
 def count_samples(path):
+    from .data.imagefolder import folder_entries, is_image_folder
+
+    if is_image_folder(path):
+        return len(folder_entries(path)[0])
     if is_lmdb(path):
         from .data.datum import shared_lmdb
         return shared_lmdb(path).stat()["entries"]  # shared: a data layer may hold it open
@@ -270,6 +274,18 @@ def iterate_samples(path, root="", limit=None, color=True):
     (`color`: 3-channel BGR, else 1-channel gray)."""
     if not os.path.exists(path):
         raise VggtoolError(f"--data: {path} does not exist (give an LMDB folder or an image list file)")
+    from .data.imagefolder import folder_entries, is_image_folder
+
+    if is_image_folder(path):  # ImageFolder layout: labels from the sorted class subfolders
+        entries, classes = folder_entries(path)
+        if classes is None:
+            raise VggtoolError(f"--data: {path} holds images but no class subfolders, so no labels to score "
+                               "against (ROOT/<class>/<image>; `vggtool classify` takes unlabelled images)")
+        for count, (name, label) in enumerate(entries):
+            if limit is not None and count >= limit:
+                return
+            yield name, read_image_file(path, name, color, f"{path}"), label
+        return
     if os.path.isdir(path):
         for key, image, datum in iterate_lmdb_images(path, limit, color):
             yield key, image, int(datum.label)
@@ -282,14 +298,14 @@ def iterate_samples(path, root="", limit=None, color=True):
 
 def evaluate(evaluator, data, root="", limit=None, progress=True):
     """(posteriors (N, classes) float32, labels (N,), keys (N,)) over a data set."""
-    from tqdm import tqdm
+    from .progress import progress as progress_bar
 
-    total = count_samples(data) if is_lmdb(data) or os.path.isfile(data) else None
+    total = count_samples(data) if os.path.exists(data) else None
     if total is not None and limit is not None:
         total = min(total, limit)
     posts, labels, keys = [], [], []
     samples = iterate_samples(data, root, limit, color=evaluator.channels == 3)
-    bar = tqdm(samples, total=total, unit="img", disable=not progress, desc="evaluating")
+    bar = progress_bar(samples, total=total, unit="img", disable=not progress, desc="evaluating")
     for key, image, label in bar:
         posts.append(evaluator.evaluate_image(image))
         labels.append(label)

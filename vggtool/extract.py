@@ -165,7 +165,7 @@ def iterate_images(image_set, color, limit=None):
 
 def extract(extractor, image_set, limit=None, chunk=64, progress=True):
     """(features (N, D) float32, labels per image [tuples], keys) over an ImageSet."""
-    from tqdm import tqdm
+    from .progress import progress as progress_bar
 
     total = len(image_set) if image_set.lmdb is None else ev.count_samples(image_set.lmdb)
     if limit is not None:
@@ -178,7 +178,7 @@ def extract(extractor, image_set, limit=None, chunk=64, progress=True):
             bar.update(len(pending))
             pending.clear()
 
-    bar = tqdm(total=total, unit="img", disable=not progress, desc=f"extracting {extractor.blob}")
+    bar = progress_bar(total=total, unit="img", disable=not progress, desc=f"extracting {extractor.blob}")
     with bar:
         for key, image, lab in iterate_images(image_set, extractor.channels == 3, limit):
             channels = image.shape[2] if image.ndim == 3 else 1

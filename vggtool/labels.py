@@ -132,6 +132,14 @@ def open_image_set(data, root="", split="trainval", classes=None):
     if root and not os.path.isdir(root):
         raise VggtoolError(f"--root: {root} is not a folder")
     if os.path.isdir(data):
+        from .data.imagefolder import folder_entries, is_image_folder
+
+        if is_image_folder(data) and not is_voc(data):  # ImageFolder layout, or a folder of images
+            entries, names = folder_entries(data, classes)
+            return ImageSet(data, [name for name, _ in entries],
+                            files=[os.path.join(data, name) for name, _ in entries],
+                            labels=[(label,) if label >= 0 else () for _, label in entries],
+                            classes=names if names is not None else classes)
         if is_lmdb(data):
             return ImageSet(data, [], lmdb=data, classes=classes)
         if is_voc(data):

@@ -200,7 +200,7 @@ class Net:
     """
 
     def __init__(self, model, *args, weights=None, phase=None, stages=(), level=0, device=CPU,
-                 dtype=np.float32, seed=None, source=None, batch_divisor=1):
+                 dtype=np.float32, seed=None, source=None, batch_divisor=1, log=None):
         weights, phase = _weights_and_phase(args, weights, phase)
         if isinstance(model, caffe_pb2.NetParameter):
             net_param = caffe_pb2.NetParameter()
@@ -221,6 +221,7 @@ class Net:
         self.iteration = 0  # set by the solver: drives per-sample randomness
         self.sample_offset = 0  # global index of this replica's first sample in the whole batch
         self.batch_divisor = int(batch_divisor)  # replicas sharing each batch (read by data layers at setup)
+        self.log = log  # a GLog: Caffe's set-up lines (Top shape, Memory required for data) while building
         state = caffe_pb2.NetState()
         state.CopyFrom(net_param.state)
         state.phase = self.phase
@@ -251,6 +252,7 @@ class Net:
         blob_need_backward = {}
         available = OrderedDict()
         names_seen = set()
+        memory = 0  # bytes of data blobs, counted as Caffe counts them (every top, in-place ones again)
         for layer_param in param.layer:
             name = layer_param.name
             if name in names_seen:
@@ -285,9 +287,13 @@ class Net:
                 available[tname] = True
             if layer_param.type == "Input":
                 self.inputs.extend(layer_param.top)
+            if self.log:
+                self.log.info("net.cpp:86", f"Creating Layer {name}")
             with _layer_context(layer):
                 layer.setup(bottoms, tops)
             self._setup_loss_weights(layer, layer_param, tops)
+            if self.log:
+                memory += self._log_setup(name, layer_param, tops, memory)
             self._setup_params(layer, layer_param)
             self.layers.append(layer)
             self._layer_names.append(name)
@@ -307,9 +313,26 @@ class Net:
             self.layer_need_backward.append(need)
             self.bottom_need_backward.append(bneed)
         self.outputs = sorted(available)  # Caffe keeps them in a std::set: output #i is in name order
+        if self.log:
+            self.log.info("net.cpp:257", "Network initialization done.")
         self._prune_backward(param)
         self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
         self.params = OrderedDict((n, l.blobs) for n, l in zip(self._layer_names, self.layers) if l.blobs)
+
+    def _log_setup(self, name, layer_param, tops, memory):
+        """Caffe's lines after setting up a layer; returns the bytes its tops add."""
+        from .solvers.glog import fmt
+
+        self.log.info("net.cpp:124", f"Setting up {name}")
+        added = 0
+        for j, top in enumerate(tops):
+            self.log.info("net.cpp:131", f"Top shape: {top.shape_string().strip()}")
+            weight = self.blob_loss_weights.get(layer_param.top[j], 0.0) if j < len(layer_param.top) else 0.0
+            if weight:
+                self.log.info("net.cpp:134", f"    with loss weight {fmt(weight)}")
+            added += top.count * self.dtype.itemsize
+        self.log.info("net.cpp:139", f"Memory required for data: {memory + added}")
+        return added
 
     def _setup_loss_weights(self, layer, layer_param, tops):
         if len(layer_param.loss_weight) > len(tops):

@@ -23,10 +23,10 @@ COMMANDS = {
     "classify": "classify",
     "extract": "extract",
     "svm": "svm",
-    "time": "time",
     "localize": "localize",
     "export": "export",
     "convert": "convert",
+    "draw": "draw",
 }
 
 
@@ -41,6 +41,37 @@ def normalise_argv(argv):
     return out
 
 
+_TRUE, _FALSE = ("true", "t", "yes", "y", "1"), ("false", "f", "no", "n", "0")
+
+
+def gflags_booleans(argv, parser):
+    """Caffe's gflags spellings of boolean flags for `parser`: `--flag=true/false` and `--noflag`.
+
+    `--shuffle=true` becomes `--shuffle`, `--shuffle=false` (or `--noshuffle`) becomes nothing for a flag
+    that is off by default, and `--flip=false` becomes `--no-flip` for a --flip/--no-flip pair."""
+    on, off = {}, {}  # option string -> the tokens that mean "set it" / "unset it"
+    for action in parser._actions:
+        if isinstance(action, argparse.BooleanOptionalAction):
+            for opt in action.option_strings:
+                if opt.startswith("--no-"):
+                    continue
+                negative = "--no-" + opt[2:]
+                on[opt], off[opt] = [opt], [negative]
+        elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            for opt in action.option_strings:
+                on[opt], off[opt] = [opt], []
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if eq and name in on and value.lower() in _TRUE + _FALSE:
+            out.extend(on[name] if value.lower() in _TRUE else off[name])
+        elif not eq and arg.startswith("--no") and not arg.startswith("--no-") and "--" + arg[4:] in on:
+            out.extend(off["--" + arg[4:]])
+        else:
+            out.append(arg)
+    return out
+
+
 def run_subcommands(prog, description, table, package, argv=None):
     """Parse `argv` as `prog SUBCOMMAND ...` over `table` (name -> module of `package`), run it, and turn
     a VggtoolError into one message on stderr and exit code 1 (no traceback)."""
@@ -52,6 +83,10 @@ def run_subcommands(prog, description, table, package, argv=None):
         module = importlib.import_module(f"{package}.{module_name}")
         module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP))
         modules[name] = module
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in modules:
+        at = argv.index(command)
+        argv = argv[:at + 1] + gflags_booleans(argv[at + 1:], sub.choices[command])
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()

@@ -8,7 +8,8 @@ HELP = "convert a deploy net's fully-connected layers to convolutions (for dense
 
 
 def add_arguments(parser):
-    parser.add_argument("--net", required=True, help="deploy prototxt (with an Input layer of the crop size)")
+    parser.add_argument("--net", "--model", dest="net", required=True,
+                        help="deploy prototxt (with an Input layer of the crop size)")
     parser.add_argument("--weights", required=True, help="its .caffemodel")
     parser.add_argument("--out-net", required=True, help="converted prototxt to write")
     parser.add_argument("--out-weights", required=True, help="converted .caffemodel to write")

@@ -69,7 +69,10 @@ def run(args):
     out.mkdir(parents=True, exist_ok=True)
     for name in ("train_val.prototxt", "deploy.prototxt"):
         shutil.copyfile(_source_file("netdefs", "demo", name), out / name)
-    shutil.copyfile(_source_file("solver", "demo_solver.prototxt"), out / "solver.prototxt")
+    # the shipped solver names the net from the repository root; the run uses its own copy beside it
+    solver_text = Path(_source_file("solver", "demo_solver.prototxt")).read_text(encoding="utf-8")
+    solver_text = re.sub(r'^net: "[^"]*"', 'net: "train_val.prototxt"', solver_text, count=1, flags=re.M)
+    (out / "solver.prototxt").write_text(solver_text, encoding="utf-8")
     (out / "snapshots").mkdir(exist_ok=True)
     here = os.getcwd()
     os.chdir(out)

@@ -1,4 +1,5 @@
 """`vggtool extract`: image descriptors from a blob of a net (paper Appendix B; Caffe's extract_features)."""
+import argparse
 import os
 
 import numpy as np
@@ -23,7 +24,7 @@ def add_arguments(parser):
                         "every image has one label")
     parser.add_argument("--scales", default=None, help="scales Q (smallest image side), e.g. 256,384,512 "
                         "(default: input size x 8/7, 12/7, 16/7; --no-pool: images as they are)")
-    parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False, help="average with the horizontally flipped image")
     parser.add_argument("--aggregate", default="stack", choices=("stack", "average"),
                         help="combine scales by concatenation (stack, default) or averaging")
     parser.add_argument("--no-pool", dest="pool", action="store_false", help="keep the raw blob per image "

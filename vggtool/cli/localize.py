@@ -1,4 +1,5 @@
 """`vggtool localize`: localisation error of box-regression nets (paper Appendix A, vggtool.localize)."""
+import argparse
 import os
 
 import numpy as np
@@ -22,7 +23,7 @@ def add_arguments(parser):
                         "classes of a classifier (default)")
     parser.add_argument("--scales", default=None, help="test scales Q (smallest image side); centre uses the "
                         "first (default: the net's input size x 8/7)")
-    parser.add_argument("--flip", action="store_true", help="full: also the mirrored image")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False, help="full: also the mirrored image")
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="full: merge while the closest pair's 1 - IoU is below this (default 0.5)")
     parser.add_argument("--top", type=int, default=5, help="full: guesses per image (default 5)")
@@ -35,10 +36,12 @@ def add_arguments(parser):
     parser.add_argument("--gpu", default=None, help="GPU id to run on (default: CPU)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
     parser.add_argument("--out", default=None, help="write the boxes to this .npz or .json")
+    parser.add_argument("--draw", default=None, metavar="DIR",
+                        help="write each image with its true (green) and predicted (red) boxes to DIR")
 
 
 def run(args):
-    from tqdm import tqdm
+    from ..progress import progress
 
     from .. import boxes as B
     from .. import evaluate as ev
@@ -82,7 +85,7 @@ def run(args):
 
     keys, labels, guesses_cls, guesses_box, ok = [], [], [], [], []
     samples = loc.iterate_boxed_samples(args.data, args.root, args.limit, color=regs[0].channels == 3)
-    for key, image, label, gt in tqdm(samples, unit="img", desc="localizing", mininterval=1):
+    for key, image, label, gt in progress(samples, unit="img", desc="localizing", mininterval=1):
         if full:
             if scores is not None:
                 if key not in scores:
@@ -104,6 +107,9 @@ def run(args):
         guesses_cls.append([c for c, _ in pairs])
         guesses_box.append([b for _, b in pairs])
         ok.append(B.correct(pairs, label, gt))
+        if args.draw:
+            from ..box_pictures import draw_boxes, write_box_picture
+            write_box_picture(args.draw, key, draw_boxes(image, gt, pairs, label, ok[-1]))
     if not keys:
         raise VggtoolError(f"--data: {args.data} holds no images")
     error = 100 * (1 - np.mean(ok))

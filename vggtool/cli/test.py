@@ -1,5 +1,6 @@
 """`vggtool test`: Caffe's `caffe test` (TEST phase with the net's own data layer, K iterations) and,
 with --data, the VGG evaluation protocol (dense / multi-crop, multi-scale, flips) of vggtool.evaluate."""
+import argparse
 import os
 import sys
 
@@ -25,7 +26,7 @@ def add_arguments(parser):
     g.add_argument("--root", default="", help="folder the list file's paths are relative to")
     g.add_argument("--scales", default=None, help="test scales Q, the smallest image side (default: crop x 8/7, 12/7, "
                    "16/7, i.e. 256,384,512 for a 224 crop)")
-    g.add_argument("--flip", action="store_true", help="also evaluate horizontal flips (dense: flipped "
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False, help="also evaluate horizontal flips (dense: flipped "
                    "image; multi-crop: mirrored crops, 50 per scale)")
     g.add_argument("--mode", default="dense", choices=("dense", "multicrop", "both"))
     g.add_argument("--crop", type=int, default=None, help="multi-crop size (default: the net's input size)")
@@ -36,24 +37,51 @@ def add_arguments(parser):
     g.add_argument("--batch", type=int, default=50, help="crops per forward pass in multi-crop (default 50)")
     g.add_argument("--out", default=None, help="write posteriors, labels and keys to this .npz")
     g.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    g.add_argument("--heatmaps", default=None, metavar="DIR",
+                   help="write each image's class score maps (true and predicted class) as heat maps to DIR")
+    g.add_argument("--labels", default=None, help="class names, one a line, for the --heatmaps titles")
 
 
 def add_transform_arguments(parser):
     """The test-time input transform (image - mean) * scale: the same flags for test, classify, extract."""
     parser.add_argument("--mean-value", default=None, help="per-channel mean B,G,R (or one value)")
     parser.add_argument("--mean-file", default=None, help="mean .binaryproto (averaged per channel)")
-    parser.add_argument("--scale", type=float, default=1.0,
+    parser.add_argument("--scale", type=float, default=None,
                         help="multiply the mean-subtracted input by this (Caffe's transform_param scale)")
+    parser.add_argument("--no-recorded-transform", dest="recorded_transform", action="store_false",
+                        help="ignore the mean and scale of the model's own transform_param")
 
 
 def transform_options(args):
-    """{'mean': per-channel mean or None, 'scale': float} from the flags of add_transform_arguments."""
+    """{'mean': per-channel mean or None, 'scale': float}: the flags of add_transform_arguments, else the
+    model's own transform_param (vggtool.recorded_transform: the --net prototxt, then the --weights file).
+    When neither gives a mean, say so: the images then go in without mean subtraction."""
     from .. import evaluate as ev
+    from ..recorded_transform import recorded_transform, resolve_mean_file
 
-    mean = None
+    mean, scale = None, args.scale
     if args.mean_value is not None or args.mean_file is not None:
         mean = ev.load_mean(args.mean_value, args.mean_file)
-    return {"mean": mean, "scale": args.scale}
+    net = args.net[0] if isinstance(args.net, list) else args.net
+    weights = args.weights[0] if isinstance(args.weights, list) else args.weights
+    tp, where = recorded_transform(net, weights) if getattr(args, "recorded_transform", True) else (None, None)
+    used = []
+    if mean is None and tp is not None and (tp.mean_file or len(tp.mean_value)):
+        if tp.mean_file:
+            mean = ev.load_mean(mean_file=resolve_mean_file(tp.mean_file, where, where.split(", layer")[0]))
+            used.append(f"mean_file {tp.mean_file}")
+        else:
+            mean = ev.load_mean(",".join(str(v) for v in tp.mean_value))
+            used.append("mean_value " + ",".join(f"{v:g}" for v in tp.mean_value))
+    if scale is None and tp is not None and tp.HasField("scale"):
+        scale = tp.scale
+        used.append(f"scale {tp.scale:g}")
+    if used:
+        print(f"input transform from {where}: {', '.join(used)}", file=sys.stderr)
+    if mean is None:
+        print("note: no mean given (--mean-value / --mean-file) and none in the model's transform_param: "
+              "the images are not mean-subtracted", file=sys.stderr)
+    return {"mean": mean, "scale": 1.0 if scale is None else scale}
 
 
 def _device(args):
@@ -77,7 +105,8 @@ def run_caffe_test(args):
     device = _device(args)
     glog("Use CPU." if not device.is_gpu else f"Use GPU with device ID {device.index}")
     stages = [s for s in args.stage.split(",") if s]
-    net = Net(args.net, args.weights, phase="TEST", stages=stages, level=args.level, device=device)
+    net = Net(args.net, args.weights, phase="TEST", stages=stages, level=args.level, device=device,
+              log=GLog())
     glog(f"Running for {args.iterations} iterations.")
     sums, loss = None, 0.0
     for i in range(args.iterations):
@@ -127,6 +156,14 @@ def run_evaluation(args):
         ev.save_scores(args.out, posteriors, labels, keys, scales=np.array(evaluator.scales), mode=args.mode,
                        flip=args.flip)
         print(f"wrote {args.out}")
+    if args.heatmaps:
+        from ..data.imagefolder import read_labels_file
+        from ..heatmaps import write_heatmaps
+
+        names = read_labels_file(args.labels) if args.labels else None
+        samples = ev.iterate_samples(args.data, args.root, args.limit, color=evaluator.channels == 3)
+        written = write_heatmaps(evaluator, samples, posteriors, args.heatmaps, names)
+        print(f"wrote {len(written)} heat map(s) to {args.heatmaps}")
     return 0
 
 

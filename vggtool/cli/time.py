@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import backend
 from ..errors import VggtoolError
+from ..solvers.glog import GLog
 
 HELP = "benchmark a net: average forward and backward time per layer (Caffe's `caffe time`)"
 
@@ -27,6 +28,14 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="seed for initialisation and random inputs")
 
 
+_LOG = GLog()
+
+
+def info(caffe_line, message):
+    """A glog line on stderr, placed where `caffe time` logs the same message (tools/caffe.cpp)."""
+    _LOG.info(f"caffe.cpp:{caffe_line}", message)
+
+
 def _now(device):
     device.synchronize()  # GPU work is asynchronous: wait for it before reading the clock
     return _time.perf_counter()
@@ -38,10 +47,10 @@ def run(args):
     if args.iterations < 1:
         raise VggtoolError(f"--iterations must be at least 1, got {args.iterations}")
     device = backend.parse_devices(args.gpu)[0] if args.gpu else backend.CPU
-    print(f"Use GPU with device ID {device.index}." if device.is_gpu else "Use CPU.")
+    info(339 if device.is_gpu else 343, f"Use GPU with device ID {device.index}" if device.is_gpu else "Use CPU.")
     stages = [s for s in args.stage.split(",") if s]
     net = Net(args.net, args.weights, phase=args.phase, stages=stages, level=args.level, device=device,
-              seed=args.seed)
+              seed=args.seed, log=_LOG)
     rng = np.random.default_rng(args.seed)
     for name in net.inputs:
         blob = net.blobs[name]
@@ -49,17 +58,17 @@ def run(args):
 
     layers, bottoms, tops = net.layers, net.bottom_vecs, net.top_vecs
     names = net._layer_names
-    print("Performing Forward")
+    info(351, "Performing Forward")
     loss = float(backend.to_numpy(net.forward_from_to()))
-    print(f"Initial loss: {loss:g}")
+    info(356, f"Initial loss: {loss:g}")
     algorithms = [f"{name} {layer.chosen_algorithm()}" for name, layer in zip(net._layer_names, net.layers)
                   if hasattr(layer, "chosen_algorithm")]
     if algorithms:  # not in caffe time: which convolution code each layer runs (VGGTOOL_CONV_ALGO overrides)
-        print("Convolution algorithms: " + ", ".join(algorithms))
-    print("Performing Backward")
+        _LOG.info("time.py", "Convolution algorithms: " + ", ".join(algorithms))
+    info(357, "Performing Backward")
     net.backward_from_to()
-    print("*** Benchmark begins ***")
-    print(f"Testing for {args.iterations} iterations.")
+    info(365, "*** Benchmark begins ***")
+    info(366, f"Testing for {args.iterations} iterations.")
     forward_ms = np.zeros(len(layers))
     backward_ms = np.zeros(len(layers))
     forward_total = backward_total = 0.0
@@ -81,16 +90,16 @@ def run(args):
             end = _now(device)
             forward_total += (mid - iter_start) * 1e3
             backward_total += (end - mid) * 1e3
-            print(f"Iteration: {it + 1} forward-backward time: {(end - iter_start) * 1e3:.3f} ms.")
+            info(394, f"Iteration: {it + 1} forward-backward time: {(end - iter_start) * 1e3:.3f} ms.")
     total = (_now(device) - total_start) * 1e3
     k = args.iterations
-    print("Average time per layer: ")
+    info(397, "Average time per layer: ")
     for i, name in enumerate(names):
-        print(f"{name:>10}\tforward: {forward_ms[i] / k:.4f} ms.")
-        print(f"{name:>10}\tbackward: {backward_ms[i] / k:.4f} ms.")
-    print(f"Average Forward pass: {forward_total / k:.4f} ms.")
-    print(f"Average Backward pass: {backward_total / k:.4f} ms.")
-    print(f"Average Forward-Backward: {total / k:.4f} ms.")
-    print(f"Total Time: {total:.4f} ms.")
-    print("*** Benchmark ends ***")
+        info(400, f"{name:>10}\tforward: {forward_ms[i] / k:.4f} ms.")
+        info(403, f"{name:>10}\tbackward: {backward_ms[i] / k:.4f} ms.")
+    info(408, f"Average Forward pass: {forward_total / k:.4f} ms.")
+    info(410, f"Average Backward pass: {backward_total / k:.4f} ms.")
+    info(412, f"Average Forward-Backward: {total / k:.4f} ms.")
+    info(414, f"Total Time: {total:.4f} ms.")
+    info(415, "*** Benchmark ends ***")
     return 0

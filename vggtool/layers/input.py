@@ -1,4 +1,6 @@
 """Input layers without a data source: Input (shapes given, data set by the caller) and DummyData."""
+import numpy as np
+
 from ..fillers import fill
 from .base import Layer, register_layer
 
@@ -85,3 +87,61 @@ class DummyDataLayer(Layer):
 
     def backward(self, top, propagate_down, bottom):
         pass
+
+
+@register_layer("MemoryData")
+class MemoryDataLayer(Layer):
+    """Batches taken in turn from arrays the caller hands over (Caffe's MemoryDataLayer; pycaffe's
+    net.set_input_arrays). Tops: data (batch_size x channels x height x width) and label (batch_size).
+
+    `reset(data, labels)` keeps references to the arrays, as Caffe keeps their pointers: each forward
+    copies the next batch_size rows, wrapping around at the end.
+    """
+
+    exact_bottoms = 0
+    exact_tops = 2
+
+    def layer_setup(self, bottom, top):
+        p = self.param.memory_data_param
+        self.batch_size, self.channels, self.height, self.width = p.batch_size, p.channels, p.height, p.width
+        if self.batch_size * self.channels * self.height * self.width <= 0:
+            raise self.error("batch_size, channels, height, and width must be specified and positive in "
+                             "memory_data_param")
+        top[0].reshape((self.batch_size, self.channels, self.height, self.width))
+        top[1].reshape((self.batch_size,))
+        self._data = self._labels = None
+        self._pos = 0
+
+    def reset(self, data, labels):
+        """Use `data` (N x C x H x W) and `labels` (N values) from the next forward on; N must be a
+        multiple of batch_size."""
+        data = np.asarray(data)
+        labels = np.asarray(labels)
+        want = (self.channels, self.height, self.width)
+        if data.ndim != 4 or data.shape[1:] != want:
+            raise self.error(f"data array has shape {data.shape}; expected N x {want[0]} x {want[1]} x {want[2]}")
+        if labels.size != data.shape[0]:
+            raise self.error(f"data and labels must have the same first dimension ({data.shape[0]} images, "
+                             f"{labels.size} labels)")
+        if data.shape[0] == 0 or data.shape[0] % self.batch_size:
+            raise self.error(f"the number of images ({data.shape[0]}) must be a positive multiple of "
+                             f"batch_size {self.batch_size}")
+        self._data, self._labels = data, labels.reshape(-1)
+        self._pos = 0
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        if self._data is None:
+            raise self.error("no data yet: hand it over with set_input_arrays (layer.reset) before forward")
+        b, pos = self.batch_size, self._pos
+        top[0].data = self._data[pos:pos + b]
+        top[1].data = self._labels[pos:pos + b]
+        self._pos = (pos + b) % self._data.shape[0]
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+    def allow_force_backward(self, bottom_index):
+        return False

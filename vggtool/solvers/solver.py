@@ -77,6 +77,7 @@ class Solver:
     `.restore(path)`."""
 
     train_batch_divisor = 1  # replicas sharing each train batch (vggtool.parallel sets it)
+    net_class = Net  # the class of the train and test nets (vggtool.pycaffe builds its own Net)
 
     def __init__(self, param, *, source=None, device=CPU, dtype=np.float32, log=None, seed=None):
         if not isinstance(param, caffe_pb2.SolverParameter):
@@ -133,9 +134,9 @@ class Solver:
         merged.MergeFrom(state)
         merged.phase = phase
         net_param.state.CopyFrom(merged)
-        return Net(net_param, phase=phase, stages=tuple(merged.stage), level=merged.level,
+        return self.net_class(net_param, phase=phase, stages=tuple(merged.stage), level=merged.level,
                    device=self.device, dtype=dtype, seed=self.seed, source=label,
-                   batch_divisor=self.train_batch_divisor if phase == caffe_pb2.TRAIN else 1)
+                   batch_divisor=self.train_batch_divisor if phase == caffe_pb2.TRAIN else 1, log=self.log)
 
     def _init_train_net(self, dtype):
         p = self.param
