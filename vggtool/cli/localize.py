@@ -26,7 +26,8 @@ def add_arguments(parser):
                         help="full: merge while the closest pair's 1 - IoU is below this (default 0.5)")
     parser.add_argument("--top", type=int, default=5, help="full: guesses per image (default 5)")
     parser.add_argument("--scores", default=None, help="full: class posteriors from `vggtool test --out` (.npz)")
-    parser.add_argument("--cls-net", default=None, help="full: classification deploy net run here instead")
+    parser.add_argument("--cls-net", default=None, help="full: classification deploy net run here instead; its "
+                        "score maps at --scales also weigh each window's box when merging")
     parser.add_argument("--cls-weights", default=None, help="weights of --cls-net")
     parser.add_argument("--cls-scales", default=None, help="scales of --cls-net (default: --scales)")
     add_transform_arguments(parser)
@@ -60,7 +61,7 @@ def run(args):
         if q < crop:
             raise VggtoolError(f"--scales: Q={q} is smaller than the net's {crop}x{crop} input")
     full = args.protocol == "full"
-    scores, classifier = None, None
+    scores, classifier, cls_scales = None, None, None
     if full:
         if (args.scores is None) == (args.cls_net is None):
             raise VggtoolError("--protocol full ranks classes by a classifier: give --scores S.npz (from "
@@ -74,22 +75,34 @@ def run(args):
             cls_scales = ev.parse_scales(args.cls_scales, "--cls-scales") if args.cls_scales else scales
             classifier = ev.Evaluator(args.cls_net, args.cls_weights, scales=cls_scales, mode="dense",
                                       flip=args.flip, device=device, **transform)
+            score_maps = loc.ClassScoreMaps(classifier)
+            small = [q for q in scales if q < max(classifier.crop)]
+            if small:
+                raise VggtoolError(f"--scales: Q={small[0]} is smaller than the {classifier.crop[0]}x"
+                                   f"{classifier.crop[1]} input of --cls-net, whose score maps weigh the boxes")
+    ranking = ("class score maps of --cls-net" if classifier else "per-image posteriors of --scores")
     print(f"localize: {len(regs)} net(s), protocol {args.protocol}, scales {','.join(map(str, scales))}"
-          + (f", top {args.top}, merge threshold {args.threshold}" if full else ""), flush=True)
+          + (f", top {args.top}, merge threshold {args.threshold}, boxes weighted by the {ranking}" if full else ""),
+          flush=True)
 
     keys, labels, guesses_cls, guesses_box, ok = [], [], [], [], []
     samples = loc.iterate_boxed_samples(args.data, args.root, args.limit, color=regs[0].channels == 3)
     for key, image, label, gt in tqdm(samples, unit="img", desc="localizing", mininterval=1):
         if full:
+            maps = None
             if scores is not None:
                 if key not in scores:
                     raise VggtoolError(f"--scores {args.scores} has no image '{key}' (score the same --data "
                                        "with `vggtool test --out`)")
                 posterior = scores[key]
             else:
-                posterior = classifier.evaluate_image(image)
+                # The classifier's score maps at the box nets' scales weigh the boxes (OverFeat's ranking).
+                maps, posterior = score_maps.image_maps(image, scales, args.flip)
+                if list(cls_scales) != list(scales):
+                    posterior = classifier.evaluate_image(image)
             classes = loc.top_classes(posterior, args.top)
-            guesses = loc.localize_full(regs, image, classes, scales, args.flip, args.threshold)
+            guesses = loc.localize_full(regs, image, classes, scales, args.flip, args.threshold,
+                                        score_map=maps, posterior=posterior)
             pairs = [(c, b) for c, b, _ in guesses]
         else:
             if regs[0].classes > 1 and not 0 <= label < regs[0].classes:
