@@ -183,6 +183,15 @@ def test_merged_boxes_are_ranked_by_the_class_score_map(tmp_path, capsys):
     saved = json.loads((tmp_path / "o.json").read_text())
     assert saved["classes"] == [[1]]
     np.testing.assert_allclose(saved["boxes"][0][0], [10, 6, 14, 10])
+    # --true-class: the ground-truth class only; unweighted (no classifier) the first window's box wins.
+    base = ["localize", "--net", net, "--weights", weights, "--data", str(tmp_path / "spot.txt"), "--root",
+            str(tmp_path), "--scales", "12", "--true-class"]
+    assert main(base) == 0
+    out = capsys.readouterr().out
+    assert "boxes weighted by the count of windows" in out
+    assert "localisation error (ground-truth class, dense + merge) = 100.00% (1 images)" in out
+    assert main(base + ["--cls-net", cls_net, "--cls-weights", cls_weights]) == 0
+    assert "localisation error (ground-truth class, dense + merge) = 0.00% (1 images)" in capsys.readouterr().out
     # The same through the library, flips included: the mirrored spot's window (x 0 of the mirror)
     # maps back onto the same box, so the two merge (IoU 1) and outweigh every other window.
     reg = L.Regressor(net, weights)
