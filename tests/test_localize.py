@@ -227,3 +227,13 @@ def test_scores_file_posteriors_weigh_and_order_the_guesses(tmp_path):
     assert [w for _, _, w in guesses] == pytest.approx([5.4, 3.6])
     guesses = L.localize_full([reg], image, [0, 1], [12], threshold=1, posterior=[0.3, 0.7])
     assert [c for c, _, _ in guesses] == [1, 0]
+
+
+def test_score_map_posterior_is_the_dense_evaluators(tmp_path):
+    """The posterior localize derives from the maps it weighs the boxes with is Evaluator's dense one."""
+    cls_net, cls_weights = spot_classifier(tmp_path)
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (13, 17, 3)).astype(np.uint8)
+    ev = vggtool.evaluate.Evaluator(cls_net, cls_weights, scales=[12, 16], flip=True)
+    _, posterior = L.ClassScoreMaps(ev).image_maps(image, [12, 16], flip=True)
+    np.testing.assert_allclose(posterior, ev.evaluate_image(image), rtol=0, atol=1e-12)
