@@ -177,13 +177,14 @@ def test_list_and_voc_labels(model, rng, tmp_path, capsys):
     objects = {"001": [("dog", 0), ("cat", 0)], "002": [("person", 0), ("dog", 1)], "003": [("cat", 1)]}
     for i, objs in objects.items():
         body = "".join(f"<object><name>{n}</name><difficult>{d}</difficult></object>" for n, d in objs)
-        (voc / "Annotations" / f"{i}.xml").write_text(f"<annotation>{body}</annotation>")
+        (voc / "Annotations" / f"{i}.xml").write_text(f"<annotation><folder>VOC2007</folder>{body}</annotation>")
     (voc / "ImageSets" / "Main" / "trainval.txt").write_text("001\n002\n003\n")
     s = open_image_set(str(voc))
     assert s.classes == ["cat", "dog", "person"] and s.keys == ["001", "002", "003"]
     np.testing.assert_array_equal(label_array(s.labels, s.classes, s.multilabel), [[1, 1, 0], [0, 0, 1], [0, 0, 0]])
     np.testing.assert_array_equal(s.ignore, [[0, 0, 0], [0, 1, 0], [1, 0, 0]])
     assert s.files[0].endswith("JPEGImages/001.jpg")
+    assert s.dataset == "VOC2007"  # the annotations' <folder>, which picks vggtool svm's AP rule
     with pytest.raises(VggtoolError, match="not among --classes"):
         open_image_set(str(voc), classes=["cat", "dog"])
     with pytest.raises(VggtoolError, match="check --split"):
@@ -200,6 +201,7 @@ def test_list_and_voc_labels(model, rng, tmp_path, capsys):
     assert list(f.classes) == ["cat", "dog", "person"] and list(f.keys) == ["001", "002", "003"]
     np.testing.assert_array_equal(f.labels, label_array(s.labels, s.classes, True))
     np.testing.assert_array_equal(f.ignore, s.ignore)
+    assert f.dataset == "VOC2007"
 
 
 def run_cli(capsys, argv):

@@ -163,3 +163,91 @@ def test_cli_full_tied_posteriors_count_against(tmp_path, capsys):
     assert "top-1 localisation error = 100.00% (3 images)" in capsys.readouterr().out
     assert main(base + ["--top", "2"]) == 0
     assert "top-2 localisation error = 33.33% (3 images)" in capsys.readouterr().out
+
+
+def spot_classifier(tmp_path):
+    """A 2-class classifier (8x8 input, stride 2): class 1's score grows with the brightness of its
+    window, and a small bias ranks class 1 first even on a black image."""
+    text = DEPLOY.format(n=2) + 'layer { name: "prob" type: "Softmax" bottom: "fc_box" top: "prob" }\n'
+    (tmp_path / "spot.prototxt").write_text(text)
+    cls = vggtool.Net(parse_net_text(text), phase="TEST")
+    cls.params["fc_box"][0].data[...] = 0
+    cls.params["fc_box"][0].data[1] = 0.01
+    cls.params["fc_box"][1].data[...] = [0.0, 0.1]
+    cls.save(str(tmp_path / "spot.caffemodel"))
+    return str(tmp_path / "spot.prototxt"), str(tmp_path / "spot.caffemodel")
+
+
+def test_merged_boxes_are_ranked_by_the_class_score_map(tmp_path, capsys):
+    """OverFeat's ranking: with nothing to merge (threshold 0.5: neighbours' IoU is 1/3), the box of the
+    window the classifier is surest of wins, not the first (top-left) window's."""
+    image = np.zeros((12, 16, 3), np.uint8)
+    image[10:12, 14:16] = 255  # only the window at x 8, y 4 (covering [8, 16) x [4, 12)) sees the spot
+    cv2.imwrite(str(tmp_path / "spot.png"), image)
+    (tmp_path / "spot.txt").write_text("spot.png 1 10 6 14 10\n")
+    net, weights = const_net(tmp_path, [0.5, 0.5, 0.5, 0.5])
+    cls_net, cls_weights = spot_classifier(tmp_path)
+    assert main(["localize", "--net", net, "--weights", weights, "--data", str(tmp_path / "spot.txt"),
+                 "--root", str(tmp_path), "--scales", "12", "--top", "1", "--cls-net", cls_net,
+                 "--cls-weights", cls_weights, "--out", str(tmp_path / "o.json")]) == 0
+    out = capsys.readouterr().out
+    assert "boxes weighted by the class score maps of --cls-net" in out
+    assert "top-1 localisation error = 0.00% (1 images)" in out
+    import json
+    saved = json.loads((tmp_path / "o.json").read_text())
+    assert saved["classes"] == [[1]]
+    np.testing.assert_allclose(saved["boxes"][0][0], [10, 6, 14, 10])
+    # --true-class: the ground-truth class only; unweighted (no classifier) the first window's box wins.
+    base = ["localize", "--net", net, "--weights", weights, "--data", str(tmp_path / "spot.txt"), "--root",
+            str(tmp_path), "--scales", "12", "--true-class"]
+    assert main(base) == 0
+    out = capsys.readouterr().out
+    assert "boxes weighted by the count of windows" in out
+    assert "localisation error (ground-truth class, dense + merge) = 100.00% (1 images)" in out
+    assert main(base + ["--cls-net", cls_net, "--cls-weights", cls_weights]) == 0
+    assert "localisation error (ground-truth class, dense + merge) = 0.00% (1 images)" in capsys.readouterr().out
+    # The same through the library, flips included: the mirrored spot's window (x 0 of the mirror)
+    # maps back onto the same box, so the two merge (IoU 1) and outweigh every other window.
+    reg = L.Regressor(net, weights)
+    maps, posterior = L.ClassScoreMaps(vggtool.evaluate.Evaluator(cls_net, cls_weights, scales=[12])) \
+        .image_maps(image, [12], flip=True)
+    assert posterior[1] > posterior[0]
+    (c, box, weight), = L.localize_full([reg], image, [1], [12], flip=True, score_map=maps)
+    np.testing.assert_allclose(box, [10, 6, 14, 10])
+    spot = maps[12, False].values[2, 4, 1]  # window x 8 = index 4, y 4 = index 2
+    assert spot > 0.99 and weight == pytest.approx(2 * spot, rel=1e-12)
+    # Without the maps every box weighs 1 and the first window's box wins the tie.
+    (_, box, support), = L.localize_full([reg], image, [1], [12])
+    assert support == 1 and list(box) == [2, 2, 6, 6]
+
+
+def test_window_scores_take_the_nearest_classifier_window():
+    # Classifier map: stride 4, crop 8, 3 x 3 locations (value = 10 * row + column); regression
+    # windows: stride 2, crop 8, 3 x 5. Window centres 4, 6, 8, 10, 12 -> classifier columns
+    # rint((c - 4) / 4) = 0, 0 (0.5 rounds to even), 1, 2 (1.5 rounds to even), 2.
+    values = (10 * np.arange(3)[:, None] + np.arange(3)[None, :]).astype(float)[:, :, None]
+    got = L.window_scores(L.ScoreMap(values, 4, (8, 8)), (3, 5), 2, (8, 8))[:, :, 0]
+    np.testing.assert_array_equal(got, [[0, 0, 1, 2, 2], [0, 0, 1, 2, 2], [10, 10, 11, 12, 12]])
+
+
+def test_scores_file_posteriors_weigh_and_order_the_guesses(tmp_path):
+    """Without a score map, each box of class c weighs the image's posterior of c: guesses come out
+    ordered by posterior x support."""
+    reg = L.Regressor(*const_net(tmp_path, [[0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 1, 1]]))
+    image = np.zeros((12, 12, 3), np.uint8)
+    guesses = L.localize_full([reg], image, [0, 1], [12], threshold=1, posterior=[0.6, 0.4])
+    # Threshold 1: the 9 boxes of each class merge; weights 9 x 0.6 and 9 x 0.4.
+    assert [c for c, _, _ in guesses] == [0, 1]
+    assert [w for _, _, w in guesses] == pytest.approx([5.4, 3.6])
+    guesses = L.localize_full([reg], image, [0, 1], [12], threshold=1, posterior=[0.3, 0.7])
+    assert [c for c, _, _ in guesses] == [1, 0]
+
+
+def test_score_map_posterior_is_the_dense_evaluators(tmp_path):
+    """The posterior localize derives from the maps it weighs the boxes with is Evaluator's dense one."""
+    cls_net, cls_weights = spot_classifier(tmp_path)
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (13, 17, 3)).astype(np.uint8)
+    ev = vggtool.evaluate.Evaluator(cls_net, cls_weights, scales=[12, 16], flip=True)
+    _, posterior = L.ClassScoreMaps(ev).image_maps(image, [12, 16], flip=True)
+    np.testing.assert_allclose(posterior, ev.evaluate_image(image), rtol=0, atol=1e-12)

@@ -180,3 +180,57 @@ def test_end_to_end_digits_caltech_protocol(tmp_path, capsys):
     line = [s for s in out.splitlines() if s.startswith("mean class recall")][0]
     assert line.endswith("% over 2 splits (25 train / 15 test per class, seed 0)")
     assert float(line.split()[4]) > 50
+
+
+# -- VOC 2007 rules ---------------------------------------------------------------------------------------------
+def test_difficult_only_images_are_not_negatives_of_their_class(rng):
+    """A training image marked ignore for a class is left out of that class's SVM (devkit practice): the
+    result equals training without those images, and differs from counting them as negatives."""
+    x = rng.normal(size=(60, 4))
+    pos = x[:, 0] + 0.5 * x[:, 1] > 0
+    hard = rng.choice(np.flatnonzero(pos), 20, replace=False)  # difficult-only: positive-looking images
+    targets = pos.astype(np.uint8)[:, None]
+    targets[hard] = 0
+    ignore = np.zeros((60, 1), bool)
+    ignore[hard] = True
+    xt = rng.normal(size=(40, 4))
+    tt = (xt[:, 0] + 0.5 * xt[:, 1] > 0).astype(np.uint8)[:, None]
+    test = Features(xt, tt, np.arange(40))
+    keep = ~ignore[:, 0]
+    run = lambda train: svm.voc_protocol(train, test, grid=[1.0])["map"]
+    with_mask = run(Features(x, targets, np.arange(60), ignore=ignore))
+    without_rows = run(Features(x[keep], targets[keep], np.arange(keep.sum())))
+    as_negatives = run(Features(x, targets, np.arange(60)))
+    assert with_mask == pytest.approx(without_rows, abs=1e-12)
+    assert without_rows > as_negatives + 0.01  # counted as negatives, they blunt the SVM (0.989 vs 0.960)
+    # the SVM itself: the masked class's weights are those of the fit on the kept rows
+    a = svm.OneVsRest(1.0).fit(x, targets, ignore)
+    b = svm.OneVsRest(1.0).fit(x[keep], targets[keep])
+    np.testing.assert_allclose(a.w, b.w, rtol=0, atol=1e-12)
+
+
+def test_ap_rule_follows_the_dataset_unless_asked(rng, tmp_path, capsys):
+    voc07 = Features(np.zeros((2, 1)), np.eye(2, dtype=np.uint8), np.arange(2), dataset="VOC2007")
+    voc12 = Features(np.zeros((2, 1)), np.eye(2, dtype=np.uint8), np.arange(2), dataset="VOC2012")
+    assert svm.ap_rule(None, voc07)[0] == "11point"
+    assert svm.ap_rule(None, voc12)[0] == "area"
+    assert svm.ap_rule("area", voc07) == ("area", "as --ap asks")
+    # The CLI: features saved with dataset VOC2007 (as `vggtool extract` on a VOC2007 folder does) get
+    # the 11-point AP; the printed mAP is the 11-point value, not the area one.
+    xs = rng.normal(size=(100, 3))
+    targets = np.c_[xs[:, 0] > 0.3, xs[:, 1] + 0.7 * rng.normal(size=100) > 0].astype(np.uint8)
+    for name, part in (("tr", slice(0, 70)), ("te", slice(70, 100))):
+        save_npz(str(tmp_path / f"{name}.npz"), xs[part], targets[part], np.arange(100)[part].astype(str),
+                 classes=["cat", "dog"], dataset="VOC2007")
+    argv = ["svm", "--features", str(tmp_path / "tr.npz"), "--test-features", str(tmp_path / "te.npz"),
+            "--c-grid", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "AP rule: 11-point (the VOC2007 devkit's rule, from the features' dataset VOC2007)" in out
+    model = svm.OneVsRest(1.0).fit(xs[:70], targets[:70])
+    expect = {m: svm.mean_average_precision(model.decision(xs[70:]), targets[70:], m)[0] for m in svm.AP_METHODS}
+    assert expect["11point"] != pytest.approx(expect["area"], abs=1e-4)
+    assert f"mAP = {100 * expect['11point']:.2f}% (11-point, VOC2007" in out
+    assert main(argv + ["--ap", "area"]) == 0
+    out = capsys.readouterr().out
+    assert "AP rule: area (as --ap asks)" in out and f"mAP = {100 * expect['area']:.2f}% (area" in out

@@ -242,9 +242,10 @@ def save_lmdb(path, features, labels, keys, blob_shape=None, overwrite=False):
 
 
 class Features:
-    def __init__(self, features, labels, keys, classes=None, ignore=None, sources=()):
+    def __init__(self, features, labels, keys, classes=None, ignore=None, sources=(), dataset=None):
         self.features, self.labels, self.keys = features, labels, keys
         self.classes, self.ignore, self.sources = classes, ignore, list(sources)
+        self.dataset = dataset  # e.g. "VOC2007" (from a VOC folder), else None
 
     @property
     def multilabel(self):
@@ -258,7 +259,7 @@ def load_npz(path):
         with np.load(path, allow_pickle=False) as z:
             return Features(z["features"].astype(np.float32), z["labels"], z["keys"],
                             z["classes"] if "classes" in z else None, z["ignore"] if "ignore" in z else None,
-                            [path])
+                            [path], str(z["dataset"]) if "dataset" in z else None)
     except KeyError as e:
         raise VggtoolError(f"{path}: not a vggtool features file (it lacks an array: {e})") from None
     except (ValueError, OSError) as e:

@@ -8,7 +8,8 @@ VOC folder (e.g. VOCdevkit/VOC2007): ImageSets/Main/<split>.txt names the images
 holds them, Annotations/<id>.xml lists <object><name>; an image is positive for a class when it holds a
 non-difficult object of it. As in the VOC devkit, an image whose only objects of a class are `difficult`
 is neither positive nor negative for it: it is marked in `ignore` and left out of that class's AP.
-Classes are the sorted object names found, or the list given (--classes).
+Classes are the sorted object names found, or the list given (--classes). The dataset's name (e.g.
+VOC2007, whose devkit uses 11-point AP) is the annotations' <folder>, else the folder's own name.
 """
 import os
 import xml.etree.ElementTree as ET
@@ -30,6 +31,7 @@ class ImageSet:
     classes: list = None         # class names when known (VOC, --classes)
     ignore: np.ndarray = None    # N x C bool (VOC difficult-only), or None
     multilabel: bool = False     # labels as N x C multi-hot even when each image has one label
+    dataset: str = None          # e.g. "VOC2007" for a VOC folder (it picks the AP rule of `vggtool svm`)
 
     def __len__(self):
         return len(self.keys)
@@ -96,6 +98,19 @@ def _voc_objects(xml_path):
     return out
 
 
+def voc_dataset_name(folder, ids):
+    """"VOC2007"-style name: the first annotation's <folder> (as VOC writes it), else the folder's name."""
+    if ids:
+        try:
+            name = (ET.parse(os.path.join(folder, "Annotations", f"{ids[0]}.xml")).getroot()
+                    .findtext("folder") or "").strip()
+        except (OSError, ET.ParseError):
+            name = ""
+        if name:
+            return name
+    return os.path.basename(os.path.normpath(folder))
+
+
 def read_voc(folder, split="trainval", classes=None):
     ids_file = os.path.join(folder, "ImageSets", "Main", f"{split}.txt")
     if not os.path.exists(ids_file):
@@ -119,7 +134,8 @@ def read_voc(folder, split="trainval", classes=None):
                 ignore[row, index[n]] = True
     files = [os.path.join(folder, "JPEGImages", f"{i}.jpg") for i in ids]
     return ImageSet(folder, ids, files=files, labels=labels, classes=list(names),
-                    ignore=ignore if ignore.any() else None, multilabel=True)
+                    ignore=ignore if ignore.any() else None, multilabel=True,
+                    dataset=voc_dataset_name(folder, ids))
 
 
 def open_image_set(data, root="", split="trainval", classes=None):

@@ -14,9 +14,13 @@ data layer's "box" top trains it (vggtool.boxes). Two protocols:
   For each of the top-k classes (vggtool.ranking; ties broken against the true class) of a classification
   model (posteriors from `vggtool test --out`, or
   a classification net run here) the boxes of that class from every location, scale, flip and net are
-  pooled and merged greedily (vggtool.boxes.merge_boxes); the merged box with the most support is the
-  guess for that class. Top-k error: an image is correct when one of its k guesses has the right class
-  and IoU > 0.5 with a ground-truth box of that class.
+  pooled and merged greedily (vggtool.boxes.merge_boxes). As in OverFeat, which the paper follows,
+  merged boxes are ranked by the classifier: each window's box weighs the class score of that window
+  (the classification net's softmax score map at the same scale and view, the location whose window
+  centre is nearest), or, from a scores file where no map exists, the image's posterior of the class;
+  a merged box weighs the sum of its windows' weights. The heaviest merged box is the guess for the
+  class and the guesses are ordered by weight. Top-k error: an image is correct when one of its k
+  guesses has the right class and IoU > 0.5 with a ground-truth box of that class.
 """
 import io
 import json
@@ -28,7 +32,7 @@ from . import boxes as B
 from . import protoio, surgery
 from .backend import CPU, to_numpy
 from .errors import VggtoolError
-from .evaluate import InputTransform, rescale
+from .evaluate import InputTransform, rescale, softmax
 from .net import Net
 from .proto import caffe_pb2
 
@@ -105,15 +109,20 @@ class Regressor:
         box = B.crop_boxes(box, -x0, -y0, w, h)  # back to the rescaled image, clipped to it
         return B.resize_boxes(box, (h, w), image.shape[:2])[0]
 
-    def dense_boxes(self, image, q, flip=False):
-        """(K, L, 4) boxes in image pixels: per class, one per output location (and per mirror)."""
+    def dense_boxes(self, image, q, flip=False, score_map=None):
+        """(K, L, 4) boxes in image pixels: per class, one per output location (and per mirror).
+        With `score_map` ({(q, mirrored): ScoreMap}, ClassScoreMaps.image_maps) also (classes, L)
+        weights: the class scores of each box's window (see window_scores)."""
         scaled = rescale(image, q)
         h, w = scaled.shape[:2]
         views = [(scaled, False)] + ([(np.ascontiguousarray(scaled[:, ::-1]), True)] if flip else [])
-        out = []
+        out, weights = [], []
         for view, mirrored in views:
             params = self.predict(view)  # (Hm, Wm, K, 4)
             hm, wm = params.shape[:2]
+            if score_map is not None:
+                scores = window_scores(score_map[q, mirrored], (hm, wm), self.stride, (self.crop_h, self.crop_w))
+                weights.append(scores.reshape(hm * wm, -1).T)
             ys, xs = np.meshgrid(np.arange(hm) * self.stride, np.arange(wm) * self.stride, indexing="ij")
             b = B.from_cxcywh(params.reshape(-1, 4), self.crop_w, self.crop_h).reshape(hm, wm, self.classes, 4)
             b[..., [0, 2]] += xs[:, :, None, None]
@@ -123,7 +132,59 @@ class Regressor:
                 b = B.flip_boxes(b, w)
             b = B.resize_boxes(b, (h, w), image.shape[:2])
             out.append(b.reshape(hm * wm, self.classes, 4).transpose(1, 0, 2))
+        if score_map is not None:
+            return np.concatenate(out, axis=1), np.concatenate(weights, axis=1)
         return np.concatenate(out, axis=1)
+
+
+def window_scores(scores, shape, stride, crop):
+    """(Hm, Wm, classes): for each regression window (top-left corner at its index x `stride`, size
+    `crop`), the class scores of the classifier window (ScoreMap `scores`, with its own stride and
+    crop) whose centre is nearest; the same location when both nets share their geometry."""
+    out = scores.values
+    for axis, n in enumerate(shape):
+        centres = np.arange(n) * stride + crop[axis] / 2
+        idx = np.rint((centres - scores.crop[axis] / 2) / scores.stride)
+        out = np.take(out, np.clip(idx, 0, scores.values.shape[axis] - 1).astype(int), axis=axis)
+    return out
+
+
+class ScoreMap:
+    """A classifier's per-location class scores (Hc, Wc, classes) with the geometry of its windows."""
+
+    def __init__(self, values, stride, crop):
+        self.values, self.stride, self.crop = values, stride, crop
+
+
+class ClassScoreMaps:
+    """The classification net of `vggtool localize --cls-net` (a vggtool.evaluate.Evaluator) run densely
+    on the same rescaled views as the box nets (vggtool.evaluate.rescale, then the mirror): softmax score
+    maps that weigh the boxes, and the image's posterior, their average over locations, views and scales
+    (what Evaluator's dense mode computes)."""
+
+    def __init__(self, evaluator):
+        self.evaluator = evaluator
+        self.stride = net_stride(evaluator.net)
+        self.crop = evaluator.crop
+
+    def view_map(self, view):
+        """HxWxC uint8 view -> ScoreMap of softmax class scores (Hc, Wc, classes)."""
+        ev = self.evaluator
+        ev.net.forward(**{ev.input: ev.preprocess(view)[None]}, end=ev.end_layer)
+        s = to_numpy(ev.net.blobs[ev.score_blob].data).astype(np.float64)[0]
+        probs = s if ev.is_posterior else softmax(s, axis=0)
+        return ScoreMap(probs.transpose(1, 2, 0), self.stride, self.crop)
+
+    def image_maps(self, image, scales, flip=False):
+        """({(q, mirrored): ScoreMap}, posterior (classes,)) of one image."""
+        maps, per_scale = {}, []
+        for q in scales:
+            scaled = rescale(image, q)
+            views = [(scaled, False)] + ([(np.ascontiguousarray(scaled[:, ::-1]), True)] if flip else [])
+            for view, mirrored in views:
+                maps[q, mirrored] = self.view_map(view)
+            per_scale.append(np.mean([maps[q, m].values.mean(axis=(0, 1)) for _, m in views], axis=0))
+        return maps, np.mean(per_scale, axis=0)
 
 
 # -- data -------------------------------------------------------------------------------------------------
@@ -156,19 +217,36 @@ def localize_centre(regressors, image, label, q):
     return np.mean([r.centre_box(image, q, label) for r in regressors], axis=0)
 
 
-def localize_full(regressors, image, classes, scales, flip=False, threshold=0.5):
-    """Protocol (b): [(class, merged box, support)] for each class in `classes` (e.g. the top 5)."""
-    per_net = [np.concatenate([r.dense_boxes(image, q, flip) for q in scales], axis=1) for r in regressors]
+def localize_full(regressors, image, classes, scales, flip=False, threshold=0.5, score_map=None,
+                  posterior=None):
+    """Protocol (b): [(class, merged box, weight)] for each class in `classes` (e.g. the top 5), heaviest
+    first. Box weights: the class score of the box's window from `score_map` ({(q, mirrored): ScoreMap},
+    ClassScoreMaps.image_maps, at every scale of `scales`), else the image's `posterior` of the class, else 1 (weight = support)."""
+    boxes, weights = [], []
+    for r in regressors:
+        for q in scales:
+            if score_map is None:
+                b = r.dense_boxes(image, q, flip)
+                w = np.ones((1, b.shape[1]))
+            else:
+                b, w = r.dense_boxes(image, q, flip, score_map)
+            boxes.append(b)
+            weights.append(w)
     guesses = []
     for c in classes:
-        pooled = np.concatenate([b[c if len(b) > 1 else 0] for b in per_net], axis=0)
-        pooled = pooled[B.area(pooled) > 0]
+        pooled = np.concatenate([b[c if len(b) > 1 else 0] for b in boxes], axis=0)
+        w = np.concatenate([x[c if len(x) > 1 else 0] for x in weights])
+        if posterior is not None and score_map is None:
+            w = w * float(posterior[c])
+        keep = B.area(pooled) > 0
+        pooled, w = pooled[keep], w[keep]
         if len(pooled) == 0:
             guesses.append((int(c), np.zeros(4), 0.0))
             continue
-        merged, weights = B.merge_boxes(pooled, threshold=threshold)
-        guesses.append((int(c), merged[0], float(weights[0])))
-    return guesses
+        merged, total = B.merge_boxes(pooled, w, threshold=threshold)
+        guesses.append((int(c), merged[0], float(total[0])))
+    order = sorted(range(len(guesses)), key=lambda i: -guesses[i][2])  # stable: ties keep class order
+    return [guesses[i] for i in order]
 
 
 def save_boxes(path, result):

@@ -2,16 +2,19 @@
 
 One-vs-rest linear SVMs (scikit-learn's LinearSVC, squared hinge, one per class); the penalty C is chosen
 from a grid on a held-out part (20%) of the training images, then the SVMs are retrained on all of them.
+As in the VOC devkit's practice, a training image whose only objects of a class are `difficult` (marked
+`ignore`) is left out of that class's SVM: it is neither a positive nor a negative for it.
 
 Metrics
 - Average precision (VOC), from the images ranked by decision value. Tie rule: images with equal
   decision values enter the ranking together, as one block; precision and recall are taken only after
-  whole blocks (so the order of tied images never matters). `area` (default; VOC2010+ devkit): the area
+  whole blocks (so the order of tied images never matters). `area` (VOC2010+ devkit): the area
   under the precision/recall curve with precision made monotone (at each recall, the best precision at
   that or a higher recall). `11point` (VOC2007 devkit): mean over recall levels 0, 0.1, ..., 1 of the
-  best precision at a recall >= that level (0 if none). Images marked `ignore` for a class (VOC
-  difficult-only) are left out of that class; a class with no positive test image has no AP and is
-  left out of the mean.
+  best precision at a recall >= that level (0 if none). Without a rule asked for, the dataset picks it
+  (ap_rule: VOC2007 -> 11point, the protocol of the paper's VOC-2007 figures; otherwise area). Images
+  marked `ignore` for a class (VOC difficult-only) are left out of that class; a class with no positive
+  test image has no AP and is left out of the mean.
 - Mean class recall (Caltech): per class, the fraction of its test images whose highest decision value is
   that class; averaged over the classes present in the test set (compensates unequal class sizes).
 """
@@ -95,7 +98,8 @@ class OneVsRest:
     def __init__(self, c, seed=0):
         self.c, self.seed, self.not_converged = float(c), seed, 0
 
-    def fit(self, x, targets):
+    def fit(self, x, targets, ignore=None):
+        """`ignore` (N x C bool, or None): images left out of class k's SVM (VOC difficult-only)."""
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.svm import LinearSVC
 
@@ -103,13 +107,16 @@ class OneVsRest:
         self.w = np.zeros((targets.shape[1], x.shape[1]))
         self.b = np.zeros(targets.shape[1])
         for k in range(targets.shape[1]):
-            y = targets[:, k]
+            xk, y = x, targets[:, k]
+            if ignore is not None and ignore[:, k].any():
+                keep = ~np.asarray(ignore[:, k], bool)
+                xk, y = x[keep], y[keep]
             if y.all() or not y.any():
                 self.b[k] = 1.0 if y.all() else -1.0
                 continue
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ConvergenceWarning)
-                svc = LinearSVC(C=self.c, dual="auto", max_iter=5000, random_state=self.seed).fit(x, y)
+                svc = LinearSVC(C=self.c, dual="auto", max_iter=5000, random_state=self.seed).fit(xk, y)
             self.not_converged += any(issubclass(w.category, ConvergenceWarning) for w in caught)
             self.w[k], self.b[k] = svc.coef_[0], svc.intercept_[0]
         return self
@@ -125,9 +132,9 @@ def parse_grid(text, flag="--c-grid"):
     return parse_list(text, flag, float, "0.01,0.1,1,10,100")
 
 
-def choose_c(x_fit, t_fit, x_val, score, grid, seed=0):
+def choose_c(x_fit, t_fit, x_val, score, grid, seed=0, ignore_fit=None):
     """(best C, [(C, validation score)]): the first C of the grid with the highest score(decision values)."""
-    table = [(c, score(OneVsRest(c, seed).fit(x_fit, t_fit).decision(x_val))) for c in grid]
+    table = [(c, score(OneVsRest(c, seed).fit(x_fit, t_fit, ignore_fit).decision(x_val))) for c in grid]
     best = max(range(len(table)), key=lambda i: (table[i][1], -i))
     return table[best][0], table
 
@@ -163,12 +170,37 @@ def voc_protocol(train, test, grid=None, method="area", holdout=0.2, seed=0):
     rng = np.random.default_rng(seed)
     fit, val = holdout_split(len(train.keys), holdout, rng, stratified=False)
     x = train.features.astype(np.float64)
-    ign = train.ignore[val] if train.ignore is not None else None
+    ignore = _ignore(train, n_classes)
+    ign = ignore[val] if ignore is not None else None
     c, table = choose_c(x[fit], t_train[fit], x[val],
-                        lambda s: _nan_safe_map(s, t_train[val], method, ign), grid, seed)
-    model = OneVsRest(c, seed).fit(x, t_train)
+                        lambda s: _nan_safe_map(s, t_train[val], method, ign), grid, seed,
+                        ignore[fit] if ignore is not None else None)
+    model = OneVsRest(c, seed).fit(x, t_train, ignore)
     m, aps = mean_average_precision(model.decision(test.features), t_test, method, test.ignore)
     return dict(c=c, table=table, map=m, aps=aps, not_converged=model.not_converged)
+
+
+def ap_rule(requested, *feature_sets):
+    """(AP rule, why): `requested` (--ap) when given, else 11point for VOC2007 features, else area."""
+    if requested is not None:
+        if requested not in AP_METHODS:
+            raise VggtoolError(f"--ap must be one of {', '.join(AP_METHODS)}, got '{requested}'")
+        return requested, "as --ap asks"
+    names = sorted({f.dataset for f in feature_sets if getattr(f, "dataset", None)})
+    if any(n.upper() == "VOC2007" for n in names):
+        return "11point", "the VOC2007 devkit's rule, from the features' dataset VOC2007"
+    if names:
+        return "area", f"the VOC2010+ devkit's rule, from the features' dataset {', '.join(names)}"
+    return "area", "the VOC2010+ devkit's rule (the features name no dataset; --ap 11point for VOC2007)"
+
+
+def _ignore(features, n_classes):
+    """N x n_classes difficult-only mask (padded like _targets), or None."""
+    if features.ignore is None:
+        return None
+    ign = np.zeros((len(features.keys), n_classes), bool)
+    ign[:, :features.ignore.shape[1]] = features.ignore
+    return ign
 
 
 def _nan_safe_map(scores, targets, method, ignore):

@@ -61,7 +61,8 @@ def run(args):
     if args.format == "npz":
         fx.save_npz(args.out, features, label_arr, keys, image_set.classes, ignore, layer=extractor.blob,
                     scales=np.array(extractor.scales, np.int64), flip=args.flip, aggregate=args.aggregate,
-                    pooled=args.pool, net=args.net)
+                    pooled=args.pool, net=args.net,
+                    **({"dataset": image_set.dataset} if image_set.dataset else {}))
     else:
         fx.save_lmdb(args.out, features, label_arr, keys, None if args.pool else extractor.blob_shape,
                      args.overwrite)

@@ -27,8 +27,12 @@ def add_arguments(parser):
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="full: merge while the closest pair's 1 - IoU is below this (default 0.5)")
     parser.add_argument("--top", type=int, default=5, help="full: guesses per image (default 5)")
+    parser.add_argument("--true-class", action="store_true", help="full: localise the ground-truth class "
+                        "only (classification errors excluded, as in the centre protocol); a classifier, if "
+                        "given, still weighs the boxes")
     parser.add_argument("--scores", default=None, help="full: class posteriors from `vggtool test --out` (.npz)")
-    parser.add_argument("--cls-net", default=None, help="full: classification deploy net run here instead")
+    parser.add_argument("--cls-net", default=None, help="full: classification deploy net run here instead; its "
+                        "score maps at --scales also weigh each window's box when merging")
     parser.add_argument("--cls-weights", default=None, help="weights of --cls-net")
     parser.add_argument("--cls-scales", default=None, help="scales of --cls-net (default: --scales)")
     add_transform_arguments(parser)
@@ -66,41 +70,58 @@ def run(args):
         if q < crop:
             raise VggtoolError(f"--scales: Q={q} is smaller than the net's {crop}x{crop} input")
     full = args.protocol == "full"
-    scores, classifier = None, None
+    scores, classifier, cls_scales = None, None, None
     if full:
-        if (args.scores is None) == (args.cls_net is None):
+        if args.scores is not None and args.cls_net is not None:
+            raise VggtoolError("give --scores or --cls-net, not both")
+        if args.scores is None and args.cls_net is None and not args.true_class:
             raise VggtoolError("--protocol full ranks classes by a classifier: give --scores S.npz (from "
                                "`vggtool test --out`) or --cls-net with --cls-weights")
         if args.scores:
             posteriors, _, keys = ev.load_scores(args.scores)
             scores = {str(k): p for k, p in zip(keys, posteriors)}
-        else:
+        elif args.cls_net:
             if not args.cls_weights:
                 raise VggtoolError("--cls-net needs --cls-weights")
             cls_scales = ev.parse_scales(args.cls_scales, "--cls-scales") if args.cls_scales else scales
             classifier = ev.Evaluator(args.cls_net, args.cls_weights, scales=cls_scales, mode="dense",
                                       flip=args.flip, device=device, **transform)
+            score_maps = loc.ClassScoreMaps(classifier)
+            small = [q for q in scales if q < max(classifier.crop)]
+            if small:
+                raise VggtoolError(f"--scales: Q={small[0]} is smaller than the {classifier.crop[0]}x"
+                                   f"{classifier.crop[1]} input of --cls-net, whose score maps weigh the boxes")
+    weighting = ("class score maps of --cls-net" if classifier else "per-image posteriors of --scores" if scores
+                 else "count of windows (no classifier)")
     print(f"localize: {len(regs)} net(s), protocol {args.protocol}, scales {','.join(map(str, scales))}"
-          + (f", top {args.top}, merge threshold {args.threshold}" if full else ""), flush=True)
+          + (f", {'ground-truth class' if args.true_class else f'top {args.top}'}, merge threshold "
+             f"{args.threshold}, boxes weighted by the {weighting}" if full else ""),
+          flush=True)
 
     keys, labels, guesses_cls, guesses_box, ok = [], [], [], [], []
     samples = loc.iterate_boxed_samples(args.data, args.root, args.limit, color=regs[0].channels == 3)
     for key, image, label, gt in progress(samples, unit="img", desc="localizing", mininterval=1):
+        if (not full or args.true_class) and regs[0].classes > 1 and not 0 <= label < regs[0].classes:
+            raise VggtoolError(f"--data: image '{key}' has label {label}; the net regresses "
+                               f"{regs[0].classes} classes")
         if full:
+            maps, posterior = None, None
             if scores is not None:
                 if key not in scores:
                     raise VggtoolError(f"--scores {args.scores} has no image '{key}' (score the same --data "
                                        "with `vggtool test --out`)")
                 posterior = scores[key]
-            else:
-                posterior = classifier.evaluate_image(image)
-            classes = ranking.top_classes(posterior, args.top, label=label)  # ties broken against the label
-            guesses = loc.localize_full(regs, image, classes, scales, args.flip, args.threshold)
+            elif classifier is not None:
+                # The classifier's score maps at the box nets' scales weigh the boxes (OverFeat's ranking).
+                maps, posterior = score_maps.image_maps(image, scales, args.flip)
+                if list(cls_scales) != list(scales):
+                    posterior = classifier.evaluate_image(image)
+            # ties broken against the label, as in `vggtool test`
+            classes = [label] if args.true_class else ranking.top_classes(posterior, args.top, label=label)
+            guesses = loc.localize_full(regs, image, classes, scales, args.flip, args.threshold,
+                                        score_map=maps, posterior=posterior)
             pairs = [(c, b) for c, b, _ in guesses]
         else:
-            if regs[0].classes > 1 and not 0 <= label < regs[0].classes:
-                raise VggtoolError(f"--data: image '{key}' has label {label}; the net regresses "
-                                   f"{regs[0].classes} classes")
             pairs = [(label, loc.localize_centre(regs, image, label, scales[0]))]
         keys.append(key)
         labels.append(label)
@@ -113,7 +134,8 @@ def run(args):
     if not keys:
         raise VggtoolError(f"--data: {args.data} holds no images")
     error = 100 * (1 - np.mean(ok))
-    what = f"top-{args.top} localisation error" if full else "localisation error (ground-truth class, centre crop)"
+    what = ("localisation error (ground-truth class, dense + merge)" if full and args.true_class
+            else f"top-{args.top} localisation error" if full else "localisation error (ground-truth class, centre crop)")
     print(f"{what} = {error:.2f}% ({len(keys)} images)")
     if args.out:
         loc.save_boxes(args.out, {"keys": np.array(keys, dtype=str), "labels": np.array(labels, np.int64),

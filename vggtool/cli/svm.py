@@ -13,8 +13,9 @@ def add_arguments(parser):
     parser.add_argument("--protocol", default="voc", choices=("voc", "caltech"),
                         help="voc: train on --features, mean AP on --test-features; caltech: random splits "
                         "of --features, mean class recall (default voc)")
-    parser.add_argument("--ap", default="area", choices=("area", "11point"), help="voc: AP as the area under "
-                        "the monotone precision/recall curve (VOC2010+, default) or VOC2007's 11-point")
+    parser.add_argument("--ap", default=None, choices=("area", "11point"), help="voc: AP as the area under "
+                        "the monotone precision/recall curve (VOC2010+) or VOC2007's 11-point (default: "
+                        "11point for features of a VOC2007 folder, area otherwise)")
     parser.add_argument("--train-per-class", type=int, default=30, help="caltech: training images per class")
     parser.add_argument("--test-per-class", type=int, default=50, help="caltech: at most this many test images "
                         "per class (0: all the others; default 50)")
@@ -50,14 +51,16 @@ def run(args):
         if not args.test_features:
             raise VggtoolError("--protocol voc needs --test-features (the test set's features .npz)")
         test = fx.load_features(args.test_features)
-        r = svm.voc_protocol(train, test, grid, args.ap, args.holdout, args.seed)
+        method, why = svm.ap_rule(args.ap, test, train)
+        print(f"AP rule: {'11-point' if method == '11point' else 'area'} ({why})")
+        r = svm.voc_protocol(train, test, grid, method, args.holdout, args.seed)
         print("validation mAP per C: " + ", ".join(f"C={c:g}: {_pct(m)}" for c, m in r["table"]))
         print(f"C = {r['c']:g}")
         names = test.classes if test.classes is not None else train.classes
         for k, ap in enumerate(r["aps"]):
             name = names[k] if names is not None and k < len(names) else str(k)
             print(f"AP {name} = {'n/a (no positive)' if np.isnan(ap) else _pct(ap)}")
-        what = "area under the P/R curve, VOC2010+" if args.ap == "area" else "11-point, VOC2007"
+        what = "area under the P/R curve, VOC2010+" if method == "area" else "11-point, VOC2007"
         print(f"mAP = {_pct(r['map'])} ({what}; {len(test.keys)} test images)")
     if r["not_converged"]:
         print(f"note: {r['not_converged']} SVM fit(s) stopped at the iteration limit (liblinear)")
