@@ -9,6 +9,7 @@ TOOLS = {
     "compute_color_stats": "compute_color_stats",
     "digits": "digits",
     "convert_voc": "convert_voc",
+    "scaled_digits": "scaled_digits",
 }
 
 

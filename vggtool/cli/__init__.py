@@ -25,6 +25,7 @@ COMMANDS = {
     "svm": "svm",
     "time": "time",
     "localize": "localize",
+    "reproduce": "reproduce",
 }
 
 
