@@ -206,8 +206,8 @@ MINI_SOLVER = {
     "base_lr": "0.01",
     "momentum": "0.9",
     "weight_decay": "0.0005",
-    "max_iter": "1200",
-    "test_interval": "150",
+    "max_iter": "600",
+    "test_interval": "100",
     "test_iter": "6",  # 288 held-out images / batch 48
     "plateau_patience": "1",
     "plateau_max_drops": "3",

@@ -85,5 +85,5 @@ class Budget:
         return asdict(self)
 
 
-FULL = Budget("full", per_class=0, renders="4,2,2", iterations=700, test_interval=100)
+FULL = Budget("full", per_class=0, renders="4,2,2", iterations=600, test_interval=100)
 QUICK = Budget("quick", per_class=12, renders="1,1,1", iterations=4, test_interval=2)

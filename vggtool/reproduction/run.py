@@ -7,6 +7,7 @@ for Table 5) -> tables, findings, plots, report.
 Every finished step is kept in DIR (data/, models/<cell>.caffemodel + .json + .log,
 scores/<cell>/<method>_q<Q>.npz, costs.json), so a stopped run continues where it stopped; DIR/plan.json
 pins the run size, and a DIR made with another size is refused."""
+import datetime
 import json
 import os
 import time
@@ -118,13 +119,27 @@ class Run:
             raise VggtoolError(f"--seeds must be at least 1, got {seeds}")
         self.out = Path(out).resolve()
         self.budget, self.seeds, self.say = budget, int(seeds), say
+        self.command = "vggtool reproduce"  # for the report; the CLI sets the exact line
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "models").mkdir(exist_ok=True)
         (self.out / "scores").mkdir(exist_ok=True)
         check_plan(self.out, budget)
         self.costs = Costs(self.out / "costs.json")
+        self.started = self._started()
         self.records = {}
         self._cache = {}
+
+    def _started(self):
+        """When and at which commit this DIR's run began (kept across resumed sessions)."""
+        from .report import commit_of_checkout
+
+        path = self.out / "started.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        started = {"time": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+                   "commit": commit_of_checkout()}
+        protoio.atomic_write_bytes(str(path), json.dumps(started).encode())
+        return started
 
     # -- paths ---------------------------------------------------------------------------------------------
     def model(self, cell):
