@@ -64,6 +64,8 @@ def split_sources(labels, val_fraction, holdout_fraction, seed):
     """{split: sorted source indices}: val stratified from all, holdout stratified from the rest."""
     rest, val = stratified_split(labels, val_fraction, seed)
     train_i, holdout_i = stratified_split(labels[rest], holdout_fraction, seed + 1)
+    as_int = lambda a: np.asarray(a, dtype=np.int64)  # an empty split sorts to a float array
+    rest, val, train_i, holdout_i = as_int(rest), as_int(val), as_int(train_i), as_int(holdout_i)
     return {"train": rest[train_i], "holdout": rest[holdout_i], "val": val}
 
 
