@@ -131,6 +131,9 @@ def write(run):
     finding_lines, notes = findings_table(fig)
     cost_lines, wall, cpu = _cost_lines(run)
     failed = [r for r in run.records.values() if r.get("status") != "ok"]
+    # chance level for 10 classes is a loss of ln 10 = 2.303: a cell still there learned nothing
+    stuck = [r for r in run.records.values() if r.get("status") == "ok" and r.get("final_loss") is not None
+             and r["final_loss"] > 0.95 * math.log(10)]
     b = run.budget
     counts = run.counts
     text = [
@@ -147,7 +150,9 @@ def write(run):
         + (f", the first {b.per_class} digits of each class" if b.per_class else ", all 1,797 source digits") + ")",
         f"- cost: {wall:.0f} s wall, {cpu:.0f} s CPU in all (per table below)"
         + (f"; {len(failed)} cell(s) did not train: " + ", ".join(f"{r['cell']} ({r['status']})" for r in failed)
-           if failed else "; every cell trained"),
+           if failed else "; every cell trained")
+        + (f"; **{len(stuck)} of {len(run.records)} cell(s) ended at chance level** (final training loss above "
+           "0.95 ln 10): " + ", ".join(r["cell"] for r in stuck) if stuck else ""),
         "",
         "Errors are on the validation split (source digits never seen in training), in %, mean ± sample std over "
         "seeds; the paper's figures (ILSVRC-2012 val) are beside them for reference only: the data, the nets' "

@@ -82,7 +82,8 @@ def train_cell(cell, data, budget, holdout_count, model_path, log_path, a_weight
         solver.solve()
         solver.net.save(str(model_path))
         record.update(status="ok", lr_drops=int(solver.plateau.drops),
-                      final_lr=float(solver.learning_rate()))
+                      final_lr=float(solver.learning_rate()), final_loss=solver.smoothed_loss,
+                      final_holdout=solver.last_test_scores.get(0, {}))
     except TrainingDiverged as e:  # kept in the report as a failed cell, not hidden
         record.update(status="diverged", message=str(e))
     finally:
