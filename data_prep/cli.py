@@ -10,6 +10,7 @@ TOOLS = {
     "digits": "digits",
     "convert_voc": "convert_voc",
     "image_folder": "image_folder",
+    "scaled_digits": "scaled_digits",
 }
 
 

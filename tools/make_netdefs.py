@@ -73,18 +73,20 @@ def _data_layers():
     return out
 
 
-def body_layers(config, learn, fill, last=("fc8", 1000)):
+def body_layers(config, learn, fill, last=("fc8", 1000), widths=None, fc_width=4096):
     """The layers of `config` after the input "data": conv1_1 .. pool5, fc6, fc7 (with ReLU and dropout) and
     the last InnerProduct `last` = (name, outputs), as text. learn(name) -> the layer's param {} text,
     fill(name) -> its fillers (placed inside convolution_param / inner_product_param); "" for none.
+    `widths` (block -> channels, default Table 1's) and `fc_width` size the laptop-scale nets (MINI).
     Also used by tools/make_loc_netdefs.py (configuration D with a box-regression last layer)."""
+    widths = _B if widths is None else widths
     out, bottom = [], "data"
     for block, kernels in enumerate(CONFIGS[config], start=1):
         for i, k in enumerate(kernels, start=1):
             name = f"conv{block}_{i}"
             pad = (k - 1) // 2
             out.append(_layer(name, "Convolution", bottom, name,
-                              learn(name) + f"  convolution_param {{\n    num_output: {_B[block]}\n"
+                              learn(name) + f"  convolution_param {{\n    num_output: {widths[block]}\n"
                               f"    pad: {pad}\n    kernel_size: {k}\n{fill(name)}  }}\n"))
             out.append(_layer(f"relu{block}_{i}", "ReLU", name, name))
             bottom = name
@@ -96,7 +98,7 @@ def body_layers(config, learn, fill, last=("fc8", 1000)):
         out.append(_layer(f"pool{block}", "Pooling", bottom, f"pool{block}",
                           "  pooling_param {\n    pool: MAX\n    kernel_size: 2\n    stride: 2\n  }\n"))
         bottom = f"pool{block}"
-    for name, width in (("fc6", 4096), ("fc7", 4096), last):
+    for name, width in (("fc6", fc_width), ("fc7", fc_width), last):
         out.append(_layer(name, "InnerProduct", bottom, name,
                           learn(name) + f"  inner_product_param {{\n    num_output: {width}\n{fill(name)}  }}\n"))
         bottom = name
@@ -174,6 +176,118 @@ def solver_text(config, schedule):
             'type: "SGD"\n')
 
 
+# -- laptop scale: the nets `vggtool reproduce` trains (netdefs/mini/, solver/mini/) ---------------------------
+# The six configurations with Table 1's pattern (same depths, 3x3 and C's 1x1 convolutions, five 2x2 poolings)
+# and every width divided by 8 (conv 8, 16, 32, 64, 64; FC 512), 10 classes, one grayscale channel, and a
+# 32x32 crop: 224 / 7, so that the five poolings leave 1x1 as they leave 7x7 in the paper. The training
+# scales keep the paper's ratios to the crop (S 256, 384, [256, 512] = 224 x 8/7, 12/7, [8/7, 16/7]):
+# S 36, S 54, jitter [36, 72], tested at Q 36, 54, 54. Data: `data_prep scaled_digits` (see its --help).
+MINI = {
+    "widths": {block: width // 8 for block, width in _B.items()},
+    "fc": 512,
+    "classes": 10,
+    "crop": 32,
+    "channels": 1,
+    "mean_file": "repro_mean.binaryproto",  # compute_image_mean --per_channel_only of the training set
+    "scale": 0.0125,  # pixels 0..255 minus the mean, times 1/80: inputs of order 1
+    "train": ("repro_train_lmdb", 32),  # (LMDB, batch)
+    "test": ("repro_holdout_lmdb", 48),  # held-out training digits: the plateau policy watches these
+    "scales": {
+        "s36": ("smallest_side: 36", "test_smallest_side: 36"),
+        "s54": ("smallest_side: 54", "test_smallest_side: 54"),
+        "jitter": ("smallest_side_min: 36\n    smallest_side_max: 72", "test_smallest_side: 54"),
+    },
+}
+# One training recipe for every mini net and scale, fixed before any run (the paper's §3.1, sized for the
+# budget): SGD, momentum 0.9, weight decay 5e-4, lr 1e-2 divided by 10 when held-out accuracy stops improving
+# (at most 3 times), dropout 0.5 on fc6/fc7 (in the nets). `vggtool reproduce` sets max_iter, test_interval
+# and the stage (scale) of each run.
+MINI_SOLVER = {
+    "base_lr": "0.01",
+    "momentum": "0.9",
+    "weight_decay": "0.0005",
+    "max_iter": "600",
+    "test_interval": "100",
+    "test_iter": "6",  # 288 held-out images / batch 48
+    "plateau_patience": "1",
+    "plateau_max_drops": "3",
+}
+
+
+def _mini_data_layers():
+    out = []
+    m = MINI
+    for phase, (source, batch), mirror in (("TRAIN", m["train"], "true"), ("TEST", m["test"], "false")):
+        for stage, transforms in m["scales"].items():
+            scale = transforms[0] if phase == "TRAIN" else transforms[1]
+            rule = (f"    stage: \"{stage}\"\n" if stage != "s36" else
+                    "".join(f"    not_stage: \"{s}\"\n" for s in m["scales"] if s != "s36"))
+            out.append(
+                f'layer {{\n  name: "data"\n  type: "Data"\n  top: "data"\n  top: "label"\n'
+                f"  include {{\n    phase: {phase}\n{rule}  }}\n"
+                f"  transform_param {{\n    mirror: {mirror}\n    crop_size: {m['crop']}\n"
+                f"    mean_file: \"{m['mean_file']}\"\n    scale: {m['scale']}\n    force_gray: true\n"
+                f"    {scale}\n  }}\n"
+                f'  data_param {{\n    source: "{source}"\n    batch_size: {batch}\n    backend: LMDB\n  }}\n}}\n')
+    return out
+
+
+def mini_text(config, filler=None):
+    """The laptop-scale deploy (filler None) or train_val (filler a key of FILLERS) prototxt of `config`."""
+    m = MINI
+    title = TITLES[config].split(" (")[0]
+    out = [f"# {title}, laptop scale for `vggtool reproduce`: Table 1's layers, widths / 8, 32x32 gray input.\n"
+           "# Generated by tools/make_netdefs.py.\n",
+           f'name: "MINI_{config[4:].upper().replace("_LRN", "-LRN")}"\n']
+    if filler is None:
+        out.append('layer {\n  name: "data"\n  type: "Input"\n  top: "data"\n'
+                   f"  input_param {{ shape {{ dim: 1 dim: {m['channels']} dim: {m['crop']} dim: {m['crop']} }} }}\n}}\n")
+    else:
+        out[0] += ("# Stages select the training scale S: none = S 36 (Q 36), \"s54\" = S 54 (Q 54),\n"
+                   "# \"jitter\" = S in [36, 72] (Q 54). Paths are relative to the run folder.\n")
+        out.extend(_mini_data_layers())
+    learn = _LEARN if filler else ""
+    fill = (FILLERS[filler] + _BIAS) if filler else ""
+    out.extend(body_layers(config, lambda name: learn, lambda name: fill, last=("fc8", m["classes"]),
+                           widths=m["widths"], fc_width=m["fc"]))
+    if filler is None:
+        out.append(_layer("prob", "Softmax", "fc8", "prob"))
+    else:
+        out.append('layer {\n  name: "loss"\n  type: "SoftmaxWithLoss"\n  bottom: "fc8"\n  bottom: "label"\n'
+                   '  top: "loss"\n}\n')
+        for name, k in (("accuracy", 1), ("accuracy_top5", 5)):
+            out.append(f'layer {{\n  name: "{name}"\n  type: "Accuracy"\n  bottom: "fc8"\n  bottom: "label"\n'
+                       f'  top: "{name}"\n  accuracy_param {{\n    top_k: {k}\n  }}\n'
+                       "  include {\n    phase: TEST\n  }\n}\n")
+    return "".join(out)
+
+
+def mini_solver_text(config):
+    s = MINI_SOLVER
+    return (f"# {TITLES[config].split(' (')[0]}, laptop scale: the one recipe of `vggtool reproduce` (every net,\n"
+            "# every scale; the run sets the stage). Generated by tools/make_netdefs.py.\n"
+            f'net: "netdefs/mini/{config}/train_val.prototxt"\n'
+            f"test_iter: {s['test_iter']}\n"
+            f"test_interval: {s['test_interval']}\n"
+            "test_initialization: false\n"
+            f"base_lr: {s['base_lr']}\n"
+            'lr_policy: "plateau"     # divide by 10 when held-out accuracy stops improving\n'
+            "gamma: 0.1\n"
+            'plateau_output: "accuracy"\n'
+            f"plateau_patience: {s['plateau_patience']}\n"
+            f"plateau_max_drops: {s['plateau_max_drops']}\n"
+            f"max_iter: {s['max_iter']}\n"
+            f"momentum: {s['momentum']}\n"
+            f"weight_decay: {s['weight_decay']}\n"
+            "display: 25\n"
+            "average_loss: 25\n"
+            "snapshot: 0\n"
+            "snapshot_after_train: false\n"
+            f'snapshot_prefix: "snapshots/mini_{config}"\n'
+            "random_seed: 1\n"
+            'type: "SGD"\n')
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -187,6 +301,10 @@ def main(argv=None):
         files[os.path.join(args.out, config, "train_val_xavier.prototxt")] = train_val_text(config, "xavier")
         for schedule in SCHEDULES:
             files[os.path.join(args.solver_out, f"{config}_{schedule}.prototxt")] = solver_text(config, schedule)
+        files[os.path.join(args.out, "mini", config, "deploy.prototxt")] = mini_text(config)
+        files[os.path.join(args.out, "mini", config, "train_val.prototxt")] = mini_text(config, "gaussian")
+        files[os.path.join(args.out, "mini", config, "train_val_xavier.prototxt")] = mini_text(config, "xavier")
+        files[os.path.join(args.solver_out, "mini", f"{config}.prototxt")] = mini_solver_text(config)
     for path, text in files.items():
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:

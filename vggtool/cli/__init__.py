@@ -27,6 +27,7 @@ COMMANDS = {
     "export": "export",
     "convert": "convert",
     "draw": "draw",
+    "reproduce": "reproduce",
 }
 
 

@@ -1,0 +1,24 @@
+"""`vggtool reproduce --out DIR [--quick] [--seeds N]`: the paper's Tables 3-6 and its initialisation study
+at laptop scale, from nothing (the bundled digits) to DIR/REPORT.md, in one process (vggtool.reproduction).
+A stopped run continues where it stopped when given the same DIR."""
+HELP = "reproduce the paper's findings (Tables 3-6, initialisation) at laptop scale: DIR/REPORT.md"
+
+
+def add_arguments(parser):
+    parser.add_argument("--out", required=True, help="run folder (kept: a rerun continues where it stopped)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny run (a few digits per class, a few iterations) that checks the pipeline")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (default 3; 1 with --quick)")
+
+
+def run(args):
+    from ..reproduction import plan
+    from ..reproduction.run import Run
+
+    budget = plan.QUICK if args.quick else plan.FULL
+    seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
+    job = Run(args.out, budget, seeds, say=lambda line: print(line, flush=True))
+    job.command = (f"vggtool reproduce --out {args.out}" + (" --quick" if args.quick else "")
+                   + (f" --seeds {args.seeds}" if args.seeds is not None else ""))
+    job.run()
+    return 0

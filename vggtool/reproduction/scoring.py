@@ -1,0 +1,57 @@
+"""Validation posteriors of a trained cell at one test scale Q, by vggtool.evaluate's protocol (its
+Evaluator, rescale and pre-processing), with flips:
+- dense: the convolutionalised net on the whole rescaled image and its mirror; as Evaluator.dense, but the
+  validation images all have one size, so many images go through the net in one forward pass;
+- multi-crop: Evaluator.multicrop (5x5 grid of 32x32 crops and their mirrors, 50 per scale), per image.
+Multi-scale, dense + multi-crop and fusion are averages of these posteriors (tables.py), as in
+Evaluator.evaluate_image and evaluate.fuse."""
+import numpy as np
+
+from .. import evaluate
+
+BATCH = 64  # images (each with its mirror) per dense forward pass
+
+
+class ValidationSet:
+    """The validation images (H x W x 1 uint8), labels and keys, read once from the LMDB."""
+
+    def __init__(self, path):
+        images, labels, keys = [], [], []
+        for key, image, label in evaluate.iterate_samples(str(path), color=False):
+            images.append(image)
+            labels.append(label)
+            keys.append(key)
+        self.images, self.labels, self.keys = images, np.array(labels, np.int64), np.array(keys, dtype=str)
+
+
+def make_evaluator(deploy, weights, scales, mean, scale):
+    return evaluate.Evaluator(str(deploy), str(weights), scales=list(scales), mode="dense", flip=True,
+                              mean=mean, scale=scale)
+
+
+def dense_posteriors(evaluator, images, q, batch=BATCH):
+    """(N, classes) float64: Evaluator.dense of each image rescaled to Q, batched over images of one size."""
+    out = []
+    pending = []
+
+    def flush():
+        x = np.stack([v for pair in pending for v in pair])
+        p = evaluator.posteriors(x)
+        out.append(p.reshape(len(pending), 2, -1).mean(axis=1))
+        pending.clear()
+
+    for image in images:
+        x = evaluator.preprocess(evaluate.rescale(image, q))
+        if pending and x.shape != pending[0][0].shape:
+            flush()
+        pending.append((x, x[:, :, ::-1]))
+        if len(pending) == batch:
+            flush()
+    if pending:
+        flush()
+    return np.concatenate(out)
+
+
+def multicrop_posteriors(evaluator, images, q):
+    """(N, classes) float64: Evaluator.multicrop of each image rescaled to Q (grid crops and mirrors)."""
+    return np.stack([evaluator.multicrop(evaluate.rescale(image, q)) for image in images])
