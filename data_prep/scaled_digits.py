@@ -153,6 +153,12 @@ def make_scaled_digits(out, canvas=36, min_size=10, max_size=24, fragments=3, no
 
 
 def run(args):
+    from vggtool.errors import VggtoolError
+    from vggtool.protoio import check_output_path
+
+    check_output_path(args.out, "output folder", folder=True)
+    if args.seed < 0:
+        raise VggtoolError(f"--seed must be a non-negative integer, got {args.seed}")
     written = make_scaled_digits(args.out, args.canvas, args.min_size, args.max_size, args.fragments, args.noise,
                                  args.renders, args.val_fraction, args.holdout_fraction, args.per_class,
                                  args.seed)

@@ -317,6 +317,24 @@ CASES = [
     (D, "digits {w}/digits_out --size 4", "--size"),
     (D, "digits {w}/digits_out --val_fraction 1.5", "--val_fraction"),
     (D, "digits {w}/a_file", "a_file"),
+    # -- vggtool draw, export, convert, reproduce; data_prep image_folder, scaled_digits
+    (V, "draw {w}/missing.prototxt {w}/net.png", "missing.prototxt"),
+    (V, "draw {w}/deploy.prototxt {w}/no/net.png", "does not exist"),
+    (V, "draw {w}/deploy.prototxt {w}/net.xyz", "unsupported image type"),
+    (V, "draw {w}/deploy.prototxt {w}/folder_out", "folder_out"),
+    (V, "export --net {w}/tv.prototxt --weights {w}/tv.caffemodel --onnx {w}/m.onnx", "loss"),
+    (V, "export --net {w}/deploy.prototxt --weights {w}/garbage.caffemodel --onnx {w}/m.onnx", "garbage.caffemodel"),
+    (V, "export --net {w}/missing.prototxt --weights {w}/deploy.caffemodel --onnx {w}/m.onnx", "missing.prototxt"),
+    (V, "convert --net {w}/deploy.prototxt --from {w}/list.txt --to {w}/m.safetensors", "list.txt"),
+    (V, "convert --net {w}/deploy.prototxt --from {w}/missing.safetensors --to {w}/m.caffemodel", "missing.safetensors"),
+    (V, "reproduce --out {w}/a_file --quick", "a_file"),
+    (V, "reproduce --out {w}/no/run --quick", "does not exist"),
+    (V, "reproduce --out {w}/run --seeds 0", "--seeds"),
+    (D, "image_folder {w}/nowhere {w}/if_db", "nowhere"),
+    (D, "image_folder {w}/folder_out {w}/if_db", "folder_out"),
+    (D, "scaled_digits {w}/a_file", "a_file"),
+    (D, "scaled_digits {w}/sd --seed -1", "--seed"),
+    (D, "scaled_digits {w}/sd --canvas 2", "--canvas"),
 ]
 
 SUBPROCESS_MAIN = ("import sys\nfrom {module} import main\nsys.exit(main(sys.argv[1:]))")

@@ -8,6 +8,8 @@ costs one read, not a parse of every weight."""
 import mmap
 import os
 
+from google.protobuf.message import DecodeError
+
 from . import protoio
 from .blob import _varint
 from .errors import VggtoolError
@@ -48,24 +50,32 @@ def _layers_without_blobs(path):
             return []
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             buf = memoryview(m)
-            try:
-                out = []
-                for number, wire, start, end in _fields(buf, 0, len(buf)):
-                    if number != _LAYER_FIELD or wire != 2:
-                        continue
-                    layer = caffe_pb2.LayerParameter()
-                    for n, w, s, e in _fields(buf, start, end):
-                        if n == _BLOBS_FIELD:
-                            continue
-                        # the field again as bytes: its key, (length,) and value
-                        head = _key_bytes(n, w, e - s if w == 2 else None)
-                        layer.MergeFromString(head + bytes(buf[s:e]))
-                    out.append(layer)
-                return out
-            except (IndexError, VggtoolError):
-                raise VggtoolError(f"{path}: not a readable .caffemodel (corrupt or truncated)") from None
-            finally:
-                del buf
+            layers = _walk_layers(buf)
+            buf.release()  # before the mmap closes; _walk_layers keeps no view of it
+    if layers is None:
+        raise VggtoolError(f"{path}: not a readable .caffemodel (corrupt or truncated)")
+    return layers
+
+
+def _walk_layers(buf):
+    """The layers of _layers_without_blobs, or None when the bytes are not a NetParameter. Returns instead of
+    raising so that no traceback keeps a view of the mapped file alive."""
+    try:
+        out = []
+        for number, wire, start, end in _fields(buf, 0, len(buf)):
+            if number != _LAYER_FIELD or wire != 2:
+                continue
+            layer = caffe_pb2.LayerParameter()
+            for n, w, s, e in _fields(buf, start, end):
+                if n == _BLOBS_FIELD:
+                    continue
+                # the field again as bytes: its key, (length,) and value
+                head = _key_bytes(n, w, e - s if w == 2 else None)
+                layer.MergeFromString(head + bytes(buf[s:e]))
+            out.append(layer)
+        return out
+    except (IndexError, VggtoolError, DecodeError):
+        return None
 
 
 def _key_bytes(number, wire, length):
@@ -98,11 +108,17 @@ def recorded_transform(net_path, weights_path=None):
     """(transform_param, description of where it was found) or (None, None)."""
     sources = []
     if net_path and os.path.isfile(net_path):
-        sources.append((net_path, lambda: list(protoio.read_net_param(net_path).layer)))
+        sources.append((net_path, lambda: list(protoio.read_net_param(net_path).layer), True))
     if weights_path and os.path.isfile(weights_path) and not str(weights_path).endswith((".h5", ".hdf5")):
-        sources.append((weights_path, lambda: _layers_without_blobs(weights_path)))
-    for where, read in sources:
-        layer = find_transform(read())
+        sources.append((weights_path, lambda: _layers_without_blobs(weights_path), False))
+    for where, read, is_net in sources:
+        try:
+            layers = read()
+        except VggtoolError:
+            if is_net:
+                raise
+            continue  # an unreadable weights file: loading the weights names the problem
+        layer = find_transform(layers)
         if layer is not None:
             return layer.transform_param, f"{where}, layer '{layer.name}'"
     return None, None

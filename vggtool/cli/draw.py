@@ -2,6 +2,7 @@
 import os
 
 from ..errors import VggtoolError
+from .plot import image_format
 
 HELP = "draw a net prototxt as a graph (PNG, PDF, SVG, ...), like Caffe's draw_net.py"
 
@@ -24,6 +25,8 @@ def run(args):
 
     if not os.path.exists(args.input_net_proto_file):
         raise VggtoolError(f"{args.input_net_proto_file} does not exist")
+    protoio.check_output_path(args.output_image_file, "output_image_file")
+    image_format(args.output_image_file, "output_image_file")
     net = protoio.read_net_param(args.input_net_proto_file)
     phase = None if args.phase == "ALL" else caffe_pb2.Phase.Value(args.phase)
     print(f"Drawing net to {args.output_image_file}")

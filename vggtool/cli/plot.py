@@ -21,15 +21,15 @@ def _series(rows, key):
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def image_format(path):
-    """The matplotlib format named by the --out extension (png when there is none)."""
+def image_format(path, flag="--out"):
+    """The matplotlib format named by the extension of `path` (png when there is none)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     ext = os.path.splitext(path)[1].lstrip(".").lower() or "png"
     supported = FigureCanvasAgg(Figure()).get_supported_filetypes()
     if ext not in supported:
-        raise VggtoolError(f"--out {path}: unsupported image type '.{ext}' (use one of "
+        raise VggtoolError(f"{flag} {path}: unsupported image type '.{ext}' (use one of "
                            f"{', '.join('.' + e for e in sorted(supported))})")
     return ext
 

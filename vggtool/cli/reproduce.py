@@ -15,6 +15,9 @@ def run(args):
     from ..reproduction import plan
     from ..reproduction.run import Run
 
+    from ..protoio import check_output_path
+
+    check_output_path(args.out, "--out", folder=True)
     budget = plan.QUICK if args.quick else plan.FULL
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     job = Run(args.out, budget, seeds, say=lambda line: print(line, flush=True))

@@ -268,6 +268,11 @@ class Net(engine.Net):
                                        f"{dst.shape_string()}")
                 dst.share_data(src)
 
+    def load_weights(self, path):
+        # Caffe's Net(model, weights, phase) is CopyTrainedLayersFrom: layers without a namesake are
+        # skipped, not an error (the engine's stricter load_weights is for vggtool's own commands).
+        return self.copy_from(path)
+
     def copy_from(self, source, only=None, report=None):
         """Weights from a .caffemodel (or, like Caffe, an HDF5 weights file written by save_hdf5)."""
         if isinstance(source, (str, os.PathLike)) and _is_hdf5(source):  # Caffe: H5Fis_hdf5
