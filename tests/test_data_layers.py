@@ -407,4 +407,6 @@ def test_corrupt_records_are_counted_and_opencv_stays_quiet(tmp_path):
     err = run.stderr.splitlines()
     assert not [line for line in err if "global " in line or "readHeader" in line or line.startswith("[")], err
     counts = [k for k, line in enumerate(err) if line.startswith("W") and "2 corrupt record(s)" in line]
-    assert len(counts) == 1 and "] Loss: " in err[counts[0] + 1], err
+    # The count comes before the final Loss line. (libjpeg's own "Warning: unknown JFIF revision" line,
+    # printed from a decoding thread, is not OpenCV's logging and can land anywhere: not asserted on.)
+    assert len(counts) == 1 and any("] Loss: " in line for line in err[counts[0] + 1:]), err

@@ -251,3 +251,42 @@ def test_score_map_posterior_is_the_dense_evaluators(tmp_path):
     ev = vggtool.evaluate.Evaluator(cls_net, cls_weights, scales=[12, 16], flip=True)
     _, posterior = L.ClassScoreMaps(ev).image_maps(image, [12, 16], flip=True)
     np.testing.assert_allclose(posterior, ev.evaluate_image(image), rtol=0, atol=1e-12)
+
+
+def test_cli_folder_of_images_gives_guesses_without_an_error_figure(tmp_path, capsys):
+    """--data FOLDER: class subfolders (labels as ImageFolder) or images alone; no ground-truth boxes, so the
+    guesses are the same as from a box list of the same images, written to --out and --draw, and no error
+    is printed."""
+    listing = write_set(tmp_path)
+    net, weights = const_net(tmp_path, [[0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 1, 1]])
+    for i, label in enumerate([0, 1, 1]):
+        for folder in (tmp_path / "classes" / f"c{label}", tmp_path / "loose"):
+            folder.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(folder / f"i{i}.png"), np.zeros((12, 16, 3), np.uint8))
+    base = ["localize", "--net", net, "--weights", weights, "--scales", "12"]
+    assert main(base + ["--protocol", "centre", "--data", str(listing), "--root", str(tmp_path),
+                        "--out", str(tmp_path / "list.json")]) == 0
+    capsys.readouterr()
+    assert main(base + ["--protocol", "centre", "--data", str(tmp_path / "classes"),
+                        "--out", str(tmp_path / "folder.json"), "--draw", str(tmp_path / "pics")]) == 0
+    out = capsys.readouterr().out
+    assert "3 images without ground-truth boxes: guesses only, no localisation error" in out
+    assert "error =" not in out
+    import json
+    from_list, from_folder = (json.loads((tmp_path / f).read_text()) for f in ("list.json", "folder.json"))
+    assert from_folder["keys"] == ["c0/i0.png", "c1/i1.png", "c1/i2.png"] and "correct" not in from_folder
+    assert from_folder["labels"] == from_list["labels"] == [0, 1, 1]
+    np.testing.assert_array_equal(from_folder["boxes"], from_list["boxes"])
+    assert len(list((tmp_path / "pics").rglob("*.png"))) == 3
+    # Images alone: no labels, so only the full protocol (classes from a classifier's scores) applies.
+    assert main(base + ["--protocol", "centre", "--data", str(tmp_path / "loose"),
+                        "--out", str(tmp_path / "x.json")]) == 1
+    assert "has no label" in capsys.readouterr().err
+    save_scores(str(tmp_path / "s.npz"), np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]]), [-1, -1, -1],
+                ["i0.png", "i1.png", "i2.png"])
+    assert main(base + ["--data", str(tmp_path / "loose"), "--scores", str(tmp_path / "s.npz"), "--top", "1",
+                        "--threshold", "1", "--out", str(tmp_path / "loose.json")]) == 0
+    assert json.loads((tmp_path / "loose.json").read_text())["classes"] == [[0], [1], [1]]
+    # Without --out or --draw there would be nothing to show: an error before any work.
+    assert main(base + ["--data", str(tmp_path / "loose"), "--scores", str(tmp_path / "s.npz")]) == 1
+    assert "give --out and/or --draw" in capsys.readouterr().err

@@ -44,7 +44,7 @@ def draw_boxes(image, true_boxes, guesses, label, correct, names=None):
         cv2.rectangle(out, a, b, GUESS_COLOUR, (2 if min(h, w) > 64 else 1) if rank == 0 else 1)
         cv2.putText(out, name(int(cls)), (a[0] + 2, a[1] + int(12 * font) + 2), cv2.FONT_HERSHEY_SIMPLEX, font,
                     GUESS_COLOUR, 1, cv2.LINE_AA)
-    frame = TRUE_COLOUR if correct else GUESS_COLOUR
+    frame = (128, 128, 128) if correct is None else TRUE_COLOUR if correct else GUESS_COLOUR  # grey: no truth
     return cv2.copyMakeBorder(out, 2, 2, 2, 2, cv2.BORDER_CONSTANT, value=frame)
 
 

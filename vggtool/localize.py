@@ -190,12 +190,20 @@ class ClassScoreMaps:
 # -- data -------------------------------------------------------------------------------------------------
 def iterate_boxed_samples(path, root="", limit=None, color=True):
     """Yield (key, HxWxC uint8 image, label, boxes (k, 4)) from an LMDB of Datum with `box` or a box
-    list `path label x1 y1 x2 y2 ...` (+ root folder). Keys as vggtool.evaluate's (scores files match)."""
+    list `path label x1 y1 x2 y2 ...` (+ root folder). Keys as vggtool.evaluate's (scores files match).
+    A folder of images (class subfolders, or images alone: label -1) has no boxes: boxes is None."""
+    from .data.imagefolder import folder_entries, is_image_folder
     from .data.imagelist import read_box_list
     from .evaluate import iterate_lmdb_images, read_image_file
 
     if not os.path.exists(path):
-        raise VggtoolError(f"--data: {path} does not exist (give an LMDB folder or a box list file)")
+        raise VggtoolError(f"--data: {path} does not exist (give an LMDB folder, a box list file or a folder "
+                           "of images)")
+    if is_image_folder(path):
+        entries, _ = folder_entries(path)
+        for name, label in entries[:limit]:
+            yield name, read_image_file(path, name, color, f"--data {path}"), label, None
+        return
     if os.path.isdir(path):
         for k, image, datum in iterate_lmdb_images(path, limit, color):
             if len(datum.box) == 0 or len(datum.box) % 4:

@@ -16,7 +16,9 @@ def add_arguments(parser):
     parser.add_argument("--net", "--model", dest="net", action="append", required=True,
                         help="deploy prototxt of a box-regression net (repeat with --weights to pool several nets)")
     parser.add_argument("--weights", action="append", required=True, help=".caffemodel of the --net at the same position")
-    parser.add_argument("--data", required=True, help="LMDB of Datum with boxes, or a list `path label x1 y1 x2 y2 ...`")
+    parser.add_argument("--data", required=True,
+                        help="LMDB of Datum with boxes, a list `path label x1 y1 x2 y2 ...`, or a folder of images "
+                             "(class subfolders, or images alone: no ground truth, so guesses only, to --out/--draw)")
     parser.add_argument("--root", default="", help="folder the list file's paths are relative to")
     parser.add_argument("--protocol", default="full", choices=("centre", "full"),
                         help="centre: ground-truth class, centre crop; full: dense boxes merged for the top-k "
@@ -101,6 +103,12 @@ def run(args):
     keys, labels, guesses_cls, guesses_box, ok = [], [], [], [], []
     samples = loc.iterate_boxed_samples(args.data, args.root, args.limit, color=regs[0].channels == 3)
     for key, image, label, gt in progress(samples, unit="img", desc="localizing", mininterval=1):
+        if gt is None and not (args.out or args.draw):
+            raise VggtoolError(f"--data: {args.data} is a folder of images without ground-truth boxes: there is "
+                               "no error to print, so give --out and/or --draw to keep the guesses")
+        if (not full or args.true_class) and label < 0:
+            raise VggtoolError(f"--data: image '{key}' has no label (a folder without class subfolders); the "
+                               f"{'centre' if not full else '--true-class'} protocol needs the ground-truth class")
         if (not full or args.true_class) and regs[0].classes > 1 and not 0 <= label < regs[0].classes:
             raise VggtoolError(f"--data: image '{key}' has label {label}; the net regresses "
                                f"{regs[0].classes} classes")
@@ -127,19 +135,25 @@ def run(args):
         labels.append(label)
         guesses_cls.append([c for c, _ in pairs])
         guesses_box.append([b for _, b in pairs])
-        ok.append(B.correct(pairs, label, gt))
+        ok.append(None if gt is None else B.correct(pairs, label, gt))
         if args.draw:
             from ..box_pictures import draw_boxes, write_box_picture
-            write_box_picture(args.draw, key, draw_boxes(image, gt, pairs, label, ok[-1]))
+            write_box_picture(args.draw, key, draw_boxes(image, np.zeros((0, 4)) if gt is None else gt, pairs,
+                                                         label, ok[-1]))
     if not keys:
         raise VggtoolError(f"--data: {args.data} holds no images")
-    error = 100 * (1 - np.mean(ok))
-    what = ("localisation error (ground-truth class, dense + merge)" if full and args.true_class
-            else f"top-{args.top} localisation error" if full else "localisation error (ground-truth class, centre crop)")
-    print(f"{what} = {error:.2f}% ({len(keys)} images)")
+    result = {"keys": np.array(keys, dtype=str), "labels": np.array(labels, np.int64),
+              "classes": np.array(guesses_cls, np.int64), "boxes": np.array(guesses_box, np.float32)}
+    if ok[0] is None:
+        print(f"{len(keys)} images without ground-truth boxes: guesses only, no localisation error")
+    else:
+        error = 100 * (1 - np.mean(ok))
+        what = ("localisation error (ground-truth class, dense + merge)" if full and args.true_class
+                else f"top-{args.top} localisation error" if full
+                else "localisation error (ground-truth class, centre crop)")
+        print(f"{what} = {error:.2f}% ({len(keys)} images)")
+        result["correct"] = np.array(ok)
     if args.out:
-        loc.save_boxes(args.out, {"keys": np.array(keys, dtype=str), "labels": np.array(labels, np.int64),
-                                  "classes": np.array(guesses_cls, np.int64),
-                                  "boxes": np.array(guesses_box, np.float32), "correct": np.array(ok)})
+        loc.save_boxes(args.out, result)
         print(f"wrote {args.out}")
     return 0
