@@ -62,6 +62,10 @@ def test_written_files_follow_the_umask(tmp_path, umask):
     protoio.write_text_proto(str(tmp_path / "solver.prototxt"), param)
     for name in ("scores.npz", "mean.binaryproto", "solver.prototxt"):
         assert mode(tmp_path / name) == file_mode, name
+    # pycaffe's HDF5 weights (h5py writes the temporary file by name)
+    from vggtool.pycaffe import Net as PycaffeNet
+    PycaffeNet(protoio.parse_net_text(NET), "test").save_hdf5(str(tmp_path / "weights.h5"))
+    assert mode(tmp_path / "weights.h5") == file_mode
     # LMDBs: convert_imageset's and extract's, and compute_image_mean's binaryproto of one
     images = tmp_path / "png"
     images.mkdir()

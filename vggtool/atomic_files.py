@@ -116,6 +116,18 @@ def fsync_folder(folder):
 
 def atomic_write_chunks(path, chunks):
     """Write the bytes-like pieces one after the other to `path`, atomically (see the module docstring)."""
+    def fill(fd, _tmp):
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            for chunk in chunks:
+                f.write(chunk)
+
+    atomic_write_with(path, fill)
+
+
+def atomic_write_with(path, fill):
+    """Write `path` atomically (see the module docstring) by `fill(fd, tmp_path)`, which writes the whole
+    content into the temporary file, through its open descriptor or by name (e.g. h5py, which wants a
+    path); the mode, fsync, rename and folder sync are done here."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise VggtoolError(f"cannot write {path}: it is an existing folder")
@@ -124,14 +136,14 @@ def atomic_write_chunks(path, chunks):
     fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), dir=folder)
     try:
         try:
-            os.fchmod(fd, file_mode())
-        except OSError:  # a file system without permissions (some network or FUSE mounts): keep its default
-            pass
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                os.fchmod(fd, file_mode())
+            except OSError:  # a file system without permissions (some network or FUSE mounts): keep its default
+                pass
+            fill(fd, tmp)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -4,10 +4,10 @@ parameter. A shared parameter is stored once, by its owner (its data; diffs are 
 
 h5py is the optional extra `vggtool[hdf5]`."""
 import os
-import tempfile
 
 import numpy as np
 
+from ..atomic_files import atomic_write_with
 from ..backend import to_numpy
 from ..errors import VggtoolError
 
@@ -23,10 +23,8 @@ def _h5py():
 def save(net, filename, write_diff=False):
     h5py = _h5py()
     filename = str(filename)
-    folder = os.path.dirname(os.path.abspath(filename))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".h5", dir=folder)
-    os.close(fd)
-    try:
+
+    def fill(_fd, tmp):
         with h5py.File(tmp, "w", track_order=True) as f:
             data = f.create_group("data", track_order=True)
             diff = f.create_group("diff", track_order=True) if write_diff else None
@@ -38,11 +36,8 @@ def save(net, filename, write_diff=False):
                         g.create_dataset(str(j), data=to_numpy(blob.data).astype(np.float32))
                     if write_diff:
                         gd.create_dataset(str(j), data=to_numpy(blob.diff).astype(np.float32))
-        os.replace(tmp, filename)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write_with(filename, fill)  # the umask's mode and a temporary name later runs recognise
 
 
 def _shared(net, layer_name, j):
