@@ -17,7 +17,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from vggtool import backend, protoio  # noqa: E402
-from vggtool import evaluate as ev  # noqa: E402
+from vggtool.vgg import evaluate as ev  # noqa: E402
 
 BLOCKS = {"demo": [[8], [16], [32, 32], [64, 64], [64, 64]],
           "vgg16": [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]}

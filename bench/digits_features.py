@@ -36,9 +36,9 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from vggtool import svm  # noqa: E402
-from vggtool.evaluate import rescale  # noqa: E402
-from vggtool.extract import Features, l2_normalise, load_features  # noqa: E402
+from vggtool.vgg import svm  # noqa: E402
+from vggtool.vgg.evaluate import rescale  # noqa: E402
+from vggtool.vgg.extract import Features, l2_normalise, load_features  # noqa: E402
 
 SOURCE, TARGET = range(0, 5), range(5, 10)
 PAPER = {  # Table 11, Caltech-101 mean class recall (%), and the paper's finding for each comparison
@@ -138,7 +138,7 @@ def train_source_nets(out, digits, iterations, seeds):
 
 
 def write_centre_crops(list_path, root, out, q, crop):
-    """The central crop x crop of each image rescaled to Q = q (vggtool.evaluate.rescale), as PNGs."""
+    """The central crop x crop of each image rescaled to Q = q (vggtool.vgg.evaluate.rescale), as PNGs."""
     os.makedirs(os.path.join(out, "crops"), exist_ok=True)
     lines = []
     with open(list_path) as f:

@@ -22,7 +22,7 @@ from vggtool import Net
 from vggtool.blob import array_to_proto
 from vggtool.cli import main as vggtool_main
 from vggtool.data.datum import array_to_datum, record_key
-from vggtool.evaluate import save_scores
+from vggtool.vgg.evaluate import save_scores
 from vggtool.proto import caffe_pb2
 from vggtool.protoio import write_binary_proto
 

@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 
 from test_localize import const_net, write_set
-from vggtool.box_pictures import GUESS_COLOUR, TRUE_COLOUR, draw_boxes
+from vggtool.vgg.box_pictures import GUESS_COLOUR, TRUE_COLOUR, draw_boxes
 from vggtool.cli import main
 
 

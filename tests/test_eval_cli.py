@@ -9,7 +9,7 @@ import pytest
 from eval_helpers import CLASSES, chain_terms, make_model, random_image
 from numerics import assert_close_to_scale
 from vggtool import Net
-from vggtool import evaluate as ev
+from vggtool.vgg import evaluate as ev
 from vggtool.cli import main
 from vggtool.data.datum import array_to_datum, open_lmdb, record_key
 

@@ -5,7 +5,7 @@ import pytest
 from eval_helpers import CLASSES, CROP, chain_terms, make_model, random_image
 from numerics import assert_close_to_scale
 from vggtool import Net
-from vggtool import evaluate as ev
+from vggtool.vgg import evaluate as ev
 from vggtool.errors import VggtoolError
 
 PROB_TERMS = chain_terms("prob") + 50  # the net's sums, then averages over up to 50 crops

@@ -6,10 +6,11 @@ import pytest
 
 from eval_helpers import CROP, chain_terms, make_model, random_image
 from numerics import assert_close_to_scale
-from vggtool import Net, surgery
+from vggtool import Net
+from vggtool.vgg import surgery
 from vggtool.cli import main
 from vggtool.errors import VggtoolError
-from vggtool.extract import FeatureExtractor, load_features
+from vggtool.vgg.extract import FeatureExtractor, load_features
 from vggtool.labels import label_array, open_image_set, read_labelled_list
 
 MEAN = np.array([100.0, 110.0, 120.0], np.float32)

@@ -13,9 +13,9 @@ from google.protobuf import text_format
 
 from data_prep.cli import main as data_prep
 from vggtool import atomic_files, protoio
-from vggtool import evaluate as ev
+from vggtool.vgg import evaluate as ev
 from vggtool.blob import array_to_proto
-from vggtool.extract import save_lmdb
+from vggtool.vgg.extract import save_lmdb
 from vggtool.proto import caffe_pb2
 from vggtool.solvers import Solver
 from vggtool.solvers.glog import GLog

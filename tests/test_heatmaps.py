@@ -3,9 +3,9 @@ import cv2
 import numpy as np
 
 from eval_helpers import make_model, random_image
-from vggtool import evaluate as ev
+from vggtool.vgg import evaluate as ev
 from vggtool.cli import main
-from vggtool.heatmaps import class_map, picture_name
+from vggtool.vgg.heatmaps import class_map, picture_name
 
 
 def test_class_map_averages_to_the_dense_posterior(tmp_path, rng):

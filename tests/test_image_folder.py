@@ -6,7 +6,7 @@ import pytest
 
 from data_prep.cli import main as data_prep
 from eval_helpers import make_model, random_image
-from vggtool import evaluate as ev
+from vggtool.vgg import evaluate as ev
 from vggtool.cli import main
 from vggtool.data.datum import datum_to_image, iterate_records
 from vggtool.data.imagefolder import folder_entries, is_image_folder
@@ -102,7 +102,7 @@ def test_test_and_classify_take_a_folder(folder, tmp_path, capsys):
 
 
 def test_extract_takes_a_folder(folder, tmp_path, capsys):
-    from vggtool.extract import FeatureExtractor, load_features
+    from vggtool.vgg.extract import FeatureExtractor, load_features
 
     root, images = folder
     net, weights = make_model(tmp_path)

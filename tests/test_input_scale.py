@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from vggtool import Net
-from vggtool import evaluate as ev
+from vggtool.vgg import evaluate as ev
 from vggtool.cli import main
 from vggtool.errors import VggtoolError
-from vggtool.extract import load_features
+from vggtool.vgg.extract import load_features
 from numerics import assert_close_to_scale
 
 MEAN = "90,100,110"
@@ -112,7 +112,7 @@ def test_the_commands_take_the_same_transform_flags(command, capsys):
 def test_localize_regressor_applies_mean_then_scale(tmp_path):
     """Box regression sees (image - mean) * scale, as the evaluator does: the preprocessed input is checked
     directly, then the output of a linear net (one bias-free fc layer)."""
-    from vggtool import localize as L
+    from vggtool.vgg import localize as L
 
     text = ('name: "r" layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 '
             'dim: 8 } } } layer { name: "box" type: "InnerProduct" bottom: "data" top: "box" inner_product_param { '

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from vggtool import evaluate as ev
-from vggtool import svm
+from vggtool.vgg import evaluate as ev
+from vggtool.vgg import svm
 from vggtool.cli import main
 from vggtool.errors import VggtoolError
 from vggtool.listargs import parse_list

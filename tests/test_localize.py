@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import vggtool
-from vggtool import localize as L
+from vggtool.vgg import localize as L
 from vggtool.cli import main
-from vggtool.evaluate import save_scores
+from vggtool.vgg.evaluate import save_scores
 from vggtool.protoio import parse_net_text
 
 DEPLOY = """name: "const_box"
@@ -209,7 +209,7 @@ def test_merged_boxes_are_ranked_by_the_class_score_map(tmp_path, capsys):
     # The same through the library, flips included: the mirrored spot's window (x 0 of the mirror)
     # maps back onto the same box, so the two merge (IoU 1) and outweigh every other window.
     reg = L.Regressor(net, weights)
-    maps, posterior = L.ClassScoreMaps(vggtool.evaluate.Evaluator(cls_net, cls_weights, scales=[12])) \
+    maps, posterior = L.ClassScoreMaps(vggtool.vgg.evaluate.Evaluator(cls_net, cls_weights, scales=[12])) \
         .image_maps(image, [12], flip=True)
     assert posterior[1] > posterior[0]
     (c, box, weight), = L.localize_full([reg], image, [1], [12], flip=True, score_map=maps)
@@ -248,7 +248,7 @@ def test_score_map_posterior_is_the_dense_evaluators(tmp_path):
     cls_net, cls_weights = spot_classifier(tmp_path)
     rng = np.random.default_rng(3)
     image = rng.integers(0, 256, (13, 17, 3)).astype(np.uint8)
-    ev = vggtool.evaluate.Evaluator(cls_net, cls_weights, scales=[12, 16], flip=True)
+    ev = vggtool.vgg.evaluate.Evaluator(cls_net, cls_weights, scales=[12, 16], flip=True)
     _, posterior = L.ClassScoreMaps(ev).image_maps(image, [12, 16], flip=True)
     np.testing.assert_allclose(posterior, ev.evaluate_image(image), rtol=0, atol=1e-12)
 

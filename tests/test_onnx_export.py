@@ -1,4 +1,4 @@
-"""ONNX export (vggtool.onnx_export, `vggtool export`) checked against onnxruntime.
+"""ONNX export (vggtool.interop.onnx, `vggtool export`) checked against onnxruntime.
 
 The exported float32 graph runs in onnxruntime; the reference is vggtool's float64 forward pass on the
 same weights, so the figure compared is onnxruntime's float32 rounding (relative to the largest output
@@ -11,7 +11,9 @@ import pytest
 from google.protobuf import text_format
 
 import vggtool
-from vggtool import onnx_export, protoio, surgery
+from vggtool import protoio
+from vggtool.interop import onnx as onnx_export
+from vggtool.vgg import surgery
 from vggtool.cli import main
 from vggtool.errors import VggtoolError
 from vggtool.proto import caffe_pb2

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from eval_helpers import make_model, random_image
-from vggtool import evaluate as ev
+from vggtool.vgg import evaluate as ev
 from vggtool import protoio
 from vggtool.cli import main
 from vggtool.proto import caffe_pb2

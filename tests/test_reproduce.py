@@ -1,5 +1,5 @@
 """`vggtool reproduce` and its parts: the scaled-digits data, the mini nets of Table 1, batched dense scoring
-against vggtool.evaluate's per-image protocol, the findings' rule, and the --quick run end to end."""
+against vggtool.vgg.evaluate's per-image protocol, the findings' rule, and the --quick run end to end."""
 import json
 import math
 import os
@@ -12,10 +12,11 @@ import pytest
 
 from data_prep.cli import main as data_prep
 from data_prep.scaled_digits import make_scaled_digits, render
-from vggtool import Net, evaluate
+from vggtool import Net
+from vggtool.vgg import evaluate
 from vggtool.protoio import read_net_param
-from vggtool.reproduction import plan, scoring, tables
-from vggtool.reproduction.run import score_plan
+from vggtool.vgg.reproduction import plan, scoring, tables
+from vggtool.vgg.reproduction.run import score_plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

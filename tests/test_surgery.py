@@ -4,7 +4,8 @@ import pytest
 
 from eval_helpers import CLASSES, CROP, chain_terms, make_model
 from numerics import assert_close_to_scale
-from vggtool import Net, surgery
+from vggtool import Net
+from vggtool.vgg import surgery
 from vggtool.cli import main
 from vggtool.errors import VggtoolError
 

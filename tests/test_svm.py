@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from eval_helpers import make_model
-from vggtool import svm
+from vggtool.vgg import svm
 from vggtool.cli import main
 from vggtool.errors import VggtoolError
-from vggtool.extract import Features, save_npz
+from vggtool.vgg.extract import Features, save_npz
 
 
 # -- average precision ---------------------------------------------------------------------------------------

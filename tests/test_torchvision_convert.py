@@ -1,4 +1,4 @@
-"""VGG weights between .caffemodel and torchvision's layout (vggtool.torchvision_convert, `vggtool convert`).
+"""VGG weights between .caffemodel and torchvision's layout (vggtool.interop.torchvision, `vggtool convert`).
 
 NumPy-only: the conv1_1 fold against a direct convolution in both conventions (interior and border), the
 layer map against torchvision's state-dict keys, round trips through safetensors. With torch installed:
@@ -12,7 +12,7 @@ import pytest
 
 import vggtool
 from vggtool import protoio
-from vggtool import torchvision_convert as tc
+from vggtool.interop import torchvision as tc
 from vggtool.cli import main
 from vggtool.errors import VggtoolError
 

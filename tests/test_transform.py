@@ -166,7 +166,7 @@ def reference_rescale(image, q):
 def test_one_rescale_for_training_testing_extraction_and_localisation(shape, q):
     """An image stored larger than the test scale is shrunk as in training (pixel areas, no aliasing) by
     dense/multi-crop testing, extraction and localisation, and enlarged bilinearly by all of them."""
-    from vggtool import evaluate, extract, localize
+    from vggtool.vgg import evaluate, extract, localize
 
     rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
     image = np.repeat((((rows + cols) % 2) * 255).astype(np.uint8)[:, :, None], shape[2], axis=2)  # 1-px checks

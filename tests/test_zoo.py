@@ -10,7 +10,7 @@ import pytest
 from vggtool import Net
 from vggtool.blob import proto_to_array
 from vggtool.cli import main as vggtool_main
-from vggtool.cli.train import INIT_FROM_A_LAYERS
+from vggtool.vgg.initialisation import INIT_FROM_A_LAYERS
 from vggtool.data.datum import array_to_datum, open_lmdb, record_key
 from vggtool.net import filter_net
 from vggtool.proto import caffe_pb2
@@ -174,7 +174,7 @@ def test_demo_rerun_evaluates_the_model_it_just_trained(tmp_path, monkeypatch, c
     """A used --out folder holds an older run's higher-numbered snapshot: the demo must test the snapshot
     its own training wrote (the steps are stood in for by ones that record what they are given)."""
     from vggtool.cli import demo
-    from vggtool.evaluate import save_scores
+    from vggtool.vgg.evaluate import save_scores
 
     out = tmp_path / "run"
     (out / "snapshots").mkdir(parents=True)

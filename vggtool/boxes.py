@@ -12,7 +12,7 @@ Conventions (used by data_prep, the data layers, the loss and `vggtool localize`
 - The training target is NOT clipped to the crop: an object partly outside the crop keeps its full
   extent (cx, cy may fall outside [0, 1]), so a net learns to predict whole objects from partial views
   and the boxes of off-centre windows in dense application still agree (OverFeat does the same).
-  Boxes are clipped to the IMAGE when predictions are mapped back (vggtool.localize).
+  Boxes are clipped to the IMAGE when predictions are mapped back (vggtool.vgg.localize).
 
 Merging (OverFeat-style, greedy): the distance of two boxes is 1 - IoU. While the closest pair is
 closer than `threshold` (IoU > 1 - threshold), it is replaced by the weighted average of the two

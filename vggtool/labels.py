@@ -140,7 +140,7 @@ def read_voc(folder, split="trainval", classes=None):
 
 def open_image_set(data, root="", split="trainval", classes=None):
     """An ImageSet from a list file, an LMDB folder or a VOC folder (`--data`)."""
-    from .evaluate import is_lmdb
+    from .data.datum import is_lmdb
 
     if not os.path.exists(data):
         raise VggtoolError(f"--data: {data} does not exist (give an image list file, an LMDB folder or a "

@@ -4,7 +4,7 @@ import os
 
 import cv2
 
-from .. import evaluate as ev
+from ..vgg import evaluate as ev
 from ..errors import VggtoolError
 from ..ranking import top_classes
 from .test import _device, add_transform_arguments, transform_options

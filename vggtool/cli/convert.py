@@ -1,5 +1,5 @@
 """`vggtool convert`: VGG weights between a .caffemodel and torchvision's state dict (.safetensors; .pth
-read with torch if installed), folding the two input conventions into conv1_1 (vggtool.torchvision_convert)."""
+read with torch if installed), folding the two input conventions into conv1_1 (vggtool.interop.torchvision)."""
 import os
 
 from ..errors import VggtoolError
@@ -37,7 +37,7 @@ def _kind(path, flag):
 
 
 def run(args):
-    from .. import torchvision_convert as tc
+    from ..interop import torchvision as tc
     from ..net import Net
     src, dst = _kind(args.source, "--from"), _kind(args.target, "--to")
     if src == dst:

@@ -1,7 +1,8 @@
-"""`vggtool convolutionalize`: net surgery, InnerProduct -> Convolution (see vggtool.surgery)."""
+"""`vggtool convolutionalize`: net surgery, InnerProduct -> Convolution (see vggtool.vgg.surgery)."""
 import os
 
-from .. import protoio, surgery
+from .. import protoio
+from ..vgg import surgery
 from ..errors import VggtoolError
 
 HELP = "convert a deploy net's fully-connected layers to convolutions (for dense evaluation)"

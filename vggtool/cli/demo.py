@@ -55,7 +55,7 @@ def _step(title, argv, tool="vggtool"):
 
 
 def run(args):
-    from .. import evaluate
+    from ..vgg import evaluate
 
     out = Path(args.out).resolve()
     # the flags are checked before anything is written

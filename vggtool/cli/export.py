@@ -1,4 +1,4 @@
-"""`vggtool export`: a deploy net and its weights to an ONNX model (see vggtool.onnx_export)."""
+"""`vggtool export`: a deploy net and its weights to an ONNX model (see vggtool.interop.onnx)."""
 import os
 
 import numpy as np
@@ -22,7 +22,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from .. import onnx_export
+    from ..interop import onnx as onnx_export
     for flag, path in (("--net", args.net), ("--weights", args.weights)):
         if not os.path.exists(path):
             raise VggtoolError(f"{flag}: {path} does not exist")

@@ -1,4 +1,4 @@
-"""`vggtool localize`: localisation error of box-regression nets (paper Appendix A, vggtool.localize)."""
+"""`vggtool localize`: localisation error of box-regression nets (paper Appendix A, vggtool.vgg.localize)."""
 import argparse
 import os
 
@@ -50,8 +50,8 @@ def run(args):
     from ..progress import progress
 
     from .. import boxes as B
-    from .. import evaluate as ev
-    from .. import localize as loc
+    from ..vgg import evaluate as ev
+    from ..vgg import localize as loc
 
     if len(args.net) != len(args.weights):
         raise VggtoolError(f"{len(args.net)} --net but {len(args.weights)} --weights: give one --weights per --net")
@@ -137,7 +137,7 @@ def run(args):
         guesses_box.append([b for _, b in pairs])
         ok.append(None if gt is None else B.correct(pairs, label, gt))
         if args.draw:
-            from ..box_pictures import draw_boxes, write_box_picture
+            from ..vgg.box_pictures import draw_boxes, write_box_picture
             write_box_picture(args.draw, key, draw_boxes(image, np.zeros((0, 4)) if gt is None else gt, pairs,
                                                          label, ok[-1]))
     if not keys:

@@ -1,5 +1,5 @@
 """`vggtool reproduce --out DIR [--quick] [--seeds N]`: the paper's Tables 3-6 and its initialisation study
-at laptop scale, from nothing (the bundled digits) to DIR/REPORT.md, in one process (vggtool.reproduction).
+at laptop scale, from nothing (the bundled digits) to DIR/REPORT.md, in one process (vggtool.vgg.reproduction).
 A stopped run continues where it stopped when given the same DIR."""
 HELP = "reproduce the paper's findings (Tables 3-6, initialisation) at laptop scale: DIR/REPORT.md"
 
@@ -12,8 +12,8 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..reproduction import plan
-    from ..reproduction.run import Run
+    from ..vgg.reproduction import plan
+    from ..vgg.reproduction.run import Run
 
     from ..protoio import check_output_path
 

@@ -31,7 +31,7 @@ def _pct(x):
 
 
 def run(args):
-    from .. import extract as fx, svm
+    from ..vgg import extract as fx, svm
 
     grid = svm.parse_grid(args.c_grid)
     train = fx.load_features(args.features)

@@ -1,5 +1,5 @@
 """`vggtool test`: Caffe's `caffe test` (TEST phase with the net's own data layer, K iterations) and,
-with --data, the VGG evaluation protocol (dense / multi-crop, multi-scale, flips) of vggtool.evaluate."""
+with --data, the VGG evaluation protocol (dense / multi-crop, multi-scale, flips) of vggtool.vgg.evaluate."""
 import argparse
 import os
 import sys
@@ -56,7 +56,7 @@ def transform_options(args):
     """{'mean': per-channel mean or None, 'scale': float}: the flags of add_transform_arguments, else the
     model's own transform_param (vggtool.recorded_transform: the --net prototxt, then the --weights file).
     When neither gives a mean, say so: the images then go in without mean subtraction."""
-    from .. import evaluate as ev
+    from ..vgg import evaluate as ev
     from ..recorded_transform import recorded_transform, resolve_mean_file
 
     mean, scale = None, args.scale
@@ -135,7 +135,7 @@ def run_caffe_test(args):
 
 
 def run_evaluation(args):
-    from .. import evaluate as ev
+    from ..vgg import evaluate as ev
 
     scales = ev.parse_scales(args.scales) if args.scales is not None else None
     if not os.path.exists(args.data):
@@ -158,7 +158,7 @@ def run_evaluation(args):
         print(f"wrote {args.out}")
     if args.heatmaps:
         from ..data.imagefolder import read_labels_file
-        from ..heatmaps import write_heatmaps
+        from ..vgg.heatmaps import write_heatmaps
 
         names = read_labels_file(args.labels) if args.labels else None
         samples = ev.iterate_samples(args.data, args.root, args.limit, color=evaluator.channels == 3)

@@ -4,12 +4,12 @@ import signal
 from .. import backend, parallel, protoio
 from ..errors import VggtoolError
 from ..solvers import NONE, SNAPSHOT, STOP, Solver
+from ..solvers.finetune import copy_weights
 from ..solvers.glog import GLog
+from ..vgg.initialisation import INIT_FROM_A_LAYERS
 
 HELP = "train a net from a solver prototxt (Caffe's `caffe train`)"
 
-# The paper initialises the deeper nets B..E from net A's first four conv layers and last three FC layers.
-INIT_FROM_A_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8")
 EFFECTS = {"stop": STOP, "snapshot": SNAPSHOT, "none": NONE}
 
 
@@ -79,31 +79,12 @@ def _train(args, comm):
             solver = parallel.ParallelSolver(param, source=args.solver, devices=devices, comm=comm, log=log)
         weights = [w for w in (args.weights.split(",") if args.weights else []) if w] + list(param.weights)
         for w in weights if rank == 0 else ():  # other ranks receive the weights from rank 0
-            _copy_weights(solver, w, only, log)
+            copy_weights(solver, w, only, log)
         with _signals(solver, args):
             solver.solve(resume=args.snapshot)
     finally:
         log.close()
     return 0
-
-
-def _copy_weights(solver, path, only, log):
-    log.info("solver.cpp:72", f"Finetuning from {path}")
-    source = protoio.read_net_param(path, is_text=False)
-    if only is not None:
-        names = {layer.name for layer in source.layer if len(layer.blobs)}
-        absent = [n for n in only if n not in names]
-        if absent:
-            raise VggtoolError(f"{path}: has no parameter layer(s) named {', '.join(absent)} (asked for by "
-                               f"--weights-layers / --init-from-a)")
-    report = solver.net.copy_from(source, only=only)
-    for line in report.lines():
-        log.info("net.cpp:1137", line)
-    kept = [name for name, layer in solver.net.layer_dict.items() if layer.blobs and name not in report.copied]
-    if kept:
-        log.info("net.cpp:1137", f"Not copied (keep their initialisation): {', '.join(kept)}")
-    for net in solver.test_nets:  # layers only the test nets have (shared ones already hold the values)
-        net.copy_from(source, only=only)
 
 
 class _signals:

@@ -94,6 +94,11 @@ def lmdb_for_writing(path, map_size, **options):
     return lmdb.open(path, map_size=map_size, subdir=True, meminit=False, mode=LMDB_FILE_MODE, **options)
 
 
+def is_lmdb(path):
+    """Whether `path` is an LMDB folder (holds a data.mdb)."""
+    return os.path.isdir(path) and os.path.exists(os.path.join(path, "data.mdb"))
+
+
 def open_lmdb(path, write=False, map_size=1 << 30):
     """Open an LMDB environment with errors that say what is wrong with `path`."""
     import lmdb

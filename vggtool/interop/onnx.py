@@ -23,9 +23,9 @@ import os
 
 import numpy as np
 
-from . import protoio
-from .backend import to_numpy
-from .errors import VggtoolError
+from .. import protoio
+from ..backend import to_numpy
+from ..errors import VggtoolError
 
 OPSET = 17
 INT64_MAX = np.iinfo(np.int64).max
@@ -152,7 +152,7 @@ def _inner_product(g, layer, bottoms, tops, bottom_blobs):
 
 
 def _pooling(g, layer, bottoms, tops):
-    from .layers.pooling import AVE, CEIL, MAX
+    from ..layers.pooling import AVE, CEIL, MAX
     if len(tops) != 1:
         raise _error(g.net, layer, "the argmax mask top has no ONNX equivalent; export the layer with one top")
     (x,), (top,) = bottoms, tops
@@ -172,7 +172,7 @@ def _pooling(g, layer, bottoms, tops):
 
 
 def _lrn(g, layer, bottoms, tops):
-    from .layers.lrn import ACROSS_CHANNELS
+    from ..layers.lrn import ACROSS_CHANNELS
     (x,), (top,) = bottoms, tops
     name = layer.name
     if layer.region == ACROSS_CHANNELS:
@@ -281,7 +281,7 @@ def _slice(g, layer, bottoms, tops):
 
 
 def _eltwise(g, layer, bottoms, tops):
-    from .layers.eltwise import MAX, PROD, SUM
+    from ..layers.eltwise import MAX, PROD, SUM
     name = layer.name
     if layer.op == PROD:
         acc = bottoms[0]
@@ -445,9 +445,9 @@ def save_model(model, path):
 def export(net_path, weights, onnx_path, convolutionalize=False, outputs=None, dynamic_spatial=None, check=True):
     """Export `net_path` (deploy prototxt) with `weights` (.caffemodel) to `onnx_path`; returns the model.
 
-    convolutionalize: turn InnerProduct layers into convolutions first (vggtool.surgery), for dense
+    convolutionalize: turn InnerProduct layers into convolutions first (vggtool.vgg.surgery), for dense
     evaluation at any input size. Every layer with parameters must find them in `weights`."""
-    from .net import Net
+    from ..net import Net
     onnx = _onnx()
     param = protoio.read_net_param(net_path)
     trained = protoio.read_net_param(weights, is_text=False)
@@ -457,7 +457,7 @@ def export(net_path, weights, onnx_path, convolutionalize=False, outputs=None, d
         raise VggtoolError(f"{weights}: no weights for layer(s) {', '.join(report.missing)} of {net_path}; "
                            "the export would carry their untrained initial values")
     if convolutionalize:
-        from . import surgery
+        from ..vgg import surgery
         if not surgery.needs_surgery(param):
             raise VggtoolError(f"{net_path}: --convolutionalize: the net has no InnerProduct layer")
         del net

@@ -27,8 +27,8 @@ import os
 
 import numpy as np
 
-from .backend import to_numpy
-from .errors import VggtoolError
+from ..backend import to_numpy
+from ..errors import VggtoolError
 
 TORCH_MEAN = (0.485, 0.456, 0.406)  # RGB, on 0-1 pixels
 TORCH_STD = (0.229, 0.224, 0.225)
@@ -126,7 +126,7 @@ def _conv_geometry_ok(layer):
 def layer_map(net):
     """(torchvision arch, [(Caffe layer name, torchvision prefix)]) for a VGG net of configuration A, B, D or
     E (deploy or convolutionalised), or a VggtoolError saying what has no torchvision counterpart."""
-    from .layers.pooling import MAX
+    from ..layers.pooling import MAX
     cfg, convs, classifier = [], [], []
     previous = None
     for name, layer in net.layer_dict.items():
@@ -283,7 +283,7 @@ def _read_pth(path):
 
 def write_safetensors(path, state, metadata=None):
     """Write {key: array} as safetensors, atomically."""
-    from .protoio import atomic_write_bytes
+    from ..protoio import atomic_write_bytes
     st = _safetensors_numpy()
     tensors = {k: np.ascontiguousarray(v) for k, v in sorted(state.items(), key=lambda kv: _key_order(kv[0]))}
     atomic_write_bytes(path, st.save(tensors, metadata=metadata))

@@ -1,7 +1,7 @@
 """VGG testing protocol (paper §3.2, §4): dense and multi-crop evaluation at several scales, flips, fusion.
 
 Per image and test scale Q the image is rescaled isotropically so its smallest side is Q, then
-- dense: the convolutionalised net (vggtool.surgery) runs on the whole image -> class score map ->
+- dense: the convolutionalised net (vggtool.vgg.surgery) runs on the whole image -> class score map ->
   softmax over classes at every location -> spatial average (and the same for the flipped image);
   `average='scores'` instead averages the score map then applies softmax (the paper's sum-pooling);
 - multi-crop: a 5x5 regular grid of crop x crop windows (corners included) and, with flips, their
@@ -19,15 +19,17 @@ import os
 import cv2
 import numpy as np
 
-from . import protoio, surgery
-from .backend import CPU, to_numpy
-from .blob import proto_to_array
-from .data.transform import isotropic_resize
-from .errors import VggtoolError
-from .listargs import parse_list
-from .net import Net
-from .proto import caffe_pb2
-from .ranking import topk_error  # noqa: F401 - the one top-k rule; evaluate.topk_error for callers
+from .. import protoio
+from ..backend import CPU, to_numpy
+from ..blob import proto_to_array
+from ..data.datum import is_lmdb
+from ..data.transform import isotropic_resize
+from ..errors import VggtoolError
+from ..listargs import parse_list
+from ..net import Net
+from ..proto import caffe_pb2
+from ..ranking import topk_error  # noqa: F401 - the one top-k rule; evaluate.topk_error for callers
+from . import surgery
 
 MODES = ("dense", "multicrop", "both")
 AVERAGES = ("posteriors", "scores")  # dense map: softmax per location then average, or average then softmax
@@ -225,24 +227,20 @@ class Evaluator:
 
 
 # -- data -------------------------------------------------------------------------------------------------
-def is_lmdb(path):
-    return os.path.isdir(path) and os.path.exists(os.path.join(path, "data.mdb"))
-
-
 def count_samples(path):
-    from .data.imagefolder import folder_entries, is_image_folder
+    from ..data.imagefolder import folder_entries, is_image_folder
 
     if is_image_folder(path):
         return len(folder_entries(path)[0])
     if is_lmdb(path):
-        from .data.datum import shared_lmdb
+        from ..data.datum import shared_lmdb
         return shared_lmdb(path).stat()["entries"]  # shared: a data layer may hold it open
     return len(read_list(path))
 
 
 def read_list(path):
     """[(relative path, label, line number)] from a Caffe image list `path label` (label optional)."""
-    from .data.imagelist import read_image_list_lines
+    from ..data.imagelist import read_image_list_lines
 
     return read_image_list_lines(path, require_label=False)
 
@@ -251,7 +249,7 @@ def iterate_lmdb_images(path, limit=None, color=True):
     """Yield (key, HxWxC image, Datum) from the LMDB at `path` (`--data`), at most `limit` records."""
     if not is_lmdb(path):
         raise VggtoolError(f"--data: {path} is a folder without data.mdb (not an LMDB database)")
-    from .data.datum import datum_to_image, iterate_records
+    from ..data.datum import datum_to_image, iterate_records
 
     for count, (key, datum) in enumerate(iterate_records(path)):
         if limit is not None and count >= limit:
@@ -274,7 +272,7 @@ def iterate_samples(path, root="", limit=None, color=True):
     (`color`: 3-channel BGR, else 1-channel gray)."""
     if not os.path.exists(path):
         raise VggtoolError(f"--data: {path} does not exist (give an LMDB folder or an image list file)")
-    from .data.imagefolder import folder_entries, is_image_folder
+    from ..data.imagefolder import folder_entries, is_image_folder
 
     if is_image_folder(path):  # ImageFolder layout: labels from the sorted class subfolders
         entries, classes = folder_entries(path)
@@ -298,7 +296,7 @@ def iterate_samples(path, root="", limit=None, color=True):
 
 def evaluate(evaluator, data, root="", limit=None, progress=True):
     """(posteriors (N, classes) float32, labels (N,), keys (N,)) over a data set."""
-    from .progress import progress as progress_bar
+    from ..progress import progress as progress_bar
 
     total = count_samples(data) if os.path.exists(data) else None
     if total is not None and limit is not None:

@@ -1,8 +1,8 @@
 """Very deep features for other data sets (paper Appendix B), and Caffe's extract_features.
 
 Pooled descriptors (the default): the deploy net's InnerProduct layers are convolutionalised
-(vggtool.surgery) and the net runs densely on the whole image, isotropically rescaled so its smallest
-side is Q (vggtool.evaluate.rescale). The chosen blob's map (N x C x H x W) is averaged over its spatial
+(vggtool.vgg.surgery) and the net runs densely on the whole image, isotropically rescaled so its smallest
+side is Q (vggtool.vgg.evaluate.rescale). The chosen blob's map (N x C x H x W) is averaged over its spatial
 positions (global average pooling), the descriptor averaged with the horizontally flipped image's
 (--flip), the per-scale descriptors concatenated (`stack`) or averaged (`average`) in --scales order,
 and the result L2-normalised.
@@ -21,11 +21,12 @@ import shutil
 
 import numpy as np
 
-from . import evaluate as ev, protoio
-from .atomic_files import remove_stale_temporaries, temporary_folder
-from .backend import CPU, to_numpy
-from .errors import VggtoolError
-from .proto import caffe_pb2
+from .. import protoio
+from ..atomic_files import remove_stale_temporaries, temporary_folder
+from ..backend import CPU, to_numpy
+from ..errors import VggtoolError
+from ..proto import caffe_pb2
+from . import evaluate as ev
 
 AGGREGATES = ("stack", "average")
 
@@ -165,7 +166,7 @@ def iterate_images(image_set, color, limit=None):
 
 def extract(extractor, image_set, limit=None, chunk=64, progress=True):
     """(features (N, D) float32, labels per image [tuples], keys) over an ImageSet."""
-    from .progress import progress as progress_bar
+    from ..progress import progress as progress_bar
 
     total = len(image_set) if image_set.lmdb is None else ev.count_samples(image_set.lmdb)
     if limit is not None:
@@ -213,7 +214,7 @@ def save_npz(path, features, labels, keys, classes=None, ignore=None, **meta):
 def save_lmdb(path, features, labels, keys, blob_shape=None, overwrite=False):
     """An LMDB of Datum with float_data (Caffe's extract_features output), keyed `%08d_<key>`; the label is
     the image's class (0 for multi-label data). Written under a temporary name, then renamed."""
-    from .data.datum import open_lmdb, record_key
+    from ..data.datum import open_lmdb, record_key
 
     if os.path.exists(path) and not overwrite:
         raise VggtoolError(f"{path} already exists (pass --overwrite to replace it)")

@@ -10,9 +10,9 @@ import re
 import cv2
 import numpy as np
 
-from .backend import to_numpy
+from ..backend import to_numpy
+from ..protoio import atomic_write_bytes
 from .evaluate import rescale, softmax
-from .protoio import atomic_write_bytes
 
 
 def class_map(evaluator, image, q, cls):

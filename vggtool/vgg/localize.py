@@ -7,7 +7,7 @@ data layer's "box" top trains it (vggtool.boxes). Two protocols:
 - `centre` (paper's "ground-truth class, centre crop"): rescale the image so its smallest side is Q,
   take the centred crop, predict the ground-truth class's box (PCR) or the box (SCR), map it back to the
   image. Error: fraction of images whose box has IoU <= 0.5 with every ground-truth box.
-- `full`: the net, convolutionalised (vggtool.surgery), runs densely over the whole image at every
+- `full`: the net, convolutionalised (vggtool.vgg.surgery), runs densely over the whole image at every
   scale Q (and its mirror with --flip): output location (i, j) is the crop window whose top-left
   corner is (j, i) x the net's total stride in the rescaled image, and its box is placed in that
   window (windows reaching past the border, from Caffe's ceil-rounded pooling, are used as they are).
@@ -28,13 +28,14 @@ import os
 
 import numpy as np
 
-from . import boxes as B
-from . import protoio, surgery
-from .backend import CPU, to_numpy
-from .errors import VggtoolError
+from .. import boxes as B
+from .. import protoio
+from ..backend import CPU, to_numpy
+from ..errors import VggtoolError
+from ..net import Net
+from ..proto import caffe_pb2
+from . import surgery
 from .evaluate import InputTransform, rescale, softmax
-from .net import Net
-from .proto import caffe_pb2
 
 PROTOCOLS = ("centre", "full")
 
@@ -157,8 +158,8 @@ class ScoreMap:
 
 
 class ClassScoreMaps:
-    """The classification net of `vggtool localize --cls-net` (a vggtool.evaluate.Evaluator) run densely
-    on the same rescaled views as the box nets (vggtool.evaluate.rescale, then the mirror): softmax score
+    """The classification net of `vggtool localize --cls-net` (a vggtool.vgg.evaluate.Evaluator) run densely
+    on the same rescaled views as the box nets (vggtool.vgg.evaluate.rescale, then the mirror): softmax score
     maps that weigh the boxes, and the image's posterior, their average over locations, views and scales
     (what Evaluator's dense mode computes)."""
 
@@ -190,10 +191,10 @@ class ClassScoreMaps:
 # -- data -------------------------------------------------------------------------------------------------
 def iterate_boxed_samples(path, root="", limit=None, color=True):
     """Yield (key, HxWxC uint8 image, label, boxes (k, 4)) from an LMDB of Datum with `box` or a box
-    list `path label x1 y1 x2 y2 ...` (+ root folder). Keys as vggtool.evaluate's (scores files match).
+    list `path label x1 y1 x2 y2 ...` (+ root folder). Keys as vggtool.vgg.evaluate's (scores files match).
     A folder of images (class subfolders, or images alone: label -1) has no boxes: boxes is None."""
-    from .data.imagefolder import folder_entries, is_image_folder
-    from .data.imagelist import read_box_list
+    from ..data.imagefolder import folder_entries, is_image_folder
+    from ..data.imagelist import read_box_list
     from .evaluate import iterate_lmdb_images, read_image_file
 
     if not os.path.exists(path):

@@ -11,11 +11,11 @@ need this conversion (shapes differ), which `convolutionalize_weights` / `vggtoo
 """
 import numpy as np
 
-from . import protoio
-from .backend import to_numpy
-from .errors import VggtoolError
-from .net import Net
-from .proto import caffe_pb2
+from .. import protoio
+from ..backend import to_numpy
+from ..errors import VggtoolError
+from ..net import Net
+from ..proto import caffe_pb2
 
 
 def _param_of(model):

@@ -22,9 +22,9 @@ import warnings
 
 import numpy as np
 
-from .errors import VggtoolError
-from .listargs import parse_list
-from .ranking import topk_hits
+from ..errors import VggtoolError
+from ..listargs import parse_list
+from ..ranking import topk_hits
 
 AP_METHODS = ("area", "11point")
 DEFAULT_C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)

@@ -5,8 +5,8 @@ import math
 
 import numpy as np
 
-from .. import protoio
-from ..solvers.parse_log import parse_log
+from ... import protoio
+from ...solvers.parse_log import parse_log
 from . import plan
 
 

@@ -8,7 +8,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from .. import protoio
+from ... import protoio
 from . import paper, plan, plots, tables
 
 # Paper's scale for each mini scale, for the "paper" columns.
@@ -22,7 +22,7 @@ COST_TAGS = [("data", "data preparation"), ("table3", "Table 3 (training its 12 
 
 
 def commit_of_checkout():
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=10)

@@ -13,8 +13,9 @@ import os
 import time
 from pathlib import Path
 
-from .. import evaluate, protoio
-from ..errors import VggtoolError
+from .. import evaluate
+from ... import protoio
+from ...errors import VggtoolError
 from . import plan, scoring, training
 
 VAL_DB, TRAIN_DB, HOLDOUT_DB = "repro_val_lmdb", "repro_train_lmdb", "repro_holdout_lmdb"

@@ -1,4 +1,4 @@
-"""Validation posteriors of a trained cell at one test scale Q, by vggtool.evaluate's protocol (its
+"""Validation posteriors of a trained cell at one test scale Q, by vggtool.vgg.evaluate's protocol (its
 Evaluator, rescale and pre-processing), with flips:
 - dense: the convolutionalised net on the whole rescaled image and its mirror; as Evaluator.dense, but the
   validation images all have one size, so many images go through the net in one forward pass;

@@ -16,7 +16,7 @@ from . import plan
 
 
 def errors(posteriors, labels):
-    """(top-1, top-5) error in % by vggtool.evaluate.topk_error."""
+    """(top-1, top-5) error in % by vggtool.vgg.evaluate.topk_error."""
     return (100 * evaluate.topk_error(posteriors, labels, 1), 100 * evaluate.topk_error(posteriors, labels, 5))
 
 

@@ -7,20 +7,21 @@ import os
 import time
 from pathlib import Path
 
-from .. import protoio
-from ..cli.train import INIT_FROM_A_LAYERS, _copy_weights
-from ..errors import VggtoolError
-from ..proto import caffe_pb2
-from ..solvers import Solver
-from ..solvers.glog import GLog
-from ..solvers.solver import TrainingDiverged
+from ... import protoio
+from ...errors import VggtoolError
+from ...proto import caffe_pb2
+from ...solvers import Solver
+from ...solvers.finetune import copy_weights
+from ...solvers.glog import GLog
+from ...solvers.solver import TrainingDiverged
+from ..initialisation import INIT_FROM_A_LAYERS
 
 TEST_BATCH = 48  # the held-out batch of netdefs/mini (MINI["test"] in tools/make_netdefs.py), at most
 
 
 def source_file(*parts):
     """A file of the source checkout (netdefs/, solver/), which `pip install -e .` keeps in place."""
-    path = Path(__file__).resolve().parents[2].joinpath(*parts)
+    path = Path(__file__).resolve().parents[3].joinpath(*parts)
     if not path.exists():
         raise VggtoolError(f"{path} not found: run `vggtool reproduce` from a source checkout installed with "
                            "`pip install -e .`")
@@ -78,7 +79,7 @@ def train_cell(cell, data, budget, holdout_count, model_path, log_path, a_weight
     try:
         solver = Solver(param, source=f"solver/mini/{cell.net}.prototxt", log=log)
         if cell.init == "from_a":
-            _copy_weights(solver, str(a_weights), INIT_FROM_A_LAYERS, log)
+            copy_weights(solver, str(a_weights), INIT_FROM_A_LAYERS, log)
         solver.solve()
         solver.net.save(str(model_path))
         record.update(status="ok", lr_drops=int(solver.plateau.drops),
