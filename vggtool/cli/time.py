@@ -42,12 +42,23 @@ def _now(device):
 
 
 def run(args):
-    from ..net import Net
-
     if args.iterations < 1:
         raise VggtoolError(f"--iterations must be at least 1, got {args.iterations}")
     device = backend.parse_devices(args.gpu)[0] if args.gpu else backend.CPU
     info(339 if device.is_gpu else 343, f"Use GPU with device ID {device.index}" if device.is_gpu else "Use CPU.")
+    net = _net_with_random_inputs(args, device)
+    _untimed_pass(net)
+    info(365, "*** Benchmark begins ***")
+    info(366, f"Testing for {args.iterations} iterations.")
+    timings = _timed_iterations(net, device, args.iterations)
+    _report(net._layer_names, timings, args.iterations)
+    return 0
+
+
+def _net_with_random_inputs(args, device):
+    """The net, its Input blobs filled once with standard normal values (data layers read their data)."""
+    from ..net import Net
+
     stages = [s for s in args.stage.split(",") if s]
     net = Net(args.net, args.weights, phase=args.phase, stages=stages, level=args.level, device=device,
               seed=args.seed, log=_LOG)
@@ -55,9 +66,11 @@ def run(args):
     for name in net.inputs:
         blob = net.blobs[name]
         blob.data = rng.standard_normal(blob.shape).astype(np.float32)
+    return net
 
-    layers, bottoms, tops = net.layers, net.bottom_vecs, net.top_vecs
-    names = net._layer_names
+
+def _untimed_pass(net):
+    """Caffe's untimed forward and backward before the benchmark (allocations, warm-up)."""
     info(351, "Performing Forward")
     loss = float(backend.to_numpy(net.forward_from_to()))
     info(356, f"Initial loss: {loss:g}")
@@ -67,39 +80,51 @@ def run(args):
         _LOG.info("time.py", "Convolution algorithms: " + ", ".join(algorithms))
     info(357, "Performing Backward")
     net.backward_from_to()
-    info(365, "*** Benchmark begins ***")
-    info(366, f"Testing for {args.iterations} iterations.")
-    forward_ms = np.zeros(len(layers))
-    backward_ms = np.zeros(len(layers))
-    forward_total = backward_total = 0.0
+
+
+class _Timings:
+    """Milliseconds summed over the timed iterations: per layer (forward, backward) and per pass."""
+
+    def __init__(self, layers):
+        self.forward_ms = np.zeros(layers)
+        self.backward_ms = np.zeros(layers)
+        self.forward_total = self.backward_total = self.total = 0.0
+
+
+def _timed_iterations(net, device, iterations):
+    layers, bottoms, tops = net.layers, net.bottom_vecs, net.top_vecs
+    timings = _Timings(len(layers))
     total_start = _now(device)
     with device:
-        for it in range(args.iterations):
+        for it in range(iterations):
             net.iteration = it
             iter_start = _now(device)
             for i, layer in enumerate(layers):
                 t = _now(device)
                 layer.forward(bottoms[i], tops[i])
-                forward_ms[i] += (_now(device) - t) * 1e3
+                timings.forward_ms[i] += (_now(device) - t) * 1e3
             mid = _now(device)
             # As Caffe's benchmark: every layer's backward, with the bottoms the net would propagate to.
             for i in range(len(layers) - 1, -1, -1):
                 t = _now(device)
                 layers[i].backward(tops[i], net.bottom_need_backward[i], bottoms[i])
-                backward_ms[i] += (_now(device) - t) * 1e3
+                timings.backward_ms[i] += (_now(device) - t) * 1e3
             end = _now(device)
-            forward_total += (mid - iter_start) * 1e3
-            backward_total += (end - mid) * 1e3
+            timings.forward_total += (mid - iter_start) * 1e3
+            timings.backward_total += (end - mid) * 1e3
             info(394, f"Iteration: {it + 1} forward-backward time: {(end - iter_start) * 1e3:.3f} ms.")
-    total = (_now(device) - total_start) * 1e3
-    k = args.iterations
+    timings.total = (_now(device) - total_start) * 1e3
+    return timings
+
+
+def _report(names, timings, k):
+    """Caffe's closing lines: per-layer averages over the k iterations, then the passes' averages."""
     info(397, "Average time per layer: ")
     for i, name in enumerate(names):
-        info(400, f"{name:>10}\tforward: {forward_ms[i] / k:.4f} ms.")
-        info(403, f"{name:>10}\tbackward: {backward_ms[i] / k:.4f} ms.")
-    info(408, f"Average Forward pass: {forward_total / k:.4f} ms.")
-    info(410, f"Average Backward pass: {backward_total / k:.4f} ms.")
-    info(412, f"Average Forward-Backward: {total / k:.4f} ms.")
-    info(414, f"Total Time: {total:.4f} ms.")
+        info(400, f"{name:>10}\tforward: {timings.forward_ms[i] / k:.4f} ms.")
+        info(403, f"{name:>10}\tbackward: {timings.backward_ms[i] / k:.4f} ms.")
+    info(408, f"Average Forward pass: {timings.forward_total / k:.4f} ms.")
+    info(410, f"Average Backward pass: {timings.backward_total / k:.4f} ms.")
+    info(412, f"Average Forward-Backward: {timings.total / k:.4f} ms.")
+    info(414, f"Total Time: {timings.total:.4f} ms.")
     info(415, "*** Benchmark ends ***")
-    return 0
