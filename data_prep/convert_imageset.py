@@ -8,7 +8,7 @@ temporary name beside DB and renamed when complete, and the LMDB map grows as ne
 Boxes (localisation): a list whose lines read `path label x1 y1 x2 y2 [x1 y1 x2 y2 ...]` (detected
 automatically: some line ends with 5 or more numbers) stores the boxes in the Datum's `box` field,
 4 floats per box in pixels of the STORED image (rescaled with it by --resize_*), continuous
-coordinates as in vggtool.boxes. data_prep convert_voc feeds VOC/ILSVRC XML annotations through here.
+coordinates as in vggtool.data.boxes. data_prep convert_voc feeds VOC/ILSVRC XML annotations through here.
 """
 import os
 import shutil
@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from vggtool.data.datum import array_to_datum, encoded_datum, lmdb_for_writing, record_key
-from vggtool import boxes as box_geometry
+from vggtool.data import boxes as box_geometry
 from vggtool.atomic_files import remove_stale_temporaries, temporary_folder
 from vggtool.data.imagelist import read_box_list, read_image_list as read_list
 from vggtool.errors import VggtoolError

@@ -5,7 +5,7 @@
 LIST names the images, one id per line (VOC's ImageSets/Main/*.txt; a `path label` list works too,
 only the first field is used); `-` takes every .xml file of the annotation folder, sorted. For each
 id, ANNOTATIONS/<id>.xml gives the objects (<object><name>, <bndbox> xmin ymin xmax ymax, 1-based
-inclusive pixels, stored as x1 = xmin - 1, x2 = xmax: the continuous coordinates of vggtool.boxes)
+inclusive pixels, stored as x1 = xmin - 1, x2 = xmax: the continuous coordinates of vggtool.data.boxes)
 and the image IMAGES/<filename> (<filename> of the XML, else <id>.JPEG/.jpg). The record's label is
 the class of the FIRST object (ILSVRC localisation: one class per image) and its boxes are all the
 objects of that class. --labels: class names (e.g. synset ids) one per line, label = line number

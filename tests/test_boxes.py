@@ -1,8 +1,8 @@
-"""Box geometry (vggtool.boxes) against hand-computed cases."""
+"""Box geometry (vggtool.data.boxes) against hand-computed cases."""
 import numpy as np
 import pytest
 
-from vggtool import boxes as B
+from vggtool.data import boxes as B
 
 
 def test_isotropic_rescale_crop_flip_hand_computed():

@@ -2,8 +2,8 @@
 module or inside a function) reaches a higher level. The levels, lowest first:
 
 0 base       leaf utilities every layer may use: errors, settings, the array backend, fillers, the top-k
-             rule and box geometry (the Accuracy and Data layers use them), atomic files, progress bars
-1 io/data    Caffe's file formats (prototxt, upgrade, wire codec, blobs) and the dataset readers
+             rule (the Accuracy layer uses it), atomic files, progress bars
+1 io/data    Caffe's file formats (prototxt, upgrade, wire codec, blobs), the dataset readers, box geometry
 2 engine     layers, Net, solvers, multi-device training, the gradient checker
 3 protocols  the paper's protocols (vgg/) and the model converters (interop/)
 4 front ends the CLI and pycaffe
@@ -21,7 +21,7 @@ LEVEL_NAMES = ("base", "io/data", "engine", "protocols", "front ends")
 
 # Dotted names under vggtool; a package's entry covers everything inside it. The longest match wins.
 LEVELS = {
-    "errors": BASE, "config": BASE, "backend": BASE, "fillers": BASE, "ranking": BASE, "boxes": BASE,
+    "errors": BASE, "config": BASE, "backend": BASE, "fillers": BASE, "ranking": BASE,
     "atomic_files": BASE, "progress": BASE, "listargs": BASE, "proto": BASE,
     "io": IO_DATA, "protoio": IO_DATA, "upgrade": IO_DATA, "blob": IO_DATA, "data": IO_DATA,
     "labels": IO_DATA, "recorded_transform": IO_DATA,

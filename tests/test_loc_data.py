@@ -78,7 +78,7 @@ def test_box_top_follows_random_crop_mirror_and_rescale(boxed, kind):
             for data, box in zip(out["data"], out["box"]):
                 ys, xs = np.nonzero(data[0] > 127)
                 # The target is not clipped; the white pixels are its part inside the crop.
-                x1, y1, x2, y2 = np.clip(vggtool.boxes.from_cxcywh(box[None], 16, 16)[0], 0, 16)
+                x1, y1, x2, y2 = np.clip(vggtool.data.boxes.from_cxcywh(box[None], 16, 16)[0], 0, 16)
                 if len(xs) == 0:
                     assert min(x2 - x1, y2 - y1) <= tol
                     continue

@@ -181,7 +181,7 @@ def _check_sample(args, reg, key, label, gt, full):
 
 def _record(args, result, key, image, label, gt, pairs):
     """Keep one image's guesses, whether they are correct (None without ground truth), and its picture."""
-    from .. import boxes as B
+    from ..data import boxes as B
 
     result["keys"].append(key)
     result["labels"].append(label)

@@ -46,7 +46,7 @@ def _is_number(token):
 def read_box_list(path):
     """[(relative path, label, boxes (k, 4) float64)] from a list with boxes:
     `relative/path label x1 y1 x2 y2 [x1 y1 x2 y2 ...]` (continuous pixel coordinates, see
-    vggtool.boxes). A line is read from its end: of its trailing numeric fields the last 4k are boxes
+    vggtool.data.boxes). A line is read from its end: of its trailing numeric fields the last 4k are boxes
     and the one before them the label, so a line with fewer than 5 numbers has no box (k = 0)."""
     import numpy as np
 

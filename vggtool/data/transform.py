@@ -16,7 +16,7 @@ data's colour covariance (with lambda_i itself, on a 0-255 scale, shifts would b
 import cv2
 import numpy as np
 
-from .. import boxes as box_geometry
+from . import boxes as box_geometry
 from ..blob import proto_to_array
 from ..errors import VggtoolError
 from ..proto import caffe_pb2
@@ -116,7 +116,7 @@ class DataTransformer:
     def __call__(self, image, rng=None, source="image", boxes=None):
         """HxWxC uint8 (BGR or gray) -> float32 CxHxW. `rng` is required in TRAIN.
 
-        With `boxes` ((k, 4) x1, y1, x2, y2 in the image's pixels, see vggtool.boxes) returns
+        With `boxes` ((k, 4) x1, y1, x2, y2 in the image's pixels, see vggtool.data.boxes) returns
         (output, boxes moved through the same rescale, crop and mirror; not clipped to the crop)."""
         p = self.p
         if image.ndim == 2:

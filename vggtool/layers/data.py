@@ -4,7 +4,7 @@
 Boxes (localisation). A third top enables them: it gets each sample's first ground-truth box (the
 Datum's `box` field; for ImageData a list `path label x1 y1 x2 y2 ...`) moved through the sample's
 rescale, crop and mirror and written as (cx, cy, w, h) normalised by the output size, not clipped
-to the crop (vggtool.boxes).
+to the crop (vggtool.data.boxes).
 A record without a box is an error naming it.
 
 Determinism. The record of sample i of batch t is (skip + t * batch_size + sample_offset + i) mod N
@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from .. import boxes as box_geometry
+from ..data import boxes as box_geometry
 from ..data.datum import datum_to_image, decode_image_bytes, shared_lmdb
 from ..data.imagelist import read_box_list, read_image_list
 from ..data.lmdb_records import LmdbRecords

@@ -9,6 +9,6 @@ heatmaps      pictures of the dense class score maps; box_pictures: guessed and 
 initialisation  the layers the deeper nets take from net A
 reproduction/   `vggtool reproduce`: the paper's tables at laptop scale
 
-Box geometry (vggtool.boxes) and the top-k rule (vggtool.ranking) stay top-level: the engine's data layer
-and Accuracy layer use them, and nothing in the engine imports from here.
+Box geometry lives in vggtool.data.boxes and the top-k rule in vggtool.ranking: the engine's Data and
+Accuracy layers use them, and nothing in the engine imports from here.
 """

@@ -2,7 +2,7 @@
 guesses in red (the first guess thick, later ones thin), each labelled with its class, and a frame that
 is green when the image counts as localised, red when not.
 
-Boxes are vggtool.boxes' continuous pixel coordinates (x1, y1, x2, y2); pixel (i, j) covers
+Boxes are vggtool.data.boxes' continuous pixel coordinates (x1, y1, x2, y2); pixel (i, j) covers
 [j, j+1) x [i, i+1), so the drawn rectangle runs over pixels x1 .. x2 - 1 (rounded)."""
 import os
 

@@ -2,7 +2,7 @@
 
 The regression net is a deploy net whose last layer gives 4 (SCR, one box for every class) or 4 x K
 (PCR, one box per class) outputs: (cx, cy, w, h) normalised by the net's input (crop) size, as the
-data layer's "box" top trains it (vggtool.boxes). Two protocols:
+data layer's "box" top trains it (vggtool.data.boxes). Two protocols:
 
 - `centre` (paper's "ground-truth class, centre crop"): rescale the image so its smallest side is Q,
   take the centred crop, predict the ground-truth class's box (PCR) or the box (SCR), map it back to the
@@ -14,7 +14,7 @@ data layer's "box" top trains it (vggtool.boxes). Two protocols:
   For each of the top-k classes (vggtool.ranking; ties broken against the true class) of a classification
   model (posteriors from `vggtool test --out`, or
   a classification net run here) the boxes of that class from every location, scale, flip and net are
-  pooled and merged greedily (vggtool.boxes.merge_boxes). As in OverFeat, which the paper follows,
+  pooled and merged greedily (vggtool.data.boxes.merge_boxes). As in OverFeat, which the paper follows,
   merged boxes are ranked by the classifier: each window's box weighs the class score of that window
   (the classification net's softmax score map at the same scale and view, the location whose window
   centre is nearest), or, from a scores file where no map exists, the image's posterior of the class;
@@ -28,9 +28,9 @@ import os
 
 import numpy as np
 
-from .. import boxes as B
 from .. import protoio
 from ..backend import CPU, to_numpy
+from ..data import boxes as B
 from ..errors import VggtoolError
 from ..net import Net
 from ..proto import caffe_pb2
