@@ -6,15 +6,108 @@ values are named "blob@layer". Graph inputs are the Input layer's tops, with a d
 ("batch") and, when the net has no InnerProduct layer (a convolutionalised net), dynamic "height" and
 "width"; graph outputs are the net's outputs (blobs no layer consumes), or the blobs asked for.
 
-The graph's bookkeeping is vggtool.interop.onnx_graph, the layers' conversions
-vggtool.interop.onnx_layers.
+Layer semantics that need care (each checked against onnxruntime in tests/test_onnx_export.py):
+- Pooling CEIL: Caffe's output size is ceil((H + 2p - k) / s) + 1, less one when the layer is padded and
+  the last window would start in the bottom/right padding; ONNX MaxPool/AveragePool with ceil_mode=1 and
+  symmetric pads compute the same size, drop the same window, and clip the last window to the input.
+  AVE divides by the window clipped to the padded input (H + p), which is ONNX's count_include_pad=1.
+  They differ only for an unpadded layer with kernel < stride, where Caffe keeps an empty last window
+  (output -FLT_MAX); such a layer is refused.
+- LRN ACROSS_CHANNELS: Caffe's and ONNX's definitions agree (both divide alpha by local_size, bias = k).
+  WITHIN_CHANNEL is composed as x * (1 + alpha * avgpool(x^2))^-beta, as Caffe composes it.
+- InnerProduct flattens from `axis` (Caffe) into one K-vector: Flatten + Gemm for axis 1, a Reshape of the
+  dims after `axis` + MatMul otherwise.
+- Dropout at test time is the identity (vggtool's and Caffe's dropout scale at training time).
+
+The layers' converters are in vggtool.interop.onnx_layers; here: the graph under construction, the
+checks, the inputs and outputs, shape inference and the export itself.
 """
 import os
 
+import numpy as np
+
 from .. import protoio
+from ..backend import to_numpy
 from ..errors import VggtoolError
-from .onnx_graph import OPSET, Graph, onnx_module
 from .onnx_layers import CONVERTERS, NEEDS_BOTTOM_BLOBS
+
+OPSET = 17
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise VggtoolError("ONNX export needs the 'onnx' package: pip install onnx "
+                           "(or pip install 'vggtool[convert]')") from None
+    return onnx
+
+
+class Graph:
+    """Nodes, initialisers and Caffe blob -> ONNX value bookkeeping for one export."""
+
+    def __init__(self, onnx, net, last_writer):
+        self.onnx = onnx
+        self.helper = onnx.helper
+        self.net = net
+        self.nodes = []
+        self.initializers = []
+        self.value = {}  # Caffe blob name -> current ONNX value name
+        self.last_writer = last_writer  # blob name -> index of the last layer writing it
+        self.used = set()  # value names (node names are another namespace)
+        self.node_names = set()
+        self._param_names = {}  # id(blob data) -> initialiser name (shared parameters appear once)
+        self.layer_index = 0
+
+    def unique(self, name, taken=None):
+        taken = self.used if taken is None else taken
+        base, k = name, 1
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name)
+        return name
+
+    def top_name(self, blob, layer):
+        """ONNX name for a new value of Caffe blob `blob` written by `layer`."""
+        if self.last_writer.get(blob) == self.layer_index and blob not in self.used:
+            self.used.add(blob)
+            return blob
+        return self.unique(f"{blob}@{layer}")
+
+    def tmp(self, layer, what):
+        return self.unique(f"{layer}/{what}")
+
+    def const(self, name, array):
+        name = self.unique(name)
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def int64s(self, layer, what, values):
+        return self.const(f"{layer}/{what}", np.asarray(values, dtype=np.int64))
+
+    def param(self, layer, k, suffix, transform=None):
+        blob = layer.blobs[k]
+        array = to_numpy(blob.data)
+        key = (id(blob.data), transform)
+        if key not in self._param_names:
+            data = array.astype(np.float32)
+            if transform == "T":
+                data = data.T
+            self._param_names[key] = self.const(f"{layer.name}.{suffix}", data)
+        return self._param_names[key]
+
+    def node(self, op, inputs, outputs, name, **attrs):
+        self.nodes.append(self.helper.make_node(op, inputs, outputs, name=self.unique(name, self.node_names),
+                                                **attrs))
+        return outputs
+
+    def shape_slice(self, layer, x, start, end=None):
+        """The dims [start, end) of value x's shape, as a 1-d int64 value (Shape with start/end, opset 15)."""
+        out = self.tmp(layer, f"shape{start}_{'' if end is None else end}")
+        attrs = {"start": start} if end is None else {"start": start, "end": end}
+        self.node("Shape", [x], [out], f"{layer}/Shape", **attrs)
+        return out
 
 
 def _last_writers(net):
@@ -55,7 +148,7 @@ def net_to_onnx(net, outputs=None, dynamic_batch=True, dynamic_spatial=None):
 
     outputs: blob names to expose (default: the net's outputs). dynamic_spatial: None = when the net has no
     InnerProduct layer."""
-    onnx = onnx_module()
+    onnx = _onnx()
     helper = onnx.helper
     _check_exportable(net)
     if dynamic_spatial is None:
@@ -136,7 +229,7 @@ def export(net_path, weights, onnx_path, convolutionalize=False, outputs=None, d
     convolutionalize: turn InnerProduct layers into convolutions first (vggtool.vgg.surgery), for dense
     evaluation at any input size. Every layer with parameters must find them in `weights`."""
     from ..net import Net
-    onnx = onnx_module()
+    onnx = _onnx()
     param = protoio.read_net_param(net_path)
     trained = protoio.read_net_param(weights, is_text=False)
     net = Net(param, phase="TEST", source=net_path)

@@ -1,18 +1,6 @@
-"""Caffe layers as ONNX nodes: one converter per layer type, in CONVERTERS.
-
-Layer semantics that need care (each checked against onnxruntime in tests/test_onnx_export.py):
-- Pooling CEIL: Caffe's output size is ceil((H + 2p - k) / s) + 1, less one when the layer is padded and
-  the last window would start in the bottom/right padding; ONNX MaxPool/AveragePool with ceil_mode=1 and
-  symmetric pads compute the same size, drop the same window, and clip the last window to the input.
-  AVE divides by the window clipped to the padded input (H + p), which is ONNX's count_include_pad=1.
-  They differ only for an unpadded layer with kernel < stride, where Caffe keeps an empty last window
-  (output -FLT_MAX); such a layer is refused.
-- LRN ACROSS_CHANNELS: Caffe's and ONNX's definitions agree (both divide alpha by local_size, bias = k).
-  WITHIN_CHANNEL is composed as x * (1 + alpha * avgpool(x^2))^-beta, as Caffe composes it.
-- InnerProduct flattens from `axis` (Caffe) into one K-vector: Flatten + Gemm for axis 1, a Reshape of the
-  dims after `axis` + MatMul otherwise.
-- Dropout at test time is the identity (vggtool's and Caffe's dropout scale at training time).
-"""
+"""Caffe layers as ONNX nodes: one converter per layer type, in CONVERTERS. A converter adds its nodes
+to the graph `g` (vggtool.interop.onnx.Graph) for one layer, from the ONNX values of its bottoms to
+those of its tops; the semantics that need care are in vggtool.interop.onnx's docstring."""
 import numpy as np
 
 from ..errors import VggtoolError
