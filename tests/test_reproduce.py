@@ -13,7 +13,7 @@ import pytest
 from data_prep.cli import main as data_prep
 from data_prep.scaled_digits import make_scaled_digits, render
 from vggtool import Net, evaluate
-from vggtool.protoio import read_net_param
+from vggtool.io.prototxt import read_net_param
 from vggtool.reproduction import plan, scoring, tables
 from vggtool.reproduction.run import score_plan
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from .heatmaps import picture_name
-from .protoio import atomic_write_bytes
+from .atomic_files import atomic_write_bytes
 
 TRUE_COLOUR = (0, 200, 0)   # BGR
 GUESS_COLOUR = (0, 0, 255)

@@ -12,7 +12,7 @@ import numpy as np
 
 from .backend import to_numpy
 from .evaluate import rescale, softmax
-from .protoio import atomic_write_bytes
+from .atomic_files import atomic_write_bytes
 
 
 def class_map(evaluator, image, q, cls):

@@ -10,8 +10,8 @@ import os
 
 from google.protobuf.message import DecodeError
 
-from . import protoio
-from .blob import _varint
+from .io import prototxt
+from .io.wire import encode_varint, read_varint
 from .errors import VggtoolError
 from .proto import caffe_pb2
 
@@ -23,14 +23,14 @@ def _fields(buf, start, end):
     """(field number, wire type, value start, value end) of the fields in buf[start:end]."""
     pos = start
     while pos < end:
-        key, pos = _varint(buf, pos)
+        key, pos = read_varint(buf, pos)
         number, wire = key >> 3, key & 7
         if wire == 0:
             begin = pos
-            _, pos = _varint(buf, pos)
+            _, pos = read_varint(buf, pos)
             yield number, wire, begin, pos
         elif wire == 2:
-            length, pos = _varint(buf, pos)
+            length, pos = read_varint(buf, pos)
             yield number, wire, pos, pos + length
             pos += length
         elif wire == 5:
@@ -79,10 +79,8 @@ def _walk_layers(buf):
 
 
 def _key_bytes(number, wire, length):
-    from .blob import _encode_varint
-
-    head = _encode_varint(number << 3 | wire)
-    return head + _encode_varint(length) if length is not None else head
+    head = encode_varint(number << 3 | wire)
+    return head + encode_varint(length) if length is not None else head
 
 
 def _in_test(layer):
@@ -104,12 +102,15 @@ def find_transform(layers):
     return candidates[0] if candidates else None
 
 
-def recorded_transform(net_path, weights_path=None):
-    """(transform_param, description of where it was found) or (None, None)."""
+def recorded_transform(net_path, weights_path=None, weights_param=None):
+    """(transform_param, description of where it was found) or (None, None). weights_param: the weights
+    file's NetParameter when it has been read already (a Net's weights_param), so it is not read again."""
     sources = []
     if net_path and os.path.isfile(net_path):
-        sources.append((net_path, lambda: list(protoio.read_net_param(net_path).layer), True))
-    if weights_path and os.path.isfile(weights_path) and not str(weights_path).endswith((".h5", ".hdf5")):
+        sources.append((net_path, lambda: list(prototxt.read_net_param(net_path).layer), True))
+    if weights_param is not None:
+        sources.append((weights_path or "weights", lambda: list(weights_param.layer), False))
+    elif weights_path and os.path.isfile(weights_path) and not str(weights_path).endswith((".h5", ".hdf5")):
         sources.append((weights_path, lambda: _layers_without_blobs(weights_path), False))
     for where, read, is_net in sources:
         try:

@@ -57,11 +57,11 @@ def run(args):
         blob.data = rng.standard_normal(blob.shape).astype(np.float32)
 
     layers, bottoms, tops = net.layers, net.bottom_vecs, net.top_vecs
-    names = net._layer_names
+    names = net.layer_names
     info(351, "Performing Forward")
     loss = float(backend.to_numpy(net.forward_from_to()))
     info(356, f"Initial loss: {loss:g}")
-    algorithms = [f"{name} {layer.chosen_algorithm()}" for name, layer in zip(net._layer_names, net.layers)
+    algorithms = [f"{name} {layer.chosen_algorithm()}" for name, layer in zip(net.layer_names, net.layers)
                   if hasattr(layer, "chosen_algorithm")]
     if algorithms:  # not in caffe time: which convolution code each layer runs (VGGTOOL_CONV_ALGO overrides)
         _LOG.info("time.py", "Convolution algorithms: " + ", ".join(algorithms))
