@@ -16,8 +16,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from vggtool import backend, protoio  # noqa: E402
-from vggtool.io import prototxt
+from vggtool import backend  # noqa: E402
+from vggtool.io import prototxt  # noqa: E402
 from vggtool import evaluate as ev  # noqa: E402
 
 BLOCKS = {"demo": [[8], [16], [32, 32], [64, 64], [64, 64]],

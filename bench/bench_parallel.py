@@ -23,8 +23,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_prep.cli import main as data_prep  # noqa: E402
-from vggtool import backend, protoio  # noqa: E402
-from vggtool.io import prototxt
+from vggtool import backend  # noqa: E402
+from vggtool.io import prototxt  # noqa: E402
 from vggtool.parallel import ParallelSolver, mpi_comm  # noqa: E402
 from vggtool.proto import caffe_pb2  # noqa: E402
 from vggtool.solvers import Solver  # noqa: E402
