@@ -1,6 +1,9 @@
 """Snapshots: `<prefix>_iter_N.caffemodel` + `<prefix>_iter_N.solverstate` (Caffe's SolverState), written
 atomically, and a solver restored from them with clear errors. The bytes are vggtool.io.wire's."""
+import math
 import os
+
+import numpy as np
 
 from ..errors import VggtoolError
 from ..io import wire
@@ -47,6 +50,26 @@ def resolve_learned_net(learned_net, state_path):
         raise VggtoolError(f"{state_path}: its weights file '{learned_net}' was not found (looked in the "
                            f"current directory and beside the .solverstate)")
     return found
+
+
+def checked_snapshot(solver):
+    """solver.snapshot() after a forward pass shows the loss of these weights is finite (at the end of a
+    step, where no next iteration has checked them). The forward leaves the data where it was (on every
+    replica of a multi-device solver)."""
+    nets = getattr(solver, "replicas", None) or [solver.net]
+    positions = [net.batch_positions() for net in nets]
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            loss = solver.final_loss()
+    finally:
+        for net, saved in zip(nets, positions):
+            net.restore_batch_positions(saved)
+    if not math.isfinite(loss):
+        layer = solver.net.first_nonfinite_layer()
+        where = f" (first non-finite values in layer '{layer}')" if layer else ""
+        raise TrainingDiverged(f"iteration {solver.iter}: the loss is not finite{where}; training stopped. "
+                               f"No snapshot of these weights was written; lower base_lr or check the data.")
+    return solver.snapshot()
 
 
 def write_snapshot(solver):

@@ -15,13 +15,13 @@ import time
 import numpy as np
 
 from ..atomic_files import remove_stale_temporaries
-from ..backend import CPU, to_numpy
+from ..backend import CPU
 from ..errors import VggtoolError
 from ..io import prototxt
 from ..io.upgrade import upgrade_solver
 from ..net import Net
 from ..proto import caffe_pb2
-from . import lr_policy, nets, snapshot
+from . import lr_policy, nets, scoring, snapshot
 from .glog import GLog, fmt
 from .sgd import RULES
 from .snapshot import TrainingDiverged
@@ -312,31 +312,13 @@ class Solver:
         p = self.param
         net = self.test_nets[i]
         self.log.info("solver.cpp:347", f"Iteration {self.iter}, Testing net (#{i})")
-        sums = {name: None for name in net.outputs}
-        loss = 0.0
-        first_batch = self.test_round() * p.test_iter[i]
-        net.restore_batch_positions([(0, None)] * len(net.layers))  # no carry-over from an earlier round
-        for k in range(p.test_iter[i]):
-            action = self.requested_action
-            if action == STOP:
-                self.requested_action = NONE
-                self.requested_early_exit = True
-                self.log.info("solver.cpp:396", "Test interrupted.")
-                return None
-            net.iteration = first_batch + k
-            net.sample_offset = 0
-            batch_loss = net.forward_from_to()
-            if p.test_compute_loss:
-                loss += float(batch_loss)
-            for name in net.outputs:
-                v = to_numpy(net.blobs[name].data).astype(np.float64).ravel()
-                sums[name] = v.copy() if sums[name] is None else sums[name] + v
+        result = scoring.run_batches(self, net, p.test_iter[i], self.test_round() * p.test_iter[i], STOP, NONE)
+        if result is None:
+            return None
+        sums, loss = result
         if p.test_compute_loss:
             self.log.info("solver.cpp:401", f"Test loss: {fmt(loss / p.test_iter[i])}")
-        scores = {}
-        for name in net.outputs:
-            means = sums[name] / p.test_iter[i] if sums[name] is not None else np.zeros(0)
-            scores[name] = float(means[0]) if means.size == 1 else list(means)
+        scores = scoring.mean_scores(net.outputs, sums, p.test_iter[i])
         self.last_test_scores[i] = scores
         self._log_outputs(net, "Test", {n: np.atleast_1d(scores[n]) for n in net.outputs})
         self.log_skipped_records(net, f"Test net (#{i})")
@@ -361,17 +343,8 @@ class Solver:
         return r if p.test_initialization else max(0, r - 1)
 
     def _log_outputs(self, net, kind, values):
-        index = 0
-        for name in net.outputs:
-            vals = values.get(name)
-            if vals is None:
-                vals = to_numpy(net.blobs[name].data).ravel()
-            weight = net.blob_loss_weights.get(name, 0.0)
-            for v in vals:
-                extra = f" (* {fmt(weight)} = {fmt(weight * v)} loss)" if weight else ""
-                where = "solver.cpp:258" if kind == "Train" else "solver.cpp:414"
-                self.log.info(where, f"    {kind} net output #{index}: {name} = {fmt(v)}{extra}")
-                index += 1
+        for where, line in scoring.output_lines(net, kind, values):
+            self.log.info(where, line)
 
     def _observe_plateau(self, scores):
         p = self.param
@@ -389,21 +362,8 @@ class Solver:
     # -- snapshots -----------------------------------------------------------------------------------------
     def checked_snapshot(self):
         """snapshot() after a forward pass shows the loss of these weights is finite (at the end of a step,
-        where no next iteration has checked them). The forward leaves the data where it was."""
-        nets = getattr(self, "replicas", None) or [self.net]
-        positions = [net.batch_positions() for net in nets]
-        try:
-            with np.errstate(over="ignore", invalid="ignore"):
-                loss = self.final_loss()
-        finally:
-            for net, saved in zip(nets, positions):
-                net.restore_batch_positions(saved)
-        if not math.isfinite(loss):
-            layer = self.net.first_nonfinite_layer()
-            where = f" (first non-finite values in layer '{layer}')" if layer else ""
-            raise TrainingDiverged(f"iteration {self.iter}: the loss is not finite{where}; training stopped. "
-                                   f"No snapshot of these weights was written; lower base_lr or check the data.")
-        return self.snapshot()
+        where no next iteration has checked them); see snapshot.checked_snapshot."""
+        return snapshot.checked_snapshot(self)
 
     def snapshot(self):
         """Write <prefix>_iter_N.caffemodel and .solverstate atomically (refusing non-finite weights)."""
