@@ -9,7 +9,8 @@ from vggtool import evaluate as ev
 from vggtool.io import prototxt, wire
 from vggtool.cli import main
 from vggtool.proto import caffe_pb2
-from vggtool.recorded_transform import _layers_without_blobs, recorded_transform
+from vggtool.io.wire import caffemodel_layers
+from vggtool.recorded_transform import recorded_transform
 
 
 def weights_with_data_layer(tmp_path, weights, mean_value=(), mean_file=None, scale=None):
@@ -37,7 +38,7 @@ def weights_with_data_layer(tmp_path, weights, mean_value=(), mean_file=None, sc
 def test_layers_read_without_blobs(tmp_path):
     net, weights = make_model(tmp_path)
     snap = weights_with_data_layer(tmp_path, weights, (1, 2, 3), scale=0.5)
-    layers = _layers_without_blobs(snap)
+    layers = caffemodel_layers(snap)
     full = prototxt.read_net_param(snap, is_text=False)
     assert [l.name for l in layers] == [l.name for l in full.layer]
     assert all(len(l.blobs) == 0 for l in layers) and any(len(l.blobs) for l in full.layer)
