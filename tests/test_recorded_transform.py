@@ -6,10 +6,10 @@ import pytest
 
 from eval_helpers import make_model, random_image
 from vggtool import evaluate as ev
-from vggtool.io import prototxt, wire
 from vggtool.cli import main
-from vggtool.proto import caffe_pb2
+from vggtool.io import prototxt, wire
 from vggtool.io.wire import caffemodel_layers
+from vggtool.proto import caffe_pb2
 from vggtool.recorded_transform import recorded_transform
 
 
