@@ -2,6 +2,7 @@
 and get_solver, on vggtool's Solver. As in Caffe, the class decides the update rule (caffe.AdamSolver
 runs Adam whatever the file's `type` says); get_solver picks the class from `type`."""
 from ..io import prototxt
+from ..net_weights import share_trained_layers
 from ..proto import caffe_pb2
 from ..solvers import lr_policy
 from ..solvers.solver import Solver
@@ -66,10 +67,7 @@ class SGDSolver(Solver):
 
     def share_weights(self, net):
         """Make `net` use this solver's train-net weights, by layer name."""
-        if hasattr(net, "share_with"):
-            net.share_with(self.net)
-        else:
-            Net.share_with(net, self.net)
+        share_trained_layers(net, self.net)
 
     def solve(self, resume_file=None):
         return super().solve(resume=resume_file)
