@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import vggtool  # noqa: E402
 from data_prep.cli import main as data_prep  # noqa: E402
-from vggtool.protoio import parse_net_text  # noqa: E402
+from vggtool.io.prototxt import parse_net_text  # noqa: E402
 
 
 def make_jpegs(root, n):

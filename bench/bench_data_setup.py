@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vggtool import Net  # noqa: E402
 from vggtool.data.datum import array_to_datum, record_key  # noqa: E402
-from vggtool.protoio import parse_net_text  # noqa: E402
+from vggtool.io.prototxt import parse_net_text  # noqa: E402
 
 
 def make_db(path, records, numbered):

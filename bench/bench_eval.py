@@ -16,7 +16,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from vggtool import backend, protoio  # noqa: E402
+from vggtool import backend  # noqa: E402
+from vggtool.io import prototxt  # noqa: E402
 from vggtool.vgg import evaluate as ev  # noqa: E402
 
 BLOCKS = {"demo": [[8], [16], [32, 32], [64, 64], [64, 64]],
@@ -60,7 +61,7 @@ def timed(fn, repeat):
 
 
 def bench(name, scales, repeat, device, batch):
-    param = protoio.parse_net_text(vgg_prototxt(name), source=f"{name} (bench)")
+    param = prototxt.parse_net_text(vgg_prototxt(name), source=f"{name} (bench)")
     t0 = time.perf_counter()
     e = ev.Evaluator(param, None, scales=scales, flip=True, device=device, batch=batch, source=name)
     print(f"{name}: built and convolutionalised in {time.perf_counter() - t0:.1f} s "

@@ -23,7 +23,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_prep.cli import main as data_prep  # noqa: E402
-from vggtool import backend, protoio  # noqa: E402
+from vggtool import backend  # noqa: E402
+from vggtool.io import prototxt  # noqa: E402
 from vggtool.parallel import ParallelSolver, mpi_comm  # noqa: E402
 from vggtool.proto import caffe_pb2  # noqa: E402
 from vggtool.solvers import Solver  # noqa: E402
@@ -68,10 +69,10 @@ def make_db(folder, count, side):
 
 
 def solver_param(db, batch, crop):
-    param = protoio.parse_text('base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed" '
+    param = prototxt.parse_text('base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed" '
                                'max_iter: 1000 random_seed: 1 snapshot_after_train: false',
                                caffe_pb2.SolverParameter())
-    param.net_param.CopyFrom(protoio.parse_net_text(NET.format(db=db, batch=batch, crop=crop)))
+    param.net_param.CopyFrom(prototxt.parse_net_text(NET.format(db=db, batch=batch, crop=crop)))
     return param
 
 

@@ -9,7 +9,8 @@ import time
 import numpy as np
 from google.protobuf import text_format
 
-from vggtool import backend, protoio
+from vggtool import backend
+from vggtool.io import prototxt
 from vggtool.proto import caffe_pb2
 from vggtool.solvers import Solver
 from vggtool.solvers.glog import GLog
@@ -24,7 +25,7 @@ def main():
     device = backend.parse_devices(args.gpu)[0]
     width = 1000
     rows = int(args.params) // width
-    net = protoio.parse_net_text(f"""
+    net = prototxt.parse_net_text(f"""
 layer {{ name: "x" type: "Input" top: "x" input_param {{ shape {{ dim: 1 dim: {width} }} }} }}
 layer {{ name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param {{ num_output: {rows} }} }}
 """)

@@ -207,7 +207,7 @@ def run_torch():
 # -- vggtool -----------------------------------------------------------------------------------------------
 def build_net():
     from vggtool.net import Net
-    from vggtool.protoio import parse_net_text
+    from vggtool.io.prototxt import parse_net_text
 
     text = vgg_prototxt(A.net, A.batch, A.size, A.classes)
     net = Net(parse_net_text(text, f"<VGG {A.net}>"), phase="TRAIN", dtype=np.float32, seed=0)
@@ -239,7 +239,7 @@ def layer_profile(net, reps):
         for k, v in conv.PROFILE.items():
             sections.setdefault(k, []).append(v)
     conv.PROFILE = None
-    rows = [dict(name=net._layer_names[i], type=net.layers[i].type, fwd_ms=1e3 * statistics.median(fw[i]),
+    rows = [dict(name=net.layer_names[i], type=net.layers[i].type, fwd_ms=1e3 * statistics.median(fw[i]),
                  bwd_ms=1e3 * statistics.median(bw[i])) for i in range(n)]
     return rows, {k: 1e3 * statistics.median(v) for k, v in sections.items()}
 

@@ -9,11 +9,12 @@ Caffe's BGR order. Pixels are sampled (--max_pixels) so huge datasets stay fast;
 """
 import numpy as np
 
-from vggtool.blob import array_to_proto
+from vggtool.io.wire import array_to_proto
 from vggtool.data.datum import datum_to_image, iterate_records
 from vggtool.errors import VggtoolError
 from vggtool.proto import caffe_pb2
-from vggtool.protoio import check_output_path, write_binary_proto
+from vggtool.io.files import check_output_path
+from vggtool.io.wire import write_binary_proto
 
 HELP = "RGB covariance eigen-decomposition of an LMDB for PCA colour augmentation (BlobProtoVector)"
 

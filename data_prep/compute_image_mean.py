@@ -8,11 +8,12 @@ As Caffe's tool, it also prints the per-channel means. Images of different sizes
 """
 import numpy as np
 
-from vggtool.blob import set_proto_values
+from vggtool.io.wire import set_proto_values
 from vggtool.proto import caffe_pb2
 from vggtool.data.datum import datum_to_image, iterate_records
 from vggtool.errors import VggtoolError
-from vggtool.protoio import check_output_path, write_binary_proto
+from vggtool.io.files import check_output_path
+from vggtool.io.wire import write_binary_proto
 
 HELP = "compute the mean image (BlobProto 1xCxHxW) of an LMDB of Datum records"
 

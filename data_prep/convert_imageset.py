@@ -22,7 +22,7 @@ from vggtool.data import boxes as box_geometry
 from vggtool.atomic_files import remove_stale_temporaries, temporary_folder
 from vggtool.data.imagelist import read_box_list, read_image_list as read_list
 from vggtool.errors import VggtoolError
-from vggtool.protoio import check_output_path
+from vggtool.io.files import check_output_path
 
 HELP = "convert an image list (path label per line) to an LMDB of Caffe Datum records"
 

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from vggtool.errors import VggtoolError
-from vggtool.protoio import check_output_path
+from vggtool.io.files import check_output_path
 
 HELP = "export scikit-learn's handwritten digits as PNG files with train.txt/val.txt lists"
 

@@ -8,7 +8,7 @@ import os
 
 from vggtool.data.imagefolder import folder_entries, read_labels_file
 from vggtool.errors import VggtoolError
-from vggtool.protoio import atomic_write_bytes
+from vggtool.atomic_files import atomic_write_bytes
 
 from .convert_imageset import add_common_arguments, convert
 

@@ -154,7 +154,7 @@ def make_scaled_digits(out, canvas=36, min_size=10, max_size=24, fragments=3, no
 
 def run(args):
     from vggtool.errors import VggtoolError
-    from vggtool.protoio import check_output_path
+    from vggtool.io.files import check_output_path
 
     check_output_path(args.out, "output folder", folder=True)
     if args.seed < 0:

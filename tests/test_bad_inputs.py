@@ -19,12 +19,12 @@ import pytest
 
 from data_prep.cli import main as data_prep_main
 from vggtool import Net
-from vggtool.blob import array_to_proto
+from vggtool.io.wire import array_to_proto
 from vggtool.cli import main as vggtool_main
 from vggtool.data.datum import array_to_datum, record_key
 from vggtool.vgg.evaluate import save_scores
 from vggtool.proto import caffe_pb2
-from vggtool.protoio import write_binary_proto
+from vggtool.io.wire import write_binary_proto
 
 DEPLOY = """name: "small"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 24 dim: 24 } } }

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from vggtool import VggtoolError
-from vggtool.blob import Blob, array_to_proto, proto_shape, proto_to_array, proto_values
+from vggtool.blob import Blob
+from vggtool.io.wire import array_to_proto, blob_from_proto, blob_to_proto, proto_shape, proto_to_array, proto_values
 from vggtool.proto import caffe_pb2
 
 
@@ -64,13 +65,13 @@ def test_proto_round_trip(dtype, field):
     b = Blob((3, 4, 2), dtype=dtype)
     b.data = rng.standard_normal((3, 4, 2))
     b.diff = rng.standard_normal((3, 4, 2))
-    proto = b.to_proto(caffe_pb2.BlobProto(), write_diff=True)
+    proto = blob_to_proto(b, caffe_pb2.BlobProto(), write_diff=True)
     assert list(proto.shape.dim) == [3, 4, 2]
     assert len(getattr(proto, field)) == 24
     # Through the wire format, then into a blob of another shape.
     back = caffe_pb2.BlobProto.FromString(proto.SerializeToString())
     c = Blob((1,), dtype=dtype)
-    c.from_proto(back)
+    blob_from_proto(c, back)
     assert c.shape == (3, 4, 2)
     np.testing.assert_array_equal(c.data, b.data)
     np.testing.assert_array_equal(c.diff, b.diff)
@@ -81,24 +82,24 @@ def test_proto_round_trip(dtype, field):
 def test_proto_without_diff_leaves_diff_alone():
     b = Blob((2,))
     b.data = [1, 2]
-    proto = b.to_proto(caffe_pb2.BlobProto())
+    proto = blob_to_proto(b, caffe_pb2.BlobProto())
     assert len(proto.diff) == 0
     c = Blob((2,))
-    c.from_proto(proto)
+    blob_from_proto(c, proto)
     assert not c.has_diff
 
 
 def test_from_proto_without_reshape_checks_count():
     proto = array_to_proto(np.arange(6, dtype=np.float32).reshape(2, 3))
     b = Blob((3, 2))
-    b.from_proto(proto, reshape=False)
+    blob_from_proto(b, proto, reshape=False)
     np.testing.assert_array_equal(b.data.reshape(-1), np.arange(6))
     with pytest.raises(VggtoolError, match="does not fit"):
-        Blob((5,)).from_proto(proto, reshape=False)
+        blob_from_proto(Blob((5,)), proto, reshape=False)
     bad = array_to_proto(np.zeros(5, dtype=np.float32))
     bad.shape.dim[0] = 6
     with pytest.raises(VggtoolError, match="holds 5 values but its shape \\(6,\\) needs 6"):
-        Blob((1,)).from_proto(bad)
+        blob_from_proto(Blob((1,)), bad)
 
 
 def test_legacy_shape_fields():

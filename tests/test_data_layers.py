@@ -11,7 +11,7 @@ import vggtool
 from data_prep.cli import main as data_prep
 from vggtool.data.datum import array_to_datum, encoded_datum, record_key
 from vggtool.errors import VggtoolError
-from vggtool.protoio import parse_net_text
+from vggtool.io.prototxt import parse_net_text
 
 N = 10
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from data_prep.cli import main
-from vggtool.blob import proto_to_array
+from vggtool.io.wire import proto_to_array
 from vggtool.data.datum import datum_to_image, iterate_records
 from vggtool.proto import caffe_pb2
-from vggtool.protoio import read_binary_proto
+from vggtool.io.wire import read_binary_proto
 
 
 def make_images(root, rng, n=6, ext=".png", sizes=((20, 30), (24, 18))):

@@ -197,10 +197,10 @@ def test_weights_that_fit_nothing_are_an_error_naming_the_file(model, image_list
 def test_layers_left_at_their_fillers_are_named(model, image_list, tmp_path, capsys):
     """Weights that cover only some layers: the run goes on (as Caffe's), with a warning naming the layers
     whose parameters keep their random initialisation."""
-    from vggtool import protoio
+    from vggtool.io import prototxt
 
     listfile, root, _ = image_list
-    param = protoio.read_net_param(model[1])
+    param = prototxt.read_net_param(model[1])
     for layer in param.layer:
         if layer.name in ("fc7", "fc8"):
             del layer.blobs[:]

@@ -159,8 +159,8 @@ def test_fusion_is_the_mean(tmp_path, rng):
 
 
 def test_mean_file_is_averaged_per_channel(tmp_path):
-    from vggtool.blob import array_to_proto
-    from vggtool.protoio import write_binary_proto
+    from vggtool.io.wire import array_to_proto
+    from vggtool.io.wire import write_binary_proto
     mean = np.stack([np.full((4, 5), v, np.float32) for v in (1, 2, 3)])[None]
     path = str(tmp_path / "mean.binaryproto")
     write_binary_proto(path, array_to_proto(mean))

@@ -12,9 +12,10 @@ import pytest
 from google.protobuf import text_format
 
 from data_prep.cli import main as data_prep
-from vggtool import atomic_files, protoio
+from vggtool import atomic_files
+from vggtool.io import prototxt, wire
 from vggtool.vgg import evaluate as ev
-from vggtool.blob import array_to_proto
+from vggtool.io.wire import array_to_proto
 from vggtool.vgg.extract import save_lmdb
 from vggtool.proto import caffe_pb2
 from vggtool.solvers import Solver
@@ -52,19 +53,19 @@ def test_written_files_follow_the_umask(tmp_path, umask):
     param = text_format.Merge(f'base_lr: 0.1 lr_policy: "fixed" max_iter: 2 snapshot: 2 random_seed: 1 '
                               f'snapshot_after_train: false snapshot_prefix: "{tmp_path}/snap"',
                               caffe_pb2.SolverParameter())
-    param.net_param.CopyFrom(protoio.parse_net_text(NET))
+    param.net_param.CopyFrom(prototxt.parse_net_text(NET))
     Solver(param, log=GLog(stream=False)).solve()
     for ext in (".caffemodel", ".solverstate"):
         assert mode(tmp_path / f"snap_iter_2{ext}") == file_mode, ext
     # a score file, a binaryproto, a text prototxt
     ev.save_scores(str(tmp_path / "scores.npz"), np.eye(3), [0, 1, 2], ["a", "b", "c"])
-    protoio.write_binary_proto(str(tmp_path / "mean.binaryproto"), array_to_proto(np.ones((1, 3, 2, 2))))
-    protoio.write_text_proto(str(tmp_path / "solver.prototxt"), param)
+    wire.write_binary_proto(str(tmp_path / "mean.binaryproto"), array_to_proto(np.ones((1, 3, 2, 2))))
+    prototxt.write_text_proto(str(tmp_path / "solver.prototxt"), param)
     for name in ("scores.npz", "mean.binaryproto", "solver.prototxt"):
         assert mode(tmp_path / name) == file_mode, name
     # pycaffe's HDF5 weights (h5py writes the temporary file by name)
     from vggtool.pycaffe import Net as PycaffeNet
-    PycaffeNet(protoio.parse_net_text(NET), "test").save_hdf5(str(tmp_path / "weights.h5"))
+    PycaffeNet(prototxt.parse_net_text(NET), "test").save_hdf5(str(tmp_path / "weights.h5"))
     assert mode(tmp_path / "weights.h5") == file_mode
     # LMDBs: convert_imageset's and extract's, and compute_image_mean's binaryproto of one
     images = tmp_path / "png"
@@ -109,7 +110,7 @@ def test_stale_temporaries_are_recognised_and_removed(tmp_path):
     (tmp_path / (dead + "xyz")).write_bytes(b"x")
     param = text_format.Merge(f'base_lr: 0.1 lr_policy: "fixed" max_iter: 1 snapshot: 1 snapshot_prefix: "{tmp_path}/snap"',
                               caffe_pb2.SolverParameter())
-    param.net_param.CopyFrom(protoio.parse_net_text(NET))
+    param.net_param.CopyFrom(prototxt.parse_net_text(NET))
     Solver(param, log=GLog(stream=False))
     assert not (tmp_path / (dead + "xyz")).exists() and (tmp_path / other_host).exists()
 

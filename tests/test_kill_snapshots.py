@@ -12,7 +12,8 @@ import time
 import numpy as np
 from google.protobuf import text_format
 
-from vggtool import Net, protoio
+from vggtool import Net
+from vggtool.io import prototxt
 from vggtool.atomic_files import is_temporary
 from vggtool.proto import caffe_pb2
 from vggtool.solvers import Solver
@@ -86,9 +87,9 @@ def check_complete(folder, net_param):
 def test_kill_9_leaves_complete_snapshots_and_the_run_resumes(tmp_path):
     prefix = str(tmp_path / "snap")
     param = text_format.Merge(SOLVER.format(prefix=prefix), caffe_pb2.SolverParameter())
-    param.net_param.CopyFrom(protoio.parse_net_text(NET))
+    param.net_param.CopyFrom(prototxt.parse_net_text(NET))
     solver_path = str(tmp_path / "solver.prototxt")
-    protoio.write_text_proto(solver_path, param)
+    prototxt.write_text_proto(solver_path, param)
     rng = np.random.default_rng(2024)
     resume, latest, temporaries_seen = [], 0, 0
     for kill in range(KILLS):

@@ -4,7 +4,7 @@ import pytest
 
 from vggtool import Net
 from vggtool.errors import VggtoolError
-from vggtool.protoio import parse_net_text
+from vggtool.io.prototxt import parse_net_text
 from vggtool.testing import check_gradients
 
 

@@ -6,7 +6,8 @@ from google.protobuf import text_format
 import vggtool
 from vggtool import Net, VggtoolError
 from vggtool.proto import caffe_pb2
-from vggtool.protoio import parse_net_text, read_net_param, write_binary_proto
+from vggtool.io.prototxt import parse_net_text, read_net_param
+from vggtool.io.wire import write_binary_proto
 
 V1 = """
 name: "small"
@@ -47,7 +48,7 @@ def test_v1_file_builds_the_same_net(tmp_path):
     path.write_text(V1)
     a = Net(str(path), phase="TEST", seed=3)
     b = Net(parse_net_text(NEW), phase="TEST", seed=3)
-    assert a._layer_names == b._layer_names
+    assert a.layer_names == b.layer_names
     assert [(p.lr_mult, p.decay_mult) for p in a.learnable_params] == [(1, 1), (2, 0), (1, 1), (2, 1)]
     for name in b.params:
         for pa, pb in zip(a.params[name], b.params[name]):
@@ -151,7 +152,7 @@ def test_net_call_forms(tmp_path, args, kwargs, phase):
     path.write_text(NET)
     net = Net(str(path), *args, **kwargs)
     assert net.phase == phase
-    assert net._layer_names[-1] == ("drop" if phase == vggtool.TRAIN else "relu")
+    assert net.layer_names[-1] == ("drop" if phase == vggtool.TRAIN else "relu")
     assert (vggtool.TRAIN, vggtool.TEST) == (0, 1)
 
 
@@ -160,7 +161,7 @@ def test_net_from_net_parameter_is_not_modified():
     before = param.SerializeToString()
     net = Net(param, phase="TEST")
     assert param.SerializeToString() == before
-    assert net._layer_names[0] == "input"
+    assert net.layer_names[0] == "input"
 
 
 @pytest.mark.parametrize("args,kwargs", [
@@ -185,7 +186,7 @@ def test_pycaffe_attributes(tmp_path):
     text = NEW + ('layer { name: "lab" type: "Input" top: "label" input_param { shape { dim: 2 } } }\n'
                   'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }\n')
     net = Net(parse_net_text(text), "TEST")
-    assert net._layer_names == list(net.layer_dict) == [l.name for l in net.layers]
+    assert net.layer_names == list(net.layer_dict) == [l.name for l in net.layers]
     assert net.inputs == ["data", "label"]
     assert net.outputs == ["loss", "prob"]  # name order, as Caffe's net_output_blobs_
     assert net.top_names["conv1"] == ["conv1"] and net.bottom_names["relu1"] == ["conv1"]

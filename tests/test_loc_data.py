@@ -8,7 +8,7 @@ import pytest
 import vggtool
 from data_prep.cli import main as data_prep
 from vggtool.data.datum import iterate_records
-from vggtool.protoio import parse_net_text
+from vggtool.io.prototxt import parse_net_text
 
 
 def rectangle_image(h, w, box):

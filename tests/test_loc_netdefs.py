@@ -10,7 +10,7 @@ import pytest
 
 from data_prep.cli import main as data_prep
 from vggtool import Net
-from vggtool.protoio import read_net_param, read_solver_param
+from vggtool.io.prototxt import read_net_param, read_solver_param
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOC = os.path.join(ROOT, "netdefs", "vgg_d_loc")

@@ -7,7 +7,7 @@ import vggtool
 from vggtool.vgg import localize as L
 from vggtool.cli import main
 from vggtool.vgg.evaluate import save_scores
-from vggtool.protoio import parse_net_text
+from vggtool.io.prototxt import parse_net_text
 
 DEPLOY = """name: "const_box"
 layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 1 dim: 3 dim: 8 dim: 8 }} }} }}

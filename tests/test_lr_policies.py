@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from vggtool import protoio
+from vggtool.io import prototxt
 from vggtool.errors import VggtoolError
 from vggtool.proto import caffe_pb2
 from vggtool.solvers import Solver, lr_policy
@@ -106,7 +106,7 @@ def test_plateau_drives_the_solver_rate(monkeypatch, tmp_path):
     """The solver feeds each test round of the watched net to the policy (scripted test values)."""
     param = sp('lr_policy: "plateau" base_lr: 0.1 gamma: 0.1 plateau_patience: 1 test_iter: 1 '
                'test_interval: 2 max_iter: 12 random_seed: 1 display: 1 snapshot_after_train: false')
-    param.net_param.CopyFrom(protoio.parse_net_text(NET))
+    param.net_param.CopyFrom(prototxt.parse_net_text(NET))
     solver = Solver(param, log=GLog(stream=False))
     script = iter([0.5, 0.6, 0.6, 0.7, 0.7, 0.7, 0.7])
     real_test = solver.test
@@ -138,6 +138,6 @@ def test_plateau_drives_the_solver_rate(monkeypatch, tmp_path):
 def test_plateau_needs_the_watched_output():
     param = sp('lr_policy: "plateau" base_lr: 0.1 gamma: 0.1 test_iter: 1 test_interval: 2 '
                'plateau_output: "top5"')
-    param.net_param.CopyFrom(protoio.parse_net_text(NET))
+    param.net_param.CopyFrom(prototxt.parse_net_text(NET))
     with pytest.raises(VggtoolError, match="plateau_output 'top5' is not an output of test net #0"):
         Solver(param, log=GLog(stream=False))

@@ -4,7 +4,7 @@ import pytest
 
 from vggtool import Net, VggtoolError
 from vggtool.backend import to_numpy
-from vggtool.protoio import parse_net_text
+from vggtool.io.prototxt import parse_net_text
 
 
 def build(text, phase="TRAIN", **kw):
@@ -25,11 +25,11 @@ def ip(name, bottom, n, extra="", top=None):
 
 
 def names(net):
-    return list(net._layer_names)
+    return list(net.layer_names)
 
 
 def user_layers(net):
-    return [n for n in net._layer_names if net.layer_type(n) != "Split"]
+    return [n for n in net.layer_names if net.layer_type(n) != "Split"]
 
 
 # -- include / exclude ---------------------------------------------------------------------------------
@@ -362,7 +362,7 @@ def test_partial_passes_and_nonfinite_detection(rng):
 def test_building_with_a_log_writes_caffes_setup_lines():
     import io
 
-    from vggtool.protoio import parse_net_text
+    from vggtool.io.prototxt import parse_net_text
     from vggtool.solvers.glog import GLog
 
     text = """

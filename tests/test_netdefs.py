@@ -9,7 +9,7 @@ import pytest
 
 from vggtool import Net
 from vggtool.layers import layer_types
-from vggtool.protoio import read_net_param
+from vggtool.io.prototxt import read_net_param
 from vggtool.proto import caffe_pb2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

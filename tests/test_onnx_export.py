@@ -11,9 +11,9 @@ import pytest
 from google.protobuf import text_format
 
 import vggtool
-from vggtool import protoio
 from vggtool.interop import onnx as onnx_export
 from vggtool.vgg import surgery
+from vggtool.io import prototxt
 from vggtool.cli import main
 from vggtool.errors import VggtoolError
 from vggtool.proto import caffe_pb2
@@ -84,7 +84,7 @@ def export_and_compare(param, feeds, outputs=None, seed=0, input_scale=1.0, **kw
 
 def deploy_at(config, height, width, hidden=64):
     """netdefs' deploy net with another input size and narrower fc6/fc7 (fc8 keeps 1000 classes)."""
-    param = protoio.read_net_param(netdef(config, "deploy.prototxt"))
+    param = prototxt.read_net_param(netdef(config, "deploy.prototxt"))
     shape = param.layer[0].input_param.shape[0]
     shape.dim[2], shape.dim[3] = height, width
     for layer in param.layer:
@@ -142,7 +142,7 @@ def test_convolutionalised_vgg_d_on_256x320():
 
 
 def test_demo_net_and_its_convolutionalised_form_at_odd_sizes():
-    param = protoio.read_net_param(netdef("demo", "deploy.prototxt"))
+    param = prototxt.read_net_param(netdef("demo", "deploy.prototxt"))
     x = np.random.default_rng(2).uniform(-1, 1, (3, 1, 24, 24)).astype(np.float32)
     errs, _ = export_and_compare(param, {"data": x}, outputs=["fc8", "prob"])
     print("demo", errs)

@@ -12,7 +12,8 @@ import pytest
 
 from data_prep.cli import main as data_prep
 from numerics import F32_EPS, assert_close_to_scale
-from vggtool import Net, protoio
+from vggtool import Net
+from vggtool.io import prototxt
 from vggtool.backend import CPU
 from vggtool.cli import main as vggtool_main
 from vggtool.errors import VggtoolError
@@ -78,12 +79,12 @@ def db(tmp_path_factory):
 
 def write_solver(folder, db, iters=4, iter_size=1, batch=BATCH, transform=AUGMENT, test="",
                  loss=""):
-    net = protoio.parse_net_text(NET.format(db=db, batch=batch, transform=transform, loss=loss))
-    param = protoio.parse_text(SOLVER.format(iters=iters, iter_size=iter_size, prefix=folder / "snap") + test,
+    net = prototxt.parse_net_text(NET.format(db=db, batch=batch, transform=transform, loss=loss))
+    param = prototxt.parse_text(SOLVER.format(iters=iters, iter_size=iter_size, prefix=folder / "snap") + test,
                                caffe_pb2.SolverParameter())
     param.net_param.CopyFrom(net)
     path = folder / "solver.prototxt"
-    protoio.write_text_proto(str(path), param)
+    prototxt.write_text_proto(str(path), param)
     return str(path)
 
 
@@ -119,7 +120,7 @@ def test_replicas_train_like_one_device(db, tmp_path, iter_size):
     """In float64, so that the comparison can be tight: the rule, not one CPU's rounding, is tested."""
     path = write_solver(tmp_path, db, iters=4, iter_size=iter_size)
     one = train(path, dtype=np.float64)
-    start = Net(protoio.read_solver_param(path).net_param, phase="TRAIN", seed=5)
+    start = Net(prototxt.read_solver_param(path).net_param, phase="TRAIN", seed=5)
     moved = max(float(np.abs(w - w0).max()) for w, w0 in zip(weights(one.net), weights(start)))
     assert moved > 1e-3  # training did change the weights
     for n, threads in ((2, True), (4, False)):
@@ -174,8 +175,8 @@ def test_batch_that_does_not_divide(db, tmp_path):
     path = write_solver(tmp_path, db, batch=6)
     with pytest.raises(VggtoolError, match=r"layer 'data' \(Data\): batch_size 6 .* does not divide over 4"):
         ParallelSolver(path, devices=[CPU] * 4, log=GLog(stream=False))
-    param = protoio.read_solver_param(path)
-    param.net_param.CopyFrom(protoio.parse_net_text(
+    param = prototxt.read_solver_param(path)
+    param.net_param.CopyFrom(prototxt.parse_net_text(
         'layer { name: "x" type: "DummyData" top: "x" top: "y" dummy_data_param { shape { dim: 4 dim: 3 } '
         'shape { dim: 4 } } } layer { name: "fc" type: "InnerProduct" bottom: "x" top: "s" '
         'inner_product_param { num_output: 2 } } '
@@ -240,7 +241,7 @@ def test_mpi_two_ranks_train_like_one_process(db, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Data parallel: 2 replicas (2 rank(s) x 1 device(s) [cpu]), 4 samples" in proc.stderr
     assert proc.stderr.count("Optimization Done.") == 1  # only rank 0 logs
-    net_param = protoio.read_solver_param(path).net_param
+    net_param = prototxt.read_solver_param(path).net_param
     mpi_net = Net(net_param, str(tmp_path / "snap_iter_3.caffemodel"), phase="TRAIN")
     one = train(path)
     assert_same(weights(mpi_net), weights(one.net))
@@ -257,11 +258,11 @@ def test_mpi_ranks_update_alike_without_sending_weights(db, tmp_path):
     """Every rank applies the update itself: after training, resuming and plateau drops (decided by rank 0's
     tests) both ranks hold bit-identical weights and history, and weights were sent once, not per iteration."""
     path = write_solver(tmp_path, db, iters=6, test=" test_iter: 1 test_interval: 2")
-    param = protoio.read_solver_param(path)
+    param = prototxt.read_solver_param(path)
     param.lr_policy, param.gamma = "plateau", 0.5
     param.plateau_output, param.plateau_patience, param.plateau_max_drops = "loss", 1, 5
     param.plateau_mode, param.plateau_threshold = caffe_pb2.SolverParameter.MAX, 1e9  # never improves
-    protoio.write_text_proto(path, param)
+    prototxt.write_text_proto(path, param)
     proc = _mpirun([path, str(tmp_path), "4", "2"], tmp_path,
                    command=(os.path.join(ROOT, "tests", "mpi_ranks_agree.py"),))
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import vggtool.pycaffe as caffe
-from vggtool import protoio
+from vggtool.io import prototxt
 from vggtool.pycaffe import coord_map
 from vggtool.pycaffe import layers as L
 from vggtool.pycaffe import params as P
@@ -30,7 +30,7 @@ def test_netspec_names_layers_and_routes_params():
     assert list(net.layer[4].loss_weight) == [0]
     # the text parses back and builds a net that runs
     text = str(net)
-    parsed = protoio.parse_net_text(text)
+    parsed = prototxt.parse_net_text(text)
     built = caffe.Net(parsed, caffe.TEST)
     assert built.forward(data=np.zeros((2, 3, 8, 8), np.float32))["fc"].shape == (2, 3)
 

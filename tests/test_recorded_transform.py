@@ -6,16 +6,17 @@ import pytest
 
 from eval_helpers import make_model, random_image
 from vggtool.vgg import evaluate as ev
-from vggtool import protoio
 from vggtool.cli import main
+from vggtool.io import prototxt, wire
+from vggtool.io.wire import caffemodel_layers
 from vggtool.proto import caffe_pb2
-from vggtool.recorded_transform import _layers_without_blobs, recorded_transform
+from vggtool.recorded_transform import recorded_transform
 
 
 def weights_with_data_layer(tmp_path, weights, mean_value=(), mean_file=None, scale=None):
     """The caffemodel plus a TEST Data layer (no blobs) carrying transform_param, as a snapshot of a
     train_val net has it; a TRAIN layer with another mean comes first and must be passed over."""
-    param = protoio.read_net_param(weights, is_text=False)
+    param = prototxt.read_net_param(weights, is_text=False)
     train = caffe_pb2.LayerParameter(name="train_data", type="Data", top=["data", "label"])
     train.include.add(phase=caffe_pb2.TRAIN)
     train.transform_param.mean_value.extend([50, 50, 50])
@@ -30,15 +31,15 @@ def weights_with_data_layer(tmp_path, weights, mean_value=(), mean_file=None, sc
     del param.layer[:]
     param.layer.extend(layers)
     out = str(tmp_path / "snapshot.caffemodel")
-    protoio.write_binary_proto(out, param)
+    wire.write_binary_proto(out, param)
     return out
 
 
 def test_layers_read_without_blobs(tmp_path):
     net, weights = make_model(tmp_path)
     snap = weights_with_data_layer(tmp_path, weights, (1, 2, 3), scale=0.5)
-    layers = _layers_without_blobs(snap)
-    full = protoio.read_net_param(snap, is_text=False)
+    layers = caffemodel_layers(snap)
+    full = prototxt.read_net_param(snap, is_text=False)
     assert [l.name for l in layers] == [l.name for l in full.layer]
     assert all(len(l.blobs) == 0 for l in layers) and any(len(l.blobs) for l in full.layer)
     stripped = caffe_pb2.LayerParameter()
@@ -87,7 +88,7 @@ def test_recorded_mean_file_and_missing_file(tmp_path, rng, capsys):
     net, weights = make_model(tmp_path)
     mean = caffe_pb2.BlobProto(num=1, channels=3, height=2, width=2)
     mean.data.extend([100.0] * 4 + [110.0] * 4 + [120.0] * 4)
-    protoio.write_binary_proto(str(tmp_path / "m.binaryproto"), mean)
+    wire.write_binary_proto(str(tmp_path / "m.binaryproto"), mean)
     listing = _images(tmp_path, rng)
     base = ["test", "--net", net, "--data", listing, "--root", str(tmp_path), "--scales", "32"]
     snap = weights_with_data_layer(tmp_path, weights, mean_file="m.binaryproto")  # beside the snapshot

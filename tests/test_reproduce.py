@@ -14,7 +14,7 @@ from data_prep.cli import main as data_prep
 from data_prep.scaled_digits import make_scaled_digits, render
 from vggtool import Net
 from vggtool.vgg import evaluate
-from vggtool.protoio import read_net_param
+from vggtool.io.prototxt import read_net_param
 from vggtool.vgg.reproduction import plan, scoring, tables
 from vggtool.vgg.reproduction.run import score_plan
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from vggtool import protoio
+from vggtool.io import prototxt
 from vggtool.errors import VggtoolError
 from vggtool.proto import caffe_pb2
 from vggtool.solvers import Solver, TrainingDiverged
@@ -30,7 +30,7 @@ def make_solver(extra, dtype=np.float64, net=LSQ_NET, quiet=True):
     text = 'base_lr: 0.1 lr_policy: "step" stepsize: 2 gamma: 0.5 max_iter: 100 random_seed: 3 ' \
            'snapshot_after_train: false ' + extra
     param = text_format.Merge(text, caffe_pb2.SolverParameter())  # later fields override
-    param.net_param.CopyFrom(protoio.parse_net_text(net))
+    param.net_param.CopyFrom(prototxt.parse_net_text(net))
     return Solver(param, dtype=dtype, log=GLog(stream=not quiet))
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import vggtool
-from vggtool import protoio
+from vggtool.io import prototxt
 from vggtool.interop import torchvision as tc
 from vggtool.cli import main
 from vggtool.errors import VggtoolError
@@ -31,12 +31,12 @@ HIDDEN = 64  # fc6/fc7 width in these tests (torchvision's is 4096; fc6 still ta
 
 
 def narrow_deploy(tmp_path, config, hidden=HIDDEN):
-    param = protoio.read_net_param(os.path.join(ROOT, "netdefs", config, "deploy.prototxt"))
+    param = prototxt.read_net_param(os.path.join(ROOT, "netdefs", config, "deploy.prototxt"))
     for layer in param.layer:
         if layer.name in ("fc6", "fc7"):
             layer.inner_product_param.num_output = hidden
     path = str(tmp_path / f"{config}_deploy.prototxt")
-    protoio.write_text_proto(path, param)
+    prototxt.write_text_proto(path, param)
     return path
 
 
@@ -124,7 +124,7 @@ def test_layer_map_gives_torchvisions_keys(tmp_path, config):
 @pytest.mark.parametrize("config, layer", [("vgg_a_lrn", "norm1"), ("vgg_c", "conv3_3")])
 def test_configurations_without_a_torchvision_counterpart_are_refused(config, layer):
     path = os.path.join(ROOT, "netdefs", config, "deploy.prototxt")
-    param = protoio.read_net_param(path)
+    param = prototxt.read_net_param(path)
     for l in param.layer:
         if l.name in ("fc6", "fc7"):
             l.inner_product_param.num_output = 1

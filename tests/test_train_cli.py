@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from vggtool import Net, protoio
+from vggtool import Net
+from vggtool.io import prototxt
 from vggtool.cli import main
 from vggtool.proto import caffe_pb2
 
@@ -183,7 +184,7 @@ def chain_net(names):
 
 
 def test_init_from_a_copies_exactly_the_papers_layers(tmp_path, capsys):
-    net_a = Net(protoio.parse_net_text(chain_net(CHAIN)), phase="TRAIN", seed=5)
+    net_a = Net(prototxt.parse_net_text(chain_net(CHAIN)), phase="TRAIN", seed=5)
     weights = str(tmp_path / "a.caffemodel")
     net_a.save(weights)
     deeper = ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3", "fc6", "fc7", "fc8"]
@@ -192,7 +193,7 @@ def test_init_from_a_copies_exactly_the_papers_layers(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "copied 7 layer(s): conv1_1, conv2_1, conv3_1, conv3_2, fc6, fc7, fc8" in err
     assert "Not copied (keep their initialisation): conv1_2, conv2_2, conv3_3" in err
-    out = Net(protoio.parse_net_text(chain_net(deeper)), str(tmp_path / "b" / "snap_iter_0.caffemodel"))
+    out = Net(prototxt.parse_net_text(chain_net(deeper)), str(tmp_path / "b" / "snap_iter_0.caffemodel"))
     for name in deeper:
         same = np.array_equal(out.params[name][0].data, net_a.params[name][0].data) if name in CHAIN else False
         assert same == (name in CHAIN), name
@@ -228,7 +229,7 @@ def test_bad_input_gives_one_clear_message(tmp_path, capsys):
         (folder / "s2.prototxt").write_text(base.replace(old, new))
         run_bad(["train", "--solver", str(folder / "s2.prototxt")], capsys, pattern)
     # weights of another net
-    other = Net(protoio.parse_net_text(TINY_NET.replace("num_output: 6", "num_output: 9")), phase="TRAIN")
+    other = Net(prototxt.parse_net_text(TINY_NET.replace("num_output: 6", "num_output: 9")), phase="TRAIN")
     other.save(str(tmp_path / "other.caffemodel"))
     run_bad(["train", "--solver", good, "--weights", str(tmp_path / "other.caffemodel")], capsys,
             r"cannot copy param 0 of layer 'ip1': shape mismatch.*rename the layer")

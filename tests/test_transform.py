@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from vggtool.blob import array_to_proto
+from vggtool.io.wire import array_to_proto
 from vggtool.data.transform import DataTransformer
 from vggtool.errors import VggtoolError
 from vggtool.proto import caffe_pb2
-from vggtool.protoio import write_binary_proto
+from vggtool.io.wire import write_binary_proto
 
 TRAIN, TEST = 0, 1
 

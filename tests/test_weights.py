@@ -8,7 +8,7 @@ from numerics import assert_close_to_scale
 from vggtool import Net, VggtoolError
 from vggtool.backend import to_numpy
 from vggtool.proto import caffe_pb2
-from vggtool.protoio import parse_net_text, read_net_param
+from vggtool.io.prototxt import parse_net_text, read_net_param
 
 TEXT = """
 name: "w"

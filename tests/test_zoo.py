@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from vggtool import Net
-from vggtool.blob import proto_to_array
+from vggtool.io.wire import proto_to_array
 from vggtool.cli import main as vggtool_main
 from vggtool.vgg.initialisation import INIT_FROM_A_LAYERS
 from vggtool.data.datum import array_to_datum, open_lmdb, record_key
-from vggtool.net import filter_net
+from vggtool.net_graph import filter_net
 from vggtool.proto import caffe_pb2
-from vggtool.protoio import read_net_param, read_solver_param
+from vggtool.io.prototxt import read_net_param, read_solver_param
 from vggtool.solvers import Solver
 from vggtool.solvers.glog import GLog
 from vggtool.solvers.solver import check_param

@@ -124,6 +124,11 @@ def atomic_write_chunks(path, chunks):
     atomic_write_with(path, fill)
 
 
+def atomic_write_bytes(path, data):
+    """Write `data` to `path` through a temporary file and a rename: readers never see half a file."""
+    atomic_write_chunks(path, [data])
+
+
 def atomic_write_with(path, fill):
     """Write `path` atomically (see the module docstring) by `fill(fd, tmp_path)`, which writes the whole
     content into the temporary file, through its open descriptor or by name (e.g. h5py, which wants a

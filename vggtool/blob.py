@@ -2,13 +2,14 @@
 
 Storage is a flat buffer that only grows: reshaping to a size that fits reuses it, so a net that is
 reshaped every iteration (or per image in dense evaluation) does not reallocate. The diff buffer is
-allocated on first use, so nets that never run backward pay nothing for it.
+allocated on first use, so nets that never run backward pay nothing for it. Reading and writing blobs as
+Caffe's BlobProto is vggtool.io.wire's business.
 """
 import math
 
 import numpy as np
 
-from .backend import CPU, to_numpy
+from .backend import CPU
 from .errors import VggtoolError
 
 
@@ -19,7 +20,7 @@ MAX_ELEMENTS = 2**60
 
 class BlobShapeError(VggtoolError):
     """A shape no blob can take (negative, too many axes, more bytes than the device holds). The net adds
-    the layer's name (Net._layer_context)."""
+    the layer's name (net_build.layer_context)."""
 
 
 def _as_shape(args):
@@ -122,9 +123,6 @@ class Blob:
                                  f"{need / 2**30:.4g} GiB, more than the {have / 2**30:.4g} GiB of "
                                  f"{self.device.name} memory")
 
-    def reshape_like(self, other):
-        self.reshape(other.shape)
-
     def _refresh_views(self):
         count = self.count
         self._data = self._data_buf[:count].reshape(self._shape)
@@ -175,171 +173,3 @@ class Blob:
         other.diff  # allocate
         self._diff_buf = other._diff_buf
         self._refresh_views()
-
-    # -- serialisation (BlobProto) -----------------------------------------------------------------------
-    def to_proto(self, proto, write_diff=False):
-        proto.Clear()
-        proto.shape.dim.extend(self._shape)
-        set_proto_values(proto, self._data)
-        if write_diff:
-            set_proto_values(proto, self.diff, diff=True)
-        return proto
-
-    def from_proto(self, proto, reshape=True):
-        shape = proto_shape(proto)
-        if reshape:
-            self.reshape(shape)
-        elif math.prod(shape) != self.count:
-            raise VggtoolError(f"blob proto of shape {shape} does not fit blob of shape {self._shape}")
-        values = proto_values(proto, writable=False)
-        if values.size != self.count:
-            raise VggtoolError(f"blob proto holds {values.size} values but its shape {shape} needs {self.count}")
-        self.data = values.reshape(self._shape)
-        diff = proto_values(proto, diff=True, writable=False)
-        if diff.size == self.count:
-            self.diff = diff.reshape(self._shape)
-
-
-def proto_shape(proto):
-    """The shape of a BlobProto: its `shape` field, or the legacy num/channels/height/width."""
-    if proto.HasField("shape"):
-        return tuple(int(d) for d in proto.shape.dim)
-    if any(proto.HasField(f) for f in ("num", "channels", "height", "width")):
-        return (proto.num, proto.channels, proto.height, proto.width)
-    return (len(proto.data) or len(proto.double_data),)
-
-
-# BlobProto's packed value fields: (field number, dtype). Reading them through the protobuf runtime one
-# Python float at a time takes seconds for VGG-sized blobs, so they are read from the wire bytes.
-_VALUE_FIELDS = {"data": (5, np.float32), "diff": (6, np.float32),
-                 "double_data": (8, np.float64), "double_diff": (9, np.float64)}
-
-
-def _varint(buf, pos):
-    result = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _packed_fields(proto):
-    """{field number: [byte chunks]} for the length-delimited fields of a serialised BlobProto."""
-    buf = memoryview(proto.SerializeToString())  # slices of a memoryview do not copy the values
-    out = {}
-    pos = 0
-    while pos < len(buf):
-        key, pos = _varint(buf, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            _, pos = _varint(buf, pos)
-        elif wire == 2:
-            length, pos = _varint(buf, pos)
-            out.setdefault(field, []).append(buf[pos:pos + length])
-            pos += length
-        elif wire == 5:
-            out.setdefault(field, []).append(buf[pos:pos + 4])  # unpacked float
-            pos += 4
-        elif wire == 1:
-            out.setdefault(field, []).append(buf[pos:pos + 8])
-            pos += 8
-        else:
-            raise VggtoolError(f"corrupt BlobProto: wire type {wire}")
-    return out
-
-
-def proto_values(proto, diff=False, writable=True):
-    """The values of a BlobProto as a NumPy array (float32 or float64 as stored).
-
-    `writable=False` may return a read-only view of the serialised bytes (no copy; for callers that
-    copy the values into a blob anyway)."""
-    fields = _packed_fields(proto)
-    double = "double_diff" if diff else "double_data"
-    single = "diff" if diff else "data"
-    for name in (double, single):
-        number, dtype = _VALUE_FIELDS[name]
-        if number in fields:
-            chunks = fields[number]
-            raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            # Little-endian on disk; on a little-endian machine astype(copy=False) keeps the buffer.
-            values = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype, copy=False)
-            return values.copy() if writable and not values.flags.writeable else values
-    return np.zeros(0, dtype=np.float32)
-
-
-def _encode_varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def set_proto_values(proto, array, diff=False):
-    """Append `array` to the BlobProto's data (or diff), as float32 unless it is float64."""
-    array = to_numpy(array)
-    double = array.dtype == np.float64
-    name = ("double_diff" if diff else "double_data") if double else ("diff" if diff else "data")
-    number, dtype = _VALUE_FIELDS[name]
-    raw = np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
-    if raw:
-        proto.MergeFromString(_encode_varint(number << 3 | 2) + _encode_varint(len(raw)) + raw)
-
-
-def _values_chunks(number_single, number_double, array):
-    """Wire chunks of one packed value field holding `array` (float32, or float64 when it is float64)."""
-    array = to_numpy(array)
-    double = array.dtype == np.float64
-    dtype = np.dtype(np.float64 if double else np.float32).newbyteorder("<")
-    raw = np.ascontiguousarray(array, dtype=dtype).reshape(-1)
-    if raw.size == 0:
-        return []
-    number = number_double if double else number_single
-    return [_encode_varint(number << 3 | 2) + _encode_varint(raw.nbytes), memoryview(raw).cast("B")]
-
-
-def blob_field_chunks(field_number, shape, data, diff=None):
-    """The wire chunks of a BlobProto (shape, data, optional diff) as field `field_number` of its parent.
-
-    Lets a .caffemodel be written straight from the arrays, without building a NetParameter that
-    holds a second copy of every weight."""
-    from .proto import caffe_pb2
-
-    head = caffe_pb2.BlobProto()
-    head.shape.dim.extend(shape)
-    chunks = [head.SerializeToString()] + _values_chunks(5, 8, data)
-    if diff is not None:
-        chunks += _values_chunks(6, 9, diff)
-    return [_encode_varint(field_number << 3 | 2) + _encode_varint(chunks_size(chunks))] + chunks
-
-
-def chunks_size(chunks):
-    return sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks)
-
-
-def array_to_proto(array, proto=None):
-    """A NumPy array as a BlobProto (float32 unless the array is float64)."""
-    from .proto import caffe_pb2
-
-    proto = caffe_pb2.BlobProto() if proto is None else proto
-    array = to_numpy(array)
-    proto.shape.dim.extend(array.shape)
-    set_proto_values(proto, array)
-    return proto
-
-
-def proto_to_array(proto, source="blob proto"):
-    """The BlobProto's values shaped as it says; an error naming `source` when they do not fill it."""
-    shape = proto_shape(proto)
-    values = proto_values(proto)
-    if any(d < 0 for d in shape) or values.size != math.prod(shape):
-        raise VggtoolError(f"{source}: holds {values.size} value(s) but its shape "
-                           f"{' x '.join(map(str, shape))} needs {math.prod(shape)} (truncated or corrupt?)")
-    return values.reshape(shape)

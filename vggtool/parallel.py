@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import protoio
+from .io import prototxt
 from .backend import CPU, get_array_module, to_numpy
 from .errors import VggtoolError
 from .layers.data import PrefetchingDataLayer
@@ -303,7 +303,7 @@ class ParallelSolver(Solver):
             log = GLog(stream=False)  # only rank 0 logs
         if not isinstance(param, caffe_pb2.SolverParameter):
             kwargs.setdefault("source", str(param))
-            param = protoio.read_solver_param(param)
+            param = prototxt.read_solver_param(param)
         if self.comm and seed is None:  # every rank must draw the same weights and samples
             seed = param.random_seed if param.random_seed >= 0 else \
                 int(np.random.SeedSequence().entropy % (2**31))

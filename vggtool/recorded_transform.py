@@ -5,84 +5,12 @@ the training net's layers, data layers included, beside the weights).
 
 The weights file is walked on the wire without decoding its parameter blobs, so a 500 MB .caffemodel
 costs one read, not a parse of every weight."""
-import mmap
 import os
 
-from google.protobuf.message import DecodeError
-
-from . import protoio
-from .blob import _varint
 from .errors import VggtoolError
+from .io import prototxt, wire
+from .io.files import find_beside
 from .proto import caffe_pb2
-
-_LAYER_FIELD = caffe_pb2.NetParameter.DESCRIPTOR.fields_by_name["layer"].number
-_BLOBS_FIELD = caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name["blobs"].number
-
-
-def _fields(buf, start, end):
-    """(field number, wire type, value start, value end) of the fields in buf[start:end]."""
-    pos = start
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            begin = pos
-            _, pos = _varint(buf, pos)
-            yield number, wire, begin, pos
-        elif wire == 2:
-            length, pos = _varint(buf, pos)
-            yield number, wire, pos, pos + length
-            pos += length
-        elif wire == 5:
-            yield number, wire, pos, pos + 4
-            pos += 4
-        elif wire == 1:
-            yield number, wire, pos, pos + 8
-            pos += 8
-        else:
-            raise VggtoolError(f"corrupt protobuf (wire type {wire})")
-
-
-def _layers_without_blobs(path):
-    """The LayerParameters of a binary NetParameter file, their `blobs` left out."""
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return []
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            buf = memoryview(m)
-            layers = _walk_layers(buf)
-            buf.release()  # before the mmap closes; _walk_layers keeps no view of it
-    if layers is None:
-        raise VggtoolError(f"{path}: not a readable .caffemodel (corrupt or truncated)")
-    return layers
-
-
-def _walk_layers(buf):
-    """The layers of _layers_without_blobs, or None when the bytes are not a NetParameter. Returns instead of
-    raising so that no traceback keeps a view of the mapped file alive."""
-    try:
-        out = []
-        for number, wire, start, end in _fields(buf, 0, len(buf)):
-            if number != _LAYER_FIELD or wire != 2:
-                continue
-            layer = caffe_pb2.LayerParameter()
-            for n, w, s, e in _fields(buf, start, end):
-                if n == _BLOBS_FIELD:
-                    continue
-                # the field again as bytes: its key, (length,) and value
-                head = _key_bytes(n, w, e - s if w == 2 else None)
-                layer.MergeFromString(head + bytes(buf[s:e]))
-            out.append(layer)
-        return out
-    except (IndexError, VggtoolError, DecodeError):
-        return None
-
-
-def _key_bytes(number, wire, length):
-    from .blob import _encode_varint
-
-    head = _encode_varint(number << 3 | wire)
-    return head + _encode_varint(length) if length is not None else head
 
 
 def _in_test(layer):
@@ -104,13 +32,16 @@ def find_transform(layers):
     return candidates[0] if candidates else None
 
 
-def recorded_transform(net_path, weights_path=None):
-    """(transform_param, description of where it was found) or (None, None)."""
+def recorded_transform(net_path, weights_path=None, weights_param=None):
+    """(transform_param, description of where it was found) or (None, None). weights_param: the weights
+    file's NetParameter when it has been read already (a Net's weights_param), so it is not read again."""
     sources = []
     if net_path and os.path.isfile(net_path):
-        sources.append((net_path, lambda: list(protoio.read_net_param(net_path).layer), True))
-    if weights_path and os.path.isfile(weights_path) and not str(weights_path).endswith((".h5", ".hdf5")):
-        sources.append((weights_path, lambda: _layers_without_blobs(weights_path), False))
+        sources.append((net_path, lambda: list(prototxt.read_net_param(net_path).layer), True))
+    if weights_param is not None:
+        sources.append((weights_path or "weights", lambda: list(weights_param.layer), False))
+    elif weights_path and os.path.isfile(weights_path) and not str(weights_path).endswith((".h5", ".hdf5")):
+        sources.append((weights_path, lambda: wire.caffemodel_layers(weights_path), False))
     for where, read, is_net in sources:
         try:
             layers = read()
@@ -127,10 +58,8 @@ def recorded_transform(net_path, weights_path=None):
 def resolve_mean_file(path, where, beside):
     """A transform_param mean_file as Caffe reads it (relative to the working directory), or beside the
     file that names it."""
-    if os.path.isfile(path):
-        return path
-    alt = os.path.join(os.path.dirname(os.path.abspath(beside)), path)
-    if os.path.isfile(alt):
-        return alt
+    found = find_beside(path, beside, files_only=True)
+    if found is not None:
+        return found
     raise VggtoolError(f"{where}: transform_param mean_file '{path}' not found (looked in the current "
                        f"directory and beside {beside}); pass --mean-file or --mean-value")

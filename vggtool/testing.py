@@ -8,7 +8,7 @@ import numpy as np
 
 from .backend import CPU, to_numpy
 from .net import Net
-from .protoio import parse_net_text
+from .io.prototxt import parse_net_text
 
 
 def layer_net(layer_text, inputs, phase="TRAIN", device=CPU, dtype=np.float64, seed=0, extra=""):

@@ -1,7 +1,7 @@
 """`vggtool convolutionalize`: net surgery, InnerProduct -> Convolution (see vggtool.vgg.surgery)."""
 import os
 
-from .. import protoio
+from ..io import files, prototxt
 from ..vgg import surgery
 from ..errors import VggtoolError
 
@@ -20,13 +20,13 @@ def run(args):
     for flag, path in (("--net", args.net), ("--weights", args.weights)):
         if not os.path.exists(path):
             raise VggtoolError(f"{flag}: {path} does not exist")
-    protoio.check_output_path(args.out_net, "--out-net")
-    protoio.check_output_path(args.out_weights, "--out-weights")
-    param = protoio.read_net_param(args.net)
+    files.check_output_path(args.out_net, "--out-net")
+    files.check_output_path(args.out_weights, "--out-weights")
+    param = prototxt.read_net_param(args.net)
     if not surgery.needs_surgery(param):
         raise VggtoolError(f"{args.net}: no InnerProduct layer to convert")
     conv_param, conv = surgery.convolutionalize(param, args.weights, args.net)
-    protoio.write_text_proto(args.out_net, conv_param)
+    prototxt.write_text_proto(args.out_net, conv_param)
     conv.save(args.out_weights)
     for layer in conv_param.layer:
         if layer.type == "Convolution" and any(l.name == layer.name and l.type == "InnerProduct"

@@ -19,15 +19,15 @@ def add_arguments(parser):
 
 
 def run(args):
-    from .. import protoio
+    from ..io import files, prototxt
     from ..proto import caffe_pb2
     from ..pycaffe import draw
 
     if not os.path.exists(args.input_net_proto_file):
         raise VggtoolError(f"{args.input_net_proto_file} does not exist")
-    protoio.check_output_path(args.output_image_file, "output_image_file")
+    files.check_output_path(args.output_image_file, "output_image_file")
     image_format(args.output_image_file, "output_image_file")
-    net = protoio.read_net_param(args.input_net_proto_file)
+    net = prototxt.read_net_param(args.input_net_proto_file)
     phase = None if args.phase == "ALL" else caffe_pb2.Phase.Value(args.phase)
     print(f"Drawing net to {args.output_image_file}")
     draw.draw_net_to_file(net, args.output_image_file, args.rankdir, phase, args.display_lrm)

@@ -1,6 +1,6 @@
 """`vggtool fuse`: average the posteriors of several models (paper §4.3, ConvNet fusion)."""
 from ..vgg import evaluate as ev
-from ..protoio import check_output_path
+from ..io.files import check_output_path
 
 HELP = "average the posteriors of several models' score files (.npz from vggtool test --out)"
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import backend, ranking
 from ..errors import VggtoolError
-from ..protoio import check_output_path
+from ..io.files import check_output_path
 from .test import add_transform_arguments, transform_options
 
 HELP = "localisation: boxes from box-regression nets (centre crop or dense + greedy merging), top-k error"

@@ -4,7 +4,7 @@ import math
 import os
 
 from ..errors import VggtoolError
-from ..protoio import check_output_path
+from ..io.files import check_output_path
 from ..solvers.parse_log import parse_log
 
 HELP = "plot train loss, test outputs and the learning rate from a training log"
@@ -69,7 +69,7 @@ def run(args):
         ax.grid(True, alpha=0.3)
     fig.suptitle(args.title or os.path.basename(args.log))
     fig.tight_layout()
-    from ..protoio import atomic_write_bytes
+    from ..atomic_files import atomic_write_bytes
     import io
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt)

@@ -15,7 +15,7 @@ def run(args):
     from ..vgg.reproduction import plan
     from ..vgg.reproduction.run import Run
 
-    from ..protoio import check_output_path
+    from ..io.files import check_output_path
 
     check_output_path(args.out, "--out", folder=True)
     budget = plan.QUICK if args.quick else plan.FULL

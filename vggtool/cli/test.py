@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import backend
 from ..errors import VggtoolError
-from ..protoio import check_output_path
+from ..io.files import check_output_path
 from ..solvers.glog import GLog, fmt
 
 HELP = "score a net: Caffe's test (net's own data layer) or, with --data, VGG dense/multi-crop evaluation"

@@ -51,7 +51,7 @@ def run(args):
     info(365, "*** Benchmark begins ***")
     info(366, f"Testing for {args.iterations} iterations.")
     timings = _timed_iterations(net, device, args.iterations)
-    _report(net._layer_names, timings, args.iterations)
+    _report(net.layer_names, timings, args.iterations)
     return 0
 
 
@@ -74,7 +74,7 @@ def _untimed_pass(net):
     info(351, "Performing Forward")
     loss = float(backend.to_numpy(net.forward_from_to()))
     info(356, f"Initial loss: {loss:g}")
-    algorithms = [f"{name} {layer.chosen_algorithm()}" for name, layer in zip(net._layer_names, net.layers)
+    algorithms = [f"{name} {layer.chosen_algorithm()}" for name, layer in zip(net.layer_names, net.layers)
                   if hasattr(layer, "chosen_algorithm")]
     if algorithms:  # not in caffe time: which convolution code each layer runs (VGGTOOL_CONV_ALGO overrides)
         _LOG.info("time.py", "Convolution algorithms: " + ", ".join(algorithms))

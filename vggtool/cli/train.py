@@ -1,7 +1,8 @@
 """`vggtool train`: Caffe's `caffe train` (train from a solver prototxt, fine-tune, resume)."""
 import signal
 
-from .. import backend, parallel, protoio
+from .. import backend, parallel
+from ..io import prototxt
 from ..errors import VggtoolError
 from ..solvers import NONE, SNAPSHOT, STOP, Solver
 from ..solvers.finetune import copy_weights
@@ -63,7 +64,7 @@ def _train(args, comm):
         raise VggtoolError("--weights-layers / --init-from-a need --weights W.caffemodel")
     devices = backend.parse_devices(args.gpu, args.devices)
     rank = comm.Get_rank() if comm else 0
-    param = protoio.read_solver_param(args.solver)
+    param = prototxt.read_solver_param(args.solver)
     if args.iterations is not None:
         if args.iterations < 0:
             raise VggtoolError(f"--iterations must be >= 0, got {args.iterations}")

@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 
 from . import boxes as box_geometry
-from ..blob import proto_to_array
+from ..io.wire import proto_to_array
 from ..errors import VggtoolError
 from ..proto import caffe_pb2
-from ..protoio import read_binary_proto
+from ..io.wire import read_binary_proto
 
 TRAIN = 0
 MAX_RESIZE_CHANNELS = 4

@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 
-from .. import protoio
+from ..io import prototxt
 from ..backend import to_numpy
 from ..errors import VggtoolError
 from .onnx_layers import CONVERTERS, NEEDS_BOTTOM_BLOBS
@@ -112,7 +112,7 @@ class Graph:
 
 def _last_writers(net):
     last = {}
-    for i, name in enumerate(net._layer_names):
+    for i, name in enumerate(net.layer_names):
         for top in net.top_names[name]:
             last[top] = i
     return last
@@ -230,8 +230,8 @@ def export(net_path, weights, onnx_path, convolutionalize=False, outputs=None, d
     evaluation at any input size. Every layer with parameters must find them in `weights`."""
     from ..net import Net
     onnx = _onnx()
-    param = protoio.read_net_param(net_path)
-    trained = protoio.read_net_param(weights, is_text=False)
+    param = prototxt.read_net_param(net_path)
+    trained = prototxt.read_net_param(weights, is_text=False)
     net = Net(param, phase="TEST", source=net_path)
     report = net.copy_from(trained)
     if report.missing:

@@ -283,7 +283,7 @@ def _read_pth(path):
 
 def write_safetensors(path, state, metadata=None):
     """Write {key: array} as safetensors, atomically."""
-    from ..protoio import atomic_write_bytes
+    from ..atomic_files import atomic_write_bytes
     st = _safetensors_numpy()
     tensors = {k: np.ascontiguousarray(v) for k, v in sorted(state.items(), key=lambda kv: _key_order(kv[0]))}
     atomic_write_bytes(path, st.save(tensors, metadata=metadata))

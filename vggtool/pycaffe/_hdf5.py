@@ -28,7 +28,7 @@ def save(net, filename, write_diff=False):
         with h5py.File(tmp, "w", track_order=True) as f:
             data = f.create_group("data", track_order=True)
             diff = f.create_group("diff", track_order=True) if write_diff else None
-            for name, layer in zip(net._layer_names, net.layers):
+            for name, layer in zip(net.layer_names, net.layers):
                 g = data.create_group(name)
                 gd = diff.create_group(name) if write_diff else None
                 for j, blob in enumerate(layer.blobs):
@@ -44,8 +44,8 @@ def _shared(net, layer_name, j):
     """True when parameter j of the layer is a shared one that another layer owns."""
     spec = net.layer_dict[layer_name].param
     if j < len(spec.param) and spec.param[j].name:
-        owner = net._param_owner.get(spec.param[j].name)
-        return owner is not None and (owner[0], owner[1]) != (layer_name, j)
+        owner = net.param_owner(spec.param[j].name)
+        return owner is not None and owner != (layer_name, j)
     return False
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import net as engine
 from ..backend import to_numpy
-from ..errors import VggtoolError
+from ..net_weights import share_trained_layers
 from . import _runtime
 from ._runtime import PycaffeError
 
@@ -61,6 +61,10 @@ class Net(engine.Net):
                          **engine_kwargs)
 
     # -- the C++-exposed names (_caffe.cpp) ----------------------------------------------------------------
+    @property
+    def _layer_names(self):
+        return self.layer_names
+
     @property
     def _blob_names(self):
         return list(self.blobs)
@@ -254,19 +258,7 @@ class Net(engine.Net):
 
     def share_with(self, other):
         """Use `other`'s parameter data for the layers both nets name alike (Net::ShareTrainedLayersWith)."""
-        for name, source in other.layer_dict.items():
-            target = self.layer_dict.get(name)
-            if target is None:
-                continue
-            if len(source.blobs) != len(target.blobs):
-                raise VggtoolError(f"Incompatible number of blobs for layer {name}: {len(source.blobs)} in the "
-                                   f"source net, {len(target.blobs)} here")
-            for j, (src, dst) in enumerate(zip(source.blobs, target.blobs)):
-                if src.shape != dst.shape:
-                    raise VggtoolError(f"Cannot share param {j} weights from layer '{name}'; shape mismatch. "
-                                       f"Source param shape is {src.shape_string()}; target param shape is "
-                                       f"{dst.shape_string()}")
-                dst.share_data(src)
+        share_trained_layers(self, other)
 
     def load_weights(self, path):
         # Caffe's Net(model, weights, phase) is CopyTrainedLayersFrom: layers without a namesake are

@@ -1,7 +1,8 @@
 """pycaffe's solvers: SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver, AdaDeltaSolver, AdamSolver
 and get_solver, on vggtool's Solver. As in Caffe, the class decides the update rule (caffe.AdamSolver
 runs Adam whatever the file's `type` says); get_solver picks the class from `type`."""
-from .. import protoio
+from ..io import prototxt
+from ..net_weights import share_trained_layers
 from ..proto import caffe_pb2
 from ..solvers import lr_policy
 from ..solvers.solver import Solver
@@ -29,7 +30,7 @@ class SGDSolver(Solver):
         else:
             source = str(filename)
             _runtime_check(source)
-            param = protoio.read_solver_param(source)
+            param = prototxt.read_solver_param(source)
         if self.rule_type is not None:
             param.type = self.rule_type
         self._callbacks = []
@@ -66,10 +67,7 @@ class SGDSolver(Solver):
 
     def share_weights(self, net):
         """Make `net` use this solver's train-net weights, by layer name."""
-        if hasattr(net, "share_with"):
-            net.share_with(self.net)
-        else:
-            Net.share_with(net, self.net)
+        share_trained_layers(net, self.net)
 
     def solve(self, resume_file=None):
         return super().solve(resume=resume_file)
@@ -102,7 +100,7 @@ _BY_TYPE = {cls.rule_type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSol
 def get_solver(filename):
     """The solver of the class the file's `type` names (Caffe's SolverRegistry::CreateSolver)."""
     _runtime_check(str(filename))
-    param = protoio.read_solver_param(str(filename))
+    param = prototxt.read_solver_param(str(filename))
     cls = _BY_TYPE.get(param.type)
     if cls is None:
         from ..errors import VggtoolError

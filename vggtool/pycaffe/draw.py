@@ -179,7 +179,7 @@ def draw_net(caffe_net, rankdir="LR", ext="png", phase=None, display_lrm=False):
 
 def draw_net_to_file(caffe_net, filename, rankdir="LR", phase=None, display_lrm=False):
     """Write the picture of a NetParameter to `filename` (format from its extension), atomically."""
-    from ..protoio import atomic_write_bytes
+    from ..atomic_files import atomic_write_bytes
 
     ext = os.path.splitext(str(filename))[1][1:].lower() or "png"
     atomic_write_bytes(filename, draw_net(caffe_net, rankdir, ext, phase, display_lrm))

@@ -7,7 +7,7 @@ resize_image interpolates between pixel centres and holds the edge value beyond 
 import cv2
 import numpy as np
 
-from ..blob import proto_values
+from ..io.wire import proto_values
 from ..errors import VggtoolError
 from ..proto import caffe_pb2
 

@@ -1,6 +1,6 @@
 """Fine-tuning: a .caffemodel's layers copied by name into a solver's nets before training (Caffe's
 `caffe train --weights`), logged as Caffe logs it. Used by `vggtool train` and the reproduction's cells."""
-from .. import protoio
+from ..io import prototxt
 from ..errors import VggtoolError
 
 
@@ -8,7 +8,7 @@ def copy_weights(solver, path, only, log):
     """Copy the layers of the .caffemodel `path` (all, or those named in `only`) into `solver`'s train
     net and its test nets, logging what was copied and what keeps its initialisation."""
     log.info("solver.cpp:72", f"Finetuning from {path}")
-    source = protoio.read_net_param(path, is_text=False)
+    source = prototxt.read_net_param(path, is_text=False)
     if only is not None:
         names = {layer.name for layer in source.layer if len(layer.blobs)}
         absent = [n for n in only if n not in names]

@@ -14,16 +14,17 @@ import time
 
 import numpy as np
 
-from .. import protoio
 from ..atomic_files import remove_stale_temporaries
-from ..backend import CPU, to_numpy
+from ..backend import CPU
 from ..errors import VggtoolError
+from ..io import prototxt
+from ..io.upgrade import upgrade_solver
 from ..net import Net
 from ..proto import caffe_pb2
-from . import lr_policy, snapshot
+from . import lr_policy, nets, scoring, snapshot
 from .glog import GLog, fmt
-from ..upgrade import upgrade_solver
 from .sgd import RULES
+from .snapshot import TrainingDiverged
 
 
 def _copy(message):
@@ -32,25 +33,8 @@ def _copy(message):
     return out
 
 
-class TrainingDiverged(VggtoolError):
-    """The loss or a gradient became NaN/inf; no snapshot of the bad weights is written."""
-
-
 # what a signal asks the solver to do (Caffe's SolverAction)
 NONE, STOP, SNAPSHOT = "none", "stop", "snapshot"
-
-
-def _resolve_net_path(path, solver_path, field):
-    """Caffe resolves net paths against the cwd; we also accept them relative to the solver's folder."""
-    if os.path.exists(path) or solver_path is None:
-        if not os.path.exists(path):
-            raise VggtoolError(f"solver field '{field}': net file '{path}' not found")
-        return path
-    beside = os.path.join(os.path.dirname(os.path.abspath(solver_path)), path)
-    if os.path.exists(beside):
-        return beside
-    raise VggtoolError(f"{solver_path}: {field}: net file '{path}' not found (looked relative to the current "
-                       f"directory and to the solver file's folder)")
 
 
 def check_param(param, source):
@@ -82,7 +66,7 @@ class Solver:
     def __init__(self, param, *, source=None, device=CPU, dtype=np.float32, log=None, seed=None):
         if not isinstance(param, caffe_pb2.SolverParameter):
             source = str(param)
-            param = protoio.read_solver_param(param)
+            param = prototxt.read_solver_param(param)
         else:
             param = upgrade_solver(_copy(param))  # the deprecated solver_type enum -> type
         self.param = param
@@ -117,84 +101,11 @@ class Solver:
         self.log.info("solver.cpp:57", "Solver scaffolding done.")
 
     # -- construction ------------------------------------------------------------------------------------
-    def _net_from(self, kind, dtype, phase, state):
-        """Build a net from a path (resolved) or an inline NetParameter."""
-        kind_field, value = kind
-        if isinstance(value, caffe_pb2.NetParameter):
-            net_param = caffe_pb2.NetParameter()
-            net_param.CopyFrom(value)
-            label = f"{self.source}:{kind_field}"
-        else:
-            path = _resolve_net_path(value, self.source if self.source != "solver" else None, kind_field)
-            net_param = protoio.read_net_param(path)
-            label = path
-        # the solver's state replaces the net's own (Caffe: net_state merged from the solver)
-        merged = caffe_pb2.NetState()
-        merged.CopyFrom(net_param.state)
-        merged.MergeFrom(state)
-        merged.phase = phase
-        net_param.state.CopyFrom(merged)
-        return self.net_class(net_param, phase=phase, stages=tuple(merged.stage), level=merged.level,
-                   device=self.device, dtype=dtype, seed=self.seed, source=label,
-                   batch_divisor=self.train_batch_divisor if phase == caffe_pb2.TRAIN else 1, log=self.log)
-
     def _init_train_net(self, dtype):
-        p = self.param
-        given = [(f, getattr(p, f)) for f in ("train_net_param", "train_net", "net_param", "net") if p.HasField(f)]
-        if len(given) != 1:
-            raise VggtoolError(f"{self.source}: give exactly one of net, net_param, train_net, train_net_param "
-                               f"(found {len(given)}: {', '.join(f for f, _ in given) or 'none'})")
-        self.log.info("solver.cpp:88", f"Creating training net from {given[0][0]}")
-        net = self._net_from(given[0], dtype, caffe_pb2.TRAIN, p.train_state)
-        if not net.learnable_params:
-            self.log.warning("solver.cpp:88", f"training net '{net.name}' has no learnable parameters")
-        return net
+        return nets.build_train_net(self, dtype)
 
     def _init_test_nets(self, dtype):
-        p = self.param
-        sources = [("test_net_param", n) for n in p.test_net_param] + [("test_net", n) for n in p.test_net]
-        generic = None
-        if p.HasField("net_param"):
-            generic = ("net_param", p.net_param)
-        elif p.HasField("net"):
-            generic = ("net", p.net)
-        n_specific = len(sources)
-        if generic is not None:
-            if len(p.test_iter) < n_specific:
-                raise VggtoolError(f"{self.source}: test_iter must be given for each test network "
-                                   f"({n_specific} test nets, {len(p.test_iter)} test_iter)")
-            sources += [generic] * (len(p.test_iter) - n_specific)
-        elif len(p.test_iter) != n_specific:
-            raise VggtoolError(f"{self.source}: test_iter must be given for each test network "
-                               f"({n_specific} test nets, {len(p.test_iter)} test_iter)")
-        if p.test_state and len(p.test_state) != len(sources):
-            raise VggtoolError(f"{self.source}: test_state must be unspecified or given once per test net "
-                               f"({len(sources)} test nets, {len(p.test_state)} test_state)")
-        if sources and p.test_interval <= 0:
-            raise VggtoolError(f"{self.source}: test_interval must be > 0 when test nets are defined")
-        nets = []
-        for i, src in enumerate(sources):
-            state = p.test_state[i] if p.test_state else caffe_pb2.NetState()
-            self.log.info("solver.cpp:190", f"Creating test net (#{i}) specified by {src[0]}")
-            net = self._net_from(src, dtype, caffe_pb2.TEST, state)
-            self._share_trained_layers(net)
-            nets.append(net)
-        return nets
-
-    def _share_trained_layers(self, test_net):
-        """Test nets use the train net's weights (Caffe's ShareTrainedLayersWith), by layer name."""
-        for name, layer in test_net.layer_dict.items():
-            src = self.net.layer_dict.get(name)
-            if src is None or not layer.blobs:
-                continue
-            if len(src.blobs) != len(layer.blobs):
-                raise VggtoolError(f"layer '{name}' has {len(src.blobs)} parameter blob(s) in the train net but "
-                                   f"{len(layer.blobs)} in test net '{test_net.source}'")
-            for k, (a, b) in enumerate(zip(src.blobs, layer.blobs)):
-                if a.shape != b.shape:
-                    raise VggtoolError(f"layer '{name}' param {k}: shape {a.shape_string()} in the train net but "
-                                       f"{b.shape_string()} in test net '{test_net.source}'")
-                b.share_data(a)
+        return nets.build_test_nets(self, dtype)
 
     def _check_plateau(self):
         p = self.param
@@ -401,31 +312,13 @@ class Solver:
         p = self.param
         net = self.test_nets[i]
         self.log.info("solver.cpp:347", f"Iteration {self.iter}, Testing net (#{i})")
-        sums = {name: None for name in net.outputs}
-        loss = 0.0
-        first_batch = self.test_round() * p.test_iter[i]
-        net.restore_batch_positions([(0, None)] * len(net.layers))  # no carry-over from an earlier round
-        for k in range(p.test_iter[i]):
-            action = self.requested_action
-            if action == STOP:
-                self.requested_action = NONE
-                self.requested_early_exit = True
-                self.log.info("solver.cpp:396", "Test interrupted.")
-                return None
-            net.iteration = first_batch + k
-            net.sample_offset = 0
-            batch_loss = net.forward_from_to()
-            if p.test_compute_loss:
-                loss += float(batch_loss)
-            for name in net.outputs:
-                v = to_numpy(net.blobs[name].data).astype(np.float64).ravel()
-                sums[name] = v.copy() if sums[name] is None else sums[name] + v
+        result = scoring.run_batches(self, net, p.test_iter[i], self.test_round() * p.test_iter[i], STOP, NONE)
+        if result is None:
+            return None
+        sums, loss = result
         if p.test_compute_loss:
             self.log.info("solver.cpp:401", f"Test loss: {fmt(loss / p.test_iter[i])}")
-        scores = {}
-        for name in net.outputs:
-            means = sums[name] / p.test_iter[i] if sums[name] is not None else np.zeros(0)
-            scores[name] = float(means[0]) if means.size == 1 else list(means)
+        scores = scoring.mean_scores(net.outputs, sums, p.test_iter[i])
         self.last_test_scores[i] = scores
         self._log_outputs(net, "Test", {n: np.atleast_1d(scores[n]) for n in net.outputs})
         self.log_skipped_records(net, f"Test net (#{i})")
@@ -450,17 +343,8 @@ class Solver:
         return r if p.test_initialization else max(0, r - 1)
 
     def _log_outputs(self, net, kind, values):
-        index = 0
-        for name in net.outputs:
-            vals = values.get(name)
-            if vals is None:
-                vals = to_numpy(net.blobs[name].data).ravel()
-            weight = net.blob_loss_weights.get(name, 0.0)
-            for v in vals:
-                extra = f" (* {fmt(weight)} = {fmt(weight * v)} loss)" if weight else ""
-                where = "solver.cpp:258" if kind == "Train" else "solver.cpp:414"
-                self.log.info(where, f"    {kind} net output #{index}: {name} = {fmt(v)}{extra}")
-                index += 1
+        for where, line in scoring.output_lines(net, kind, values):
+            self.log.info(where, line)
 
     def _observe_plateau(self, scores):
         p = self.param
@@ -478,60 +362,16 @@ class Solver:
     # -- snapshots -----------------------------------------------------------------------------------------
     def checked_snapshot(self):
         """snapshot() after a forward pass shows the loss of these weights is finite (at the end of a step,
-        where no next iteration has checked them). The forward leaves the data where it was."""
-        nets = getattr(self, "replicas", None) or [self.net]
-        positions = [net.batch_positions() for net in nets]
-        try:
-            with np.errstate(over="ignore", invalid="ignore"):
-                loss = self.final_loss()
-        finally:
-            for net, saved in zip(nets, positions):
-                net.restore_batch_positions(saved)
-        if not math.isfinite(loss):
-            layer = self.net.first_nonfinite_layer()
-            where = f" (first non-finite values in layer '{layer}')" if layer else ""
-            raise TrainingDiverged(f"iteration {self.iter}: the loss is not finite{where}; training stopped. "
-                                   f"No snapshot of these weights was written; lower base_lr or check the data.")
-        return self.snapshot()
+        where no next iteration has checked them); see snapshot.checked_snapshot."""
+        return snapshot.checked_snapshot(self)
 
     def snapshot(self):
         """Write <prefix>_iter_N.caffemodel and .solverstate atomically (refusing non-finite weights)."""
-        xp = self.net.xp
-        for lp in self.net.learnable_params:
-            if not bool(xp.isfinite(lp.blob.data).all()):
-                raise TrainingDiverged(f"iteration {self.iter}: weights of layer '{lp.layer}' are not finite; "
-                                       f"no snapshot written (the last good snapshot is kept)")
-        snapshot.check_prefix_writable(self.prefix)
-        model = snapshot.snapshot_filename(self.prefix, self.iter, ".caffemodel")
-        self.log.info("solver.cpp:464", f"Snapshotting to binary proto file {model}")
-        # The model first, then the state that names it, each renamed into place only when complete and
-        # synced: a process killed at any moment leaves every .solverstate with its whole .caffemodel.
-        self.net.save(model, write_diff=self.param.snapshot_diff)
-        state = snapshot.snapshot_filename(self.prefix, self.iter, ".solverstate")
-        self.log.info("sgd_solver.cpp:284", f"Snapshotting solver state to binary proto file {state}")
-        snapshot.write_state(state, self.iter, model, self.history, self.current_step, self.plateau)
-        return model, state
+        return snapshot.write_snapshot(self)
 
     def restore(self, path):
         """Resume from a .solverstate: weights (learned_net), history, iteration, multistep and plateau state."""
-        path = str(path)
-        state = snapshot.read_state(path)
-        history = snapshot.history_arrays(state, path)
-        if len(history) != len(self.history):
-            raise VggtoolError(f"{path}: holds {len(history)} history blob(s) but this {self.param.type} solver "
-                               f"and net need {len(self.history)} (a state of another net or solver type?)")
-        for i, ((shape, values), h) in enumerate(zip(history, self.history)):
-            if values.size != h.size:
-                raise VggtoolError(f"{path}: history blob {i} has shape {shape}, the net's parameter has "
-                                   f"{tuple(h.shape)} (a state of another net?)")
-        if state.learned_net:
-            self.net.copy_from(snapshot.resolve_learned_net(state.learned_net, path))
-        xp = self.net.xp
-        for (shape, values), h in zip(history, self.history):
-            h[...] = xp.asarray(values.reshape(h.shape), dtype=h.dtype)
-        self.iter = int(state.iter)
-        self.current_step = int(state.current_step)
-        self.plateau.restore(state)
+        snapshot.restore(self, path)
 
 
 def get_solver(path, **kwargs):

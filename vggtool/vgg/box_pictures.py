@@ -9,8 +9,8 @@ import os
 import cv2
 import numpy as np
 
-from ..protoio import atomic_write_bytes
 from .heatmaps import picture_name
+from ..atomic_files import atomic_write_bytes
 
 TRUE_COLOUR = (0, 200, 0)   # BGR
 GUESS_COLOUR = (0, 0, 255)

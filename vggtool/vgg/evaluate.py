@@ -19,9 +19,10 @@ import os
 import cv2
 import numpy as np
 
-from .. import protoio
+from .. import atomic_files
+from ..io import prototxt, wire
 from ..backend import CPU, to_numpy
-from ..blob import proto_to_array
+from ..io.wire import proto_to_array
 from ..data.datum import is_lmdb
 from ..data.transform import isotropic_resize
 from ..errors import VggtoolError
@@ -67,7 +68,7 @@ def load_mean(mean_value=None, mean_file=None, channels=None):
     if mean_file is not None:
         if not os.path.exists(mean_file):
             raise VggtoolError(f"--mean-file: {mean_file} does not exist")
-        a = proto_to_array(protoio.read_binary_proto(mean_file, caffe_pb2.BlobProto(), "mean file"),
+        a = proto_to_array(wire.read_binary_proto(mean_file, caffe_pb2.BlobProto(), "mean file"),
                            f"--mean-file {mean_file}")
         a = a.reshape((-1,) + a.shape[-3:])[0] if a.ndim >= 3 else a
         mean = a.reshape(a.shape[0], -1).mean(axis=1) if a.ndim == 3 else np.ravel(a)
@@ -94,7 +95,7 @@ def load_deploy_net(model, weights, source, device=CPU, convolutionalize=True):
         raise VggtoolError(f"--weights: {weights} does not exist")
     if isinstance(model, str) and not os.path.exists(model):
         raise VggtoolError(f"--net: {model} does not exist")
-    param = model if isinstance(model, caffe_pb2.NetParameter) else protoio.read_net_param(model)
+    param = model if isinstance(model, caffe_pb2.NetParameter) else prototxt.read_net_param(model)
     if convolutionalize and surgery.needs_surgery(param):
         _, net = surgery.convolutionalize(param, weights, source, device=device)
     else:
@@ -163,11 +164,11 @@ class Evaluator:
     def _pick_score_blob(self, blob, source):
         net = self.net
         producers = {}
-        for name in net._layer_names:
+        for name in net.layer_names:
             for top in net.top_names[name]:
                 producers[top] = name
         if blob is None:
-            last = net._layer_names[-1]
+            last = net.layer_names[-1]
             if net.layer_dict[last].type == "Softmax":
                 blob = net.bottom_names[last][0]
             elif len(net.outputs) == 1:
@@ -320,7 +321,7 @@ def save_scores(path, posteriors, labels, keys, **meta):
     buf = io.BytesIO()
     np.savez(buf, posteriors=np.asarray(posteriors, np.float32), labels=np.asarray(labels, np.int64),
              keys=np.asarray(keys, dtype=str), **{k: np.asarray(v) for k, v in meta.items()})
-    protoio.atomic_write_bytes(path, buf.getvalue())
+    atomic_files.atomic_write_bytes(path, buf.getvalue())
 
 
 def load_scores(path):

@@ -21,7 +21,8 @@ import shutil
 
 import numpy as np
 
-from .. import protoio
+from .. import atomic_files
+from ..io import prototxt
 from ..atomic_files import remove_stale_temporaries, temporary_folder
 from ..backend import CPU, to_numpy
 from ..errors import VggtoolError
@@ -45,7 +46,7 @@ class FeatureExtractor:
             raise VggtoolError(f"--aggregate must be one of {', '.join(AGGREGATES)}, got '{aggregate}'")
         if isinstance(model, str) and not os.path.exists(model):
             raise VggtoolError(f"--net: {model} does not exist")
-        param = model if isinstance(model, caffe_pb2.NetParameter) else protoio.read_net_param(model)
+        param = model if isinstance(model, caffe_pb2.NetParameter) else prototxt.read_net_param(model)
         self.fc_layers = [layer_param.name for layer_param in param.layer if layer_param.type == "InnerProduct"]
         self.net, self.input, shape = ev.load_deploy_net(param, weights, source, device, convolutionalize=pool)
         self.channels, self.input_size = shape[1], (shape[2], shape[3])
@@ -73,7 +74,7 @@ class FeatureExtractor:
     def _pick_blob(self, blob, source):
         net = self.net
         last = {}
-        for name in net._layer_names:
+        for name in net.layer_names:
             for top in net.top_names[name]:
                 last[top] = name
         if blob not in last or blob == self.input:
@@ -208,7 +209,7 @@ def save_npz(path, features, labels, keys, classes=None, ignore=None, **meta):
         arrays["ignore"] = np.asarray(ignore, bool)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    protoio.atomic_write_bytes(path, buf.getvalue())
+    atomic_files.atomic_write_bytes(path, buf.getvalue())
 
 
 def save_lmdb(path, features, labels, keys, blob_shape=None, overwrite=False):

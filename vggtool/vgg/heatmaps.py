@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 
 from ..backend import to_numpy
-from ..protoio import atomic_write_bytes
 from .evaluate import rescale, softmax
+from ..atomic_files import atomic_write_bytes
 
 
 def class_map(evaluator, image, q, cls):

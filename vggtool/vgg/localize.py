@@ -28,7 +28,8 @@ import os
 
 import numpy as np
 
-from .. import protoio
+from .. import atomic_files
+from ..io import prototxt
 from ..backend import CPU, to_numpy
 from ..data import boxes as B
 from ..errors import VggtoolError
@@ -60,7 +61,7 @@ class Regressor:
         source = source or (model if isinstance(model, str) else "net")
         if weights is not None and not os.path.exists(str(weights)):
             raise VggtoolError(f"--weights: {weights} does not exist")
-        param = model if isinstance(model, caffe_pb2.NetParameter) else protoio.read_net_param(model)
+        param = model if isinstance(model, caffe_pb2.NetParameter) else prototxt.read_net_param(model)
         if surgery.needs_surgery(param):
             _, self.net = surgery.convolutionalize(param, weights, source, device=device)
         else:
@@ -266,4 +267,4 @@ def save_boxes(path, result):
         buf = io.BytesIO()
         np.savez(buf, **{k: np.asarray(v) for k, v in result.items()})
         data = buf.getvalue()
-    protoio.atomic_write_bytes(path, data)
+    atomic_files.atomic_write_bytes(path, data)

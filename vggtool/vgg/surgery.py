@@ -11,7 +11,7 @@ need this conversion (shapes differ), which `convolutionalize_weights` / `vggtoo
 """
 import numpy as np
 
-from .. import protoio
+from ..io import prototxt
 from ..backend import to_numpy
 from ..errors import VggtoolError
 from ..net import Net
@@ -21,7 +21,7 @@ from ..proto import caffe_pb2
 def _param_of(model):
     if isinstance(model, caffe_pb2.NetParameter):
         return model
-    return protoio.read_net_param(model)
+    return prototxt.read_net_param(model)
 
 
 def plan(net, source="net"):
@@ -34,7 +34,7 @@ def plan(net, source="net"):
         if layer.type != "InnerProduct":
             continue
         p = layer.param.inner_product_param
-        bottom = net.bottom_vecs[net._layer_names.index(name)][0]
+        bottom = net.bottom_vecs[net.layer_index(name)][0]
         axis = bottom.canonical_axis(p.axis)
         if axis != 1:
             raise VggtoolError(f"{source}: layer '{name}': only InnerProduct with axis 1 can become a "

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from ... import protoio
+from ... import atomic_files
 from ...solvers.parse_log import parse_log
 from . import plan
 
@@ -17,7 +17,7 @@ def _save(fig, path):
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    protoio.atomic_write_bytes(str(path), buf.getvalue())
+    atomic_files.atomic_write_bytes(str(path), buf.getvalue())
 
 
 def _pyplot():

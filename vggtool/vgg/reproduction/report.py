@@ -8,7 +8,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from ... import protoio
+from ... import atomic_files
 from . import paper, plan, plots, tables
 
 # Paper's scale for each mini scale, for the "paper" columns.
@@ -230,10 +230,10 @@ def write(run):
         "",
     ]
     path = out / "REPORT.md"
-    protoio.atomic_write_bytes(str(path), "\n".join(text).encode())
+    atomic_files.atomic_write_bytes(str(path), "\n".join(text).encode())
     results = {"budget": b.as_dict(), "seeds": run.seeds, "records": run.records, "costs": run.costs.steps,
                "findings": [{"claim": c, "paper": p, "d_se_n": tables.compare(w, bt, pr),
                              "verdict": tables.verdict(*tables.compare(w, bt, pr), ng)}
                             for c, p, w, bt, pr, ng, _ in tables.findings(fig)]}
-    protoio.atomic_write_bytes(str(out / "results.json"), json.dumps(results, indent=1).encode())
+    atomic_files.atomic_write_bytes(str(out / "results.json"), json.dumps(results, indent=1).encode())
     return path

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .. import evaluate
-from ... import protoio
+from ... import atomic_files
 from ...errors import VggtoolError
 from . import plan, scoring, training
 
@@ -32,7 +32,7 @@ class Costs:
 
     def record(self, step, tag, wall, cpu):
         self.steps[step] = {"tag": tag, "wall_s": wall, "cpu_s": cpu}
-        protoio.atomic_write_bytes(str(self.path), json.dumps(self.steps, indent=1).encode())
+        atomic_files.atomic_write_bytes(str(self.path), json.dumps(self.steps, indent=1).encode())
 
     def by_tag(self):
         out = {}
@@ -60,7 +60,7 @@ def check_plan(out, budget):
             raise VggtoolError(f"--out {out}: holds a run of another size ({have.get('name')}: {have}); "
                                "use another --out folder")
     else:
-        protoio.atomic_write_bytes(str(path), json.dumps(want, indent=1).encode())
+        atomic_files.atomic_write_bytes(str(path), json.dumps(want, indent=1).encode())
 
 
 def prepare_data(out, budget, costs, say):
@@ -89,7 +89,7 @@ def prepare_data(out, budget, costs, say):
         if data_prep(argv):
             raise VggtoolError("data_prep compute_image_mean failed")
     costs.record("data", "data", t.wall, t.cpu)
-    protoio.atomic_write_bytes(str(counts_file), json.dumps(counts).encode())
+    atomic_files.atomic_write_bytes(str(counts_file), json.dumps(counts).encode())
     return counts
 
 
@@ -139,7 +139,7 @@ class Run:
             return json.loads(path.read_text())
         started = {"time": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
                    "commit": commit_of_checkout()}
-        protoio.atomic_write_bytes(str(path), json.dumps(started).encode())
+        atomic_files.atomic_write_bytes(str(path), json.dumps(started).encode())
         return started
 
     # -- paths ---------------------------------------------------------------------------------------------

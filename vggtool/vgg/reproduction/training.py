@@ -7,7 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from ... import protoio
+from ... import atomic_files
+from ...io import prototxt
 from ...errors import VggtoolError
 from ...proto import caffe_pb2
 from ...solvers import Solver
@@ -41,10 +42,10 @@ def holdout_batches(count):
 def solver_param(cell, data, budget, holdout_count):
     """The SolverParameter of `cell`: the recipe file with the net inline and the run's settings."""
     solver_file = source_file("solver", "mini", f"{cell.net}.prototxt")
-    param = protoio.read_solver_param(str(solver_file))
+    param = prototxt.read_solver_param(str(solver_file))
     variant = "train_val_xavier.prototxt" if cell.init == "xavier" else "train_val.prototxt"
     net_file = source_file("netdefs", "mini", cell.net, variant)
-    net = protoio.read_net_param(str(net_file))
+    net = prototxt.read_net_param(str(net_file))
     batch, test_iter = holdout_batches(holdout_count)
     for layer in net.layer:
         if layer.type == "Data":
@@ -94,7 +95,7 @@ def train_cell(cell, data, budget, holdout_count, model_path, log_path, a_weight
 
 
 def save_record(path, record):
-    protoio.atomic_write_bytes(str(path), json.dumps(record, indent=1).encode())
+    atomic_files.atomic_write_bytes(str(path), json.dumps(record, indent=1).encode())
 
 
 def load_record(path):

@@ -5,8 +5,8 @@
 - the top-level `input:` / `input_dim:` / `input_shape` fields become an Input layer;
 - scale/mean/crop/mirror inside data_param (older still) move into transform_param.
 """
-from .errors import VggtoolError
-from .proto import caffe_pb2
+from ..errors import VggtoolError
+from ..proto import caffe_pb2
 
 # V1LayerParameter.LayerType name -> the layer type string of today's LayerParameter.
 V1_TYPE_NAMES = {
@@ -24,10 +24,6 @@ V1_TYPE_NAMES = {
 }
 
 _V1_SIMPLE_FIELDS = ("name", "bottom", "top", "loss_weight")
-
-
-def needs_upgrade(net):
-    return len(net.layers) > 0 or len(net.input) > 0
 
 
 def upgrade_v1_layer(v1, source="net"):
