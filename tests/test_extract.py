@@ -10,7 +10,7 @@ from vggtool import Net, surgery
 from vggtool.cli import main
 from vggtool.errors import VggtoolError
 from vggtool.extract import FeatureExtractor, load_features
-from vggtool.labels import label_array, open_image_set, read_labelled_list
+from vggtool.data.imagesets import label_array, open_image_set, read_labelled_list
 
 MEAN = np.array([100.0, 110.0, 120.0], np.float32)
 

@@ -9,7 +9,7 @@ from vggtool import evaluate as ev
 from vggtool import protoio
 from vggtool.cli import main
 from vggtool.proto import caffe_pb2
-from vggtool.recorded_transform import _layers_without_blobs, recorded_transform
+from vggtool.data.recorded_transform import _layers_without_blobs, recorded_transform
 
 
 def weights_with_data_layer(tmp_path, weights, mean_value=(), mean_file=None, scale=None):

@@ -225,17 +225,13 @@ class Evaluator:
 
 
 # -- data -------------------------------------------------------------------------------------------------
-def is_lmdb(path):
-    return os.path.isdir(path) and os.path.exists(os.path.join(path, "data.mdb"))
-
-
 def count_samples(path):
+    from .data.datum import is_lmdb, shared_lmdb
     from .data.imagefolder import folder_entries, is_image_folder
 
     if is_image_folder(path):
         return len(folder_entries(path)[0])
     if is_lmdb(path):
-        from .data.datum import shared_lmdb
         return shared_lmdb(path).stat()["entries"]  # shared: a data layer may hold it open
     return len(read_list(path))
 
@@ -249,9 +245,10 @@ def read_list(path):
 
 def iterate_lmdb_images(path, limit=None, color=True):
     """Yield (key, HxWxC image, Datum) from the LMDB at `path` (`--data`), at most `limit` records."""
+    from .data.datum import datum_to_image, is_lmdb, iterate_records
+
     if not is_lmdb(path):
         raise VggtoolError(f"--data: {path} is a folder without data.mdb (not an LMDB database)")
-    from .data.datum import datum_to_image, iterate_records
 
     for count, (key, datum) in enumerate(iterate_records(path)):
         if limit is not None and count >= limit:

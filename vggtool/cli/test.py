@@ -54,10 +54,10 @@ def add_transform_arguments(parser):
 
 def transform_options(args):
     """{'mean': per-channel mean or None, 'scale': float}: the flags of add_transform_arguments, else the
-    model's own transform_param (vggtool.recorded_transform: the --net prototxt, then the --weights file).
+    model's own transform_param (vggtool.data.recorded_transform: the --net prototxt, then the --weights file).
     When neither gives a mean, say so: the images then go in without mean subtraction."""
     from .. import evaluate as ev
-    from ..recorded_transform import recorded_transform, resolve_mean_file
+    from ..data.recorded_transform import recorded_transform, resolve_mean_file
 
     mean, scale = None, args.scale
     if args.mean_value is not None or args.mean_file is not None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import VggtoolError
+from ..errors import VggtoolError
 
 
 @dataclass
@@ -140,7 +140,7 @@ def read_voc(folder, split="trainval", classes=None):
 
 def open_image_set(data, root="", split="trainval", classes=None):
     """An ImageSet from a list file, an LMDB folder or a VOC folder (`--data`)."""
-    from .evaluate import is_lmdb
+    from .datum import is_lmdb
 
     if not os.path.exists(data):
         raise VggtoolError(f"--data: {data} does not exist (give an image list file, an LMDB folder or a "
@@ -148,7 +148,7 @@ def open_image_set(data, root="", split="trainval", classes=None):
     if root and not os.path.isdir(root):
         raise VggtoolError(f"--root: {root} is not a folder")
     if os.path.isdir(data):
-        from .data.imagefolder import folder_entries, is_image_folder
+        from .imagefolder import folder_entries, is_image_folder
 
         if is_image_folder(data) and not is_voc(data):  # ImageFolder layout, or a folder of images
             entries, names = folder_entries(data, classes)

@@ -10,10 +10,10 @@ import os
 
 from google.protobuf.message import DecodeError
 
-from . import protoio
-from .blob import _varint
-from .errors import VggtoolError
-from .proto import caffe_pb2
+from .. import protoio
+from ..blob import _varint
+from ..errors import VggtoolError
+from ..proto import caffe_pb2
 
 _LAYER_FIELD = caffe_pb2.NetParameter.DESCRIPTOR.fields_by_name["layer"].number
 _BLOBS_FIELD = caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name["blobs"].number
@@ -79,7 +79,7 @@ def _walk_layers(buf):
 
 
 def _key_bytes(number, wire, length):
-    from .blob import _encode_varint
+    from ..blob import _encode_varint
 
     head = _encode_varint(number << 3 | wire)
     return head + _encode_varint(length) if length is not None else head
