@@ -157,10 +157,10 @@ def run_evaluation(args):
                        flip=args.flip)
         print(f"wrote {args.out}")
     if args.heatmaps:
-        from ..data.imagefolder import read_labels_file
+        from ..data.imagelist import read_names
         from ..heatmaps import write_heatmaps
 
-        names = read_labels_file(args.labels) if args.labels else None
+        names = read_names(args.labels) if args.labels else None
         samples = ev.iterate_samples(args.data, args.root, args.limit, color=evaluator.channels == 3)
         written = write_heatmaps(evaluator, samples, posteriors, args.heatmaps, names)
         print(f"wrote {len(written)} heat map(s) to {args.heatmaps}")
