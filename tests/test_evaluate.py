@@ -6,6 +6,7 @@ from eval_helpers import CLASSES, CROP, chain_terms, make_model, random_image
 from numerics import assert_close_to_scale
 from vggtool import Net
 from vggtool import evaluate as ev
+from vggtool.data.mean import load_mean
 from vggtool.errors import VggtoolError
 
 PROB_TERMS = chain_terms("prob") + 50  # the net's sums, then averages over up to 50 crops
@@ -164,7 +165,7 @@ def test_mean_file_is_averaged_per_channel(tmp_path):
     mean = np.stack([np.full((4, 5), v, np.float32) for v in (1, 2, 3)])[None]
     path = str(tmp_path / "mean.binaryproto")
     write_binary_proto(path, array_to_proto(mean))
-    np.testing.assert_allclose(ev.load_mean(mean_file=path), [1, 2, 3])
-    np.testing.assert_allclose(ev.load_mean(mean_value="104,117,123"), [104, 117, 123])
+    np.testing.assert_allclose(load_mean(mean_file=path), [1, 2, 3])
+    np.testing.assert_allclose(load_mean(mean_value="104,117,123"), [104, 117, 123])
     with pytest.raises(VggtoolError, match="does not exist"):
-        ev.load_mean(mean_file=str(tmp_path / "none.binaryproto"))
+        load_mean(mean_file=str(tmp_path / "none.binaryproto"))

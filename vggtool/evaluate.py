@@ -21,7 +21,6 @@ import numpy as np
 
 from . import protoio, surgery
 from .backend import CPU, to_numpy
-from .blob import proto_to_array
 from .data.transform import isotropic_resize
 from .errors import VggtoolError
 from .listargs import parse_list
@@ -55,29 +54,6 @@ def grid_positions(h, w, crop_h, crop_w, grid=GRID):
     ys = np.rint(np.linspace(0, h - crop_h, grid)).astype(int)
     xs = np.rint(np.linspace(0, w - crop_w, grid)).astype(int)
     return [(int(y), int(x)) for y in ys for x in xs]
-
-
-def load_mean(mean_value=None, mean_file=None, channels=None):
-    """Per-channel mean (C,) float32 from `B,G,R` values or a .binaryproto mean image; zeros if neither.
-    One value is repeated to `channels` when given."""
-    if mean_value is not None and mean_file is not None:
-        raise VggtoolError("give either --mean-value or --mean-file, not both")
-    if mean_file is not None:
-        if not os.path.exists(mean_file):
-            raise VggtoolError(f"--mean-file: {mean_file} does not exist")
-        a = proto_to_array(protoio.read_binary_proto(mean_file, caffe_pb2.BlobProto(), "mean file"),
-                           f"--mean-file {mean_file}")
-        a = a.reshape((-1,) + a.shape[-3:])[0] if a.ndim >= 3 else a
-        mean = a.reshape(a.shape[0], -1).mean(axis=1) if a.ndim == 3 else np.ravel(a)
-    elif mean_value is not None:
-        mean = np.array(parse_list(mean_value, "--mean-value", float, "104,117,123", positive=False))
-    else:
-        mean = np.zeros(1)
-    if mean.size == 1 and channels:
-        mean = np.repeat(mean, channels)
-    if channels and mean.size != channels:
-        raise VggtoolError(f"the mean has {mean.size} channel(s), the net's input has {channels}")
-    return mean.astype(np.float32)
 
 
 def default_scales(crop):
@@ -226,7 +202,7 @@ class Evaluator:
 
 # -- data -------------------------------------------------------------------------------------------------
 def count_samples(path):
-    from .data.datum import is_lmdb, shared_lmdb
+    from vggtool.data.datum import is_lmdb, shared_lmdb  # absolute: survives the move to vgg/
     from .data.imagefolder import folder_entries, is_image_folder
 
     if is_image_folder(path):
@@ -245,7 +221,7 @@ def read_list(path):
 
 def iterate_lmdb_images(path, limit=None, color=True):
     """Yield (key, HxWxC image, Datum) from the LMDB at `path` (`--data`), at most `limit` records."""
-    from .data.datum import datum_to_image, is_lmdb, iterate_records
+    from vggtool.data.datum import datum_to_image, is_lmdb, iterate_records
 
     if not is_lmdb(path):
         raise VggtoolError(f"--data: {path} is a folder without data.mdb (not an LMDB database)")

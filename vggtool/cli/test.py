@@ -56,22 +56,22 @@ def transform_options(args):
     """{'mean': per-channel mean or None, 'scale': float}: the flags of add_transform_arguments, else the
     model's own transform_param (vggtool.data.recorded_transform: the --net prototxt, then the --weights file).
     When neither gives a mean, say so: the images then go in without mean subtraction."""
-    from .. import evaluate as ev
+    from ..data.mean import load_mean
     from ..data.recorded_transform import recorded_transform, resolve_mean_file
 
     mean, scale = None, args.scale
     if args.mean_value is not None or args.mean_file is not None:
-        mean = ev.load_mean(args.mean_value, args.mean_file)
+        mean = load_mean(args.mean_value, args.mean_file)
     net = args.net[0] if isinstance(args.net, list) else args.net
     weights = args.weights[0] if isinstance(args.weights, list) else args.weights
     tp, where = recorded_transform(net, weights) if getattr(args, "recorded_transform", True) else (None, None)
     used = []
     if mean is None and tp is not None and (tp.mean_file or len(tp.mean_value)):
         if tp.mean_file:
-            mean = ev.load_mean(mean_file=resolve_mean_file(tp.mean_file, where, where.split(", layer")[0]))
+            mean = load_mean(mean_file=resolve_mean_file(tp.mean_file, where, where.split(", layer")[0]))
             used.append(f"mean_file {tp.mean_file}")
         else:
-            mean = ev.load_mean(",".join(str(v) for v in tp.mean_value))
+            mean = load_mean(list(tp.mean_value))
             used.append("mean_value " + ",".join(f"{v:g}" for v in tp.mean_value))
     if scale is None and tp is not None and tp.HasField("scale"):
         scale = tp.scale

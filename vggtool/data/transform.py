@@ -21,6 +21,7 @@ from ..blob import proto_to_array
 from ..errors import VggtoolError
 from ..proto import caffe_pb2
 from ..protoio import read_binary_proto
+from .mean import mean_image
 
 TRAIN = 0
 MAX_RESIZE_CHANNELS = 4
@@ -72,19 +73,7 @@ class DataTransformer:
         for name in ("smallest_side", "smallest_side_min", "test_smallest_side"):
             if p.HasField(name) and p.crop_size and getattr(p, name) < p.crop_size:
                 raise self.error(f"{name} {getattr(p, name)} is smaller than crop_size {p.crop_size}")
-        self.mean = None
-        if p.mean_file and len(p.mean_value):
-            raise self.error("give mean_file or mean_value, not both")
-        if p.mean_file:
-            blob = read_binary_proto(p.mean_file, caffe_pb2.BlobProto(), "mean file (BlobProto)")
-            mean = proto_to_array(blob, f"{where}: mean_file {p.mean_file}").astype(np.float32)
-            if mean.ndim == 4 and mean.shape[0] == 1:
-                mean = mean[0]
-            if mean.ndim != 3:
-                raise self.error(f"mean_file {p.mean_file} has shape {mean.shape}; expected 1xCxHxW")
-            self.mean = mean
-        elif len(p.mean_value):
-            self.mean = np.asarray(p.mean_value, np.float32).reshape(-1, 1, 1)
+        self.mean = mean_image(p.mean_file, p.mean_value, where)  # C x H x W, C x 1 x 1 or None
         self.pca = None
         if p.pca_stats_file:
             values, vectors = read_pca_stats(p.pca_stats_file, where)
