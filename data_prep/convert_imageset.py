@@ -21,6 +21,7 @@ from vggtool.data.datum import array_to_datum, encoded_datum, lmdb_for_writing, 
 from vggtool import boxes as box_geometry
 from vggtool.atomic_files import remove_stale_temporaries, temporary_folder
 from vggtool.data.imagelist import list_has_boxes, read_box_list, read_image_list
+from vggtool.data.transform import isotropic_resize
 from vggtool.errors import VggtoolError
 from vggtool.protoio import check_output_path
 
@@ -55,12 +56,11 @@ def add_common_arguments(p):
 
 
 def resize_image(image, height=0, width=0, smallest=0):
-    """Caffe's fixed resize (both height and width given) or an isotropic smaller-side resize."""
-    h, w = image.shape[:2]
+    """Caffe's fixed resize (both height and width given, bilinear as Caffe's) or the isotropic
+    smaller-side resize of training and testing (vggtool.data.transform.isotropic_resize)."""
     if smallest:
-        scale = smallest / min(h, w)
-        height, width = max(1, round(h * scale)), max(1, round(w * scale))
-    if height and width and (height, width) != (h, w):
+        return isotropic_resize(image, smallest)
+    if height and width and (height, width) != image.shape[:2]:
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
     return image
 

@@ -23,6 +23,7 @@ from . import protoio, surgery
 from .backend import CPU, to_numpy
 from .data.transform import isotropic_resize
 from .errors import VggtoolError
+from vggtool.layers.softmax import softmax  # the one softmax (absolute: survives the move to vgg/)
 from .listargs import parse_list
 from .net import Net
 from .proto import caffe_pb2
@@ -33,20 +34,7 @@ AVERAGES = ("posteriors", "scores")  # dense map: softmax per location then aver
 GRID = 5  # multi-crop grid per side (the paper: 5x5 crops, 2 flips -> 50 per scale)
 
 
-# -- metrics ----------------------------------------------------------------------------------------------
-def softmax(scores, axis=1):
-    s = scores - scores.max(axis=axis, keepdims=True)
-    e = np.exp(s)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
 # -- images -----------------------------------------------------------------------------------------------
-# The one isotropic rescale of training and testing (dense, multi-crop, extraction, localisation): pixel
-# areas when shrinking, bilinear when enlarging, so an image stored at 512 and tested at Q=256 is not
-# aliased and a net sees at test time the kind of pixels it was trained on.
-rescale = isotropic_resize
-
-
 def grid_positions(h, w, crop_h, crop_w, grid=GRID):
     """Top-left corners of a grid x grid regular grid of crops, evenly spaced, corners included."""
     if h < crop_h or w < crop_w:
@@ -196,7 +184,7 @@ class Evaluator:
         per_method = []
         for m in methods:
             fn = self.dense if m == "dense" else self.multicrop
-            per_method.append(np.mean([fn(rescale(image, q)) for q in self.scales], axis=0))
+            per_method.append(np.mean([fn(isotropic_resize(image, q)) for q in self.scales], axis=0))
         return np.mean(per_method, axis=0)
 
 

@@ -2,7 +2,7 @@
 
 Pooled descriptors (the default): the deploy net's InnerProduct layers are convolutionalised
 (vggtool.surgery) and the net runs densely on the whole image, isotropically rescaled so its smallest
-side is Q (vggtool.evaluate.rescale). The chosen blob's map (N x C x H x W) is averaged over its spatial
+side is Q (vggtool.data.transform.isotropic_resize). The chosen blob's map (N x C x H x W) is averaged over its spatial
 positions (global average pooling), the descriptor averaged with the horizontally flipped image's
 (--flip), the per-scale descriptors concatenated (`stack`) or averaged (`average`) in --scales order,
 and the result L2-normalised.
@@ -25,6 +25,7 @@ from . import evaluate as ev, protoio
 from .atomic_files import remove_stale_temporaries, temporary_folder
 from .backend import CPU, to_numpy
 from .errors import VggtoolError
+from vggtool.data.transform import isotropic_resize
 from .proto import caffe_pb2
 
 AGGREGATES = ("stack", "average")
@@ -111,7 +112,7 @@ class FeatureExtractor:
             return self._raw(images)
         per_scale = []
         for q in self.scales:
-            xs = [self.preprocess(ev.rescale(im, q)) for im in images]
+            xs = [self.preprocess(isotropic_resize(im, q)) for im in images]
             if self.flip:
                 xs = [a for x in xs for a in (x, np.ascontiguousarray(x[:, :, ::-1]))]
             d = np.array(self._group_forward(xs, self.pooled))
@@ -124,7 +125,7 @@ class FeatureExtractor:
     def _raw(self, images):
         xs = []
         for im in images:
-            x = self.preprocess(ev.rescale(im, self.scales[0]) if self.scales else im)
+            x = self.preprocess(isotropic_resize(im, self.scales[0]) if self.scales else im)
             if self.fc_layers and x.shape[1:] != self.input_size:
                 raise VggtoolError(
                     f"an image of {x.shape[1]}x{x.shape[2]} does not fit the net's {self.input_size[0]}x"

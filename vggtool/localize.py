@@ -32,7 +32,9 @@ from . import boxes as B
 from . import protoio, surgery
 from .backend import CPU, to_numpy
 from .errors import VggtoolError
-from .evaluate import InputTransform, rescale, softmax
+from .evaluate import InputTransform
+from vggtool.data.transform import isotropic_resize
+from vggtool.layers.softmax import softmax
 from .net import Net
 from .proto import caffe_pb2
 
@@ -100,7 +102,7 @@ class Regressor:
 
     def centre_box(self, image, q, label):
         """The centre-crop box (x1, y1, x2, y2 image pixels) of class `label` (any class for SCR)."""
-        scaled = rescale(image, q)
+        scaled = isotropic_resize(image, q)
         h, w = scaled.shape[:2]
         y0, x0 = (h - self.crop_h) // 2, (w - self.crop_w) // 2
         params = self.predict(scaled[y0:y0 + self.crop_h, x0:x0 + self.crop_w])[0, 0]
@@ -113,7 +115,7 @@ class Regressor:
         """(K, L, 4) boxes in image pixels: per class, one per output location (and per mirror).
         With `score_map` ({(q, mirrored): ScoreMap}, ClassScoreMaps.image_maps) also (classes, L)
         weights: the class scores of each box's window (see window_scores)."""
-        scaled = rescale(image, q)
+        scaled = isotropic_resize(image, q)
         h, w = scaled.shape[:2]
         views = [(scaled, False)] + ([(np.ascontiguousarray(scaled[:, ::-1]), True)] if flip else [])
         out, weights = [], []
@@ -158,7 +160,7 @@ class ScoreMap:
 
 class ClassScoreMaps:
     """The classification net of `vggtool localize --cls-net` (a vggtool.evaluate.Evaluator) run densely
-    on the same rescaled views as the box nets (vggtool.evaluate.rescale, then the mirror): softmax score
+    on the same rescaled views as the box nets (vggtool.data.transform.isotropic_resize, then the mirror): softmax score
     maps that weigh the boxes, and the image's posterior, their average over locations, views and scales
     (what Evaluator's dense mode computes)."""
 
@@ -179,7 +181,7 @@ class ClassScoreMaps:
         """({(q, mirrored): ScoreMap}, posterior (classes,)) of one image."""
         maps, per_scale = {}, []
         for q in scales:
-            scaled = rescale(image, q)
+            scaled = isotropic_resize(image, q)
             views = [(scaled, False)] + ([(np.ascontiguousarray(scaled[:, ::-1]), True)] if flip else [])
             for view, mirrored in views:
                 maps[q, mirrored] = self.view_map(view)

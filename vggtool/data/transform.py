@@ -30,7 +30,9 @@ MAX_RESIZE_CHANNELS = 4
 def isotropic_resize(image, smallest):
     """Rescale so the smaller side is `smallest`, keeping the aspect ratio (the other side rounded):
     cv2.INTER_AREA when shrinking (no aliasing), INTER_LINEAR when enlarging. The one rescale of vggtool:
-    training's transform, and testing, extraction and localisation (vggtool.evaluate.rescale)."""
+    training's transform, testing, extraction and localisation, and convert_imageset --resize_smallest: an
+    image stored at 512 and tested at Q=256 is not aliased, so a net sees at test time the pixels it was
+    trained on."""
     h, w = image.shape[:2]
     if min(h, w) == smallest:
         return image
