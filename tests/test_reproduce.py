@@ -12,7 +12,7 @@ import pytest
 
 from data_prep.cli import main as data_prep
 from data_prep.scaled_digits import make_scaled_digits, render
-from vggtool import Net, evaluate
+from vggtool import Net
 from vggtool.data.transform import isotropic_resize
 from vggtool.protoio import read_net_param
 from vggtool.reproduction import plan, scoring, tables

@@ -16,7 +16,6 @@ as pycaffe's classifier does, since images here have every size).
 import io
 import os
 
-import cv2
 import numpy as np
 
 from . import protoio, surgery
@@ -188,77 +187,9 @@ class Evaluator:
         return np.mean(per_method, axis=0)
 
 
-# -- data -------------------------------------------------------------------------------------------------
-def count_samples(path):
-    from vggtool.data.datum import is_lmdb, shared_lmdb  # absolute: survives the move to vgg/
-    from .data.imagefolder import folder_entries, is_image_folder
-
-    if is_image_folder(path):
-        return len(folder_entries(path)[0])
-    if is_lmdb(path):
-        return shared_lmdb(path).stat()["entries"]  # shared: a data layer may hold it open
-    return len(read_list(path))
-
-
-def read_list(path):
-    """[(relative path, label, line number)] from a Caffe image list `path label` (label optional)."""
-    from .data.imagelist import read_image_list_lines
-
-    return read_image_list_lines(path, require_label=False)
-
-
-def iterate_lmdb_images(path, limit=None, color=True):
-    """Yield (key, HxWxC image, Datum) from the LMDB at `path` (`--data`), at most `limit` records."""
-    from vggtool.data.datum import datum_to_image, is_lmdb, iterate_records
-
-    if not is_lmdb(path):
-        raise VggtoolError(f"--data: {path} is a folder without data.mdb (not an LMDB database)")
-
-    for count, (key, datum) in enumerate(iterate_records(path)):
-        if limit is not None and count >= limit:
-            return
-        k = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
-        yield k, datum_to_image(datum, color=color, source=f"{path}:{k}"), datum
-
-
-def read_image_file(root, name, color, where):
-    """The image `name` under `root` as HxWxC BGR (or gray) uint8; `where` names the list line in errors."""
-    file = os.path.join(root, name) if root else name
-    image = cv2.imread(file, cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise VggtoolError(f"{where}: cannot read image {file} (missing file or wrong --root?)")
-    return image
-
-
-def iterate_samples(path, root="", limit=None, color=True):
-    """Yield (key, HxWxC BGR uint8 image, label) from an LMDB of Datum or a list file + root folder
-    (`color`: 3-channel BGR, else 1-channel gray)."""
-    if not os.path.exists(path):
-        raise VggtoolError(f"--data: {path} does not exist (give an LMDB folder or an image list file)")
-    from .data.imagefolder import folder_entries, is_image_folder
-
-    if is_image_folder(path):  # ImageFolder layout: labels from the sorted class subfolders
-        entries, classes = folder_entries(path)
-        if classes is None:
-            raise VggtoolError(f"--data: {path} holds images but no class subfolders, so no labels to score "
-                               "against (ROOT/<class>/<image>; `vggtool classify` takes unlabelled images)")
-        for count, (name, label) in enumerate(entries):
-            if limit is not None and count >= limit:
-                return
-            yield name, read_image_file(path, name, color, f"{path}"), label
-        return
-    if os.path.isdir(path):
-        for key, image, datum in iterate_lmdb_images(path, limit, color):
-            yield key, image, int(datum.label)
-        return
-    for count, (name, label, n) in enumerate(read_list(path)):
-        if limit is not None and count >= limit:
-            return
-        yield name, read_image_file(root, name, color, f"{path}:{n}"), label
-
-
 def evaluate(evaluator, data, root="", limit=None, progress=True):
     """(posteriors (N, classes) float32, labels (N,), keys (N,)) over a data set."""
+    from vggtool.data.samples import count_samples, iterate_samples
     from .progress import progress as progress_bar
 
     total = count_samples(data) if os.path.exists(data) else None

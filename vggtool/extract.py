@@ -147,28 +147,12 @@ class FeatureExtractor:
 
 
 # -- data set -> features ------------------------------------------------------------------------------------
-def iterate_images(image_set, color, limit=None):
-    """Yield (key, image, labels tuple) from an ImageSet (image files or an LMDB)."""
-    import cv2
-
-    if image_set.lmdb is not None:
-        for key, image, label in ev.iterate_samples(image_set.lmdb, limit=limit, color=color):
-            yield key, image, (label,)
-        return
-    for i, (key, file) in enumerate(zip(image_set.keys, image_set.files)):
-        if limit is not None and i >= limit:
-            return
-        image = cv2.imread(file, cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
-        if image is None:
-            raise VggtoolError(f"{image_set.source}: cannot read image {file} (missing or not an image)")
-        yield key, image, image_set.labels[i]
-
-
 def extract(extractor, image_set, limit=None, chunk=64, progress=True):
     """(features (N, D) float32, labels per image [tuples], keys) over an ImageSet."""
+    from vggtool.data.samples import count_samples, iterate_image_set
     from .progress import progress as progress_bar
 
-    total = len(image_set) if image_set.lmdb is None else ev.count_samples(image_set.lmdb)
+    total = len(image_set) if image_set.lmdb is None else count_samples(image_set.lmdb)
     if limit is not None:
         total = min(total, limit)
     feats, labels, keys, pending = [], [], [], []
@@ -181,7 +165,7 @@ def extract(extractor, image_set, limit=None, chunk=64, progress=True):
 
     bar = progress_bar(total=total, unit="img", disable=not progress, desc=f"extracting {extractor.blob}")
     with bar:
-        for key, image, lab in iterate_images(image_set, extractor.channels == 3, limit):
+        for key, image, lab in iterate_image_set(image_set, extractor.channels == 3, limit):
             channels = image.shape[2] if image.ndim == 3 else 1
             if channels != extractor.channels:
                 raise VggtoolError(f"--data {image_set.source}: image '{key}' has {channels} channel(s), the "

@@ -189,38 +189,6 @@ class ClassScoreMaps:
         return maps, np.mean(per_scale, axis=0)
 
 
-# -- data -------------------------------------------------------------------------------------------------
-def iterate_boxed_samples(path, root="", limit=None, color=True):
-    """Yield (key, HxWxC uint8 image, label, boxes (k, 4)) from an LMDB of Datum with `box` or a box
-    list `path label x1 y1 x2 y2 ...` (+ root folder). Keys as vggtool.evaluate's (scores files match).
-    A folder of images (class subfolders, or images alone: label -1) has no boxes: boxes is None."""
-    from .data.imagefolder import folder_entries, is_image_folder
-    from .data.imagelist import read_box_list
-    from .evaluate import iterate_lmdb_images, read_image_file
-
-    if not os.path.exists(path):
-        raise VggtoolError(f"--data: {path} does not exist (give an LMDB folder, a box list file or a folder "
-                           "of images)")
-    if is_image_folder(path):
-        entries, _ = folder_entries(path)
-        for name, label in entries[:limit]:
-            yield name, read_image_file(path, name, color, f"--data {path}"), label, None
-        return
-    if os.path.isdir(path):
-        for k, image, datum in iterate_lmdb_images(path, limit, color):
-            if len(datum.box) == 0 or len(datum.box) % 4:
-                raise VggtoolError(f"--data: record {k} of {path} has {len(datum.box)} box values; localisation "
-                                   "needs ground-truth boxes (convert with a box list or convert_voc)")
-            yield k, image, int(datum.label), np.asarray(datum.box, np.float64).reshape(-1, 4)
-        return
-    for count, (name, label, boxes) in enumerate(read_box_list(path)):
-        if limit is not None and count >= limit:
-            return
-        if len(boxes) == 0:
-            raise VggtoolError(f"--data: {path}: {name} has no box (lines read `path label x1 y1 x2 y2 ...`)")
-        yield name, read_image_file(root, name, color, path), label, boxes
-
-
 # -- protocols --------------------------------------------------------------------------------------------
 def localize_centre(regressors, image, label, q):
     """Protocol (a): one box of the ground-truth class (several nets: their boxes averaged)."""

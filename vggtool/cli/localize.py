@@ -52,6 +52,7 @@ def run(args):
     from .. import boxes as B
     from .. import evaluate as ev
     from .. import localize as loc
+    from ..data.samples import iterate_boxed_samples
 
     if len(args.net) != len(args.weights):
         raise VggtoolError(f"{len(args.net)} --net but {len(args.weights)} --weights: give one --weights per --net")
@@ -101,7 +102,7 @@ def run(args):
           flush=True)
 
     keys, labels, guesses_cls, guesses_box, ok = [], [], [], [], []
-    samples = loc.iterate_boxed_samples(args.data, args.root, args.limit, color=regs[0].channels == 3)
+    samples = iterate_boxed_samples(args.data, args.root, args.limit, color=regs[0].channels == 3)
     for key, image, label, gt in progress(samples, unit="img", desc="localizing", mininterval=1):
         if gt is None and not (args.out or args.draw):
             raise VggtoolError(f"--data: {args.data} is a folder of images without ground-truth boxes: there is "

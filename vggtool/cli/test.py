@@ -158,10 +158,11 @@ def run_evaluation(args):
         print(f"wrote {args.out}")
     if args.heatmaps:
         from ..data.imagelist import read_names
+        from ..data.samples import iterate_samples
         from ..heatmaps import write_heatmaps
 
         names = read_names(args.labels) if args.labels else None
-        samples = ev.iterate_samples(args.data, args.root, args.limit, color=evaluator.channels == 3)
+        samples = iterate_samples(args.data, args.root, args.limit, color=evaluator.channels == 3)
         written = write_heatmaps(evaluator, samples, posteriors, args.heatmaps, names)
         print(f"wrote {len(written)} heat map(s) to {args.heatmaps}")
     return 0

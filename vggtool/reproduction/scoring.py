@@ -8,6 +8,7 @@ Evaluator.evaluate_image and evaluate.fuse."""
 import numpy as np
 
 from .. import evaluate
+from vggtool.data.samples import iterate_samples
 from vggtool.data.transform import isotropic_resize
 
 BATCH = 64  # images (each with its mirror) per dense forward pass
@@ -18,7 +19,7 @@ class ValidationSet:
 
     def __init__(self, path):
         images, labels, keys = [], [], []
-        for key, image, label in evaluate.iterate_samples(str(path), color=False):
+        for key, image, label in iterate_samples(str(path), color=False):
             images.append(image)
             labels.append(label)
             keys.append(key)
