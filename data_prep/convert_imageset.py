@@ -21,7 +21,7 @@ from vggtool.data.datum import array_to_datum, encoded_datum, lmdb_for_writing, 
 from vggtool import boxes as box_geometry
 from vggtool.atomic_files import remove_stale_temporaries, temporary_folder
 from vggtool.data.imagelist import list_has_boxes, read_box_list, read_image_list
-from vggtool.data.transform import isotropic_resize
+from vggtool.data.transform import fixed_resize, isotropic_resize
 from vggtool.errors import VggtoolError
 from vggtool.protoio import check_output_path
 
@@ -60,8 +60,8 @@ def resize_image(image, height=0, width=0, smallest=0):
     smaller-side resize of training and testing (vggtool.data.transform.isotropic_resize)."""
     if smallest:
         return isotropic_resize(image, smallest)
-    if height and width and (height, width) != image.shape[:2]:
-        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    if height and width:
+        return fixed_resize(image, height, width)
     return image
 
 

@@ -184,3 +184,21 @@ def test_one_rescale_for_training_testing_extraction_and_localisation(shape, q):
     np.testing.assert_array_equal(convert_imageset.resize_image(image, smallest=q), want)
     if q < min(shape[:2]) and min(shape[:2]) % q == 0:  # a whole-pixel shrink averages the checks to grey
         assert np.abs(isotropic_resize(image, q).astype(int) - 127.5).max() <= 0.5
+
+
+def test_caffes_fixed_resize_is_one_function():
+    """ImageData's new_height/new_width and convert_imageset --resize_height/--resize_width: bilinear to
+    exactly H x W (Caffe's), a 1-channel image keeps its channel axis, the same size is the same array."""
+    import cv2
+    from data_prep import convert_imageset
+    from vggtool.data.transform import fixed_resize
+    from vggtool.layers import data as data_layers
+
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (9, 13, 3)).astype(np.uint8)
+    want = cv2.resize(image, (7, 5), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(fixed_resize(image, 5, 7), want)
+    np.testing.assert_array_equal(convert_imageset.resize_image(image, 5, 7), want)
+    assert fixed_resize(image[:, :, :1], 5, 7).shape == (5, 7, 1)
+    assert fixed_resize(image, 9, 13) is image and convert_imageset.resize_image(image, 9, 13) is image
+    assert data_layers.fixed_resize is fixed_resize

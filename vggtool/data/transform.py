@@ -42,6 +42,15 @@ def isotropic_resize(image, smallest):
     return out[:, :, None] if out.ndim == 2 else out
 
 
+def fixed_resize(image, height, width):
+    """Caffe's resize to height x width, aspect ratio not kept (ImageData's new_height/new_width,
+    convert_imageset --resize_height/--resize_width): bilinear, as Caffe's cv::resize call."""
+    if image.shape[:2] == (height, width):
+        return image
+    out = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    return out[:, :, None] if out.ndim == 2 and image.ndim == 3 else out
+
+
 def read_pca_stats(path, where="transform_param"):
     vec = read_binary_proto(path, caffe_pb2.BlobProtoVector(), "colour statistics (BlobProtoVector)")
     if len(vec.blobs) != 2:
