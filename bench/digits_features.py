@@ -37,7 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from vggtool.vgg import svm  # noqa: E402
-from vggtool.vgg.evaluate import rescale  # noqa: E402
+from vggtool.data.transform import isotropic_resize  # noqa: E402
 from vggtool.vgg.extract import Features, l2_normalise, load_features  # noqa: E402
 
 SOURCE, TARGET = range(0, 5), range(5, 10)
@@ -138,14 +138,14 @@ def train_source_nets(out, digits, iterations, seeds):
 
 
 def write_centre_crops(list_path, root, out, q, crop):
-    """The central crop x crop of each image rescaled to Q = q (vggtool.vgg.evaluate.rescale), as PNGs."""
+    """The central crop x crop of each image rescaled to Q = q (vggtool.data.transform.isotropic_resize), as PNGs."""
     os.makedirs(os.path.join(out, "crops"), exist_ok=True)
     lines = []
     with open(list_path) as f:
         for line in f:
             name, label = line.rsplit(None, 1)
             image = cv2.imread(os.path.join(root, name), cv2.IMREAD_GRAYSCALE)
-            scaled = rescale(image[:, :, None], q)[:, :, 0]
+            scaled = isotropic_resize(image[:, :, None], q)[:, :, 0]
             y, x = (scaled.shape[0] - crop) // 2, (scaled.shape[1] - crop) // 2
             crop_name = "crops/" + name.replace("/", "_")
             cv2.imwrite(os.path.join(out, crop_name), scaled[y:y + crop, x:x + crop])

@@ -20,7 +20,8 @@ import numpy as np
 from vggtool.data.datum import array_to_datum, encoded_datum, lmdb_for_writing, record_key
 from vggtool.data import boxes as box_geometry
 from vggtool.atomic_files import remove_stale_temporaries, temporary_folder
-from vggtool.data.imagelist import read_box_list, read_image_list as read_list
+from vggtool.data.imagelist import list_has_boxes, read_box_list, read_image_list
+from vggtool.data.transform import fixed_resize, isotropic_resize
 from vggtool.errors import VggtoolError
 from vggtool.io.files import check_output_path
 
@@ -55,31 +56,13 @@ def add_common_arguments(p):
 
 
 def resize_image(image, height=0, width=0, smallest=0):
-    """Caffe's fixed resize (both height and width given) or an isotropic smaller-side resize."""
-    h, w = image.shape[:2]
+    """Caffe's fixed resize (both height and width given, bilinear as Caffe's) or the isotropic
+    smaller-side resize of training and testing (vggtool.data.transform.isotropic_resize)."""
     if smallest:
-        scale = smallest / min(h, w)
-        height, width = max(1, round(h * scale)), max(1, round(w * scale))
-    if height and width and (height, width) != (h, w):
-        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        return isotropic_resize(image, smallest)
+    if height and width:
+        return fixed_resize(image, height, width)
     return image
-
-
-def list_has_boxes(path):
-    """True when some line of the list ends with 5 or more numbers (label + x1 y1 x2 y2)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) >= 6 and not line.lstrip().startswith("#"):
-                    try:
-                        [float(v) for v in fields[-5:]]
-                        return True
-                    except ValueError:
-                        pass
-    except OSError:
-        return False  # read_list reports the missing file
-    return False
 
 
 def make_datum(path, label, args, boxes=None):
@@ -159,7 +142,7 @@ def run(args):
     if list_has_boxes(args.list):
         entries = read_box_list(args.list)
     else:
-        entries = [(name, label, None) for name, label in read_list(args.list)]
+        entries = [(name, label, None) for name, label in read_image_list(args.list)]
     return convert(entries, args, args.list)
 
 

@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
+from vggtool.data.imagelist import read_names
 from vggtool.errors import VggtoolError
 
 from . import convert_imageset
@@ -66,10 +67,7 @@ def read_annotation(path):
 def read_ids(list_path, annotations):
     if list_path == "-":
         return sorted(f[:-4] for f in os.listdir(annotations) if f.endswith(".xml"))
-    if not os.path.isfile(list_path):
-        raise VggtoolError(f"list file not found: {list_path}")
-    with open(list_path, encoding="utf-8") as f:
-        return [line.split()[0] for line in f if line.strip() and not line.startswith("#")]
+    return read_names(list_path, "list file", first_field=True, distinct=False)
 
 
 def voc_entries(annotations, root, ids, labels=None):
@@ -109,8 +107,7 @@ def run(args):
     if args.labels:
         if not os.path.isfile(args.labels):
             raise VggtoolError(f"--labels: {args.labels} not found")
-        with open(args.labels, encoding="utf-8") as f:
-            labels = [line.split()[0] for line in f if line.strip()]
+        labels = read_names(args.labels, first_field=True)
     if not os.path.isdir(args.root):
         raise VggtoolError(f"image root folder not found: {args.root}")
     entries, names = voc_entries(args.annotations, args.root, read_ids(args.list, args.annotations), labels)

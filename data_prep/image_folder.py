@@ -6,7 +6,8 @@ when that file exists (give the training set's labels file when converting the v
 use the same indices)."""
 import os
 
-from vggtool.data.imagefolder import folder_entries, read_labels_file
+from vggtool.data.imagefolder import folder_entries
+from vggtool.data.imagelist import read_names
 from vggtool.errors import VggtoolError
 from vggtool.atomic_files import atomic_write_bytes
 
@@ -29,7 +30,7 @@ def run(args):
     base = os.path.normpath(args.db)
     list_path = args.list or base + "_list.txt"
     labels_path = args.labels or base + "_labels.txt"
-    given = read_labels_file(labels_path) if args.labels and os.path.exists(args.labels) else None
+    given = read_names(labels_path) if args.labels and os.path.exists(args.labels) else None
     entries, classes = folder_entries(args.root, given)
     if classes is None:
         raise VggtoolError(f"{args.root}: no class subfolders (ROOT/<class>/<image>); a folder of unlabelled "

@@ -26,7 +26,7 @@ from vggtool.io.wire import array_to_proto
 from vggtool.data.datum import array_to_datum, datum_to_image, encoded_datum, parse_datum
 from vggtool.data.transform import DataTransformer, read_pca_stats
 from vggtool.errors import VggtoolError
-from vggtool.vgg.evaluate import load_mean
+from vggtool.data.mean import load_mean
 from vggtool.proto import caffe_pb2
 from vggtool.io.prototxt import parse_text
 from vggtool.io.wire import write_binary_proto

@@ -6,6 +6,8 @@ from eval_helpers import CLASSES, CROP, chain_terms, make_model, random_image
 from numerics import assert_close_to_scale
 from vggtool import Net
 from vggtool.vgg import evaluate as ev
+from vggtool.data.mean import load_mean
+from vggtool.data.transform import isotropic_resize
 from vggtool.errors import VggtoolError
 
 PROB_TERMS = chain_terms("prob") + 50  # the net's sums, then averages over up to 50 crops
@@ -96,7 +98,7 @@ def test_flip_and_scale_averaging(model, rng):
     flipped = evaluator(model, flip=True, scales=[32, 40, 48])
     per_scale = []
     for q in (32, 40, 48):
-        img = ev.rescale(image, q)
+        img = isotropic_resize(image, q)
         assert min(img.shape[:2]) == q
         a, b = plain.dense(img), plain.dense(np.ascontiguousarray(img[:, ::-1]))
         assert np.abs(a - b).max() > 1e-4
@@ -106,15 +108,15 @@ def test_flip_and_scale_averaging(model, rng):
     assert np.abs(per_scale[0] - per_scale[2]).max() > 1e-4
     assert_close_to_scale(flipped.evaluate_image(image), np.mean(per_scale, axis=0), PROB_TERMS)
     both = evaluator(model, flip=True, scales=[32, 40], mode="both")
-    dense = np.mean([flipped.dense(ev.rescale(image, q)) for q in (32, 40)], axis=0)
-    multi = np.mean([flipped.multicrop(ev.rescale(image, q)) for q in (32, 40)], axis=0)
+    dense = np.mean([flipped.dense(isotropic_resize(image, q)) for q in (32, 40)], axis=0)
+    multi = np.mean([flipped.multicrop(isotropic_resize(image, q)) for q in (32, 40)], axis=0)
     assert_close_to_scale(both.evaluate_image(image), (dense + multi) / 2, PROB_TERMS)
 
 
 def test_rescale_is_isotropic():
     img = np.zeros((30, 90, 3), np.uint8)
-    assert ev.rescale(img, 40).shape == (40, 120, 3)
-    assert ev.rescale(img.transpose(1, 0, 2), 40).shape == (120, 40, 3)
+    assert isotropic_resize(img, 40).shape == (40, 120, 3)
+    assert isotropic_resize(img.transpose(1, 0, 2), 40).shape == (120, 40, 3)
 
 
 def test_images_of_different_sizes_in_one_evaluator(model, rng):
@@ -164,7 +166,7 @@ def test_mean_file_is_averaged_per_channel(tmp_path):
     mean = np.stack([np.full((4, 5), v, np.float32) for v in (1, 2, 3)])[None]
     path = str(tmp_path / "mean.binaryproto")
     write_binary_proto(path, array_to_proto(mean))
-    np.testing.assert_allclose(ev.load_mean(mean_file=path), [1, 2, 3])
-    np.testing.assert_allclose(ev.load_mean(mean_value="104,117,123"), [104, 117, 123])
+    np.testing.assert_allclose(load_mean(mean_file=path), [1, 2, 3])
+    np.testing.assert_allclose(load_mean(mean_value="104,117,123"), [104, 117, 123])
     with pytest.raises(VggtoolError, match="does not exist"):
-        ev.load_mean(mean_file=str(tmp_path / "none.binaryproto"))
+        load_mean(mean_file=str(tmp_path / "none.binaryproto"))

@@ -11,7 +11,7 @@ from vggtool.vgg import surgery
 from vggtool.cli import main
 from vggtool.errors import VggtoolError
 from vggtool.vgg.extract import FeatureExtractor, load_features
-from vggtool.labels import label_array, open_image_set, read_labelled_list
+from vggtool.data.imagesets import label_array, open_image_set, read_labelled_list
 
 MEAN = np.array([100.0, 110.0, 120.0], np.float32)
 

@@ -6,6 +6,7 @@ import pytest
 
 from vggtool import Net
 from vggtool.vgg import evaluate as ev
+from vggtool.data.mean import load_mean
 from vggtool.cli import main
 from vggtool.errors import VggtoolError
 from vggtool.vgg.extract import load_features
@@ -87,7 +88,7 @@ def test_extract_scale_end_to_end(rng, tmp_path, capsys):
 def test_evaluator_scale_multiplies_the_logits(rng, tmp_path):
     net, weights = write_net(tmp_path, LINEAR + SCORES, "scores")
     image = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
-    mean = ev.load_mean(MEAN)
+    mean = load_mean(MEAN)
 
     def log_posteriors(scale):
         e = ev.Evaluator(net, weights, scales=[8], mean=mean, scale=scale, average="scores")

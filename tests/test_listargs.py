@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from vggtool.vgg import evaluate as ev
+from vggtool.data.mean import load_mean
 from vggtool.vgg import svm
 from vggtool.cli import main
 from vggtool.errors import VggtoolError
@@ -44,9 +45,9 @@ def test_the_callers_share_it():
     assert svm.parse_grid("0.5,2") == [0.5, 2.0]
     with pytest.raises(VggtoolError, match=r"^--c-grid: 'ten' is not a number .*like 0.01,0.1,1,10,100"):
         svm.parse_grid("1,ten")
-    np.testing.assert_array_equal(ev.load_mean(mean_value="104, 117,123,"), [104, 117, 123])
+    np.testing.assert_array_equal(load_mean(mean_value="104, 117,123,"), [104, 117, 123])
     with pytest.raises(VggtoolError, match=r"^--mean-value: 'b' is not a number"):
-        ev.load_mean(mean_value="104,b,123")
+        load_mean(mean_value="104,b,123")
 
 
 def test_cli_prints_the_message_and_exits_1(tmp_path, capsys):

@@ -10,7 +10,7 @@ from vggtool.cli import main
 from vggtool.io import prototxt, wire
 from vggtool.io.wire import caffemodel_layers
 from vggtool.proto import caffe_pb2
-from vggtool.recorded_transform import recorded_transform
+from vggtool.data.recorded_transform import recorded_transform
 
 
 def weights_with_data_layer(tmp_path, weights, mean_value=(), mean_file=None, scale=None):

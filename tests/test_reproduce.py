@@ -14,6 +14,7 @@ from data_prep.cli import main as data_prep
 from data_prep.scaled_digits import make_scaled_digits, render
 from vggtool import Net
 from vggtool.vgg import evaluate
+from vggtool.data.transform import isotropic_resize
 from vggtool.io.prototxt import read_net_param
 from vggtool.vgg.reproduction import plan, scoring, tables
 from vggtool.vgg.reproduction.run import score_plan
@@ -125,12 +126,12 @@ def test_batched_dense_equals_the_per_image_protocol(tmp_path, rng):
     images += [rng.integers(0, 256, (40, 36, 1), dtype=np.uint8) for _ in range(2)]  # another size: own batch
     for q in (36, 54):
         got = scoring.dense_posteriors(ev, images, q, batch=3)
-        want = np.stack([ev.dense(evaluate.rescale(im, q)) for im in images])
+        want = np.stack([ev.dense(isotropic_resize(im, q)) for im in images])
         assert got.shape == (7, 10)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)  # posteriors in [0, 1]
         assert np.allclose(got.sum(axis=1), 1.0)
     crops = scoring.multicrop_posteriors(ev, images[:2], 54)
-    np.testing.assert_allclose(crops[1], ev.multicrop(evaluate.rescale(images[1], 54)), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(crops[1], ev.multicrop(isotropic_resize(images[1], 54)), rtol=0, atol=1e-12)
 
 
 def test_findings_rule():

@@ -165,8 +165,11 @@ def reference_rescale(image, q):
                                      ((40, 52, 3), 48), ((30, 30, 1), 20)])
 def test_one_rescale_for_training_testing_extraction_and_localisation(shape, q):
     """An image stored larger than the test scale is shrunk as in training (pixel areas, no aliasing) by
-    dense/multi-crop testing, extraction and localisation, and enlarged bilinearly by all of them."""
-    from vggtool.vgg import evaluate, extract, localize
+    dense/multi-crop testing, extraction, localisation, heat maps and convert_imageset --resize_smallest,
+    and enlarged bilinearly by all of them."""
+    from data_prep import convert_imageset
+    from vggtool.vgg import evaluate, extract, heatmaps, localize
+    from vggtool.data.transform import isotropic_resize
 
     rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
     image = np.repeat((((rows + cols) % 2) * 255).astype(np.uint8)[:, :, None], shape[2], axis=2)  # 1-px checks
@@ -175,7 +178,27 @@ def test_one_rescale_for_training_testing_extraction_and_localisation(shape, q):
     tested = DataTransformer(tp(test_smallest_side=q), TEST)(image)
     np.testing.assert_array_equal(trained, want.transpose(2, 0, 1).astype(np.float32))
     np.testing.assert_array_equal(tested, trained)
-    for module in (evaluate, extract.ev, localize):
-        np.testing.assert_array_equal(module.rescale(image, q), want)
+    np.testing.assert_array_equal(isotropic_resize(image, q), want)
+    for module in (evaluate, extract, localize, heatmaps):  # the one function, not a copy
+        assert module.isotropic_resize is isotropic_resize
+    np.testing.assert_array_equal(convert_imageset.resize_image(image, smallest=q), want)
     if q < min(shape[:2]) and min(shape[:2]) % q == 0:  # a whole-pixel shrink averages the checks to grey
-        assert np.abs(evaluate.rescale(image, q).astype(int) - 127.5).max() <= 0.5
+        assert np.abs(isotropic_resize(image, q).astype(int) - 127.5).max() <= 0.5
+
+
+def test_caffes_fixed_resize_is_one_function():
+    """ImageData's new_height/new_width and convert_imageset --resize_height/--resize_width: bilinear to
+    exactly H x W (Caffe's), a 1-channel image keeps its channel axis, the same size is the same array."""
+    import cv2
+    from data_prep import convert_imageset
+    from vggtool.data.transform import fixed_resize
+    from vggtool.layers import data as data_layers
+
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (9, 13, 3)).astype(np.uint8)
+    want = cv2.resize(image, (7, 5), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(fixed_resize(image, 5, 7), want)
+    np.testing.assert_array_equal(convert_imageset.resize_image(image, 5, 7), want)
+    assert fixed_resize(image[:, :, :1], 5, 7).shape == (5, 7, 1)
+    assert fixed_resize(image, 9, 13) is image and convert_imageset.resize_image(image, 9, 13) is image
+    assert data_layers.fixed_resize is fixed_resize

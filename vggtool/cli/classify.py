@@ -35,8 +35,9 @@ def add_arguments(parser):
 def read_labels(path):
     if not os.path.exists(path):
         raise VggtoolError(f"--labels: {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+    from ..data.imagelist import read_names
+
+    return read_names(path)
 
 
 def image_paths(args):

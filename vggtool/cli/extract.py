@@ -40,8 +40,8 @@ def add_arguments(parser):
 
 
 def run(args):
-    from .. import labels as lb
     from ..vgg import evaluate as ev, extract as fx
+    from ..data import imagesets as lb
 
     scales = ev.parse_scales(args.scales) if args.scales is not None else None
     if args.batch <= 0:

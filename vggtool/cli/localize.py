@@ -49,6 +49,7 @@ def add_arguments(parser):
 def run(args):
     from ..progress import progress
 
+    from ..data.samples import iterate_boxed_samples
     from ..vgg import localize as loc
 
     _check_arguments(args)
@@ -61,7 +62,7 @@ def run(args):
     _print_header(args, regs, scales, ranker)
 
     result = {"keys": [], "labels": [], "classes": [], "boxes": [], "correct": []}
-    samples = loc.iterate_boxed_samples(args.data, args.root, args.limit, color=regs[0].channels == 3)
+    samples = iterate_boxed_samples(args.data, args.root, args.limit, color=regs[0].channels == 3)
     for key, image, label, gt in progress(samples, unit="img", desc="localizing", mininterval=1):
         _check_sample(args, regs[0], key, label, gt, full)
         if full:

@@ -54,24 +54,24 @@ def add_transform_arguments(parser):
 
 def transform_options(args):
     """{'mean': per-channel mean or None, 'scale': float}: the flags of add_transform_arguments, else the
-    model's own transform_param (vggtool.recorded_transform: the --net prototxt, then the --weights file).
+    model's own transform_param (vggtool.data.recorded_transform: the --net prototxt, then the --weights file).
     When neither gives a mean, say so: the images then go in without mean subtraction."""
-    from ..vgg import evaluate as ev
-    from ..recorded_transform import recorded_transform, resolve_mean_file
+    from ..data.mean import load_mean
+    from ..data.recorded_transform import recorded_transform, resolve_mean_file
 
     mean, scale = None, args.scale
     if args.mean_value is not None or args.mean_file is not None:
-        mean = ev.load_mean(args.mean_value, args.mean_file)
+        mean = load_mean(args.mean_value, args.mean_file)
     net = args.net[0] if isinstance(args.net, list) else args.net
     weights = args.weights[0] if isinstance(args.weights, list) else args.weights
     tp, where = recorded_transform(net, weights) if getattr(args, "recorded_transform", True) else (None, None)
     used = []
     if mean is None and tp is not None and (tp.mean_file or len(tp.mean_value)):
         if tp.mean_file:
-            mean = ev.load_mean(mean_file=resolve_mean_file(tp.mean_file, where, where.split(", layer")[0]))
+            mean = load_mean(mean_file=resolve_mean_file(tp.mean_file, where, where.split(", layer")[0]))
             used.append(f"mean_file {tp.mean_file}")
         else:
-            mean = ev.load_mean(",".join(str(v) for v in tp.mean_value))
+            mean = load_mean(list(tp.mean_value))
             used.append("mean_value " + ",".join(f"{v:g}" for v in tp.mean_value))
     if scale is None and tp is not None and tp.HasField("scale"):
         scale = tp.scale
@@ -157,11 +157,12 @@ def run_evaluation(args):
                        flip=args.flip)
         print(f"wrote {args.out}")
     if args.heatmaps:
-        from ..data.imagefolder import read_labels_file
+        from ..data.imagelist import read_names
+        from ..data.samples import iterate_samples
         from ..vgg.heatmaps import write_heatmaps
 
-        names = read_labels_file(args.labels) if args.labels else None
-        samples = ev.iterate_samples(args.data, args.root, args.limit, color=evaluator.channels == 3)
+        names = read_names(args.labels) if args.labels else None
+        samples = iterate_samples(args.data, args.root, args.limit, color=evaluator.channels == 3)
         written = write_heatmaps(evaluator, samples, posteriors, args.heatmaps, names)
         print(f"wrote {len(written)} heat map(s) to {args.heatmaps}")
     return 0

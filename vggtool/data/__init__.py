@@ -1,4 +1,10 @@
-"""Datasets: Caffe Datum records in LMDB, image lists, and the data layers' transforms."""
+"""Every dataset reader, and the transforms between a stored image and a net input:
+datum (Caffe Datum <-> image, LMDB access), lmdb_records / lmdb_check (reading and vetting an LMDB),
+imagelist (the one list-file grammar), imagefolder (ImageFolder layouts), imagesets (image sets with
+labels for extraction: lists, LMDB, VOC), samples (`--data` read one image at a time), transform
+(transform_param, the one isotropic rescale), mean (the one mean loader), recorded_transform (the
+transform a model was trained with).
+"""
 
 
 def _silence_opencv():

@@ -4,7 +4,7 @@ index of the subfolder's position among the sorted subfolder names; a folder hol
 
 Image files are recognised by extension (torchvision's list); paths are relative to ROOT, '/'-separated
 and sorted, so the same folder always gives the same list. A labels file holds one class name a line, in
-index order (what `data_prep image_folder` writes beside the list)."""
+index order (what `data_prep image_folder` writes beside the list; read by imagelist.read_names)."""
 import os
 
 from ..errors import VggtoolError
@@ -36,16 +36,6 @@ def is_image_folder(path):
     if not os.path.isdir(path) or os.path.exists(os.path.join(path, "data.mdb")):
         return False
     return any(is_image_file(n) for n in os.listdir(path)) or bool(_subfolders(path))
-
-
-def read_labels_file(path):
-    if not os.path.isfile(path):
-        raise VggtoolError(f"labels file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        names = [line.strip() for line in f if line.strip()]
-    if len(set(names)) != len(names):
-        raise VggtoolError(f"{path}: a class name appears twice")
-    return names
 
 
 def folder_entries(root, classes=None):

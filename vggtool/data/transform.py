@@ -21,6 +21,7 @@ from ..io.wire import proto_to_array
 from ..errors import VggtoolError
 from ..proto import caffe_pb2
 from ..io.wire import read_binary_proto
+from .mean import mean_image
 
 TRAIN = 0
 MAX_RESIZE_CHANNELS = 4
@@ -29,7 +30,9 @@ MAX_RESIZE_CHANNELS = 4
 def isotropic_resize(image, smallest):
     """Rescale so the smaller side is `smallest`, keeping the aspect ratio (the other side rounded):
     cv2.INTER_AREA when shrinking (no aliasing), INTER_LINEAR when enlarging. The one rescale of vggtool:
-    training's transform, and testing, extraction and localisation (vggtool.vgg.evaluate.rescale)."""
+    training's transform, testing, extraction and localisation, and convert_imageset --resize_smallest: an
+    image stored at 512 and tested at Q=256 is not aliased, so a net sees at test time the pixels it was
+    trained on."""
     h, w = image.shape[:2]
     if min(h, w) == smallest:
         return image
@@ -37,6 +40,15 @@ def isotropic_resize(image, smallest):
     size = (max(smallest, round(w * scale)), max(smallest, round(h * scale)))  # cv2 wants (w, h)
     out = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     return out[:, :, None] if out.ndim == 2 else out
+
+
+def fixed_resize(image, height, width):
+    """Caffe's resize to height x width, aspect ratio not kept (ImageData's new_height/new_width,
+    convert_imageset --resize_height/--resize_width): bilinear, as Caffe's cv::resize call."""
+    if image.shape[:2] == (height, width):
+        return image
+    out = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    return out[:, :, None] if out.ndim == 2 and image.ndim == 3 else out
 
 
 def read_pca_stats(path, where="transform_param"):
@@ -72,19 +84,7 @@ class DataTransformer:
         for name in ("smallest_side", "smallest_side_min", "test_smallest_side"):
             if p.HasField(name) and p.crop_size and getattr(p, name) < p.crop_size:
                 raise self.error(f"{name} {getattr(p, name)} is smaller than crop_size {p.crop_size}")
-        self.mean = None
-        if p.mean_file and len(p.mean_value):
-            raise self.error("give mean_file or mean_value, not both")
-        if p.mean_file:
-            blob = read_binary_proto(p.mean_file, caffe_pb2.BlobProto(), "mean file (BlobProto)")
-            mean = proto_to_array(blob, f"{where}: mean_file {p.mean_file}").astype(np.float32)
-            if mean.ndim == 4 and mean.shape[0] == 1:
-                mean = mean[0]
-            if mean.ndim != 3:
-                raise self.error(f"mean_file {p.mean_file} has shape {mean.shape}; expected 1xCxHxW")
-            self.mean = mean
-        elif len(p.mean_value):
-            self.mean = np.asarray(p.mean_value, np.float32).reshape(-1, 1, 1)
+        self.mean = mean_image(p.mean_file, p.mean_value, where)  # C x H x W, C x 1 x 1 or None
         self.pca = None
         if p.pca_stats_file:
             values, vectors = read_pca_stats(p.pca_stats_file, where)

@@ -43,14 +43,13 @@ import weakref
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
-import cv2
 import numpy as np
 
 from ..data import boxes as box_geometry
 from ..data.datum import datum_to_image, decode_image_bytes, shared_lmdb
 from ..data.imagelist import read_box_list, read_image_list
 from ..data.lmdb_records import LmdbRecords
-from ..data.transform import DataTransformer
+from ..data.transform import DataTransformer, fixed_resize
 from ..errors import VggtoolError
 from ..proto import caffe_pb2
 from .base import Layer, register_layer
@@ -353,5 +352,5 @@ class ImageDataLayer(PrefetchingDataLayer):
         if p.new_height > 0:
             if boxes is not None:
                 boxes = box_geometry.resize_boxes(boxes, image.shape[:2], (p.new_height, p.new_width))
-            image = cv2.resize(image, (p.new_width, p.new_height), interpolation=cv2.INTER_LINEAR)
+            image = fixed_resize(image, p.new_height, p.new_width)
         return (image[:, :, None] if image.ndim == 2 else image), label, boxes

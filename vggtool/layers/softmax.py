@@ -8,8 +8,11 @@ FLT_MIN = np.finfo(np.float32).tiny
 FULL, VALID, BATCH_SIZE, NONE = 0, 1, 2, 3
 
 
-def softmax(xp, x, axis, out):
-    """Numerically stable softmax of x along axis, into out (which may be x)."""
+def softmax(x, axis=1, out=None, xp=np):
+    """Numerically stable softmax of x along `axis`, into `out` (which may be x; a new array when None).
+    The one softmax: the Softmax layers' and the test-time protocols' (posteriors from score maps)."""
+    if out is None:
+        out = xp.empty_like(x)
     m = x.max(axis=axis, keepdims=True)
     xp.subtract(x, m, out=out)
     xp.exp(out, out=out)
@@ -29,7 +32,7 @@ class SoftmaxLayer(Layer):
         top[0].reshape(bottom[0].shape)
 
     def forward(self, bottom, top):
-        softmax(self.xp, bottom[0].data, self.axis, top[0].data)
+        softmax(bottom[0].data, self.axis, top[0].data, self.xp)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -103,7 +106,7 @@ class SoftmaxWithLossLayer(Layer):
 
     def forward(self, bottom, top):
         xp = self.xp
-        softmax(xp, bottom[0].data, self.axis, self.prob)
+        softmax(bottom[0].data, self.axis, self.prob, xp)
         labels, valid = self._labels(bottom)
         p3 = self.prob.reshape(self.outer, self.classes, self.inner)
         picked = xp.take_along_axis(p3, labels[:, None, :], axis=1)[:, 0, :]

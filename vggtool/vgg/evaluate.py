@@ -16,16 +16,14 @@ as pycaffe's classifier does, since images here have every size).
 import io
 import os
 
-import cv2
 import numpy as np
 
 from .. import atomic_files
 from ..io import prototxt, wire
 from ..backend import CPU, to_numpy
-from ..io.wire import proto_to_array
-from ..data.datum import is_lmdb
 from ..data.transform import isotropic_resize
 from ..errors import VggtoolError
+from ..layers.softmax import softmax
 from ..listargs import parse_list
 from ..net import Net
 from ..proto import caffe_pb2
@@ -37,20 +35,7 @@ AVERAGES = ("posteriors", "scores")  # dense map: softmax per location then aver
 GRID = 5  # multi-crop grid per side (the paper: 5x5 crops, 2 flips -> 50 per scale)
 
 
-# -- metrics ----------------------------------------------------------------------------------------------
-def softmax(scores, axis=1):
-    s = scores - scores.max(axis=axis, keepdims=True)
-    e = np.exp(s)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
 # -- images -----------------------------------------------------------------------------------------------
-# The one isotropic rescale of training and testing (dense, multi-crop, extraction, localisation): pixel
-# areas when shrinking, bilinear when enlarging, so an image stored at 512 and tested at Q=256 is not
-# aliased and a net sees at test time the kind of pixels it was trained on.
-rescale = isotropic_resize
-
-
 def grid_positions(h, w, crop_h, crop_w, grid=GRID):
     """Top-left corners of a grid x grid regular grid of crops, evenly spaced, corners included."""
     if h < crop_h or w < crop_w:
@@ -58,29 +43,6 @@ def grid_positions(h, w, crop_h, crop_w, grid=GRID):
     ys = np.rint(np.linspace(0, h - crop_h, grid)).astype(int)
     xs = np.rint(np.linspace(0, w - crop_w, grid)).astype(int)
     return [(int(y), int(x)) for y in ys for x in xs]
-
-
-def load_mean(mean_value=None, mean_file=None, channels=None):
-    """Per-channel mean (C,) float32 from `B,G,R` values or a .binaryproto mean image; zeros if neither.
-    One value is repeated to `channels` when given."""
-    if mean_value is not None and mean_file is not None:
-        raise VggtoolError("give either --mean-value or --mean-file, not both")
-    if mean_file is not None:
-        if not os.path.exists(mean_file):
-            raise VggtoolError(f"--mean-file: {mean_file} does not exist")
-        a = proto_to_array(wire.read_binary_proto(mean_file, caffe_pb2.BlobProto(), "mean file"),
-                           f"--mean-file {mean_file}")
-        a = a.reshape((-1,) + a.shape[-3:])[0] if a.ndim >= 3 else a
-        mean = a.reshape(a.shape[0], -1).mean(axis=1) if a.ndim == 3 else np.ravel(a)
-    elif mean_value is not None:
-        mean = np.array(parse_list(mean_value, "--mean-value", float, "104,117,123", positive=False))
-    else:
-        mean = np.zeros(1)
-    if mean.size == 1 and channels:
-        mean = np.repeat(mean, channels)
-    if channels and mean.size != channels:
-        raise VggtoolError(f"the mean has {mean.size} channel(s), the net's input has {channels}")
-    return mean.astype(np.float32)
 
 
 def default_scales(crop):
@@ -223,80 +185,13 @@ class Evaluator:
         per_method = []
         for m in methods:
             fn = self.dense if m == "dense" else self.multicrop
-            per_method.append(np.mean([fn(rescale(image, q)) for q in self.scales], axis=0))
+            per_method.append(np.mean([fn(isotropic_resize(image, q)) for q in self.scales], axis=0))
         return np.mean(per_method, axis=0)
-
-
-# -- data -------------------------------------------------------------------------------------------------
-def count_samples(path):
-    from ..data.imagefolder import folder_entries, is_image_folder
-
-    if is_image_folder(path):
-        return len(folder_entries(path)[0])
-    if is_lmdb(path):
-        from ..data.datum import shared_lmdb
-        return shared_lmdb(path).stat()["entries"]  # shared: a data layer may hold it open
-    return len(read_list(path))
-
-
-def read_list(path):
-    """[(relative path, label, line number)] from a Caffe image list `path label` (label optional)."""
-    from ..data.imagelist import read_image_list_lines
-
-    return read_image_list_lines(path, require_label=False)
-
-
-def iterate_lmdb_images(path, limit=None, color=True):
-    """Yield (key, HxWxC image, Datum) from the LMDB at `path` (`--data`), at most `limit` records."""
-    if not is_lmdb(path):
-        raise VggtoolError(f"--data: {path} is a folder without data.mdb (not an LMDB database)")
-    from ..data.datum import datum_to_image, iterate_records
-
-    for count, (key, datum) in enumerate(iterate_records(path)):
-        if limit is not None and count >= limit:
-            return
-        k = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
-        yield k, datum_to_image(datum, color=color, source=f"{path}:{k}"), datum
-
-
-def read_image_file(root, name, color, where):
-    """The image `name` under `root` as HxWxC BGR (or gray) uint8; `where` names the list line in errors."""
-    file = os.path.join(root, name) if root else name
-    image = cv2.imread(file, cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise VggtoolError(f"{where}: cannot read image {file} (missing file or wrong --root?)")
-    return image
-
-
-def iterate_samples(path, root="", limit=None, color=True):
-    """Yield (key, HxWxC BGR uint8 image, label) from an LMDB of Datum or a list file + root folder
-    (`color`: 3-channel BGR, else 1-channel gray)."""
-    if not os.path.exists(path):
-        raise VggtoolError(f"--data: {path} does not exist (give an LMDB folder or an image list file)")
-    from ..data.imagefolder import folder_entries, is_image_folder
-
-    if is_image_folder(path):  # ImageFolder layout: labels from the sorted class subfolders
-        entries, classes = folder_entries(path)
-        if classes is None:
-            raise VggtoolError(f"--data: {path} holds images but no class subfolders, so no labels to score "
-                               "against (ROOT/<class>/<image>; `vggtool classify` takes unlabelled images)")
-        for count, (name, label) in enumerate(entries):
-            if limit is not None and count >= limit:
-                return
-            yield name, read_image_file(path, name, color, f"{path}"), label
-        return
-    if os.path.isdir(path):
-        for key, image, datum in iterate_lmdb_images(path, limit, color):
-            yield key, image, int(datum.label)
-        return
-    for count, (name, label, n) in enumerate(read_list(path)):
-        if limit is not None and count >= limit:
-            return
-        yield name, read_image_file(root, name, color, f"{path}:{n}"), label
 
 
 def evaluate(evaluator, data, root="", limit=None, progress=True):
     """(posteriors (N, classes) float32, labels (N,), keys (N,)) over a data set."""
+    from ..data.samples import count_samples, iterate_samples
     from ..progress import progress as progress_bar
 
     total = count_samples(data) if os.path.exists(data) else None

@@ -2,7 +2,7 @@
 
 Pooled descriptors (the default): the deploy net's InnerProduct layers are convolutionalised
 (vggtool.vgg.surgery) and the net runs densely on the whole image, isotropically rescaled so its smallest
-side is Q (vggtool.vgg.evaluate.rescale). The chosen blob's map (N x C x H x W) is averaged over its spatial
+side is Q (vggtool.data.transform.isotropic_resize). The chosen blob's map (N x C x H x W) is averaged over its spatial
 positions (global average pooling), the descriptor averaged with the horizontally flipped image's
 (--flip), the per-scale descriptors concatenated (`stack`) or averaged (`average`) in --scales order,
 and the result L2-normalised.
@@ -25,6 +25,7 @@ from .. import atomic_files
 from ..io import prototxt
 from ..atomic_files import remove_stale_temporaries, temporary_folder
 from ..backend import CPU, to_numpy
+from ..data.transform import isotropic_resize
 from ..errors import VggtoolError
 from ..proto import caffe_pb2
 from . import evaluate as ev
@@ -113,7 +114,7 @@ class FeatureExtractor:
             return self._raw(images)
         per_scale = []
         for q in self.scales:
-            xs = [self.preprocess(ev.rescale(im, q)) for im in images]
+            xs = [self.preprocess(isotropic_resize(im, q)) for im in images]
             if self.flip:
                 xs = [a for x in xs for a in (x, np.ascontiguousarray(x[:, :, ::-1]))]
             d = np.array(self._group_forward(xs, self.pooled))
@@ -126,7 +127,7 @@ class FeatureExtractor:
     def _raw(self, images):
         xs = []
         for im in images:
-            x = self.preprocess(ev.rescale(im, self.scales[0]) if self.scales else im)
+            x = self.preprocess(isotropic_resize(im, self.scales[0]) if self.scales else im)
             if self.fc_layers and x.shape[1:] != self.input_size:
                 raise VggtoolError(
                     f"an image of {x.shape[1]}x{x.shape[2]} does not fit the net's {self.input_size[0]}x"
@@ -148,28 +149,12 @@ class FeatureExtractor:
 
 
 # -- data set -> features ------------------------------------------------------------------------------------
-def iterate_images(image_set, color, limit=None):
-    """Yield (key, image, labels tuple) from an ImageSet (image files or an LMDB)."""
-    import cv2
-
-    if image_set.lmdb is not None:
-        for key, image, label in ev.iterate_samples(image_set.lmdb, limit=limit, color=color):
-            yield key, image, (label,)
-        return
-    for i, (key, file) in enumerate(zip(image_set.keys, image_set.files)):
-        if limit is not None and i >= limit:
-            return
-        image = cv2.imread(file, cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
-        if image is None:
-            raise VggtoolError(f"{image_set.source}: cannot read image {file} (missing or not an image)")
-        yield key, image, image_set.labels[i]
-
-
 def extract(extractor, image_set, limit=None, chunk=64, progress=True):
     """(features (N, D) float32, labels per image [tuples], keys) over an ImageSet."""
+    from ..data.samples import count_samples, iterate_image_set
     from ..progress import progress as progress_bar
 
-    total = len(image_set) if image_set.lmdb is None else ev.count_samples(image_set.lmdb)
+    total = len(image_set) if image_set.lmdb is None else count_samples(image_set.lmdb)
     if limit is not None:
         total = min(total, limit)
     feats, labels, keys, pending = [], [], [], []
@@ -182,7 +167,7 @@ def extract(extractor, image_set, limit=None, chunk=64, progress=True):
 
     bar = progress_bar(total=total, unit="img", disable=not progress, desc=f"extracting {extractor.blob}")
     with bar:
-        for key, image, lab in iterate_images(image_set, extractor.channels == 3, limit):
+        for key, image, lab in iterate_image_set(image_set, extractor.channels == 3, limit):
             channels = image.shape[2] if image.ndim == 3 else 1
             if channels != extractor.channels:
                 raise VggtoolError(f"--data {image_set.source}: image '{key}' has {channels} channel(s), the "

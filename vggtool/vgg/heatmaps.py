@@ -10,15 +10,16 @@ import re
 import cv2
 import numpy as np
 
-from ..backend import to_numpy
-from .evaluate import rescale, softmax
 from ..atomic_files import atomic_write_bytes
+from ..backend import to_numpy
+from ..data.transform import isotropic_resize
+from ..layers.softmax import softmax
 
 
 def class_map(evaluator, image, q, cls):
     """The posterior of class `cls` at each location of the dense score map of `image` rescaled to Q
     (h x w float64; its mean is the dense posterior of that class without flips)."""
-    x = evaluator.preprocess(rescale(image, q))
+    x = evaluator.preprocess(isotropic_resize(image, q))
     net = evaluator.net
     net.forward(**{evaluator.input: x[None]}, end=evaluator.end_layer)
     s = to_numpy(net.blobs[evaluator.score_blob].data).astype(np.float64)[0]

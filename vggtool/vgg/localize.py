@@ -32,11 +32,13 @@ from .. import atomic_files
 from ..io import prototxt
 from ..backend import CPU, to_numpy
 from ..data import boxes as B
+from ..data.transform import isotropic_resize
 from ..errors import VggtoolError
+from ..layers.softmax import softmax
 from ..net import Net
 from ..proto import caffe_pb2
 from . import surgery
-from .evaluate import InputTransform, rescale, softmax
+from .evaluate import InputTransform
 
 PROTOCOLS = ("centre", "full")
 
@@ -102,7 +104,7 @@ class Regressor:
 
     def centre_box(self, image, q, label):
         """The centre-crop box (x1, y1, x2, y2 image pixels) of class `label` (any class for SCR)."""
-        scaled = rescale(image, q)
+        scaled = isotropic_resize(image, q)
         h, w = scaled.shape[:2]
         y0, x0 = (h - self.crop_h) // 2, (w - self.crop_w) // 2
         params = self.predict(scaled[y0:y0 + self.crop_h, x0:x0 + self.crop_w])[0, 0]
@@ -115,7 +117,7 @@ class Regressor:
         """(K, L, 4) boxes in image pixels: per class, one per output location (and per mirror).
         With `score_map` ({(q, mirrored): ScoreMap}, ClassScoreMaps.image_maps) also (classes, L)
         weights: the class scores of each box's window (see window_scores)."""
-        scaled = rescale(image, q)
+        scaled = isotropic_resize(image, q)
         h, w = scaled.shape[:2]
         views = [(scaled, False)] + ([(np.ascontiguousarray(scaled[:, ::-1]), True)] if flip else [])
         out, weights = [], []
@@ -160,7 +162,7 @@ class ScoreMap:
 
 class ClassScoreMaps:
     """The classification net of `vggtool localize --cls-net` (a vggtool.vgg.evaluate.Evaluator) run densely
-    on the same rescaled views as the box nets (vggtool.vgg.evaluate.rescale, then the mirror): softmax score
+    on the same rescaled views as the box nets (vggtool.data.transform.isotropic_resize, then the mirror): softmax score
     maps that weigh the boxes, and the image's posterior, their average over locations, views and scales
     (what Evaluator's dense mode computes)."""
 
@@ -181,44 +183,12 @@ class ClassScoreMaps:
         """({(q, mirrored): ScoreMap}, posterior (classes,)) of one image."""
         maps, per_scale = {}, []
         for q in scales:
-            scaled = rescale(image, q)
+            scaled = isotropic_resize(image, q)
             views = [(scaled, False)] + ([(np.ascontiguousarray(scaled[:, ::-1]), True)] if flip else [])
             for view, mirrored in views:
                 maps[q, mirrored] = self.view_map(view)
             per_scale.append(np.mean([maps[q, m].values.mean(axis=(0, 1)) for _, m in views], axis=0))
         return maps, np.mean(per_scale, axis=0)
-
-
-# -- data -------------------------------------------------------------------------------------------------
-def iterate_boxed_samples(path, root="", limit=None, color=True):
-    """Yield (key, HxWxC uint8 image, label, boxes (k, 4)) from an LMDB of Datum with `box` or a box
-    list `path label x1 y1 x2 y2 ...` (+ root folder). Keys as vggtool.vgg.evaluate's (scores files match).
-    A folder of images (class subfolders, or images alone: label -1) has no boxes: boxes is None."""
-    from ..data.imagefolder import folder_entries, is_image_folder
-    from ..data.imagelist import read_box_list
-    from .evaluate import iterate_lmdb_images, read_image_file
-
-    if not os.path.exists(path):
-        raise VggtoolError(f"--data: {path} does not exist (give an LMDB folder, a box list file or a folder "
-                           "of images)")
-    if is_image_folder(path):
-        entries, _ = folder_entries(path)
-        for name, label in entries[:limit]:
-            yield name, read_image_file(path, name, color, f"--data {path}"), label, None
-        return
-    if os.path.isdir(path):
-        for k, image, datum in iterate_lmdb_images(path, limit, color):
-            if len(datum.box) == 0 or len(datum.box) % 4:
-                raise VggtoolError(f"--data: record {k} of {path} has {len(datum.box)} box values; localisation "
-                                   "needs ground-truth boxes (convert with a box list or convert_voc)")
-            yield k, image, int(datum.label), np.asarray(datum.box, np.float64).reshape(-1, 4)
-        return
-    for count, (name, label, boxes) in enumerate(read_box_list(path)):
-        if limit is not None and count >= limit:
-            return
-        if len(boxes) == 0:
-            raise VggtoolError(f"--data: {path}: {name} has no box (lines read `path label x1 y1 x2 y2 ...`)")
-        yield name, read_image_file(root, name, color, path), label, boxes
 
 
 # -- protocols --------------------------------------------------------------------------------------------

@@ -210,7 +210,9 @@ class Run:
         self.counts = prepare_data(self.out, self.budget, self.costs, self.say)
         data = self.out / "data"
         self.val = scoring.ValidationSet(data / VAL_DB)
-        self.mean = evaluate.load_mean(mean_file=str(data / MEAN_FILE), channels=1)
+        from vggtool.data.mean import load_mean
+
+        self.mean = load_mean(mean_file=str(data / MEAN_FILE), channels=1)
         cells = plan.cells(self.seeds)
         for i, cell in enumerate(cells, start=1):
             self.train(cell, i, len(cells))

@@ -8,6 +8,8 @@ Evaluator.evaluate_image and evaluate.fuse."""
 import numpy as np
 
 from .. import evaluate
+from vggtool.data.samples import iterate_samples
+from vggtool.data.transform import isotropic_resize
 
 BATCH = 64  # images (each with its mirror) per dense forward pass
 
@@ -17,7 +19,7 @@ class ValidationSet:
 
     def __init__(self, path):
         images, labels, keys = [], [], []
-        for key, image, label in evaluate.iterate_samples(str(path), color=False):
+        for key, image, label in iterate_samples(str(path), color=False):
             images.append(image)
             labels.append(label)
             keys.append(key)
@@ -41,7 +43,7 @@ def dense_posteriors(evaluator, images, q, batch=BATCH):
         pending.clear()
 
     for image in images:
-        x = evaluator.preprocess(evaluate.rescale(image, q))
+        x = evaluator.preprocess(isotropic_resize(image, q))
         if pending and x.shape != pending[0][0].shape:
             flush()
         pending.append((x, x[:, :, ::-1]))
@@ -54,4 +56,4 @@ def dense_posteriors(evaluator, images, q, batch=BATCH):
 
 def multicrop_posteriors(evaluator, images, q):
     """(N, classes) float64: Evaluator.multicrop of each image rescaled to Q (grid crops and mirrors)."""
-    return np.stack([evaluator.multicrop(evaluate.rescale(image, q)) for image in images])
+    return np.stack([evaluator.multicrop(isotropic_resize(image, q)) for image in images])

@@ -1,8 +1,8 @@
 """Image sets with labels for feature extraction: Caffe image lists (one or several labels per image),
 LMDB of Datum (one label) and PASCAL VOC folders (multi-label, from the annotations).
 
-List lines are `path l1 l2 ...`: the trailing integer tokens are the labels, the rest is the path (so a
-path may hold spaces). A line with no label gets none (an unlabelled image).
+List lines are `path l1 l2 ...` (vggtool.data.imagelist: the trailing integer tokens are the labels, the
+rest is the path, so a path may hold spaces). A line with no label gets none (an unlabelled image).
 
 VOC folder (e.g. VOCdevkit/VOC2007): ImageSets/Main/<split>.txt names the images, JPEGImages/<id>.jpg
 holds them, Annotations/<id>.xml lists <object><name>; an image is positive for a class when it holds a
@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import VggtoolError
+from ..errors import VggtoolError
+from .imagelist import read_labelled_list, read_names
 
 
 @dataclass
@@ -37,32 +38,6 @@ class ImageSet:
         return len(self.keys)
 
 
-def _is_int(token):
-    try:
-        int(token)
-        return True
-    except ValueError:
-        return False
-
-
-def read_labelled_list(path):
-    """[(name, (labels...), line number)] from a list file `path l1 l2 ...`."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            tokens = line.split()
-            if not tokens:
-                continue
-            k = len(tokens)
-            while k > 1 and _is_int(tokens[k - 1]):
-                k -= 1
-            labels = tuple(int(t) for t in tokens[k:])
-            if any(v < 0 for v in labels):
-                raise VggtoolError(f"{path}:{n}: labels must be class indices >= 0, got '{line.strip()}'")
-            out.append((" ".join(tokens[:k]), labels, n))
-    return out
-
-
 def is_voc(path):
     return os.path.isdir(os.path.join(path, "Annotations")) and os.path.isdir(os.path.join(path, "ImageSets"))
 
@@ -72,8 +47,7 @@ def parse_classes(text):
     if text is None:
         return None
     if os.path.isfile(text):
-        with open(text, encoding="utf-8") as f:
-            names = [line.strip() for line in f if line.strip()]
+        names = read_names(text, "--classes file", distinct=False)  # duplicates: the message below
     else:
         names = [s.strip() for s in text.split(",") if s.strip()]
     if not names or len(set(names)) != len(names):
@@ -115,8 +89,7 @@ def read_voc(folder, split="trainval", classes=None):
     ids_file = os.path.join(folder, "ImageSets", "Main", f"{split}.txt")
     if not os.path.exists(ids_file):
         raise VggtoolError(f"VOC split file {ids_file} does not exist (check --split)")
-    with open(ids_file, encoding="utf-8") as f:
-        ids = [line.split()[0] for line in f if line.strip()]
+    ids = read_names(ids_file, "VOC split file", first_field=True, distinct=False)
     objects = [_voc_objects(os.path.join(folder, "Annotations", f"{i}.xml")) for i in ids]
     names = classes or sorted({name for objs in objects for name, _ in objs})
     index = {c: k for k, c in enumerate(names)}
@@ -140,7 +113,7 @@ def read_voc(folder, split="trainval", classes=None):
 
 def open_image_set(data, root="", split="trainval", classes=None):
     """An ImageSet from a list file, an LMDB folder or a VOC folder (`--data`)."""
-    from .data.datum import is_lmdb
+    from .datum import is_lmdb
 
     if not os.path.exists(data):
         raise VggtoolError(f"--data: {data} does not exist (give an image list file, an LMDB folder or a "
@@ -148,7 +121,7 @@ def open_image_set(data, root="", split="trainval", classes=None):
     if root and not os.path.isdir(root):
         raise VggtoolError(f"--root: {root} is not a folder")
     if os.path.isdir(data):
-        from .data.imagefolder import folder_entries, is_image_folder
+        from .imagefolder import folder_entries, is_image_folder
 
         if is_image_folder(data) and not is_voc(data):  # ImageFolder layout, or a folder of images
             entries, names = folder_entries(data, classes)

@@ -7,10 +7,10 @@ The weights file is walked on the wire without decoding its parameter blobs, so 
 costs one read, not a parse of every weight."""
 import os
 
-from .errors import VggtoolError
-from .io import prototxt, wire
-from .io.files import find_beside
-from .proto import caffe_pb2
+from ..errors import VggtoolError
+from ..io import prototxt, wire
+from ..io.files import find_beside
+from ..proto import caffe_pb2
 
 
 def _in_test(layer):
