@@ -15,8 +15,10 @@ import numpy as np
 from . import protoio
 from .backend import CPU, to_numpy
 from .blob import Blob, BlobShapeError, _encode_varint, blob_field_chunks, chunks_size, proto_shape, proto_values
+from .config import defaults as default_settings
 from .errors import VggtoolError
 from .layers import layer_class
+from .layers.conv.policy import CacheBudget
 from .proto import caffe_pb2
 
 TRAIN = caffe_pb2.TRAIN
@@ -200,7 +202,7 @@ class Net:
     """
 
     def __init__(self, model, *args, weights=None, phase=None, stages=(), level=0, device=CPU,
-                 dtype=np.float32, seed=None, source=None, batch_divisor=1, log=None):
+                 dtype=np.float32, seed=None, source=None, batch_divisor=1, log=None, settings=None):
         weights, phase = _weights_and_phase(args, weights, phase)
         if isinstance(model, caffe_pb2.NetParameter):
             net_param = caffe_pb2.NetParameter()
@@ -222,6 +224,8 @@ class Net:
         self.sample_offset = 0  # global index of this replica's first sample in the whole batch
         self.batch_divisor = int(batch_divisor)  # replicas sharing each batch (read by data layers at setup)
         self.log = log  # a GLog: Caffe's set-up lines (Top shape, Memory required for data) while building
+        self.settings = settings if settings is not None else default_settings()  # vggtool.config.Settings
+        self.conv_cache = CacheBudget()  # forward data the convolutions keep for backward (TRAIN)
         state = caffe_pb2.NetState()
         state.CopyFrom(net_param.state)
         state.phase = self.phase

@@ -13,8 +13,6 @@ All transforms are sums and differences of strided slices: a few passes over mem
 over pixels. Where the C kernels are built (kernels.py) the layer runs their one-pass versions of the
 input, output and adjoint transforms instead; tests check both against each other and against loops.
 """
-import math
-
 import numpy as np
 
 # G of F(m x m, 3 x 3) per output tile size m. F(2x2): the matrices below. F(4x4) (Lavin & Gray's
@@ -27,11 +25,6 @@ _G = {
 }
 # ((m+2)^2, 9): U[(m+2)a+b] = sum_ij G[a,i] G[b,j] w[3i+j]
 _GG = {m: np.kron(g, g) for m, g in _G.items()}
-
-
-def output_tile(transformed):
-    """m of F(m x m, 3 x 3) from the number (m + 2)^2 of entries of its transformed tiles (16 -> 2, 36 -> 4)."""
-    return math.isqrt(transformed) - 2
 
 
 def tiles(ho, wo, m=2):
