@@ -79,6 +79,31 @@ def test_each_net_has_its_own_settings():
     assert b.layer_dict["c1"].chosen_algorithm() == "im2col"
     assert a.layer_dict["c2"].chosen_algorithm() == "im2col"  # the prototxt field wins
     assert Net(param, phase="TEST").settings is config.defaults()
+    cudnn = parse_net_text(NET.replace("pad: 1 }", "pad: 1 engine: CUDNN }", 1), "<net>")
+    assert Net(cudnn, settings=config.Settings(conv_algorithm="shifted")).layer_dict["c1"].chosen_algorithm() \
+        == "shifted"  # Caffe's engine field names Caffe's back ends: accepted, no effect
+
+
+def test_kept_tiles_are_not_read_as_columns_after_the_algorithm_changes():
+    """A TRAIN forward keeps Winograd tiles; if the net's setting then says im2col, backward recomputes
+    its columns instead of reading the tiles, and gets im2col's own gradient."""
+    param = parse_net_text(NET, "<net>")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 8, 48, 48))
+    grads = []
+    for first in ("winograd2", "im2col"):
+        rng = np.random.default_rng(1)
+        net = Net(param, phase="TRAIN", dtype=np.float64, seed=1, settings=config.Settings(conv_algorithm=first))
+        net.blobs["x"].data[...] = x
+        net.forward()
+        assert net.layer_dict["c1"].forward_cache.valid
+        net.settings = net.settings.replace(conv_algorithm="im2col")
+        layer = net.layer_dict["c1"]
+        net.blobs["y"].diff[...] = rng.standard_normal(net.blobs["y"].shape)
+        layer.backward([net.blobs["y"]], [False], [net.blobs["x"]])
+        grads.append(layer.blobs[0].diff.copy())
+    assert np.abs(grads[1]).max() > 0
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-9, atol=1e-9 * np.abs(grads[1]).max())
 
 
 def test_the_forward_cache_budget_is_net_wide():

@@ -109,6 +109,8 @@ class ConvolutionLayer(Layer):
         want_w = self.param_propagate_down[0]
         want_b = self.bias_term and self.param_propagate_down[1]
         algo = self.chosen_algorithm()
+        if algo != self.forward_cache.algorithm:  # settings changed since reshape: the kept layout differs
+            self.forward_cache.valid = False
         for b, t, down in zip(bottom, top, propagate_down):
             if want_b:
                 self._add_bias_grad(t.diff)
