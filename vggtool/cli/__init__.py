@@ -2,6 +2,7 @@
 
 Each subcommand lives in its own module of this package with `HELP`, `add_arguments(parser)` and
 `run(args) -> exit code`. Caffe's single-dash spelling (`-solver=x`, `-gpu 0`) is accepted too.
+`vggtool --set KEY=VALUE ... COMMAND` overrides settings (vggtool.config) for that command.
 """
 import argparse
 import importlib
