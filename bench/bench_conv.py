@@ -16,15 +16,15 @@ ap.add_argument("--size", type=int, default=224)
 ap.add_argument("--reps", type=int, default=3)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--layers", default="")
-ap.add_argument("--algos", default="im2col,shifted,winograd")
+ap.add_argument("--algos", default="im2col,shifted,winograd2")
 ap.add_argument("--guard-wait", type=float, default=60.0, help="max seconds to wait for a quiet CPU")
 A = ap.parse_args()
 os.environ["OPENBLAS_NUM_THREADS"] = str(A.threads)
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as importing vggtool first would (vggtool/__init__.py)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as the CLI does (vggtool.config.apply_process_defaults)
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vggtool.layers import conv  # noqa: E402
+from vggtool.layers.conv.profile import profiling  # noqa: E402
 from vggtool.testing import layer_net  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -49,32 +49,31 @@ def main():
             continue
         hw = A.size // div
         x = rng.standard_normal((A.batch, cin, hw, hw), dtype=np.float32)
-        text = (f'layer {{ name: "{name}" type: "Convolution" bottom: "x" top: "y" convolution_param {{ '
-                f'num_output: {cout} kernel_size: 3 pad: 1 weight_filler {{ type: "gaussian" std: 0.01 }} }} }}')
-        net = layer_net(text, {"x": x}, dtype=np.float32)
-        net.blobs["x"].data[...] = x
-        layer = net.layers[1]
-        top, bottom = [net.blobs["y"]], [net.blobs["x"]]
-        top[0].diff[...] = rng.standard_normal(top[0].shape, dtype=np.float32)
         line = f"{name:8s} {cin:4d}->{cout:<4d} {hw:3d}x{hw:<3d}"
         for algo in A.algos.split(","):
-            layer.algorithm = algo
+            text = (f'layer {{ name: "{name}" type: "Convolution" bottom: "x" top: "y" convolution_param {{ '
+                    f'num_output: {cout} kernel_size: 3 pad: 1 vggtool_algorithm: "{algo}" '
+                    'weight_filler { type: "gaussian" std: 0.01 } } }')
+            net = layer_net(text, {"x": x}, phase="TEST", dtype=np.float32)  # TEST: no forward cache
+            net.blobs["x"].data[...] = x
+            layer = net.layers[1]
+            top, bottom = [net.blobs["y"]], [net.blobs["x"]]
+            top[0].diff[...] = rng.standard_normal(top[0].shape, dtype=np.float32)
             f, b = [], []
             if wait_quiet is not None:
                 wait_quiet(0.15, max_wait=A.guard_wait)
                 guard = Guard()
-            conv.PROFILE = {}
-            for r in range(A.reps + 1):
-                t0 = time.perf_counter()
-                layer.forward(bottom, top)
-                t1 = time.perf_counter()
-                layer.backward(top, [True], bottom)
-                t2 = time.perf_counter()
-                if r:
-                    f.append(t1 - t0)
-                    b.append(t2 - t1)
-            secs = {k: v / (A.reps + 1) * 1e3 for k, v in conv.PROFILE.items()}
-            conv.PROFILE = None
+            with profiling([layer]) as prof:
+                for r in range(A.reps + 1):
+                    t0 = time.perf_counter()
+                    layer.forward(bottom, top)
+                    t1 = time.perf_counter()
+                    layer.backward(top, [True], bottom)
+                    t2 = time.perf_counter()
+                    if r:
+                        f.append(t1 - t0)
+                        b.append(t2 - t1)
+            secs = {k: v / (A.reps + 1) * 1e3 for k, v in prof.seconds.items()}
             fm, bm = statistics.median(f) * 1e3, statistics.median(b) * 1e3
             tot.setdefault(algo, [0, 0])
             tot[algo][0] += fm

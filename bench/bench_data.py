@@ -37,12 +37,12 @@ def make_jpegs(root, n):
 
 
 def measure(db, pca, transform, threads, batch, batches):
-    os.environ["VGGTOOL_DATA_THREADS"] = str(threads)
     text = (f'layer {{ name: "data" type: "Data" top: "data" top: "label" '
             f'data_param {{ source: "{db}" batch_size: {batch} backend: LMDB prefetch: 2 }} '
             f'transform_param {{ {transform} mirror: true pca_stats_file: "{pca}" pca_sigma: 0.1 '
             f'mean_value: 104 mean_value: 117 mean_value: 123 }} }}')
-    net = vggtool.Net(parse_net_text(text), phase="TRAIN", seed=1)
+    settings = vggtool.config.defaults().replace(data_threads=threads)
+    net = vggtool.Net(parse_net_text(text), phase="TRAIN", seed=1, settings=settings)
     net.iteration = 0
     net.forward()  # warm up: thread start, first batch
     start = time.perf_counter()

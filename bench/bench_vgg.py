@@ -62,7 +62,7 @@ def parse():
 
 A = parse()
 os.environ["OPENBLAS_NUM_THREADS"] = str(A.threads)  # before numpy is imported
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as importing vggtool first would (vggtool/__init__.py)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as the CLI does (vggtool.config.apply_process_defaults)
 os.environ["OMP_NUM_THREADS"] = str(A.threads)
 os.environ["MKL_NUM_THREADS"] = str(A.threads)
 
@@ -219,29 +219,34 @@ def build_net():
 
 def layer_profile(net, reps):
     """Per-layer forward and backward ms (median over reps) and conv section totals (ms per pass)."""
-    from vggtool.layers import conv
+    from vggtool.layers.conv.profile import profiling
 
     n = len(net.layers)
     fw = [[] for _ in range(n)]
     bw = [[] for _ in range(n)]
     sections = {}
     for _ in range(reps):
-        conv.PROFILE = {}
-        for i in range(n):
-            t0 = time.perf_counter()
-            net.layers[i].forward(net.bottom_vecs[i], net.top_vecs[i])
-            fw[i].append(time.perf_counter() - t0)
-        for i in range(n - 1, -1, -1):
-            t0 = time.perf_counter()
-            if net.layer_need_backward[i]:
-                net.layers[i].backward(net.top_vecs[i], net.bottom_need_backward[i], net.bottom_vecs[i])
-            bw[i].append(time.perf_counter() - t0)
-        for k, v in conv.PROFILE.items():
+        with profiling(net) as prof:
+            run_layers_once(net, fw, bw)
+        for k, v in prof.seconds.items():
             sections.setdefault(k, []).append(v)
-    conv.PROFILE = None
     rows = [dict(name=net.layer_names[i], type=net.layers[i].type, fwd_ms=1e3 * statistics.median(fw[i]),
                  bwd_ms=1e3 * statistics.median(bw[i])) for i in range(n)]
     return rows, {k: 1e3 * statistics.median(v) for k, v in sections.items()}
+
+
+def run_layers_once(net, fw, bw):
+    """One forward and backward pass, layer by layer, appending each layer's seconds to fw[i] / bw[i]."""
+    n = len(net.layers)
+    for i in range(n):
+        t0 = time.perf_counter()
+        net.layers[i].forward(net.bottom_vecs[i], net.top_vecs[i])
+        fw[i].append(time.perf_counter() - t0)
+    for i in range(n - 1, -1, -1):
+        t0 = time.perf_counter()
+        if net.layer_need_backward[i]:
+            net.layers[i].backward(net.top_vecs[i], net.bottom_need_backward[i], net.bottom_vecs[i])
+        bw[i].append(time.perf_counter() - t0)
 
 
 def main():
@@ -249,18 +254,18 @@ def main():
         torch_part()
         return
     sys.path.insert(0, os.path.dirname(HERE))
-    from vggtool.layers import conv
+    from vggtool import config
 
     flop = 2 * A.batch * macs(A.net, A.size)
     print(f"{NAMES[A.net]} (config {A.net}) batch {A.batch}, {A.size}x{A.size}, fp32, {A.threads} threads; "
-          f"forward {flop / 1e9:.1f} GFLOP; numpy {np.__version__}; conv algorithm: {conv.default_algorithm()}",
+          f"forward {flop / 1e9:.1f} GFLOP; numpy {np.__version__}; conv algorithm: {config.defaults().conv_algorithm}",
           flush=True)
     net = build_net()
     t_f = time_runs(net.forward_from_to, A.warmup, A.reps)
     load_f = LAST_LOAD["foreign"]
     t_fb = time_runs(net.forward_backward, A.warmup, A.reps)
     load_fb = LAST_LOAD["foreign"]
-    res = dict(net=A.net, batch=A.batch, size=A.size, threads=A.threads, conv_algorithm=conv.default_algorithm(),
+    res = dict(net=A.net, batch=A.batch, size=A.size, threads=A.threads, conv_algorithm=config.defaults().conv_algorithm,
                vggtool=dict(fwd=t_f, fwd_bwd=t_fb, load_fwd=load_f, load_fwd_bwd=load_fb))
     med = statistics.median
     print(f"vggtool  forward           median {med(t_f) * 1e3:8.1f} ms  (min {min(t_f) * 1e3:.1f}, "

@@ -1,7 +1,10 @@
+import contextlib
+
 import numpy as np
 import pytest
 
 from vggtool import backend
+from vggtool import config as vggtool_config
 
 
 def pytest_collection_modifyitems(config, items):
@@ -15,3 +18,11 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def use_settings():
+    """use_settings(**changes): the process-wide settings (vggtool.config) for the rest of the test; Nets
+    built afterwards take them as their settings."""
+    with contextlib.ExitStack() as stack:
+        yield lambda **changes: stack.enter_context(vggtool_config.override(**changes))

@@ -9,32 +9,36 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from numerics import assert_close_to_scale
 
+from vggtool import config
 from vggtool.errors import VggtoolError
-from vggtool.layers import conv, gemm, kernels, pooling
+from vggtool.layers import gemm, kernels, pooling
 from vggtool.layers import threads as split_threads
+from vggtool.layers.conv import im2col as im2col_algo
+from vggtool.layers.conv import policy
+from vggtool.layers.conv import winograd as winograd_algo
 from vggtool.testing import check_gradients, layer_net
 
 
 @pytest.fixture(params=[False, True], ids=["serial", "threaded"])
-def threads(request, monkeypatch):
+def threads(request, monkeypatch, use_settings):
     """Run once single-threaded and once with every pass split into 3 threaded slices."""
     if request.param:
         monkeypatch.setattr(split_threads, "MIN_ELEMENTS", 0)
-        monkeypatch.setattr(split_threads, "_threads", 3)
+        use_settings(num_threads=3)
     else:
-        monkeypatch.setattr(split_threads, "_threads", 1)
+        use_settings(num_threads=1)
     return request.param
 
 
 @pytest.fixture(params=["C", "NumPy"])
-def kernel_code(request, monkeypatch):
+def kernel_code(request, use_settings):
     """Run once with the C kernels (vggtool/layers/_kernels.c) and once with the NumPy code they replace."""
     if request.param == "C":
         if not kernels.built():
             pytest.skip("the C kernels were not built (no C compiler at install time)")
-        monkeypatch.delenv("VGGTOOL_NO_CKERNELS", raising=False)
+        use_settings(c_kernels=True)
     else:
-        monkeypatch.setenv("VGGTOOL_NO_CKERNELS", "1")
+        use_settings(c_kernels=False)
     return request.param
 
 
@@ -46,16 +50,22 @@ def test_c_kernels_are_built_where_a_compiler_is():
     assert kernels.built()
 
 
-def conv_text(cout, pad, kernel=3, stride=1, group=1, dilation=1):
+def conv_text(cout, pad, kernel=3, stride=1, group=1, dilation=1, algorithm=None):
+    """A Convolution layer "c" (x -> y); `algorithm`: its prototxt vggtool_algorithm, if any."""
+    algo = f'vggtool_algorithm: "{algorithm}" ' if algorithm else ""
     return (f'layer {{ name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param {{ num_output: {cout} '
-            f'kernel_size: {kernel} pad: {pad} stride: {stride} group: {group} dilation: {dilation} '
+            f'kernel_size: {kernel} pad: {pad} stride: {stride} group: {group} dilation: {dilation} {algo}'
             'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } } }')
 
 
+def with_algorithm(text, algo):
+    """`text` with convolution_param's vggtool_algorithm set to `algo`."""
+    return text.replace("convolution_param { ", f'convolution_param {{ vggtool_algorithm: "{algo}" ', 1)
+
+
 def run_conv(algo, text, x, dy, dtype):
-    net = layer_net(text, {"x": x}, dtype=dtype)
+    net = layer_net(with_algorithm(text, algo), {"x": x}, dtype=dtype)
     layer = net.layers[1]
-    layer.algorithm = algo
     net.blobs["x"].data[...] = x
     net.forward_from_to(1, 1)
     y = net.blobs["y"].data.copy()
@@ -85,12 +95,12 @@ SHAPES = [(2, 3, 4, 5, 7, 1), (3, 5, 2, 6, 6, 0), (1, 4, 3, 7, 5, 2), (2, 6, 5, 
 
 def expected_winograd(algo, kernel_code):
     """F(4x4) runs only with the C kernels; without them 'winograd4' gives F(2x2)."""
-    return algo if algo == "winograd" or kernel_code == "C" else "winograd"
+    return algo if algo == "winograd2" or kernel_code == "C" else "winograd2"
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"n{s[0]}c{s[1]}o{s[2]}_{s[3]}x{s[4]}p{s[5]}" for s in SHAPES])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("algo", ["winograd", "winograd4"])
+@pytest.mark.parametrize("algo", ["winograd2", "winograd4"])
 def test_winograd_equals_im2col_and_direct_loops(rng, threads, kernel_code, algo, shape, dtype):
     n, c, co, h, w, pad = shape
     x = rng.standard_normal((n, c, h, w))
@@ -117,67 +127,60 @@ def test_winograd_equals_im2col_and_direct_loops(rng, threads, kernel_code, algo
     assert np.abs(wino[3] - bias).max() < tol * 10 * np.abs(dy).sum(axis=(0, 2, 3)).max()
 
 
-@pytest.mark.parametrize("algo", ["winograd", "winograd4"])
+@pytest.mark.parametrize("algo", ["winograd2", "winograd4"])
 def test_winograd_gradients_numerically(rng, kernel_code, algo):
-    text = conv_text(3, 1)
-    conv.ConvolutionLayer.algorithm = algo
-    try:
-        check_gradients(text, {"x": rng.standard_normal((2, 2, 5, 4))})
-    finally:
-        conv.ConvolutionLayer.algorithm = None
+    check_gradients(conv_text(3, 1, algorithm=algo), {"x": rng.standard_normal((2, 2, 5, 4))})
 
 
 @pytest.mark.parametrize("kwargs", [dict(kernel=5, pad=1), dict(stride=2, pad=1), dict(group=2, pad=1),
                                     dict(dilation=2, pad=1), dict(pad=3), dict(kernel=1, pad=0)])
 def test_other_shapes_fall_back_to_im2col(rng, kwargs):
-    net = layer_net(conv_text(4, **kwargs), {"x": rng.standard_normal((2, 4, 9, 9))})
+    net = layer_net(conv_text(4, algorithm="winograd", **kwargs), {"x": rng.standard_normal((2, 4, 9, 9))})
     layer = net.layers[1]
-    layer.algorithm = "winograd"
     assert not layer.winograd_applicable()
     assert layer.chosen_algorithm() == "im2col"
 
 
-def test_algorithm_choice_is_overridable(rng, monkeypatch):
+def test_algorithm_choice_is_overridable(rng, monkeypatch, use_settings):
+    use_settings(conv_algorithm="auto", c_kernels=True)  # the C kernels on where built
     net = layer_net(conv_text(4, 1), {"x": rng.standard_normal((1, 32, 6, 6))}, dtype=np.float32)
     layer = net.layers[1]
-    monkeypatch.delenv("VGGTOOL_CONV_ALGO", raising=False)
-    monkeypatch.delenv("VGGTOOL_NO_CKERNELS", raising=False)  # the C kernels on where built
-    monkeypatch.setattr(conv, "SHIFTED_MIN_AREA", 1 << 62)
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_GEMM_SHARE", 1 << 62)
+    monkeypatch.setattr(policy, "SHIFTED_MIN_AREA", 1 << 62)
+    monkeypatch.setattr(policy, "WINOGRAD_MIN_GEMM_SHARE", 1 << 62)
     assert layer.chosen_algorithm() == "im2col"  # auto, with Winograd off for every channel count
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_GEMM_SHARE", 3)  # 32 * 4 / (32 + 4) = 3.6
+    monkeypatch.setattr(policy, "WINOGRAD_MIN_GEMM_SHARE", 3)  # 32 * 4 / (32 + 4) = 3.6
     if kernels.built():
-        assert layer.chosen_algorithm() == "winograd"  # auto: eligible, enough GEMM work, C transforms
-        monkeypatch.setattr(conv, "WINOGRAD4_MIN_SIZE", 6)
+        assert layer.chosen_algorithm() == "winograd2"  # auto: eligible, enough GEMM work, C transforms
+        monkeypatch.setattr(policy, "WINOGRAD4_MIN_SIZE", 6)
         assert layer.chosen_algorithm() == "winograd4"  # ... and an output of at least 6x6
-        monkeypatch.setenv("VGGTOOL_NO_CKERNELS", "1")
+        use_settings(c_kernels=False)
     assert layer.chosen_algorithm() == "im2col"  # NumPy transforms: auto needs a larger share
-    monkeypatch.setattr(conv, "WINOGRAD_NUMPY_MIN_GEMM_SHARE", 3)
-    assert layer.chosen_algorithm() == "winograd"  # ... and then takes F(2x2) (F(4x4) needs the C kernels)
-    monkeypatch.setattr(conv, "WINOGRAD_NUMPY_MIN_GEMM_SHARE", 1 << 62)
-    monkeypatch.delenv("VGGTOOL_NO_CKERNELS", raising=False)
-    monkeypatch.setenv("VGGTOOL_CONV_ALGO", "im2col")
+    monkeypatch.setattr(policy, "WINOGRAD_NUMPY_MIN_GEMM_SHARE", 3)
+    assert layer.chosen_algorithm() == "winograd2"  # ... and then takes F(2x2) (F(4x4) needs the C kernels)
+    monkeypatch.setattr(policy, "WINOGRAD_NUMPY_MIN_GEMM_SHARE", 1 << 62)
+    use_settings(c_kernels=True)
+    net.settings = net.settings.replace(conv_algorithm="im2col")  # the net's setting
     assert layer.chosen_algorithm() == "im2col"
-    layer.algorithm = "winograd"  # the attribute wins over the environment
-    assert layer.chosen_algorithm() == "winograd"
-    monkeypatch.setenv("VGGTOOL_CONV_ALGO", "fft")
-    layer.algorithm = None
-    with pytest.raises(VggtoolError, match="unknown convolution algorithm 'fft'.*VGGTOOL_CONV_ALGO"):
-        net.forward_from_to(1, 1)
-    monkeypatch.setenv("VGGTOOL_CONV_ALGO", "auto")
+    named = layer_net(conv_text(4, 1, algorithm="winograd"), {"x": rng.standard_normal((1, 32, 6, 6))})
+    named.settings = named.settings.replace(conv_algorithm="im2col")
+    assert named.layers[1].chosen_algorithm() == "winograd2"  # the prototxt wins over the settings
+    with pytest.raises(VggtoolError, match="VGGTOOL_CONV_ALGO: unknown convolution algorithm 'fft'"):
+        config.Settings.from_environ({"VGGTOOL_CONV_ALGO": "fft"})
+    with pytest.raises(VggtoolError, match="layer 'c' .*vggtool_algorithm: unknown convolution algorithm 'fft'"):
+        layer_net(conv_text(4, 1, algorithm="fft"), {"x": rng.standard_normal((1, 32, 6, 6))})
     small = layer_net(conv_text(4, 1), {"x": rng.standard_normal((1, 3, 6, 6))}).layers[1]
     assert small.chosen_algorithm() == "im2col"  # 3 input channels: transforms would dominate
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_im2col_threaded_equals_serial(rng, monkeypatch, dtype):
+def test_im2col_threaded_equals_serial(rng, monkeypatch, use_settings, dtype):
     x = rng.standard_normal((3, 5, 7, 6))
     text = conv_text(4, 1, kernel=3, stride=2, group=1)
     dy = rng.standard_normal((3, 4, 4, 3))
-    monkeypatch.setattr(split_threads, "_threads", 1)
+    use_settings(num_threads=1)
     _, serial = run_conv("im2col", text, x, dy, dtype)
     monkeypatch.setattr(split_threads, "MIN_ELEMENTS", 0)
-    monkeypatch.setattr(split_threads, "_threads", 2)
+    use_settings(num_threads=2)
     _, threaded = run_conv("im2col", text, x, dy, dtype)
     for a, b in zip(serial, threaded):
         assert np.array_equal(a, b)
@@ -250,11 +253,11 @@ def test_bottom_diff_by_transposed_correlation_equals_col2im(rng, monkeypatch, k
     x = rng.standard_normal((2, 5, 9, 8))
     text = conv_text(4, **kwargs)
     net = layer_net(text, {"x": x})
-    assert net.layers[1]._transposed_geometry() is not None
+    assert im2col_algo.transposed_geometry(net.layers[1]) is not None
     out_shape = net.blobs["y"].shape
     dy = rng.standard_normal(out_shape)
     _, fast = run_conv("im2col", text, x, dy, np.float64)
-    monkeypatch.setattr(conv.ConvolutionLayer, "_transposed_geometry", lambda self: None)
+    monkeypatch.setattr(im2col_algo, "transposed_geometry", lambda layer: None)
     _, slow = run_conv("im2col", text, x, dy, np.float64)
     for a, b in zip(fast, slow):
         assert np.allclose(a, b, rtol=1e-12, atol=1e-12)
@@ -262,10 +265,10 @@ def test_bottom_diff_by_transposed_correlation_equals_col2im(rng, monkeypatch, k
     check_gradients(text, {"x": rng.standard_normal((1, 5, 6, 5))}, max_checks=60)  # takes the new path
 
 
-def test_split_run_covers_the_range_once_and_survives_fork(monkeypatch):
+def test_split_run_covers_the_range_once_and_survives_fork(monkeypatch, use_settings):
     import os
     monkeypatch.setattr(split_threads, "MIN_ELEMENTS", 0)
-    monkeypatch.setattr(split_threads, "_threads", 3)
+    use_settings(num_threads=3)
     seen = []
     split_threads.split_run(lambda a, b: seen.append((a, b)), 10, 10)
     assert sorted(seen) == [(0, 3), (3, 6), (6, 10)]
@@ -280,10 +283,10 @@ def test_split_run_covers_the_range_once_and_survives_fork(monkeypatch):
     assert os.WEXITSTATUS(status) == 0
 
 
-@pytest.mark.parametrize("algo", ["im2col", "winograd", "winograd4"])
-def test_cached_forward_columns_give_the_same_weight_gradient(monkeypatch, kernel_code, algo):
+@pytest.mark.parametrize("algo", ["im2col", "winograd2", "winograd4"])
+def test_cached_forward_columns_give_the_same_weight_gradient(monkeypatch, use_settings, kernel_code, algo):
     """In TRAIN the forward column matrices (im2col) or transformed input tiles (Winograd) are kept for
-    backward (within VGGTOOL_CONV_CACHE_MB); the gradients equal those of recomputing them in backward."""
+    backward (within the setting conv_cache_mb); the gradients equal those of recomputing them in backward."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 3, 9, 7)).astype(np.float32)
     stride = 2 if algo == "im2col" else 1
@@ -291,20 +294,20 @@ def test_cached_forward_columns_give_the_same_weight_gradient(monkeypatch, kerne
     dy = rng.standard_normal((5, 4, ho, wo)).astype(np.float32)
     text = ('layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 4 '
             f'kernel_size: 3 pad: 1 stride: {stride} weight_filler {{ type: "gaussian" std: 0.3 }} }} }}')
-    monkeypatch.setenv("VGGTOOL_CONV_ALGO", algo)  # before the net is built: the cache is planned at reshape
+    use_settings(conv_algorithm=algo)  # before the net is built: the cache is planned at reshape
     grads = {}
     for budget in ("4096", "0"):
-        monkeypatch.setenv("VGGTOOL_CONV_CACHE_MB", budget)
-        monkeypatch.setattr(conv, "WORKSPACE_BYTES", 2000)  # several chunks
-        monkeypatch.setattr(conv, "WINOGRAD_BYTES", 20000)
+        use_settings(conv_cache_mb=budget)
+        monkeypatch.setattr(policy, "WORKSPACE_BYTES", 2000)  # several chunks
+        monkeypatch.setattr(policy, "WINOGRAD_BYTES", 20000)
         net = layer_net(text, {"x": x}, dtype=np.float32, seed=1)
         layer = net.layer_dict["c"]
         assert layer.chosen_algorithm() == (expected_winograd(algo, kernel_code) if algo != "im2col" else algo)
-        assert layer._cache_cols == (budget != "0")
-        assert len(layer._winograd_plan(x.shape, dy.shape, 2)) > 1 or algo == "im2col"
+        assert layer.forward_cache.enabled == (budget != "0")
+        assert len(winograd_algo.plan(layer, x.shape, dy.shape, 2)) > 1 or algo == "im2col"
         net.blobs["x"].data[...] = x
         net.forward()
-        assert layer._cols_valid == (budget != "0")
+        assert layer.forward_cache.valid == (budget != "0")
         net.blobs["y"].diff[...] = dy
         net.backward()
         grads[budget] = (layer.blobs[0].diff.copy(), net.blobs["x"].diff.copy())
@@ -320,7 +323,7 @@ SHIFTED_CASES = [dict(pad=1), dict(pad=0), dict(pad=2, dilation=2), dict(kernel=
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_shifted_equals_im2col_and_direct_loops(rng, threads, monkeypatch, kwargs, dtype):
     """The shifted-GEMM algorithm (forward, dX, dW, db) against im2col, over several chunks."""
-    monkeypatch.setattr(conv, "WORKSPACE_BYTES", 3000)  # several chunks of images
+    monkeypatch.setattr(policy, "WORKSPACE_BYTES", 3000)  # several chunks of images
     x = rng.standard_normal((3, 4, 9, 7))
     text = conv_text(6, **kwargs)
     dy = rng.standard_normal(layer_net(text, {"x": x}).blobs["y"].shape)
@@ -339,51 +342,46 @@ def test_shifted_equals_im2col_and_direct_loops(rng, threads, monkeypatch, kwarg
 
 @pytest.mark.parametrize("kwargs", [dict(pad=1), dict(group=2, pad=2, dilation=2)])
 def test_shifted_gradients_numerically(rng, kwargs):
-    conv.ConvolutionLayer.algorithm = "shifted"
-    try:
-        check_gradients(conv_text(4, **kwargs), {"x": rng.standard_normal((2, 4, 6, 5))}, max_checks=80)
-    finally:
-        conv.ConvolutionLayer.algorithm = None
+    check_gradients(conv_text(4, algorithm="shifted", **kwargs), {"x": rng.standard_normal((2, 4, 6, 5))},
+                    max_checks=80)
 
 
 @pytest.mark.parametrize("kwargs", [dict(stride=2, pad=1), dict(kernel=1, pad=0), dict(pad=3)])
 def test_shifted_falls_back_to_im2col(rng, kwargs):
     """Stride > 1, pointwise, and pads the flipped-kernel dX cannot express take im2col."""
-    layer = layer_net(conv_text(4, **kwargs), {"x": rng.standard_normal((2, 4, 9, 9))}).layers[1]
-    layer.algorithm = "shifted"
+    layer = layer_net(conv_text(4, algorithm="shifted", **kwargs), {"x": rng.standard_normal((2, 4, 9, 9))}).layers[1]
     assert not layer.shifted_applicable()
     assert layer.chosen_algorithm() == "im2col"
 
 
-def test_auto_takes_shifted_for_large_inputs_with_enough_channels(rng, monkeypatch):
-    monkeypatch.delenv("VGGTOOL_CONV_ALGO", raising=False)
-    monkeypatch.setattr(conv, "SHIFTED_MIN_AREA", 36)
+def test_auto_takes_shifted_for_large_inputs_with_enough_channels(rng, monkeypatch, use_settings):
+    use_settings(conv_algorithm="auto")
+    monkeypatch.setattr(policy, "SHIFTED_MIN_AREA", 36)
     big = layer_net(conv_text(4, 1), {"x": rng.standard_normal((1, 16, 6, 6))}).layers[1]
     assert big.chosen_algorithm() == "shifted"
-    assert not big._cache_cols  # no forward columns to keep
+    assert not big.forward_cache.enabled  # no forward columns to keep
     few = layer_net(conv_text(4, 1), {"x": rng.standard_normal((1, 15, 6, 6))}).layers[1]
     assert few.chosen_algorithm() == "im2col"
     small = layer_net(conv_text(4, 1), {"x": rng.standard_normal((1, 16, 5, 7))}).layers[1]
     assert small.chosen_algorithm() == "im2col"
-    monkeypatch.setenv("VGGTOOL_CONV_ALGO", "im2col")
+    big.net.settings = big.net.settings.replace(conv_algorithm="im2col")
     assert big.chosen_algorithm() == "im2col"
 
 
-@pytest.mark.parametrize("algo, bound", [("winograd", 2e-6), ("winograd4", 3e-5)])
-def test_winograd_float32_rounding_on_a_realistic_layer(rng, monkeypatch, algo, bound):
+@pytest.mark.parametrize("algo, bound", [("winograd2", 2e-6), ("winograd4", 3e-5)])
+def test_winograd_float32_rounding_on_a_realistic_layer(rng, use_settings, algo, bound):
     """F(4x4)'s transforms amplify float32 rounding (larger interpolation points) more than F(2x2)'s:
     measured 5e-6 and 4e-7 (max error relative to the largest output) on a 64->64 layer with ReLU inputs,
     against im2col's 5e-7; bounded here a few times above those."""
     if algo == "winograd4" and not kernels.built():
         pytest.skip("F(4x4) runs only with the C kernels")
-    monkeypatch.delenv("VGGTOOL_NO_CKERNELS", raising=False)
+    use_settings(c_kernels=True)
     x = np.maximum(rng.standard_normal((1, 64, 28, 28)), 0)
     text = ('layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 64 '
             'kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.06 } } }')
     out = {}
     for name, dtype in (("im2col", np.float64), (algo, np.float32)):
-        net = layer_net(text, {"x": x}, dtype=dtype, seed=1)
-        net.layers[1].algorithm = name
+        net = layer_net(with_algorithm(text, name), {"x": x}, dtype=dtype, seed=1)
         net.blobs["x"].data[...] = x
         net.forward_from_to(1, 1)
         assert net.layers[1].chosen_algorithm() == name
@@ -394,7 +392,7 @@ def test_winograd_float32_rounding_on_a_realistic_layer(rng, monkeypatch, algo, 
 
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 3), c=st.integers(1, 5), co=st.integers(1, 5), h=st.integers(1, 14), w=st.integers(1, 14),
-       pad=st.integers(0, 2), algo=st.sampled_from(["winograd", "winograd4"]), seed=st.integers(0, 2 ** 16))
+       pad=st.integers(0, 2), algo=st.sampled_from(["winograd2", "winograd4"]), seed=st.integers(0, 2 ** 16))
 def test_winograd_matches_im2col_on_any_shape(n, c, co, h, w, pad, algo, seed):
     """Forward, input gradient and weight gradient of both Winograd tilings (with whatever transforms this
     install has) against im2col, in float64, on shapes whose outputs are not multiples of the tile."""

@@ -307,8 +307,8 @@ def counted_net(monkeypatch, source, **kwargs):
 
 
 @pytest.mark.parametrize("which", ["big_db", "other_keys_db"])
-def test_setup_reads_no_key_list(which, request, monkeypatch):
-    monkeypatch.setenv("VGGTOOL_DATA_THREADS", "1")
+def test_setup_reads_no_key_list(which, request, monkeypatch, use_settings):
+    use_settings(data_threads=1)
     net, calls = counted_net(monkeypatch, request.getfixturevalue(which), batch=16)
     layer = net.layer_dict["data"]
     assert layer.num_records == 3000
@@ -322,11 +322,11 @@ def test_setup_reads_no_key_list(which, request, monkeypatch):
 
 @pytest.mark.parametrize("which", ["big_db", "other_keys_db"])
 @pytest.mark.parametrize("threads", ["1", "3"])
-def test_resumed_reads_equal_the_uninterrupted_ones(which, threads, request, monkeypatch):
+def test_resumed_reads_equal_the_uninterrupted_ones(which, threads, request, monkeypatch, use_settings):
     """Labels are positions in key order: a net started at batch 5 (a resume) reads what an uninterrupted
     one reads at batches 5.., across the wrap, with rand_skip, with replicas and with several threads."""
     from vggtool.data.lmdb_records import LmdbRecords
-    monkeypatch.setenv("VGGTOOL_DATA_THREADS", threads)
+    use_settings(data_threads=threads)
     monkeypatch.setattr(LmdbRecords, "WALK", 50)  # unnumbered keys: long jumps need the key list
     db, B, N = request.getfixturevalue(which), 600, 3000
     whole = data_net(db, batch=B, transform="crop_size: 2 mirror: true", extra="rand_skip: 900")

@@ -69,4 +69,8 @@ def test_no_opencv_warnings_in_the_output(tmp_path):
         return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stderr
 
     assert "WARN" in stderr_of(f"import cv2; cv2.imread({missing!r})")  # what OpenCV prints by itself
-    assert "WARN" not in stderr_of(f"import vggtool, cv2; cv2.imread({missing!r})")
+    # the CLI entry point sets the level (vggtool.config.apply_process_defaults); a library user calls it
+    assert "WARN" not in stderr_of(f"import vggtool.cli, cv2; cv2.imread({missing!r})")
+    assert "WARN" not in stderr_of("import vggtool; vggtool.config.apply_process_defaults(); "
+                                   f"import cv2; cv2.imread({missing!r})")
+    assert "WARN" in stderr_of(f"import vggtool, cv2; cv2.imread({missing!r})")  # importing vggtool changes nothing

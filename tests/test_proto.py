@@ -211,6 +211,10 @@ def test_vggtool_extensions():
     assert st.DESCRIPTOR.fields_by_name["plateau_best"].number == 1000
     assert st.DESCRIPTOR.fields_by_name["plateau_has_best"].number == 1003
     assert caffe_pb2.Datum.DESCRIPTOR.fields_by_name["box"].number == 1000
+    algo = caffe_pb2.ConvolutionParameter.DESCRIPTOR.fields_by_name["vggtool_algorithm"]
+    assert (algo.number, algo.type) == (1000, FD.TYPE_STRING)
+    conv = text_format.Parse('num_output: 2 vggtool_algorithm: "shifted"', caffe_pb2.ConvolutionParameter())
+    assert conv.vggtool_algorithm == "shifted" and not caffe_pb2.ConvolutionParameter().HasField("vggtool_algorithm")
 
 
 # --- hand-encoded wire bytes ----------------------------------------------

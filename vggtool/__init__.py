@@ -2,31 +2,30 @@
 
 The Python API mirrors pycaffe: `vggtool.Net(model, weights=None, phase=vggtool.TEST)`,
 `net.blobs[name].data/.diff`, `net.params[layer][i].data`, `net.forward(**inputs)`, `net.backward()`.
+Settings: `vggtool.config` (`Net(..., settings=vggtool.config.Settings(...))`).
+
+Importing vggtool changes no environment and loads nothing heavy: the names below are imported on
+first use, so the CLI (vggtool.cli) can call `vggtool.config.apply_process_defaults()` before NumPy
+loads OpenBLAS. A library user who wants the same OpenBLAS behaviour calls it before importing NumPy.
 """
-import os
-
-# OpenBLAS's idle threads spin for about 2^28 cycles after each GEMM before they sleep. On a machine whose
-# cores all run GEMMs, that spinning steals the cores from the element-wise passes that follow (copies,
-# transforms, pooling, split over threads): measured 2x slower right after a GEMM. 2^4 cycles: sleep at
-# once; waking them costs microseconds per GEMM. Read when OpenBLAS loads, so it only takes effect when
-# vggtool is imported before NumPy (the CLI always is); set it yourself otherwise.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-# vggtool reports unreadable images itself (naming the list line); OpenCV's own "[ WARN:0@...]" lines
-# about the same files would only clutter the output. Read when OpenCV loads; set the level now if it has.
-os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-if "cv2" in __import__("sys").modules:  # pragma: no cover - depends on import order
-    try:
-        import cv2.utils.logging as _cv_logging
-
-        _cv_logging.setLogLevel(_cv_logging.LOG_LEVEL_ERROR)
-    except Exception:
-        pass
-
-from .backend import CPU, Device, gpu  # noqa: F401
-from .errors import VggtoolError  # noqa: F401
-from .net import TEST, TRAIN, Net  # noqa: F401
+import importlib
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it (imported on first access, PEP 562)
+_LAZY = {"CPU": "backend", "Device": "backend", "gpu": "backend", "VggtoolError": "errors",
+         "TEST": "net", "TRAIN": "net", "Net": "net"}
+__all__ = sorted(_LAZY) + ["config", "get_solver"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name == "config":
+        return importlib.import_module(".config", __name__)
+    raise AttributeError(f"module 'vggtool' has no attribute {name!r}")
 
 
 def get_solver(path, **kwargs):

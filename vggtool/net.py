@@ -12,9 +12,11 @@ import numpy as np
 
 from . import net_weights
 from .backend import CPU
+from .config import defaults as default_settings
 from .errors import VggtoolError
 from .io import prototxt, wire
 from .io.upgrade import upgrade_net
+from .layers.conv.policy import CacheBudget
 from .net_build import NetBuilder, layer_context
 from .net_graph import filter_net, insert_splits, phase_value
 from .proto import caffe_pb2
@@ -54,7 +56,7 @@ class Net:
     """
 
     def __init__(self, model, *args, weights=None, phase=None, stages=(), level=0, device=CPU,
-                 dtype=np.float32, seed=None, source=None, batch_divisor=1, log=None):
+                 dtype=np.float32, seed=None, source=None, batch_divisor=1, log=None, settings=None):
         weights, phase = _weights_and_phase(args, weights, phase)
         if isinstance(model, caffe_pb2.NetParameter):
             net_param = caffe_pb2.NetParameter()
@@ -76,6 +78,8 @@ class Net:
         self.batch_divisor = int(batch_divisor)  # replicas sharing each batch (read by data layers at setup)
         self.log = log  # a GLog: Caffe's set-up lines (Top shape, Memory required for data) while building
         self.weights_param = None  # the NetParameter of the last weights copied in (see copy_from)
+        self.settings = settings if settings is not None else default_settings()  # vggtool.config.Settings
+        self.conv_cache = CacheBudget()  # forward data the convolutions keep for backward (TRAIN)
         state = caffe_pb2.NetState()
         state.CopyFrom(net_param.state)
         state.phase = self.phase

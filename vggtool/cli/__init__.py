@@ -2,13 +2,21 @@
 
 Each subcommand lives in its own module of this package with `HELP`, `add_arguments(parser)` and
 `run(args) -> exit code`. Caffe's single-dash spelling (`-solver=x`, `-gpu 0`) is accepted too.
+`vggtool --set KEY=VALUE ... COMMAND` overrides settings (vggtool.config) for that command.
 """
 import argparse
 import importlib
 import re
 import sys
 
-from ..errors import VggtoolError
+from ..config import apply_process_defaults
+
+# The entry points' one change to the environment, made before anything below imports NumPy (OpenBLAS
+# reads it when it loads); see vggtool.config.apply_process_defaults.
+apply_process_defaults()
+
+from .. import config  # noqa: E402
+from ..errors import VggtoolError  # noqa: E402
 
 # subcommand name -> module (in this package)
 COMMANDS = {
@@ -73,17 +81,41 @@ def gflags_booleans(argv, parser):
     return out
 
 
+def split_settings(argv):
+    """The leading `--set KEY=VALUE` options (before the subcommand) and the rest of argv."""
+    assignments, rest = [], list(argv)
+    while rest and (rest[0] == "--set" or rest[0].startswith("--set=")):
+        option = rest.pop(0)
+        if option == "--set":
+            if not rest:
+                raise VggtoolError("--set needs KEY=VALUE")
+            option = "--set=" + rest.pop(0)
+        assignments.append(option[len("--set="):])
+    return assignments, rest
+
+
 def run_subcommands(prog, description, table, package, argv=None):
-    """Parse `argv` as `prog SUBCOMMAND ...` over `table` (name -> module of `package`), run it, and turn
-    a VggtoolError into one message on stderr and exit code 1 (no traceback)."""
+    """Parse `argv` as `prog [--set KEY=VALUE ...] SUBCOMMAND ...` over `table` (name -> module of
+    `package`), run it with those settings (vggtool.config), and turn a VggtoolError into one message on
+    stderr and exit code 1 (no traceback)."""
     argv = normalise_argv(sys.argv[1:] if argv is None else list(argv))
     parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                        help=f"a setting for this command ({', '.join(config.KEYS)}; README, The engine); "
+                             "overrides its VGGTOOL_* environment variable")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = {}
     for name, module_name in table.items():
         module = importlib.import_module(f"{package}.{module_name}")
         module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP))
         modules[name] = module
+    try:
+        assignments, argv = split_settings(argv)
+        # the environment is read here, once: a bad VGGTOOL_* value fails before any work
+        settings = config.defaults().replace(**config.parse_assignments(assignments))
+    except VggtoolError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
     command = next((a for a in argv if not a.startswith("-")), None)
     if command in modules:
         at = argv.index(command)
@@ -92,6 +124,7 @@ def run_subcommands(prog, description, table, package, argv=None):
     if not args.command:
         parser.print_help()
         return 2
+    previous = config.set_defaults(settings)
     try:
         return int(modules[args.command].run(args) or 0)
     except VggtoolError as e:
@@ -100,6 +133,8 @@ def run_subcommands(prog, description, table, package, argv=None):
     except KeyboardInterrupt:
         print(f"{prog} {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        config.set_defaults(previous)  # (in-process callers, e.g. tests, get theirs back)
 
 
 def main(argv=None):

@@ -76,7 +76,7 @@ def _untimed_pass(net):
     info(356, f"Initial loss: {loss:g}")
     algorithms = [f"{name} {layer.chosen_algorithm()}" for name, layer in zip(net.layer_names, net.layers)
                   if hasattr(layer, "chosen_algorithm")]
-    if algorithms:  # not in caffe time: which convolution code each layer runs (VGGTOOL_CONV_ALGO overrides)
+    if algorithms:  # not in caffe time: which convolution code each layer runs (policy: vggtool.layers.conv)
         _LOG.info("time.py", "Convolution algorithms: " + ", ".join(algorithms))
     info(357, "Performing Backward")
     net.backward_from_to()

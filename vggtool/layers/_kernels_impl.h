@@ -146,7 +146,7 @@ static void FN(wino_output_adjoint)(const REAL *dy, Py_ssize_t n, Py_ssize_t c_a
 }
 
 /* ---- Winograd F(4x4, 3x3): 6x6 input tiles with stride 4, tiles (36, C, n, th, tw), xi = 6 * row + column.
- * B^T, G and A^T as in Lavin & Gray (2015) (interpolation points 0, 1, -1, 2, -2); see winograd.py. */
+ * B^T, G and A^T as in Lavin & Gray (2015) (interpolation points 0, 1, -1, 2, -2); see conv/winograd_transforms.py. */
 
 /* tiles <- B^T d B for each 6x6 input tile d (stride 4) of src zero-padded by (ph, pw). row: scratch of
  * 12 * (4 * tw + 2) elements. */

@@ -22,9 +22,9 @@ at every reshape, so a parallel driver sets it after building the replica's net 
 net.reshape(), which also reshapes the layers downstream; sample_offset is read at every forward.
 
 Prefetch: decoding and augmentation run in a pool of worker threads (OpenCV releases the GIL; threads
-beat processes here, see PERF_NOTES). After batch t is taken, batches t+1 .. t+prefetch are queued. They
+beat processes here: bench/bench_data.py). After batch t is taken, batches t+1 .. t+prefetch are queued. They
 are keyed by (t, offset, count), so a solver that jumps (resume, a test round) just gets a batch
-computed on demand, and stale ones are dropped. Threads: VGGTOOL_DATA_THREADS (default min(4, cores)).
+computed on demand, and stale ones are dropped. Threads: the setting data_threads (vggtool.config).
 
 Reading (Data). Record i is the i-th in key order; the layer never lists the keys at setup: the count
 is the LMDB's stat and each worker thread reads with its own cursor, seeking by key on a jump
@@ -49,22 +49,13 @@ from ..data import boxes as box_geometry
 from ..data.datum import datum_to_image, decode_image_bytes, shared_lmdb
 from ..data.imagelist import read_box_list, read_image_list
 from ..data.lmdb_records import LmdbRecords
+from ..config import defaults
 from ..data.transform import DataTransformer, fixed_resize
 from ..errors import VggtoolError
 from ..proto import caffe_pb2
 from .base import Layer, register_layer
 
 log = logging.getLogger("vggtool.data")
-
-
-def _worker_threads():
-    value = os.environ.get("VGGTOOL_DATA_THREADS")
-    if value:
-        try:
-            return max(1, int(value))
-        except ValueError:
-            raise VggtoolError(f"VGGTOOL_DATA_THREADS={value!r} is not an integer") from None
-    return max(1, min(4, os.cpu_count() or 1))
 
 
 class CorruptRecord(Exception):
@@ -104,7 +95,7 @@ class PrefetchingDataLayer(Layer):
         # Shape from the first good record, as Caffe does.
         index, image, _, _ = self._load_good(0)
         self.shape = self.transformer.output_shape(image)
-        self.threads = _worker_threads()
+        self.threads = self.net.settings.data_threads if self.net is not None else defaults().data_threads
         self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix=f"data-{self.name}")
         weakref.finalize(self, self.pool.shutdown, wait=False, cancel_futures=True)
         self._pending = {}

@@ -3,22 +3,30 @@
 NumPy's matmul has no beta: `c += a @ b` allocates a temporary as large as c (411 MB for fc6's weight
 gradient) and reads c twice. On the CPU this calls the cblas_?gemm of the OpenBLAS that NumPy itself
 is linked against (same library, same thread pool), through ctypes, which releases the GIL. Anything
-it cannot take (CuPy arrays, other dtypes, operands without a unit stride, no OpenBLAS found, or
-VGGTOOL_NO_CBLAS=1) takes the NumPy path, which gives the same result.
+it cannot take (CuPy arrays, other dtypes, operands without a unit stride, no OpenBLAS found, or the
+process-wide setting cblas off: vggtool.config, VGGTOOL_NO_CBLAS=1) takes the NumPy path, which gives
+the same result. The library handle is looked up once per process, at the first call (`_cblas()`): it
+is the process's OpenBLAS, shared by every net.
 """
 import ctypes
+import functools
 import glob
 import os
 
 import numpy as np
 
+from ..config import defaults
+
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
-_lib = None  # (sgemm, dgemm) or False once looked up
 
 
+def _cblas():
+    """(sgemm, dgemm) of NumPy's OpenBLAS, or False (not found, or the cblas setting is off)."""
+    return defaults().cblas and _find_cblas()
+
+
+@functools.lru_cache(maxsize=1)
 def _find_cblas():
-    if os.environ.get("VGGTOOL_NO_CBLAS"):
-        return False
     libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
     for path in sorted(glob.glob(os.path.join(libdir, "*openblas*"))):
         try:
@@ -54,12 +62,10 @@ def _operand(x):
 
 def gemm(a, b, c, alpha=1.0, beta=1.0):
     """c[...] = alpha * (a @ b) + beta * c for 2-d arrays; returns c."""
-    global _lib
-    if _lib is None:
-        _lib = _find_cblas()
+    lib = _cblas()
     m, k = a.shape
     n = b.shape[1]
-    ok = (_lib and type(a) is np.ndarray and type(b) is np.ndarray and type(c) is np.ndarray
+    ok = (lib and type(a) is np.ndarray and type(b) is np.ndarray and type(c) is np.ndarray
           and a.dtype == b.dtype == c.dtype and a.dtype in (np.float32, np.float64)
           and c.shape == (m, n) and b.shape[0] == k and m and n and k)
     if ok:
@@ -80,7 +86,7 @@ def gemm(a, b, c, alpha=1.0, beta=1.0):
                 c *= beta
             c += prod
         return c
-    fn = _lib[0] if a.dtype == np.float32 else _lib[1]
+    fn = lib[0] if a.dtype == np.float32 else lib[1]
     ldc = cs0 if m > 1 else n
     fn(_ROW_MAJOR, oa[0], ob[0], m, n, k, alpha, a.ctypes.data, oa[1], b.ctypes.data, ob[1], beta,
        c.ctypes.data, max(ldc, n, 1))

@@ -1,16 +1,17 @@
 """The optional C kernels (_kernels.c): Winograd transforms and 2x2 max pooling in one pass each.
 
 `usable(...)` says whether a call can take them: the extension was built (pip builds it when a C
-compiler is present), it is not switched off (VGGTOOL_NO_CKERNELS=1), and the arrays are C-contiguous
+compiler is present), it is not switched off (setting c_kernels, VGGTOOL_NO_CKERNELS=1; see
+vggtool.config), and the arrays are C-contiguous
 NumPy arrays of one float dtype. Otherwise the layers run their NumPy code, which gives the same
 results (tests compare the two). Each call is split over threads by channel (threads.split_run).
 """
-import os
+import math
 
 import numpy as np
 
+from ..config import defaults
 from .threads import split_run
-from .winograd import output_tile
 
 try:
     from . import _kernels as _k
@@ -23,8 +24,8 @@ def built():
 
 
 def enabled():
-    """Built and not switched off by VGGTOOL_NO_CKERNELS=1."""
-    return _k is not None and not os.environ.get("VGGTOOL_NO_CKERNELS")
+    """Built and not switched off (vggtool.config: c_kernels, a process-wide setting)."""
+    return _k is not None and defaults().c_kernels
 
 
 def usable(*arrays):
@@ -37,6 +38,11 @@ def usable(*arrays):
 
 def _ptr(a):
     return a.ctypes.data
+
+
+def output_tile(transformed):
+    """m of F(m x m, 3 x 3) from the (m + 2)^2 entries of its transformed tiles (16 -> 2, 36 -> 4)."""
+    return math.isqrt(transformed) - 2
 
 
 def wino_input(src, pad, tiles):

@@ -2,28 +2,46 @@
 
 NumPy's element-wise loops and copies use one core, while OpenBLAS uses all of them: splitting such
 a pass into slices along an axis and running the slices in threads (NumPy releases the GIL inside its
-loops) uses the idle cores. VGGTOOL_NUM_THREADS sets the number of slices (default: the CPU count,
-at most 8); 1 turns this off. CuPy arrays are never split (the GPU is already parallel).
+loops) uses the idle cores. The number of slices is the process-wide setting num_threads
+(vggtool.config; VGGTOOL_NUM_THREADS, default: the CPU count, at most 8); 1 turns this off. CuPy
+arrays are never split (the GPU is already parallel).
+
+The thread pool is one lazily created object per process (`_SplitPool`), not per Net: the threads are a
+property of the process (the cores), and several nets in one process share them.
 """
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..config import defaults
+
 MIN_ELEMENTS = 1 << 16  # below this a pass is too short for a thread hand-off to pay
-_pool = None  # (pid, ThreadPoolExecutor)
-_threads = None
 
 
 def num_threads():
-    global _threads
-    if _threads is None:
-        env = os.environ.get("VGGTOOL_NUM_THREADS", "")
-        try:
-            _threads = max(1, int(env)) if env else min(os.cpu_count() or 1, 8)
-        except ValueError:
-            _threads = 1
-    return _threads
+    return defaults().num_threads
+
+
+class _SplitPool:
+    """The worker threads, created at first use, re-created after a fork (a forked child inherits the pool
+    object but not its threads) or when num_threads changes."""
+
+    def __init__(self):
+        self._key, self._executor = None, None
+        self._lock = threading.Lock()
+
+    def executor(self, threads):
+        key = (os.getpid(), threads)
+        with self._lock:
+            if self._key != key:
+                self._executor = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="vggtool-split")
+                self._key = key
+            return self._executor
+
+
+_POOL = _SplitPool()
 
 
 def split_run(fn, length, elements, xp=np):
@@ -31,15 +49,14 @@ def split_run(fn, length, elements, xp=np):
 
     elements: the total number of array elements the call touches (decides whether to split).
     """
-    global _pool
-    parts = min(num_threads(), length)
+    threads = num_threads()
+    parts = min(threads, length)
     if parts <= 1 or xp is not np or elements < MIN_ELEMENTS:
         fn(0, length)
         return
-    if _pool is None or _pool[0] != os.getpid():  # a forked child inherits the pool but not its threads
-        _pool = (os.getpid(), ThreadPoolExecutor(max_workers=num_threads() - 1, thread_name_prefix="vggtool-split"))
+    pool = _POOL.executor(threads)
     bounds = [length * i // parts for i in range(parts + 1)]
-    futures = [_pool[1].submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    futures = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
     fn(bounds[0], bounds[1])
     for f in futures:
         f.result()

@@ -1,6 +1,7 @@
-"""Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions, as 16 batched GEMMs (Lavin & Gray 2015).
+"""The mathematics of Winograd F(m x m, 3 x 3) (Lavin & Gray 2015): the weight transforms for m = 2 and 4,
+and the NumPy input/output transforms of F(2x2) (F(4x4)'s run only in C, _kernels_impl.h).
 
-Each 2x2 output tile is A^T [ (G g G^T) (.) (B^T d B) ] A for the 4x4 input tile d (stride 2), so the
+F(2x2), as 16 batched GEMMs: each 2x2 output tile is A^T [ (G g G^T) (.) (B^T d B) ] A for the 4x4 input tile d (stride 2), so the
 multiplications become, per position xi of the 4x4 transformed tile, one GEMM
     M[xi] (Cout, T) = U[xi] (Cout, C) @ V[xi] (C, T),   T = number of 2x2 tiles of the chunk,
 with 16 * Cout * C * T multiply-adds instead of 36 * Cout * C * T for im2col (2.25x fewer).
@@ -10,11 +11,9 @@ Layouts are channel-major, as in the im2col path: the zero-padded input of a chu
   * dW: dU[xi] = dM[xi] @ V[xi]^T with dM = A dY A^T per tile, then dW = G^T dU G;
   * dX: the same correlation applied to dY padded by 2 - pad, with the flipped, transposed kernel.
 All transforms are sums and differences of strided slices: a few passes over memory, no Python loops
-over pixels. Where the C kernels are built (kernels.py) the layer runs their one-pass versions of the
+over pixels. Where the C kernels are built (layers/kernels.py) the layer runs their one-pass versions of the
 input, output and adjoint transforms instead; tests check both against each other and against loops.
 """
-import math
-
 import numpy as np
 
 # G of F(m x m, 3 x 3) per output tile size m. F(2x2): the matrices below. F(4x4) (Lavin & Gray's
@@ -27,11 +26,6 @@ _G = {
 }
 # ((m+2)^2, 9): U[(m+2)a+b] = sum_ij G[a,i] G[b,j] w[3i+j]
 _GG = {m: np.kron(g, g) for m, g in _G.items()}
-
-
-def output_tile(transformed):
-    """m of F(m x m, 3 x 3) from the number (m + 2)^2 of entries of its transformed tiles (16 -> 2, 36 -> 4)."""
-    return math.isqrt(transformed) - 2
 
 
 def tiles(ho, wo, m=2):

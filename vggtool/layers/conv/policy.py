@@ -1,0 +1,140 @@
+"""Which convolution code runs, in how many chunks, and which forward data a TRAIN net keeps.
+
+- `choose_algorithm`: the algorithm a layer asked for (prototxt `vggtool_algorithm`, else the net's
+  `settings.conv_algorithm`) resolved against what its shape allows; for 'auto', the CPU thresholds
+  below (their measurements: README, "Speed").
+- `plan_chunks`: the one chunk planner; each algorithm states its scratch bytes per image.
+- `CacheBudget`: the net-wide budget (settings.conv_cache_mb) for the forward column matrices or
+  transformed tiles kept for the weight gradient; `ForwardCache`: one layer's kept data.
+"""
+import numpy as np
+
+from .. import kernels
+from .winograd_transforms import tiles
+
+WORKSPACE_BYTES = 64 << 20  # im2col columns / shifted-GEMM padded input and output of one chunk
+WINOGRAD_BYTES = 128 << 20  # transformed input + output tiles of one chunk
+
+# 'auto' takes Winograd where the GEMM work per transformed value, C * Cout / (C + Cout), reaches this:
+# the GEMMs shrink (2.25x for F(2x2), 4x for F(4x4)) while the transforms cost ~ (C + Cout) per tile.
+WINOGRAD_MIN_GEMM_SHARE = 32
+# ... and, with NumPy transforms (no C kernels), only from this share: they cost more per tile.
+WINOGRAD_NUMPY_MIN_GEMM_SHARE = 160
+# ... as F(4x4) where the output is at least this many pixels on each side (4x4 tiles pad small maps).
+WINOGRAD4_MIN_SIZE = 28
+# 'auto' takes the shifted GEMMs from this many input channels (with K = C per GEMM, fewer leave the
+# GEMMs memory-bound on the output) and this input area (the per-tap GEMMs are too small below it).
+SHIFTED_MIN_CHANNELS = 16
+SHIFTED_MIN_AREA = 28 * 28
+
+WINOGRAD_TILE = {"winograd2": 2, "winograd4": 4}  # output tile m of F(m x m, 3 x 3)
+
+
+def plan_chunks(n, bytes_per_image, budget):
+    """Consecutive (n0, n1) ranges covering n images, each needing at most `budget` scratch bytes (at
+    least one image per chunk)."""
+    step = max(1, min(n, budget // max(bytes_per_image, 1)))
+    return [(s, min(n, s + step)) for s in range(0, n, step)]
+
+
+def winograd_applicable(geom, group):
+    return ((geom.kh, geom.kw, geom.sh, geom.sw, geom.dh, geom.dw) == (3, 3, 1, 1, 1, 1) and group == 1
+            and geom.ph <= 2 and geom.pw <= 2)
+
+
+def shifted_applicable(geom):
+    return ((geom.sh, geom.sw) == (1, 1) and not geom.is_pointwise()
+            and geom.ph <= geom.dh * (geom.kh - 1) and geom.pw <= geom.dw * (geom.kw - 1))  # dX's pad >= 0
+
+
+def c_kernels_usable(layer):
+    """The C Winograd transforms can run this layer (NumPy arrays, kernels built and enabled)."""
+    return layer.xp is np and kernels.enabled() and layer.dtype in (np.float32, np.float64)
+
+
+def choose_algorithm(layer, requested):
+    """'im2col', 'shifted', 'winograd2' or 'winograd4' for `layer` (geom, group, channels, num_output,
+    bottom_shape, xp, dtype) asked for `requested` (a canonical name from vggtool.config). F(4x4) runs
+    only with the C kernels; without them 'winograd4' gives 'winograd2'."""
+    geom = layer.geom
+    if requested in WINOGRAD_TILE and winograd_applicable(geom, layer.group):
+        return "winograd4" if requested == "winograd4" and c_kernels_usable(layer) else "winograd2"
+    if requested == "shifted" and shifted_applicable(geom):
+        return "shifted"
+    if requested != "auto":
+        return "im2col"
+    return _auto(layer)
+
+
+def _auto(layer):
+    geom, shape, c, co = layer.geom, layer.bottom_shape, layer.channels, layer.num_output
+    share = c * co / (c + co)  # GEMM work per transformed value
+    cpu = layer.xp is np  # the thresholds were measured on the CPU: on a GPU 'auto' keeps im2col
+    if winograd_applicable(geom, layer.group) and cpu and layer.dtype == np.float32:
+        if c_kernels_usable(layer) and share >= WINOGRAD_MIN_GEMM_SHARE:
+            out = geom.output_shape(shape[2], shape[3]) if shape is not None else (0, 0)
+            return "winograd4" if min(out) >= WINOGRAD4_MIN_SIZE else "winograd2"
+        if not c_kernels_usable(layer) and share >= WINOGRAD_NUMPY_MIN_GEMM_SHARE:
+            return "winograd2"
+    if (cpu and shifted_applicable(geom) and c >= SHIFTED_MIN_CHANNELS and shape is not None
+            and shape[2] * shape[3] >= SHIFTED_MIN_AREA):
+        return "shifted"
+    return "im2col"
+
+
+def cache_elements_per_image(algorithm, geom, channels, ho, wo):
+    """Elements per image of what the forward keeps for dW: transformed input tiles (Winograd) or the
+    column matrix (im2col); the shifted GEMMs keep nothing (their dW reads the input)."""
+    if algorithm in WINOGRAD_TILE:
+        m = WINOGRAD_TILE[algorithm]
+        th, tw = tiles(ho, wo, m)
+        return (m + 2) ** 2 * channels * th * tw
+    if algorithm == "shifted":
+        return 0
+    return channels * geom.kh * geom.kw * ho * wo
+
+
+class CacheBudget:
+    """Bytes of forward data the TRAIN layers of one net keep for backward, claimed by layer name.
+
+    A net holds one (`net.conv_cache`); each reshape replaces its layer's claim, so the total follows
+    the current shapes. The limit comes with each claim (the net's settings.conv_cache_mb)."""
+
+    def __init__(self):
+        self._claims = {}
+
+    def claim(self, name, nbytes, limit_bytes):
+        """Record `nbytes` for `name` if the total stays within the limit; returns whether it did."""
+        self._claims.pop(name, None)
+        if nbytes <= 0 or sum(self._claims.values()) + nbytes > limit_bytes:
+            return False
+        self._claims[name] = nbytes
+        return True
+
+    def claimed(self):
+        return sum(self._claims.values())
+
+
+class ForwardCache:
+    """One layer's forward data kept for its weight gradient: im2col columns or Winograd's transformed
+    input tiles, for all images of the batch (`per_image` elements each).
+
+    `enabled`: planned at reshape (within the budget, for `algorithm`); `valid`: the last forward filled it."""
+
+    def __init__(self):
+        self.enabled, self.valid = False, False
+        self.algorithm, self.per_image = None, 0
+        self._array = None
+
+    def plan(self, algorithm, per_image, enabled):
+        self.algorithm, self.per_image, self.enabled, self.valid = algorithm, per_image, enabled, False
+        if not enabled:
+            self._array = None
+
+    def images(self, layer, n0, n1, n):
+        """The flat slice holding images n0..n1 (room for all n images is allocated on first use)."""
+        size = self.per_image * n
+        if self._array is None or self._array.size < size:
+            with layer.device:
+                self._array = layer.xp.empty(max(size, 1), dtype=layer.dtype)
+        return self._array[self.per_image * n0:self.per_image * n1]
