@@ -12,7 +12,7 @@ from vggtool.cli import main
 from vggtool.errors import VggtoolError
 from vggtool.layers.conv.profile import NO_PROFILE, profiling
 from vggtool.net import Net
-from vggtool.protoio import parse_net_text
+from vggtool.io.prototxt import parse_net_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

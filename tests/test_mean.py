@@ -8,7 +8,7 @@ from vggtool.data.mean import load_mean, mean_image, read_mean_file
 from vggtool.data.transform import DataTransformer
 from vggtool.errors import VggtoolError
 from vggtool.proto import caffe_pb2
-from vggtool.protoio import write_binary_proto
+from vggtool.io.wire import write_binary_proto
 
 TEST = 1
 

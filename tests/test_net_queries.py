@@ -13,7 +13,7 @@ from vggtool.io.files import find_beside
 from vggtool.io.prototxt import parse_net_text
 from vggtool.net_weights import share_trained_layers
 from vggtool.pycaffe import Net as PycaffeNet
-from vggtool.recorded_transform import recorded_transform
+from vggtool.data.recorded_transform import recorded_transform
 
 NET = """
 layer { name: "input" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from vggtool import evaluate, heatmaps, localize
+from vggtool.vgg import evaluate, heatmaps, localize
 from vggtool.layers.softmax import softmax
 
 
