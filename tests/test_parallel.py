@@ -16,7 +16,7 @@ from vggtool import Net, protoio
 from vggtool.backend import CPU
 from vggtool.cli import main as vggtool_main
 from vggtool.errors import VggtoolError
-from vggtool.parallel import ParallelSolver, ReplicaFailed
+from vggtool.solvers.parallel import ParallelSolver, ReplicaFailed
 from vggtool.proto import caffe_pb2
 from vggtool.solvers import Solver
 from vggtool.solvers.glog import GLog
@@ -338,7 +338,7 @@ def test_mpi_failing_rank_aborts_with_its_message(tmp_path):
 
 
 def test_signal_actions_and_get_solver(db, tmp_path):
-    from vggtool.parallel import get_solver
+    from vggtool.solvers.parallel import get_solver
     from vggtool.solvers import SNAPSHOT, STOP
     path = write_solver(tmp_path, db, iters=5)
     assert type(get_solver(path, log=GLog(stream=False))) is Solver

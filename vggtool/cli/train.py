@@ -1,7 +1,8 @@
 """`vggtool train`: Caffe's `caffe train` (train from a solver prototxt, fine-tune, resume)."""
 import signal
 
-from .. import backend, parallel, protoio
+from .. import backend, protoio
+from ..solvers import parallel
 from ..errors import VggtoolError
 from ..solvers import NONE, SNAPSHOT, STOP, Solver
 from ..solvers.glog import GLog

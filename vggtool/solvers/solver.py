@@ -76,7 +76,7 @@ class Solver:
     """pycaffe-like: `.net`, `.test_nets`, `.iter`, `.step(n)`, `.solve(resume=None)`, `.snapshot()`,
     `.restore(path)`."""
 
-    train_batch_divisor = 1  # replicas sharing each train batch (vggtool.parallel sets it)
+    train_batch_divisor = 1  # replicas sharing each train batch (vggtool.solvers.parallel sets it)
     net_class = Net  # the class of the train and test nets (vggtool.pycaffe builds its own Net)
 
     def __init__(self, param, *, source=None, device=CPU, dtype=np.float32, log=None, seed=None):
