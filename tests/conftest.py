@@ -15,3 +15,16 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+# (device, dtype) a layer test runs on: the CPU in both precisions, and the GPU (skipped without one).
+ENGINES = [pytest.param(("cpu", np.float64), id="cpu-float64"), pytest.param(("cpu", np.float32), id="cpu-float32"),
+           pytest.param(("gpu", np.float64), id="gpu-float64", marks=pytest.mark.gpu),
+           pytest.param(("gpu", np.float32), id="gpu-float32", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request):
+    """{"device": ..., "dtype": ...} for vggtool.testing.check_gradients(..., **engine)."""
+    where, dtype = request.param
+    return {"device": backend.gpu(0) if where == "gpu" else backend.CPU, "dtype": dtype}
