@@ -59,3 +59,17 @@ def test_cpu_replicas_never_look_for_nccl():
 
     assert type(local_exchange(nets, share_cpu_weights=False, log=log, nccl=fake_nccl(init_all))) is CopyExchange
     assert log.lines == []
+
+
+def test_two_replicas_on_one_gpu_use_copies_and_say_why():
+    nets = gpu_nets()
+    for net in nets:
+        net.device = Device("gpu", 0)
+
+    def init_all(ids):
+        raise AssertionError("NCCL asked to put one GPU in a communicator twice")
+
+    log = FakeLog()
+    assert type(local_exchange(nets, log=log, nccl=fake_nccl(init_all))) is CopyExchange
+    assert log.lines == ["NCCL needs distinct GPUs (replicas on GPUs 0, 0); summing the 2 GPUs' gradients by "
+                         "device-to-device copies instead"]

@@ -116,7 +116,10 @@ def local_exchange(nets, share_cpu_weights=True, log=None, nccl=None):
     reason (one warning line), never silent. `nccl`: the module to use (default cupy.cuda.nccl)."""
     if len(nets) > 1 and all(n.device.is_gpu for n in nets):
         why = None
-        if nccl is None:
+        ids = [n.device.index for n in nets]
+        if len(set(ids)) < len(ids):  # NCCL refuses one GPU twice in a communicator
+            nccl, why = None, f"NCCL needs distinct GPUs (replicas on GPUs {', '.join(map(str, ids))})"
+        elif nccl is None:
             nccl, why = _cupy_nccl()
         if nccl is not None:
             try:
