@@ -1,5 +1,5 @@
 """Data-parallel training speed: iteration time and speed-up of N replicas against one, and the time
-spent exchanging gradients and weights (vggtool.parallel.ParallelSolver.seconds).
+spent exchanging gradients and weights (vggtool.solvers.parallel.ParallelSolver.seconds).
 
     PYTHONPATH=. python bench/bench_parallel.py [--replicas 1,2,4] [--batch 64] [--iters 4]
                                                 [--devices cpu|gpu] [--size 64]
@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data_prep.cli import main as data_prep  # noqa: E402
 from vggtool import backend  # noqa: E402
 from vggtool.io import prototxt  # noqa: E402
-from vggtool.parallel import ParallelSolver, mpi_comm  # noqa: E402
+from vggtool.solvers.parallel import ParallelSolver, mpi_comm  # noqa: E402
 from vggtool.proto import caffe_pb2  # noqa: E402
 from vggtool.solvers import Solver  # noqa: E402
 from vggtool.solvers.glog import GLog  # noqa: E402

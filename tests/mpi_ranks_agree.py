@@ -14,7 +14,7 @@ import sys
 from mpi4py import MPI
 
 from vggtool.backend import CPU, to_numpy
-from vggtool.parallel import ParallelSolver
+from vggtool.solvers.parallel import ParallelSolver
 from vggtool.solvers.glog import GLog
 
 

@@ -67,9 +67,9 @@ def test_convolution_matches_direct_loop_float32(geometry, shape, stride, pad, d
 
 
 @pytest.mark.parametrize("geometry,shape", [(c[0], c[1]) for c in CASES])
-def test_convolution_gradients(geometry, shape):
+def test_convolution_gradients(geometry, shape, engine):
     rng = np.random.default_rng(6)
-    check_gradients(conv_text(geometry), {"x": rng.standard_normal(shape)}, max_checks=40)
+    check_gradients(conv_text(geometry), {"x": rng.standard_normal(shape)}, max_checks=40, **engine)
 
 
 def test_convolution_without_bias():

@@ -62,12 +62,12 @@ def test_matches_loop_on_random_inputs():
 
 @pytest.mark.parametrize("op", ["operation: SUM", "operation: SUM coeff: 0.5 coeff: -2 coeff: 3",
                                 "operation: PROD", "operation: PROD stable_prod_grad: false", "operation: MAX"])
-def test_gradients(op):
+def test_gradients(op, engine):
     rng = np.random.default_rng(32)
     inputs = dict(zip("abc", rng.standard_normal((3, 2, 3, 4))))
-    check_gradients(elt_text(op), inputs)
+    check_gradients(elt_text(op), inputs, **engine)
     two = op.replace(" coeff: 3", "")
-    check_gradients(elt_text(two, 2), {"a": inputs["a"], "b": inputs["b"]})
+    check_gradients(elt_text(two, 2), {"a": inputs["a"], "b": inputs["b"]}, **engine)
 
 
 def test_prod_stable_gradient_with_a_zero():

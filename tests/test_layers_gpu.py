@@ -67,3 +67,26 @@ def test_gpu_matches_cpu(param, kind, inputs):
     assert len(cpu) == len(dev)
     for a, b in zip(cpu, dev):
         np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+
+
+def test_dropout_bits_are_the_same_on_the_gpu():
+    import cupy
+
+    from vggtool.layers.neuron import dropout_key, keep_bits
+
+    key = dropout_key(123, "drop6", 45)
+    np.testing.assert_array_equal(to_numpy(keep_bits(cupy, key, 64, (32, 4096))), keep_bits(np, key, 64, (32, 4096)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_accumulates_on_the_gpu(dtype):
+    import cupy
+
+    from vggtool.layers.gemm import gemm
+
+    rng = np.random.default_rng(4)
+    a, b, c = (rng.standard_normal(s).astype(dtype) for s in ((40, 30), (40, 50), (30, 50)))
+    expected = 0.5 * (a.T.astype(np.float64) @ b) + 2.0 * c  # a transposed view, as in a weight gradient
+    got = gemm(cupy.asarray(a).T, cupy.asarray(b), cupy.asarray(c), alpha=0.5, beta=2.0)
+    scale = np.abs(expected).max()
+    assert np.abs(to_numpy(got) - expected).max() <= 8 * np.finfo(dtype).eps * np.sqrt(40) * scale

@@ -20,7 +20,7 @@ def ip_text(spec, num_output=3):
     ("axis: -1 transpose: true", (2, 2, 4), (2, 2, 3)),
     ("bias_term: false", (3, 4), (3, 3)),
 ])
-def test_inner_product_matches_loop_and_gradients(spec, shape, out_shape):
+def test_inner_product_matches_loop_and_gradients(spec, shape, out_shape, engine):
     rng = np.random.default_rng(61)
     x = rng.standard_normal(shape).astype(np.float32)
     net = layer_net(ip_text(spec), {"x": x}, dtype=np.float32)
@@ -40,7 +40,7 @@ def test_inner_product_matches_loop_and_gradients(spec, shape, out_shape):
         for o in range(3):
             loops[m, o] = b[o] + sum(xf[m, i] * (w[i, o] if transpose else w[o, i]) for i in range(k))
     assert_close_to_scale(yf, loops, k + 1)
-    check_gradients(ip_text(spec), {"x": x.astype(np.float64)})
+    check_gradients(ip_text(spec), {"x": x.astype(np.float64)}, **engine)
 
 
 def test_inner_product_wrong_input_size_on_reshape():

@@ -89,7 +89,7 @@ def test_dummy_data_feeds_a_layer_with_gradients():
     np.testing.assert_allclose(net.blobs["x"].diff, (y / 2) @ w)  # d/dx of sum(y^2) / (2 * 2)
 
 
-def test_split_sums_gradients_of_a_blob_used_twice():
+def test_split_sums_gradients_of_a_blob_used_twice(engine):
     # x feeds two InnerProducts whose outputs are added: the net inserts a Split and backward must
     # sum both paths' gradients into x.
     text = ('layer { name: "f1" type: "InnerProduct" bottom: "x" top: "y1" inner_product_param { num_output: 3 '
@@ -98,7 +98,7 @@ def test_split_sums_gradients_of_a_blob_used_twice():
             'weight_filler { type: "gaussian" std: 1 } } }\n'
             'layer { name: "s" type: "Eltwise" bottom: "y1" bottom: "y2" top: "y" }')
     x = np.random.default_rng(71).standard_normal((2, 4))
-    net = check_gradients(text, {"x": x})
+    net = check_gradients(text, {"x": x}, **engine)
     assert [layer.type for layer in net.layers].count("Split") == 1
     # And the Split layer alone: each top views the bottom, gradient = sum of the top diffs.
     split = next(i for i, layer in enumerate(net.layers) if layer.type == "Split")
@@ -110,6 +110,6 @@ def test_split_sums_gradients_of_a_blob_used_twice():
     np.testing.assert_array_equal(net.blobs["x"].diff, np.full((2, 4), 3.5))
 
 
-def test_split_layer_explicit_gradient_check():
+def test_split_layer_explicit_gradient_check(engine):
     x = np.random.default_rng(72).standard_normal((2, 3))
-    check_gradients('layer { name: "sp" type: "Split" bottom: "x" top: "a" top: "b" top: "c" }', {"x": x})
+    check_gradients('layer { name: "sp" type: "Split" bottom: "x" top: "a" top: "b" top: "c" }', {"x": x}, **engine)

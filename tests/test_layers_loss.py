@@ -17,7 +17,7 @@ def run(text, inputs, dtype=np.float32, phase="TEST"):
 
 # -- Softmax ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("axis,shape", [(1, (2, 3)), (1, (2, 4, 2, 3)), (2, (2, 3, 4)), (-1, (3, 2, 5))])
-def test_softmax(axis, shape):
+def test_softmax(axis, shape, engine):
     rng = np.random.default_rng(51)
     x = rng.standard_normal(shape) * 3
     text = f'layer {{ name: "s" type: "Softmax" bottom: "x" top: "y" softmax_param {{ axis: {axis} }} }}'
@@ -28,7 +28,7 @@ def test_softmax(axis, shape):
         denom = sum(math.exp(v) for v in row)
         for c, v in enumerate(row):
             assert y[idx[:a] + (c,) + idx[a:]] == pytest.approx(math.exp(v) / denom, rel=1e-5)
-    check_gradients(text, {"x": x})
+    check_gradients(text, {"x": x}, **engine)
 
 
 def test_softmax_is_stable_for_large_scores():
@@ -78,7 +78,7 @@ def swl_reference(x, labels, ignore, mode):
     ("normalization: FULL normalize: false", "FULL"),  # an explicit normalization wins over the flag
 ])
 @pytest.mark.parametrize("ignore", [None, 2])
-def test_softmax_with_loss_normalizations(loss_param, mode, ignore):
+def test_softmax_with_loss_normalizations(loss_param, mode, ignore, engine):
     rng = np.random.default_rng(52)
     x = rng.standard_normal((2, 4, 2, 3)) * 2
     labels = rng.integers(0, 4, size=(2, 2, 3)).astype(np.float64)
@@ -87,14 +87,14 @@ def test_softmax_with_loss_normalizations(loss_param, mode, ignore):
     net = run(swl_text(lp), {"x": x, "label": labels})
     expected = swl_reference(x.astype(np.float32).astype(np.float64), labels, ignore, mode)
     assert float(net.blobs["loss"].data) == pytest.approx(expected, rel=1e-5)
-    check_gradients(swl_text(lp), {"x": x, "label": labels}, check=["x"], max_checks=60)
+    check_gradients(swl_text(lp), {"x": x, "label": labels}, check=["x"], max_checks=60, **engine)
 
 
-def test_softmax_with_loss_all_ignored_normalizer_is_at_least_one():
+def test_softmax_with_loss_all_ignored_normalizer_is_at_least_one(engine):
     net = run(swl_text("ignore_label: 1"), {"x": [[1.0, 2.0], [3.0, 0.0]], "label": [1, 1]})
     assert float(net.blobs["loss"].data) == 0.0  # 0 / max(1, 0), not NaN
     check_gradients(swl_text("ignore_label: 1"), {"x": np.array([[1.0, 2.0], [3.0, 0.0]]), "label": np.array([1.0, 1.0])},
-                    check=["x"])
+                    check=["x"], **engine)
 
 
 def test_softmax_with_loss_weight_and_prob_top():
@@ -204,13 +204,13 @@ def test_euclidean_hand_computed():
     assert float(net.blobs["loss"].data) == pytest.approx(4.5)
 
 
-def test_euclidean_matches_loop_and_gradients():
+def test_euclidean_matches_loop_and_gradients(engine):
     rng = np.random.default_rng(55)
     a, b = rng.standard_normal((2, 3, 2, 2, 2))
     net = run(EUCLID, {"a": a, "b": b})
     total = sum((float(np.float32(a[i])) - float(np.float32(b[i]))) ** 2 for i in np.ndindex(a.shape))
     assert float(net.blobs["loss"].data) == pytest.approx(total / (2 * 3), rel=1e-5)
-    check_gradients(EUCLID, {"a": a, "b": b})
+    check_gradients(EUCLID, {"a": a, "b": b}, **engine)
     # The loss weight scales both gradients: d/da = w (a - b) / N, d/db = -w (a - b) / N.
     net = run(EUCLID.replace("}", "loss_weight: 3 }"), {"a": a, "b": b}, dtype=np.float64)
     net.backward_from_to(1, 1)

@@ -69,11 +69,11 @@ def test_within_channel_hand_computed():
     (1, 0.3, 0.5, 1.5, (1, 3, 2, 2)),
     (7, 2.0, 1.2, 1.0, (1, 5, 2, 2)),      # window wider than the channels
 ])
-def test_across_channels_matches_loop(size, alpha, beta, k, shape):
+def test_across_channels_matches_loop(size, alpha, beta, k, shape, engine):
     x = np.random.default_rng(21).standard_normal(shape).astype(np.float32) * 3
     y = forward(lrn_text(size, alpha, beta, k), x)
     np.testing.assert_allclose(y, across_reference(x.astype(np.float64), size, alpha, beta, k), rtol=1e-5)
-    check_gradients(lrn_text(size, alpha, beta, k), {"x": x.astype(np.float64)}, max_checks=60)
+    check_gradients(lrn_text(size, alpha, beta, k), {"x": x.astype(np.float64)}, max_checks=60, **engine)
 
 
 @pytest.mark.parametrize("size,alpha,beta,shape", [
@@ -81,11 +81,11 @@ def test_across_channels_matches_loop(size, alpha, beta, k, shape):
     (5, 1.0, 0.75, (1, 2, 3, 6)),
     (1, 0.2, 0.5, (1, 1, 3, 3)),
 ])
-def test_within_channel_matches_loop(size, alpha, beta, shape):
+def test_within_channel_matches_loop(size, alpha, beta, shape, engine):
     x = np.random.default_rng(22).standard_normal(shape).astype(np.float32) * 2
     text = lrn_text(size, alpha, beta, region="WITHIN_CHANNEL")
     np.testing.assert_allclose(forward(text, x), within_reference(x.astype(np.float64), size, alpha, beta), rtol=1e-5)
-    check_gradients(text, {"x": x.astype(np.float64)}, max_checks=60)
+    check_gradients(text, {"x": x.astype(np.float64)}, max_checks=60, **engine)
 
 
 def test_even_size_is_refused():

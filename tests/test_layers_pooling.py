@@ -108,12 +108,12 @@ def test_max_and_ave_match_direct_loop_float32(shape, k, s, p, ceil_mode):
 
 
 @pytest.mark.parametrize("shape,k,s,p,ceil_mode", CASES)
-def test_gradients(shape, k, s, p, ceil_mode):
+def test_gradients(shape, k, s, p, ceil_mode, engine):
     rng = np.random.default_rng(12)
     x = rng.permutation(math.prod(shape)).reshape(shape) * 0.01  # distinct values: no ties for MAX
     spec = spec_of(k, s, p, ceil_mode)
-    check_gradients(pool_text("pool: MAX " + spec), {"x": x}, max_checks=60)
-    check_gradients(pool_text("pool: AVE " + spec), {"x": x}, max_checks=60)
+    check_gradients(pool_text("pool: MAX " + spec), {"x": x}, max_checks=60, **engine)
+    check_gradients(pool_text("pool: AVE " + spec), {"x": x}, max_checks=60, **engine)
 
 
 def test_ave_divisor_counts_padding_up_to_h_plus_pad():
@@ -163,19 +163,19 @@ def test_max_overlapping_windows_accumulate_gradient():
 
 
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
-def test_global_pooling(method):
+def test_global_pooling(method, engine):
     rng = np.random.default_rng(13)
     x = rng.standard_normal((2, 3, 4, 5))
     (y,) = forward(f"pool: {method} global_pooling: true", x.astype(np.float32))
     expected = x.max(axis=(2, 3)) if method == "MAX" else x.mean(axis=(2, 3))
     assert_close_to_scale(y[:, :, 0, 0], expected, 4 * 5)
-    check_gradients(pool_text(f"pool: {method} global_pooling: true"), {"x": x})
+    check_gradients(pool_text(f"pool: {method} global_pooling: true"), {"x": x}, **engine)
 
 
-def test_mask_top_does_not_disturb_gradients():
+def test_mask_top_does_not_disturb_gradients(engine):
     rng = np.random.default_rng(14)
     x = rng.permutation(2 * 5 * 5).reshape(1, 2, 5, 5) * 0.1
-    check_gradients(pool_text("pool: MAX kernel_size: 3 stride: 2 pad: 1", tops=("y", "mask")), {"x": x})
+    check_gradients(pool_text("pool: MAX kernel_size: 3 stride: 2 pad: 1", tops=("y", "mask")), {"x": x}, **engine)
 
 
 @pytest.mark.parametrize("spec,message", [

@@ -73,11 +73,11 @@ def test_views_cannot_run_in_place():
         run('layer { name: "f" type: "Flatten" bottom: "x" top: "x" }', {"x": np.zeros((2, 3))})
 
 
-def test_view_gradients_and_reshape_with_the_net():
+def test_view_gradients_and_reshape_with_the_net(engine):
     rng = np.random.default_rng(41)
     x = rng.standard_normal((2, 3, 2, 2))
-    check_gradients(flatten(), {"x": x})
-    check_gradients(reshape((0, 2, -1)), {"x": x})
+    check_gradients(flatten(), {"x": x}, **engine)
+    check_gradients(reshape((0, 2, -1)), {"x": x}, **engine)
     # A new input shape reshapes the view too (and it still shares memory).
     net = run(flatten(), {"x": x})
     out = net.forward(x=np.ones((4, 3, 2, 2), dtype=np.float32))["y"]
@@ -119,7 +119,7 @@ def test_slice_hand_computed():
     ("axis: 0", "axis: 0", 2),
     ("axis: 1", "axis: 1", 1),                       # one top: a view
 ])
-def test_slice_concat_round_trip(spec_slice, spec_concat, n):
+def test_slice_concat_round_trip(spec_slice, spec_concat, n, engine):
     rng = np.random.default_rng(42)
     x = rng.standard_normal((2, 5, 4, 3)).astype(np.float32)
     tops = [f"t{i}" for i in range(n)]
@@ -127,10 +127,10 @@ def test_slice_concat_round_trip(spec_slice, spec_concat, n):
         "".join(f' bottom: "{c}"' for c in "abc"[:n]), "".join(f' bottom: "{t}"' for t in tops))
     net = run(text, {"x": x})
     np.testing.assert_array_equal(net.blobs["y"].data, x)
-    check_gradients(slice_text(n, spec_slice), {"x": x.astype(np.float64)})
+    check_gradients(slice_text(n, spec_slice), {"x": x.astype(np.float64)}, **engine)
     parts = {t: net.blobs[t].data.astype(np.float64) for t in tops}
     check_gradients(concat_text(n, spec_concat, bottoms=tops).replace(
-        "".join(f' bottom: "{c}"' for c in "abc"[:n]), "".join(f' bottom: "{t}"' for t in tops)), parts)
+        "".join(f' bottom: "{c}"' for c in "abc"[:n]), "".join(f' bottom: "{t}"' for t in tops)), parts, **engine)
 
 
 @pytest.mark.parametrize("text,inputs,message", [

@@ -83,7 +83,7 @@ def tiny_db(tmp_path_factory):
 
 
 def shrunk(variant, db):
-    """The train_val with the tiny LMDB as source, batch 2, and every hidden width cut to 4 channels."""
+    """The train_val with the tiny LMDB as source, batch 2, conv widths cut to 4 channels, fc6/fc7 to 16."""
     p = read_net_param(os.path.join(LOC, f"train_val_{variant}.prototxt"))
     for layer in p.layer:
         if layer.type == "Data":
@@ -91,7 +91,7 @@ def shrunk(variant, db):
         elif layer.type == "Convolution":
             layer.convolution_param.num_output = 4
         elif layer.type == "InnerProduct" and layer.name != "fc8_loc":
-            layer.inner_product_param.num_output = 4
+            layer.inner_product_param.num_output = 16  # at 4, ReLU + dropout could leave fc7 all zero
     return p
 
 
@@ -112,7 +112,7 @@ def test_train_val_builds_trains_and_lr_mults(tiny_db, variant, learning):
     # 32x40 -> smallest side 256 (x8): the box (4, 2, 30, 20) becomes 208 x 144 pixels of the 224 crop.
     np.testing.assert_allclose(box[:, 2:], [[208 / 224, 144 / 224]] * 2, rtol=1e-6)
     assert np.isfinite(float(net.blobs["loss"].data))
-    grad = np.abs(np.asarray(net.params["fc8_loc"][0].diff)).reshape(-1, 4, 4).sum(axis=(1, 2))
+    grad = np.abs(np.asarray(net.params["fc8_loc"][0].diff)).reshape(-1, 4, 16).sum(axis=(1, 2))
     if variant.startswith("pcr"):  # only the rows of the two ground-truth classes (0 and 7) get gradient
         assert set(np.flatnonzero(grad)) <= {0, 7} and grad[0] > 0
     assert np.any(np.asarray(net.params["conv1_1"][0].diff) != 0) == ("conv1_1" in learning)

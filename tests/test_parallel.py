@@ -17,7 +17,7 @@ from vggtool.io import prototxt
 from vggtool.backend import CPU
 from vggtool.cli import main as vggtool_main
 from vggtool.errors import VggtoolError
-from vggtool.parallel import ParallelSolver, ReplicaFailed
+from vggtool.solvers.parallel import ParallelSolver, ReplicaFailed
 from vggtool.proto import caffe_pb2
 from vggtool.solvers import Solver
 from vggtool.solvers.glog import GLog
@@ -339,7 +339,7 @@ def test_mpi_failing_rank_aborts_with_its_message(tmp_path):
 
 
 def test_signal_actions_and_get_solver(db, tmp_path):
-    from vggtool.parallel import get_solver
+    from vggtool.solvers.parallel import get_solver
     from vggtool.solvers import SNAPSHOT, STOP
     path = write_solver(tmp_path, db, iters=5)
     assert type(get_solver(path, log=GLog(stream=False))) is Solver
@@ -350,3 +350,19 @@ def test_signal_actions_and_get_solver(db, tmp_path):
     s.requested_action = STOP  # what SIGINT sets
     s.step(3)
     assert s.iter == 3 and s.requested_early_exit
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_two_replicas_on_one_gpu_train_like_the_cpu(db, tmp_path, dtype):
+    """1 replica on the CPU, 1 and 2 replicas on GPU 0 (copies, or NCCL's logged refusal of one GPU twice):
+    the same weights after 4 iterations (the same dropout bits and augmentation on every device)."""
+    from vggtool.backend import gpu, to_numpy
+
+    path = write_solver(tmp_path, db, iters=4)
+    cpu = weights(train(path, dtype=dtype).net)
+    for devices in ([gpu(0)], [gpu(0), gpu(0)]):
+        s = ParallelSolver(path, devices=devices, log=GLog(stream=False), dtype=dtype) if len(devices) > 1 else \
+            Solver(path, device=devices[0], log=GLog(stream=False), dtype=dtype)
+        s.step(4)
+        assert_same([to_numpy(w) for w in weights(s.net)], cpu, eps=float(np.finfo(dtype).eps))

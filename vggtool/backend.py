@@ -2,8 +2,14 @@
 
 A `Device` says where arrays live; `device.xp` is the array module to use there. Layer code is written
 once against `xp`; nothing else in vggtool imports cupy directly.
+
+Every device-to-host conversion goes through `to_numpy` (or `host_float`/`host_bool` on it), which counts
+its calls, on NumPy arrays too: `count_transfers()` lets a test see that a training iteration without a
+display brings nothing to the host, as in Caffe (each such conversion waits for the GPU to finish).
 """
+import contextlib
 import os
+import threading
 
 import numpy as np
 
@@ -23,7 +29,7 @@ class Device:
             raise VggtoolError(f"unknown device kind '{kind}' (use 'cpu' or 'gpu')")
         self.kind = kind
         self.index = int(index)
-        self._ctx = None
+        self._local = threading.local()  # per thread: the CuPy contexts entered and not yet exited
 
     @property
     def is_gpu(self):
@@ -46,16 +52,24 @@ class Device:
     def __hash__(self):
         return hash((self.kind, self.index))
 
+    def _contexts(self):
+        stack = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        return stack
+
     def __enter__(self):
+        # Re-entrant: `with device:` nests (Net.forward -> layer -> Blob.reshape), each exit undoing its own
+        # enter, so the device current before the outermost enter is current again after it.
         if self.is_gpu:
-            self._ctx = _cupy.cuda.Device(self.index)
-            self._ctx.__enter__()
+            ctx = _cupy.cuda.Device(self.index)
+            ctx.__enter__()
+            self._contexts().append(ctx)
         return self
 
     def __exit__(self, *exc):
-        if self._ctx is not None:
-            self._ctx.__exit__(*exc)
-            self._ctx = None
+        if self.is_gpu:
+            self._contexts().pop().__exit__(*exc)
         return False
 
     def asarray(self, x, dtype=None):
@@ -63,7 +77,9 @@ class Device:
         if self.is_gpu:
             with self:
                 return _cupy.asarray(x, dtype=dtype)
-        return np.asarray(to_numpy(x), dtype=dtype)
+        if get_array_module(x) is not np:  # from a GPU: a counted transfer
+            x = to_numpy(x)
+        return np.asarray(x, dtype=dtype)
 
     def memory_bytes(self):
         """The device's total memory: no array larger than this can be allocated on it."""
@@ -124,10 +140,55 @@ def get_array_module(x):
     return np
 
 
+_transfers = [0]
+_transfers_lock = threading.Lock()  # replicas' threads may convert at the same time
+
+
 def to_numpy(x):
+    """x as a NumPy array: the one device-to-host path (every call counted, see transfer_count)."""
+    with _transfers_lock:
+        _transfers[0] += 1
     if _cupy is not None and isinstance(x, _cupy.ndarray):
         return _cupy.asnumpy(x)
     return np.asarray(x)
+
+
+def host_float(x):
+    """A device scalar (a 0-d or one-element array, or a number) as a Python float, through to_numpy."""
+    return float(to_numpy(x).reshape(-1)[0])
+
+
+def host_bool(x):
+    return bool(to_numpy(x).reshape(-1)[0])
+
+
+def transfer_count():
+    """How many times to_numpy has been called in this process."""
+    return _transfers[0]
+
+
+class TransferCount:
+    """The to_numpy calls made (by any thread) since it was created, up to `stop()`: `.count`."""
+
+    def __init__(self):
+        self.start, self.end = transfer_count(), None
+
+    def stop(self):
+        self.end = transfer_count()
+
+    @property
+    def count(self):
+        return (transfer_count() if self.end is None else self.end) - self.start
+
+
+@contextlib.contextmanager
+def count_transfers():
+    """`with count_transfers() as c: ...` then `c.count`: the conversions made inside the block."""
+    counter = TransferCount()
+    try:
+        yield counter
+    finally:
+        counter.stop()
 
 
 def parse_devices(gpu_spec=None, devices_spec=None):

@@ -1,8 +1,9 @@
 """`vggtool train`: Caffe's `caffe train` (train from a solver prototxt, fine-tune, resume)."""
 import signal
 
-from .. import backend, parallel
+from .. import backend
 from ..io import prototxt
+from ..solvers import parallel
 from ..errors import VggtoolError
 from ..solvers import NONE, SNAPSHOT, STOP, Solver
 from ..solvers.finetune import copy_weights

@@ -42,15 +42,16 @@ class AccuracyLayer(Layer):
         labels = bottom[1].data.reshape(self.outer, self.inner).astype(np.int64)
         valid = xp.ones(labels.shape, dtype=bool) if self.ignore_label is None else labels != self.ignore_label
         safe = xp.where(valid, labels, 0)
-        if bool((valid & ((safe < 0) | (safe >= self.classes))).any()):
+        if xp is not np:  # checked on the CPU only: on a GPU it would wait for the device (Caffe: CPU only)
+            safe = xp.clip(safe, 0, self.classes - 1)
+        elif (valid & ((safe < 0) | (safe >= self.classes))).any():
             raise self.error(f"a label is outside [0, {self.classes})")
         correct = topk_hits(scores, safe, self.top_k, axis=1, xp=xp) & valid
-        count = int(valid.sum())
-        top[0].data[...] = float(correct.sum()) / count if count else 0.0
+        top[0].data[...] = correct.sum() / xp.maximum(valid.sum(), 1)  # stays on the device; 0 with no label
         if len(top) == 2:
-            # One bincount each instead of a loop over (possibly 1000) classes.
-            totals = xp.bincount(safe[valid].ravel(), minlength=self.classes)
-            hits = xp.bincount(safe[correct].ravel(), minlength=self.classes)
+            # One bincount each instead of a loop over (possibly 1000) classes; weights, not masks (no sync).
+            totals = xp.bincount(safe.ravel(), weights=valid.ravel().astype(np.float64), minlength=self.classes)
+            hits = xp.bincount(safe.ravel(), weights=correct.ravel().astype(np.float64), minlength=self.classes)
             top[1].data[...] = xp.where(totals > 0, hits / xp.maximum(totals, 1), 0)
 
     def backward(self, top, propagate_down, bottom):

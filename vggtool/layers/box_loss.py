@@ -7,6 +7,8 @@ box (cx, cy, w, h), e.g. the Data layer's third top --, label (N) -- the ground-
 so the gradient reaches those 4 outputs only; the other classes' outputs get zero. With just two
 bottoms and 4 outputs (single-class regression, SCR) it equals EuclideanLoss. No gradient to label.
 """
+import numpy as np
+
 from .base import Layer, register_layer
 
 
@@ -44,7 +46,9 @@ class BoxRegressionLossLayer(Layer):
         pred = bottom[0].data.reshape(self.num, self.classes, 4)
         if len(bottom) == 3:
             labels = bottom[2].data.reshape(-1).astype(xp.int64)
-            if self.num and (int(labels.min()) < 0 or int(labels.max()) >= self.classes):
+            if xp is not np:  # no check on a GPU (it would wait for the device): clamp the index
+                labels = xp.clip(labels, 0, self.classes - 1)
+            elif self.num and (labels.min() < 0 or labels.max() >= self.classes):
                 raise self.error(f"label outside 0..{self.classes - 1} (the net regresses {self.classes} classes)")
         else:
             labels = xp.zeros(self.num, dtype=xp.int64)

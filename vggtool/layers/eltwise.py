@@ -50,7 +50,7 @@ class EltwiseLayer(Layer):
             out = xp.maximum(a, b)
             for k, blob in enumerate(bottom[2:], 2):
                 better = blob.data > out
-                idx[better] = k
+                idx = xp.where(better, np.int32(k), idx)  # a mask assignment would wait for the GPU
                 xp.copyto(out, blob.data, where=better)
             self.max_idx = idx
         top[0].data[...] = out

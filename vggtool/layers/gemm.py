@@ -3,10 +3,11 @@
 NumPy's matmul has no beta: `c += a @ b` allocates a temporary as large as c (411 MB for fc6's weight
 gradient) and reads c twice. On the CPU this calls the cblas_?gemm of the OpenBLAS that NumPy itself
 is linked against (same library, same thread pool), through ctypes, which releases the GIL. Anything
-it cannot take (CuPy arrays, other dtypes, operands without a unit stride, no OpenBLAS found, or the
-process-wide setting cblas off: vggtool.config, VGGTOOL_NO_CBLAS=1) takes the NumPy path, which gives
-the same result. The library handle is looked up once per process, at the first call (`_cblas()`): it
-is the process's OpenBLAS, shared by every net.
+it cannot take (other dtypes, operands without a unit stride, no OpenBLAS found, or the process-wide
+setting cblas off: vggtool.config, VGGTOOL_NO_CBLAS=1) takes the NumPy path, which gives the same
+result. CuPy arrays go to cuBLAS through cupy.cublas.gemm, which takes beta too. The library handle is
+looked up once per process, at the first call (`_cblas()`): it is the process's OpenBLAS, shared by
+every net.
 """
 import ctypes
 import functools
@@ -60,6 +61,17 @@ def _operand(x):
     return None
 
 
+def _cublas_gemm(a, b, c, alpha, beta):
+    """CuPy arrays: cuBLAS's gemm accumulates into c itself (beta), with no temporary as large as c."""
+    if not (a.dtype == b.dtype == c.dtype and a.dtype in (np.float32, np.float64) and c.flags.c_contiguous
+            and a.size and b.size):
+        return False
+    import cupy.cublas
+
+    cupy.cublas.gemm("N", "N", a, b, out=c, alpha=alpha, beta=beta)
+    return True
+
+
 def gemm(a, b, c, alpha=1.0, beta=1.0):
     """c[...] = alpha * (a @ b) + beta * c for 2-d arrays; returns c."""
     lib = _cblas()
@@ -72,6 +84,8 @@ def gemm(a, b, c, alpha=1.0, beta=1.0):
         oa, ob = _operand(a), _operand(b)
         cs0, cs1 = (s // c.itemsize for s in c.strides)
         ok = oa is not None and ob is not None and (cs1 == 1 or n == 1) and (cs0 >= n or m == 1)
+    if not ok and type(a) is not np.ndarray and _cublas_gemm(a, b, c, alpha, beta):
+        return c
     if not ok:
         if k == 0 or m == 0 or n == 0:
             c *= beta

@@ -1,5 +1,7 @@
 """Element-wise layers: ReLU (with negative_slope), Sigmoid, TanH and Dropout. All may run in place
 (top == bottom): Sigmoid and TanH take their gradient from the output only."""
+import zlib
+
 import numpy as np
 
 from .base import Layer, register_layer
@@ -46,28 +48,67 @@ class ReLULayer(NeuronLayer):
             dx[...] = dy * self.xp.where(x > 0, 1.0, self.slope).astype(dx.dtype)
 
 
+def mix32(x):
+    """A bijective integer hash of a uint32 array (Wellons' lowbias32), in place; the same bits in NumPy
+    and CuPy (only xor, shifts and wrapping multiplies)."""
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(0x7FEB352D)
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(0x846CA68B)
+    x ^= x >> np.uint32(16)
+    return x
+
+
+def dropout_key(seed, layer_name, iteration):
+    """One uint32 from (net seed, layer, iteration): the part of a mask's key shared by a whole batch."""
+    words = [int(seed) & 0xFFFFFFFF, int(seed) >> 32 & 0xFFFFFFFF, zlib.crc32(layer_name.encode()),
+             int(iteration) & 0xFFFFFFFF]
+    k = np.zeros(1, dtype=np.uint32)
+    for w in words:
+        k = mix32(k ^ np.uint32(w))
+    return int(k[0])
+
+
+def keep_bits(xp, key, first_sample, shape):
+    """uint32 hashes, one per element, of (key, global sample index, element index within the sample): a
+    counter-based generator, so a sample's bits do not depend on how the batch is split over replicas nor
+    on the device that computes them."""
+    n, per = shape[0], int(np.prod(shape[1:], dtype=np.int64))
+    sample = xp.arange(first_sample, first_sample + n, dtype=np.uint32)
+    sample = mix32(mix32(sample) ^ np.uint32(key))[:, None]
+    h = xp.arange(per, dtype=np.uint32)[None, :] * np.uint32(0x9E3779B9)  # Weyl sequence over elements
+    h = h + sample
+    return mix32(mix32(h)).reshape(shape)
+
+
 @register_layer("Dropout")
 class DropoutLayer(NeuronLayer):
     """Inverted dropout: in TRAIN keep each unit with probability 1 - ratio and scale it by 1/(1 - ratio);
-    in TEST pass through unchanged. Masks are drawn per sample (see Net.sample_rng)."""
+    in TEST pass through unchanged. The mask is drawn on the array's device from a hash of (net seed,
+    layer, iteration, global sample index, element), see keep_bits."""
 
     def layer_setup(self, bottom, top):
         self.ratio = self.param.dropout_param.dropout_ratio
         if not 0 <= self.ratio < 1:
             raise self.error(f"dropout_ratio must be in [0, 1), got {self.ratio}")
         self.scale = 1.0 / (1.0 - self.ratio)
+        # keep when hash < threshold: P = threshold / 2**32 = 1 - ratio (to 2**-32)
+        self.threshold = min(round((1.0 - self.ratio) * 2**32), 2**32 - 1)
         self.mask = None
 
     def _draw_mask(self, shape):
-        n = shape[0]
-        per_sample = shape[1:]
-        mask = np.empty(shape, dtype=self.dtype)
-        keep = 1.0 - self.ratio
-        for i in range(n):
-            u = self.net.sample_rng(self.name, i).random(per_sample, dtype=np.float32) if self.net is not None \
-                else np.random.random(per_sample).astype(np.float32)
-            mask[i] = (u < keep) * self.scale
-        return self.device.asarray(mask)
+        net = self.net
+        if net is not None:
+            key = dropout_key(net.seed, self.name, int(getattr(net, "iteration", 0) or 0))
+            first = int(getattr(net, "sample_offset", 0) or 0)
+        else:  # a layer used alone: a fresh draw each time
+            key, first = int(np.random.randint(0, 2**32, dtype=np.uint64)), 0
+        with self.device:
+            if self.ratio == 0:
+                return self.xp.ones(shape, dtype=self.dtype)
+            mask = (keep_bits(self.xp, key, first, shape) < np.uint32(self.threshold)).astype(self.dtype)
+            mask *= self.scale
+            return mask
 
     def forward(self, bottom, top):
         x, y = bottom[0].data, top[0].data

@@ -197,7 +197,7 @@ class PoolingLayer(Layer):
                         v = padded[(slice(None), slice(None)) + self._window(i, j)]
                         better = v > y
                         xp.copyto(y, v, where=better)
-                        self.argmax[better] = k
+                        self.argmax[...] = xp.where(better, k, self.argmax)  # a mask assignment would sync
                     k += 1
             if len(top) == 2:
                 top[1].data[...] = self._mask_indices(x.shape[3])

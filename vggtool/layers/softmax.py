@@ -98,7 +98,9 @@ class SoftmaxWithLossLayer(Layer):
         labels = bottom[1].data.reshape(self.outer, self.inner).astype(np.int64)
         valid = xp.ones(labels.shape, dtype=bool) if self.ignore_label is None else labels != self.ignore_label
         bad = valid & ((labels < 0) | (labels >= self.classes))
-        if bool(bad.any()):
+        if xp is not np:  # no check on a GPU (it would wait for it), as in Caffe's GPU kernel: only clamp
+            labels = xp.clip(labels, 0, self.classes - 1)
+        elif bad.any():
             value = int(labels[bad].ravel()[0])
             raise self.error(f"label {value} is outside [0, {self.classes}) (the number of classes is the size of "
                              f"axis {self.axis} of the scores)")
@@ -111,8 +113,10 @@ class SoftmaxWithLossLayer(Layer):
         p3 = self.prob.reshape(self.outer, self.classes, self.inner)
         picked = xp.take_along_axis(p3, labels[:, None, :], axis=1)[:, 0, :]
         logs = -xp.log(xp.maximum(picked, FLT_MIN)) * valid
-        count = int(valid.sum()) if self.mode == VALID and self.ignore_label is not None else -1
-        self.normalizer = loss_normalizer(self.mode, self.outer, self.inner, count)
+        if self.mode == VALID and self.ignore_label is not None:  # counted on the device: no sync
+            self.normalizer = xp.maximum(valid.sum(), 1).astype(self.dtype)
+        else:
+            self.normalizer = loss_normalizer(self.mode, self.outer, self.inner, -1)
         top[0].data[...] = logs.sum() / self.normalizer
         if len(top) == 2:
             top[1].data[...] = self.prob

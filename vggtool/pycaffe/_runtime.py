@@ -100,7 +100,7 @@ def set_multiprocess(value):
 
 
 def has_nccl():
-    """False: vggtool's multi-GPU training is `vggtool train --gpu 0,1` (vggtool.parallel), not NCCL."""
+    """False: vggtool's multi-GPU training is `vggtool train --gpu 0,1` (vggtool.solvers.parallel), not NCCL."""
     return False
 
 

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 
+from ..backend import host_bool
 from ..errors import VggtoolError
 from ..io import wire
 from ..io.files import find_beside
@@ -78,7 +79,7 @@ def write_snapshot(solver):
     net = solver.net
     xp = net.xp
     for lp in net.learnable_params:
-        if not bool(xp.isfinite(lp.blob.data).all()):
+        if not host_bool(xp.isfinite(lp.blob.data).all()):
             raise TrainingDiverged(f"iteration {solver.iter}: weights of layer '{lp.layer}' are not finite; "
                                    f"no snapshot written (the last good snapshot is kept)")
     check_prefix_writable(solver.prefix)

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from ..atomic_files import remove_stale_temporaries
-from ..backend import CPU
+from ..backend import CPU, host_bool, host_float, to_numpy
 from ..errors import VggtoolError
 from ..io import prototxt
 from ..io.upgrade import upgrade_solver
@@ -60,7 +60,7 @@ class Solver:
     """pycaffe-like: `.net`, `.test_nets`, `.iter`, `.step(n)`, `.solve(resume=None)`, `.snapshot()`,
     `.restore(path)`."""
 
-    train_batch_divisor = 1  # replicas sharing each train batch (vggtool.parallel sets it)
+    train_batch_divisor = 1  # replicas sharing each train batch (vggtool.solvers.parallel sets it)
     net_class = Net  # the class of the train and test nets (vggtool.pycaffe builds its own Net)
 
     def __init__(self, param, *, source=None, device=CPU, dtype=np.float32, log=None, seed=None):
@@ -159,17 +159,32 @@ class Solver:
         return loss / self.param.iter_size
 
     def check_finite(self, loss):
-        """Stop with the iteration and the first layer where NaN/inf appeared (data first, then diffs)."""
+        """Note on the device, without waiting for it, the first iteration whose loss or gradients are not
+        finite; raise_if_diverged reads that note where the loop reads the device anyway (display), before a
+        snapshot, a test and at the end of a step, so the weights that diverged are never saved."""
         xp = self.net.xp
-        total = xp.asarray(loss, dtype=np.float64)
-        for lp in self.net.learnable_params:
-            total = total + xp.sum(lp.blob.diff, dtype=np.float64)
-        if bool(xp.isfinite(total)):
+        with self.device:
+            loss64 = xp.asarray(loss, dtype=np.float64)
+            total = loss64
+            for lp in self.net.learnable_params:
+                total = total + xp.sum(lp.blob.diff, dtype=np.float64)
+            note = xp.stack([xp.asarray(self.iter, dtype=np.int64), (~xp.isfinite(loss64)).astype(np.int64)])
+            first = getattr(self, "_divergence", None)
+            fresh = ~xp.isfinite(total) if first is None else (~xp.isfinite(total)) & (first[0] < 0)
+            self._divergence = xp.where(fresh, note, xp.asarray([-1, 0]) if first is None else first)
+
+    def raise_if_diverged(self):
+        """Stop with the first iteration and layer where NaN/inf appeared (data first, then diffs)."""
+        note = getattr(self, "_divergence", None)
+        if note is None:
             return
-        what = "loss" if not math.isfinite(float(loss)) else "gradient"
+        bad_iter, loss_bad = (int(v) for v in to_numpy(note))
+        if bad_iter < 0:
+            return
+        what = "loss" if loss_bad else "gradient"
         layer = self.net.first_nonfinite_layer() or self.net.first_nonfinite_layer(diff=True)
         where = f" (first non-finite values in layer '{layer}')" if layer else ""
-        raise TrainingDiverged(f"iteration {self.iter}: the {what} is not finite{where}; training stopped. "
+        raise TrainingDiverged(f"iteration {bad_iter}: the {what} is not finite{where}; training stopped. "
                                f"No snapshot of these weights was written; lower base_lr or check the data.")
 
     # -- the update ----------------------------------------------------------------------------------------
@@ -187,8 +202,9 @@ class Solver:
         if clip < 0:
             return
         xp = self.net.xp
-        sumsq = sum(float(xp.vdot(lp.blob.diff.ravel(), lp.blob.diff.ravel())) for lp in self.net.learnable_params)
-        norm = math.sqrt(sumsq)
+        with self.device:  # the sum on the device; one value comes back (Caffe too reads the norm each time)
+            sumsq = sum(xp.vdot(lp.blob.diff.ravel(), lp.blob.diff.ravel()) for lp in self.net.learnable_params)
+        norm = math.sqrt(host_float(sumsq))
         if norm > clip:
             scale = clip / norm
             self.log.info("sgd_solver.cpp:99", f"Gradient clipping: scaling down gradients (L2 norm {fmt(norm)} > "
@@ -237,6 +253,7 @@ class Solver:
         snapshot_due = False
         while self.iter < stop_iter:
             if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
+                self.raise_if_diverged()
                 self.test_all()
                 if self.requested_early_exit:
                     break
@@ -244,15 +261,17 @@ class Solver:
             with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf are reported by check_finite
                 loss = self.compute_gradients()
             self.check_finite(loss)
+            if snapshot_due or display:
+                self.raise_if_diverged()
             if snapshot_due:
                 self.snapshot()
                 snapshot_due = False
-            losses.append(float(loss))
+            losses.append(loss)  # device scalars: read only for a display (Caffe's smoothed loss)
             losses = losses[-p.average_loss:]
             if display:
                 lapse = time.perf_counter() - timer
                 per_s = (self.iter - last_display) / (lapse or 1)
-                smoothed = sum(losses) / len(losses)
+                smoothed = host_float(sum(losses) / len(losses))
                 self.log.info("solver.cpp:239", f"Iteration {self.iter} ({fmt(per_s)} iter/s, {fmt(lapse)}s/"
                                                 f"{p.display} iters), loss = {fmt(smoothed)}")
                 timer, last_display = time.perf_counter(), self.iter
@@ -265,7 +284,8 @@ class Solver:
             if action == STOP:
                 self.requested_early_exit = True
                 break
-        self.smoothed_loss = sum(losses) / len(losses) if losses else None
+        self.raise_if_diverged()
+        self.smoothed_loss = host_float(sum(losses) / len(losses)) if losses else None
         if snapshot_due:
             self.checked_snapshot()
 
@@ -295,7 +315,7 @@ class Solver:
     def final_loss(self):
         """The loss shown after the last iteration (a forward pass on the next batch)."""
         self.net.iteration = self.iter * self.param.iter_size
-        return float(self.net.forward_from_to())
+        return host_float(self.net.forward_from_to())
 
     # -- testing -------------------------------------------------------------------------------------------
     def test_all(self):

@@ -46,13 +46,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .io import prototxt
-from .backend import CPU, get_array_module, to_numpy
-from .errors import VggtoolError
-from .layers.data import PrefetchingDataLayer
-from .proto import caffe_pb2
-from .solvers import NONE, Solver
-from .solvers.glog import GLog
+from ..io import prototxt
+from ..backend import CPU, get_array_module, host_float, to_numpy
+from ..errors import VggtoolError
+from ..layers.data import PrefetchingDataLayer
+from ..proto import caffe_pb2
+from .exchange import MpiExchange, local_exchange
+from .glog import GLog
+from .solver import NONE, Solver
 
 # Environment variables the common launchers set to the number of processes of the job.
 MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE")
@@ -103,175 +104,6 @@ def abort_on_failure(comm, command="train"):
         comm.Abort(1)
 
 
-# -- moving gradients and weights between the local replicas --------------------------------------------
-def share_weights(nets):
-    """Replicas on the CPU read replica 0's parameter storage (every layer's blobs, shared ones included):
-    the update of replica 0 is then every replica's, with no copy."""
-    for net in nets[1:]:
-        for layer0, layer in zip(nets[0].layers, net.layers):
-            for b0, b in zip(layer0.blobs, layer.blobs):
-                b.share_data(b0)
-
-
-class CopyExchange:
-    """Sum diffs into replica 0 and copy weights out of it, one parameter at a time: in memory on the CPU,
-    device-to-device copies between GPUs. CPU replicas share replica 0's weights (nothing to copy) unless
-    share_cpu_weights is False; then, as with a mix of GPUs and CPUs, each owns its weights and receives
-    replica 0's by copy after every update."""
-
-    def __init__(self, nets, share_cpu_weights=True):
-        self.nets = nets
-        self.params = [[lp.blob for lp in net.learnable_params] for net in nets]
-        self.devices = [net.device for net in nets]
-        dev0 = self.devices[0]
-        shared = share_cpu_weights and not any(d.is_gpu for d in self.devices)
-        if shared:
-            share_weights(nets)
-        self.copied = [] if shared else list(range(1, len(nets)))
-        self.staging = None
-        if dev0.is_gpu and len(nets) > 1 and self.params[0]:
-            with dev0:  # one buffer the size of the largest param receives the other GPUs' diffs
-                self.staging = dev0.xp.empty(max(b.count for b in self.params[0]), dtype=nets[0].dtype)
-
-    def reduce(self):
-        dev0 = self.devices[0]
-        with dev0:
-            for i, blob in enumerate(self.params[0]):
-                acc = blob.diff
-                for r in range(1, len(self.nets)):
-                    src = self.params[r][i].diff
-                    if dev0.is_gpu:
-                        tmp = self.staging[:src.size].reshape(src.shape)
-                        tmp.data.copy_from_device(src.data, src.nbytes)
-                        src = tmp
-                    acc += src
-
-    def broadcast(self):
-        if not self.copied:
-            return
-        self.devices[0].synchronize()  # the update on replica 0 must be done before others copy it
-        for r in self.copied:
-            dev = self.devices[r]
-            with dev:
-                for src, dst in zip(self.params[0], self.params[r]):
-                    if dev.is_gpu:
-                        dst.data.data.copy_from_device(src.data.data, src.data.nbytes)
-                    else:
-                        np.copyto(dst.data, src.data)
-            dev.synchronize()
-
-
-class NcclExchange(CopyExchange):
-    """The same on several GPUs of one process through NCCL (cupy.cuda.nccl): grouped reduce to replica 0
-    and broadcast from it."""
-
-    def __init__(self, nets):
-        super().__init__(nets)
-        from cupy.cuda import nccl
-        self.nccl = nccl
-        self.comms = nccl.NcclCommunicator.initAll([d.index for d in self.devices])
-        self.dtype = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}[
-            np.dtype(nets[0].dtype)]
-
-    def _grouped(self, call):
-        import cupy
-        self.nccl.groupStart()
-        try:
-            for r, comm in enumerate(self.comms):
-                with cupy.cuda.Device(self.devices[r].index):
-                    stream = cupy.cuda.get_current_stream().ptr
-                    for blob in self.params[r]:
-                        call(comm, blob, stream)
-        finally:
-            self.nccl.groupEnd()
-        for d in self.devices:
-            d.synchronize()
-
-    def reduce(self):
-        nccl = self.nccl
-        self._grouped(lambda comm, b, s: comm.reduce(b.diff.data.ptr, b.diff.data.ptr, b.count, self.dtype,
-                                                     nccl.NCCL_SUM, 0, s))
-
-    def broadcast(self):
-        self.devices[0].synchronize()
-        self._grouped(lambda comm, b, s: comm.bcast(b.data.data.ptr, b.count, self.dtype, 0, s))
-
-
-def local_exchange(nets, share_cpu_weights=True):
-    if len(nets) > 1 and all(n.device.is_gpu for n in nets):
-        try:
-            from cupy.cuda import nccl
-            if nccl.available:
-                return NcclExchange(nets)
-        except Exception:  # no NCCL in this CuPy build: plain peer copies
-            pass
-    return CopyExchange(nets, share_cpu_weights)
-
-
-class MpiExchange:
-    """Replica 0's diffs (plus a few scalars) summed over the ranks in one Allreduce of a flat host buffer;
-    weights broadcast from rank 0 in one Bcast (at the start only: every rank applies the update)."""
-
-    def __init__(self, comm, net):
-        from mpi4py import MPI
-        self.MPI, self.comm = MPI, comm
-        self.blobs = [lp.blob for lp in net.learnable_params]
-        self.size = sum(b.count for b in self.blobs)
-        self.buf = np.empty(self.size + 1, dtype=net.dtype)
-
-    def _pack(self, which):
-        o = 0
-        for b in self.blobs:
-            self.buf[o:o + b.count] = to_numpy(getattr(b, which)).ravel()
-            o += b.count
-
-    def _unpack(self, which):
-        o = 0
-        for b in self.blobs:
-            getattr(b, which)[...] = b.device.asarray(self.buf[o:o + b.count].reshape(b.shape))
-            o += b.count
-
-    def allreduce_diffs(self, loss):
-        """Sum the diffs over the ranks in place; return the summed loss."""
-        self._pack("diff")
-        self.buf[-1] = loss
-        self.comm.Allreduce(self.MPI.IN_PLACE, self.buf, op=self.MPI.SUM)
-        self._unpack("diff")
-        return float(self.buf[-1])
-
-    def allreduce_values(self, values):
-        out = np.array(values, dtype=np.float64)
-        self.comm.Allreduce(self.MPI.IN_PLACE, out, op=self.MPI.SUM)
-        return out
-
-    def broadcast_weights(self):
-        view = self.buf[:self.size]
-        if self.comm.Get_rank() == 0:
-            self._pack("data")
-        self.comm.Bcast(view, root=0)
-        if self.comm.Get_rank() != 0:
-            self._unpack("data")
-
-    def broadcast_arrays(self, arrays):
-        """Rank 0's values of device arrays (the solver history) into every rank's, one Bcast each."""
-        for a in arrays:
-            host = np.ascontiguousarray(to_numpy(a))
-            self.comm.Bcast(host, root=0)
-            if self.comm.Get_rank() != 0:
-                a[...] = get_array_module(a).asarray(host)
-
-    def ranks_that_differ(self, arrays):
-        """The ranks whose arrays are not bit-identical to rank 0's (empty on every rank when all agree).
-        The checksum is the integer sum of the values' bit patterns: one changed value always shows; changes
-        that cancel out in the sum would not (vanishingly unlikely from divergent arithmetic)."""
-        sums = []
-        for a in arrays:
-            bits = a.view(np.uint32 if a.dtype.itemsize == 4 else np.uint64)
-            sums.append(int(get_array_module(a).sum(bits, dtype=np.uint64)))
-        every = self.comm.allgather(sums)
-        return [r for r, other in enumerate(every) if other != every[0]]
-
-
 # -- the solver ------------------------------------------------------------------------------------------
 class ReplicaFailed(VggtoolError):
     """One replica raised while computing its gradients."""
@@ -311,7 +143,7 @@ class ParallelSolver(Solver):
         self._train_outputs = None
         self.seconds = {"gradients": 0.0, "exchange": 0.0, "update": 0.0}  # time spent, for benchmarks
         super().__init__(param, device=self.devices[0], log=log, seed=seed, **kwargs)
-        self.exchange = local_exchange(self.replicas, share_cpu_weights)
+        self.exchange = local_exchange(self.replicas, share_cpu_weights, log=self.log)
         self.mpi = MpiExchange(self.comm, self.net) if self.comm else None
         self.pool = None
         if self.threads and len(self.replicas) > 1:
@@ -388,13 +220,21 @@ class ParallelSolver(Solver):
             net.sample_offset = self.offsets[r]
             loss = loss + net.forward_backward()
         net.device.synchronize()  # the diffs are read from other devices next
-        return float(loss)
+        return loss  # a device scalar: read on the host only for a display
+
+    def _sum_on_device0(self, values):
+        """The replicas' device scalars summed on replica 0's device (GPU to GPU copies, no host read)."""
+        dev0 = self.devices[0]
+        if not dev0.is_gpu:
+            return sum(values)
+        with dev0:  # ndarray.copy() copies onto the current device
+            return sum(v.copy() if get_array_module(v) is not np else v for v in values)
 
     def compute_gradients(self):
         """All replicas' iter_size passes -> averaged diffs in replica 0 (every rank); the mean loss."""
         t0 = time.perf_counter()
         losses = self._on_replicas(lambda r: self._passes(r, self.param.iter_size))
-        loss = float(sum(losses))
+        loss = self._sum_on_device0(losses)
         t1 = time.perf_counter()
         if len(self.replicas) > 1:
             self.exchange.reduce()
@@ -472,7 +312,7 @@ class ParallelSolver(Solver):
 
     def final_loss(self):
         losses = self._on_replicas(lambda r: self._forward_only(r))
-        loss = float(sum(losses))
+        loss = sum(losses)
         if self.mpi:
             loss = float(self.mpi.allreduce_values([loss])[0])
         return loss / self.replica_count
@@ -481,7 +321,7 @@ class ParallelSolver(Solver):
         net = self.replicas[r]
         net.iteration = self.iter * self.param.iter_size
         net.sample_offset = self.offsets[r]
-        return float(net.forward_from_to())
+        return host_float(net.forward_from_to())
 
     # -- rank 0 only: tests, snapshots, reading a resumed state ---------------------------------------------
     def test_all(self):

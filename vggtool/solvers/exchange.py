@@ -1,0 +1,196 @@
+"""Moving gradients and weights between the replicas of a ParallelSolver (vggtool.solvers.parallel):
+between the local devices of one process (in memory on the CPU, device-to-device copies or NCCL between
+GPUs) and between MPI ranks (one Allreduce of a flat host buffer)."""
+import numpy as np
+
+from ..backend import get_array_module, host_float, to_numpy
+
+
+def share_weights(nets):
+    """Replicas on the CPU read replica 0's parameter storage (every layer's blobs, shared ones included):
+    the update of replica 0 is then every replica's, with no copy."""
+    for net in nets[1:]:
+        for layer0, layer in zip(nets[0].layers, net.layers):
+            for b0, b in zip(layer0.blobs, layer.blobs):
+                b.share_data(b0)
+
+
+class CopyExchange:
+    """Sum diffs into replica 0 and copy weights out of it, one parameter at a time: in memory on the CPU,
+    device-to-device copies between GPUs. CPU replicas share replica 0's weights (nothing to copy) unless
+    share_cpu_weights is False; then, as with a mix of GPUs and CPUs, each owns its weights and receives
+    replica 0's by copy after every update."""
+
+    def __init__(self, nets, share_cpu_weights=True):
+        self.nets = nets
+        self.params = [[lp.blob for lp in net.learnable_params] for net in nets]
+        self.devices = [net.device for net in nets]
+        dev0 = self.devices[0]
+        shared = share_cpu_weights and not any(d.is_gpu for d in self.devices)
+        if shared:
+            share_weights(nets)
+        self.copied = [] if shared else list(range(1, len(nets)))
+        self.staging = None  # made at the first reduce that needs it (NcclExchange never does)
+
+    def _staging_buffer(self):
+        """One buffer on GPU 0, the size of the largest parameter, receiving the other GPUs' diffs."""
+        if self.staging is None:
+            with self.devices[0]:
+                self.staging = self.devices[0].xp.empty(max(b.count for b in self.params[0]),
+                                                        dtype=self.nets[0].dtype)
+        return self.staging
+
+    def reduce(self):
+        dev0 = self.devices[0]
+        with dev0:
+            for i, blob in enumerate(self.params[0]):
+                acc = blob.diff
+                for r in range(1, len(self.nets)):
+                    src = self.params[r][i].diff
+                    if dev0.is_gpu:
+                        tmp = self._staging_buffer()[:src.size].reshape(src.shape)
+                        tmp.data.copy_from_device(src.data, src.nbytes)
+                        src = tmp
+                    acc += src
+
+    def broadcast(self):
+        if not self.copied:
+            return
+        self.devices[0].synchronize()  # the update on replica 0 must be done before others copy it
+        for r in self.copied:
+            dev = self.devices[r]
+            with dev:
+                for src, dst in zip(self.params[0], self.params[r]):
+                    if dev.is_gpu:
+                        dst.data.data.copy_from_device(src.data.data, src.data.nbytes)
+                    else:
+                        np.copyto(dst.data, src.data)
+            dev.synchronize()
+
+
+class NcclExchange(CopyExchange):
+    """The same on several GPUs of one process through NCCL (cupy.cuda.nccl): grouped reduce to replica 0
+    and broadcast from it."""
+
+    def __init__(self, nets, nccl):
+        super().__init__(nets)
+        self.nccl = nccl  # cupy.cuda.nccl (a parameter, so that a test can give a failing one)
+        self.comms = nccl.NcclCommunicator.initAll([d.index for d in self.devices])
+        self.dtype = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}[
+            np.dtype(nets[0].dtype)]
+
+    def _grouped(self, call):
+        import cupy
+        self.nccl.groupStart()
+        try:
+            for r, comm in enumerate(self.comms):
+                with self.devices[r]:
+                    stream = cupy.cuda.get_current_stream().ptr
+                    for blob in self.params[r]:
+                        call(comm, blob, stream)
+        finally:
+            self.nccl.groupEnd()
+        for d in self.devices:
+            d.synchronize()
+
+    def reduce(self):
+        nccl = self.nccl
+        self._grouped(lambda comm, b, s: comm.reduce(b.diff.data.ptr, b.diff.data.ptr, b.count, self.dtype,
+                                                     nccl.NCCL_SUM, 0, s))
+
+    def broadcast(self):
+        self.devices[0].synchronize()
+        self._grouped(lambda comm, b, s: comm.bcast(b.data.data.ptr, b.count, self.dtype, 0, s))
+
+
+def _cupy_nccl():
+    try:
+        from cupy.cuda import nccl
+    except ImportError as e:
+        return None, f"cupy.cuda.nccl cannot be imported ({e})"
+    return (nccl, None) if nccl.available else (None, "this CuPy build has no NCCL")
+
+
+def local_exchange(nets, share_cpu_weights=True, log=None, nccl=None):
+    """NCCL between the GPUs of this process when it starts, else copies; a fallback is logged with its
+    reason (one warning line), never silent. `nccl`: the module to use (default cupy.cuda.nccl)."""
+    if len(nets) > 1 and all(n.device.is_gpu for n in nets):
+        why = None
+        ids = [n.device.index for n in nets]
+        if len(set(ids)) < len(ids):  # NCCL refuses one GPU twice in a communicator
+            nccl, why = None, f"NCCL needs distinct GPUs (replicas on GPUs {', '.join(map(str, ids))})"
+        elif nccl is None:
+            nccl, why = _cupy_nccl()
+        if nccl is not None:
+            try:
+                return NcclExchange(nets, nccl)
+            except Exception as e:  # NCCL present but failing to start (driver, topology, ...)
+                why = f"NCCL failed to start ({type(e).__name__}: {e})"
+        if log is not None:
+            log.warning("parallel.py:1", f"{why}; summing the {len(nets)} GPUs' gradients by device-to-device "
+                                         f"copies instead")
+    return CopyExchange(nets, share_cpu_weights)
+
+
+class MpiExchange:
+    """Replica 0's diffs (plus a few scalars) summed over the ranks in one Allreduce of a flat host buffer;
+    weights broadcast from rank 0 in one Bcast (at the start only: every rank applies the update)."""
+
+    def __init__(self, comm, net):
+        from mpi4py import MPI
+        self.MPI, self.comm = MPI, comm
+        self.blobs = [lp.blob for lp in net.learnable_params]
+        self.size = sum(b.count for b in self.blobs)
+        self.buf = np.empty(self.size + 1, dtype=net.dtype)
+
+    def _pack(self, which):
+        o = 0
+        for b in self.blobs:
+            self.buf[o:o + b.count] = to_numpy(getattr(b, which)).ravel()
+            o += b.count
+
+    def _unpack(self, which):
+        o = 0
+        for b in self.blobs:
+            getattr(b, which)[...] = b.device.asarray(self.buf[o:o + b.count].reshape(b.shape))
+            o += b.count
+
+    def allreduce_diffs(self, loss):
+        """Sum the diffs over the ranks in place; return the summed loss."""
+        self._pack("diff")
+        self.buf[-1] = host_float(loss)
+        self.comm.Allreduce(self.MPI.IN_PLACE, self.buf, op=self.MPI.SUM)
+        self._unpack("diff")
+        return float(self.buf[-1])
+
+    def allreduce_values(self, values):
+        out = np.array(values, dtype=np.float64)
+        self.comm.Allreduce(self.MPI.IN_PLACE, out, op=self.MPI.SUM)
+        return out
+
+    def broadcast_weights(self):
+        view = self.buf[:self.size]
+        if self.comm.Get_rank() == 0:
+            self._pack("data")
+        self.comm.Bcast(view, root=0)
+        if self.comm.Get_rank() != 0:
+            self._unpack("data")
+
+    def broadcast_arrays(self, arrays):
+        """Rank 0's values of device arrays (the solver history) into every rank's, one Bcast each."""
+        for a in arrays:
+            host = np.ascontiguousarray(to_numpy(a))
+            self.comm.Bcast(host, root=0)
+            if self.comm.Get_rank() != 0:
+                a[...] = get_array_module(a).asarray(host)
+
+    def ranks_that_differ(self, arrays):
+        """The ranks whose arrays are not bit-identical to rank 0's (empty on every rank when all agree).
+        The checksum is the integer sum of the values' bit patterns: one changed value always shows; changes
+        that cancel out in the sum would not (vanishingly unlikely from divergent arithmetic)."""
+        sums = []
+        for a in arrays:
+            bits = a.view(np.uint32 if a.dtype.itemsize == 4 else np.uint64)
+            sums.append(int(to_numpy(get_array_module(a).sum(bits, dtype=np.uint64))))
+        every = self.comm.allgather(sums)
+        return [r for r, other in enumerate(every) if other != every[0]]
