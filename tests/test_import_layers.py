@@ -23,10 +23,9 @@ LEVEL_NAMES = ("base", "io/data", "engine", "protocols", "front ends")
 LEVELS = {
     "errors": BASE, "config": BASE, "backend": BASE, "fillers": BASE, "ranking": BASE,
     "atomic_files": BASE, "progress": BASE, "listargs": BASE, "proto": BASE,
-    "io": IO_DATA, "protoio": IO_DATA, "upgrade": IO_DATA, "blob": IO_DATA, "data": IO_DATA,
-    "labels": IO_DATA, "recorded_transform": IO_DATA,
+    "io": IO_DATA, "blob": IO_DATA, "data": IO_DATA,
     "": ENGINE,  # vggtool/__init__.py: Net, get_solver, the devices
-    "layers": ENGINE, "net": ENGINE, "solvers": ENGINE, "parallel": ENGINE, "testing": ENGINE,
+    "layers": ENGINE, "net": ENGINE, "solvers": ENGINE, "testing": ENGINE,
     "vgg": PROTOCOLS, "interop": PROTOCOLS,
     "cli": FRONT_ENDS, "pycaffe": FRONT_ENDS, "__main__": FRONT_ENDS,
 }

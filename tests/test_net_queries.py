@@ -11,7 +11,7 @@ from test_recorded_transform import weights_with_data_layer
 from vggtool import Net, VggtoolError
 from vggtool.io.files import find_beside
 from vggtool.io.prototxt import parse_net_text
-from vggtool.net_weights import share_trained_layers
+from vggtool.net.weights import share_trained_layers
 from vggtool.pycaffe import Net as PycaffeNet
 from vggtool.data.recorded_transform import recorded_transform
 

@@ -12,7 +12,7 @@ from vggtool.io.wire import proto_to_array
 from vggtool.cli import main as vggtool_main
 from vggtool.vgg.initialisation import INIT_FROM_A_LAYERS
 from vggtool.data.datum import array_to_datum, open_lmdb, record_key
-from vggtool.net_graph import filter_net
+from vggtool.net.graph import filter_net
 from vggtool.proto import caffe_pb2
 from vggtool.io.prototxt import read_net_param, read_solver_param
 from vggtool.solvers import Solver

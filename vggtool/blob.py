@@ -20,7 +20,7 @@ MAX_ELEMENTS = 2**60
 
 class BlobShapeError(VggtoolError):
     """A shape no blob can take (negative, too many axes, more bytes than the device holds). The net adds
-    the layer's name (net_build.layer_context)."""
+    the layer's name (vggtool.net.build.layer_context)."""
 
 
 def _as_shape(args):

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import net as engine
 from ..backend import to_numpy
-from ..net_weights import share_trained_layers
+from ..net.weights import share_trained_layers
 from . import _runtime
 from ._runtime import PycaffeError
 

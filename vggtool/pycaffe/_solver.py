@@ -2,7 +2,7 @@
 and get_solver, on vggtool's Solver. As in Caffe, the class decides the update rule (caffe.AdamSolver
 runs Adam whatever the file's `type` says); get_solver picks the class from `type`."""
 from ..io import prototxt
-from ..net_weights import share_trained_layers
+from ..net.weights import share_trained_layers
 from ..proto import caffe_pb2
 from ..solvers import lr_policy
 from ..solvers.solver import Solver

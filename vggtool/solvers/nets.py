@@ -5,7 +5,7 @@ file, and the test nets sharing the train net's weights."""
 from ..errors import VggtoolError
 from ..io import prototxt
 from ..io.files import find_beside
-from ..net_weights import share_trained_layers
+from ..net.weights import share_trained_layers
 from ..proto import caffe_pb2
 
 

@@ -4,9 +4,9 @@ as trained (check_loaded), and ShareTrainedLayersWith (share_trained_layers: the
 pycaffe's share_with). The bytes of a .caffemodel are vggtool.io.wire's business."""
 import math
 
-from .errors import VggtoolError
-from .io import prototxt, wire
-from .proto import caffe_pb2
+from ..errors import VggtoolError
+from ..io import prototxt, wire
+from ..proto import caffe_pb2
 
 
 class CopyReport:
@@ -93,7 +93,7 @@ def check_loaded(net, path, report):
                "it holds no weights at all (a net definition rather than a .caffemodel?)")
         raise VggtoolError(f"{path}: no parameter could be copied into the net: {why}")
     if report.missing:
-        from .solvers.glog import GLog
+        from ..solvers.glog import GLog
         GLog().warning("net.cpp:1137", f"{path} has no weights for layer(s) {', '.join(report.missing)}: "
                                        "their parameters are left at their fillers (random initialisation)")
 

@@ -6,10 +6,10 @@ the need-backward analysis (from the losses down, with propagate_down and force_
 import contextlib
 from collections import OrderedDict, namedtuple
 
-from .blob import Blob, BlobShapeError
-from .errors import VggtoolError
-from .layers import layer_class
-from .proto import caffe_pb2
+from ..blob import Blob, BlobShapeError
+from ..errors import VggtoolError
+from ..layers import layer_class
+from ..proto import caffe_pb2
 
 # One learnable parameter as the solver sees it.
 LearnableParam = namedtuple("LearnableParam", "blob lr_mult decay_mult layer index")
@@ -133,7 +133,7 @@ class NetBuilder:
 
     def _log_setup(self, name, layer_param, tops, memory):
         """Caffe's lines after setting up a layer; returns the bytes its tops add."""
-        from .solvers.glog import fmt
+        from ..solvers.glog import fmt
 
         self.net.log.info("net.cpp:124", f"Setting up {name}")
         added = 0

@@ -1,25 +1,25 @@
 """Net: builds a Caffe NetParameter for a phase and runs it forward and backward.
 
 Follows Caffe's Net::Init: filter layers by the NetState (phase, level, stages) and insert Split layers
-where one top feeds several bottoms (net_graph.py), wire in-place tops, set loss weights, share
+where one top feeds several bottoms (vggtool.net.graph), wire in-place tops, set loss weights, share
 parameters by ParamSpec name, and work out which layers need backward (from the losses down, with
-propagate_down and force_backward). Weights in and out: net_weights.py and io/wire.py.
+propagate_down and force_backward). Weights in and out: vggtool.net.weights and vggtool.io.wire.
 """
 import zlib
 from collections import OrderedDict
 
 import numpy as np
 
-from . import net_weights
-from .backend import CPU
-from .config import defaults as default_settings
-from .errors import VggtoolError
-from .io import prototxt, wire
-from .io.upgrade import upgrade_net
-from .layers.conv.policy import CacheBudget
-from .net_build import NetBuilder, layer_context
-from .net_graph import filter_net, insert_splits, phase_value
-from .proto import caffe_pb2
+from . import weights as net_weights
+from ..backend import CPU
+from ..config import defaults as default_settings
+from ..errors import VggtoolError
+from ..io import prototxt, wire
+from ..io.upgrade import upgrade_net
+from ..layers.conv.policy import CacheBudget
+from .build import NetBuilder, layer_context
+from .graph import filter_net, insert_splits, phase_value
+from ..proto import caffe_pb2
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST

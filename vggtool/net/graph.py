@@ -3,8 +3,8 @@ the layers the NetState (phase, level, stages) admits, and Split layers inserted
 several bottoms (each consumer gets its own copy, so the gradients flowing back are summed)."""
 from collections import defaultdict
 
-from .errors import VggtoolError
-from .proto import caffe_pb2
+from ..errors import VggtoolError
+from ..proto import caffe_pb2
 
 
 def phase_value(phase):
