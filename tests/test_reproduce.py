@@ -110,6 +110,22 @@ def test_mini_files_are_the_generators_output(tmp_path):
             assert a.read() == b.read(), config
 
 
+def test_the_recipe_trains_a_from_glorot_without_dropout():
+    # At the mini widths N(0, 0.1^2) and dropout 0.5 each kept mini-A at chance (README section 9): the
+    # nets trained from scratch start from Glorot weights and no mini net has a Dropout layer.
+    assert plan.default_init("vgg_a") == plan.default_init("vgg_a_lrn") == "xavier"
+    assert all(plan.default_init(n) == "from_a" for n in plan.NETS if n not in ("vgg_a", "vgg_a_lrn"))
+    for config in MINI_TABLE1:
+        for name in ("deploy.prototxt", "train_val.prototxt", "train_val_xavier.prototxt"):
+            param = read_net_param(os.path.join(ROOT, "netdefs", "mini", config, name))
+            assert not [l.name for l in param.layer if l.type == "Dropout"], (config, name)
+        xavier = read_net_param(os.path.join(ROOT, "netdefs", "mini", config, "train_val_xavier.prototxt"))
+        fillers = [l.convolution_param.weight_filler.type if l.type == "Convolution" else
+                   l.inner_product_param.weight_filler.type
+                   for l in xavier.layer if l.type in ("Convolution", "InnerProduct")]
+        assert fillers and set(fillers) == {"xavier"}, config
+
+
 def test_batched_dense_equals_the_per_image_protocol(tmp_path, rng):
     deploy = os.path.join(ROOT, "netdefs", "mini", "vgg_a", "deploy.prototxt")
     net = Net(deploy, phase="TEST", seed=3)
@@ -163,7 +179,7 @@ def test_every_table_cell_is_scored():
     for scale in plan.SCALES:
         assert {("dense", q) for q in plan.SWEEP} <= needs[("vgg_d", scale, "from_a")]
     assert all(m == "dense" for c, s in needs.items() if c[0] not in ("vgg_d", "vgg_e") for m, _ in s)
-    assert plan.configs()[0] == ("vgg_a", "s36", "gaussian")  # A first: the deeper nets start from it
+    assert plan.configs()[0] == ("vgg_a", "s36", "xavier")  # A first: the deeper nets start from it
 
 
 @pytest.mark.slow

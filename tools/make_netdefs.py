@@ -73,11 +73,12 @@ def _data_layers():
     return out
 
 
-def body_layers(config, learn, fill, last=("fc8", 1000), widths=None, fc_width=4096):
+def body_layers(config, learn, fill, last=("fc8", 1000), widths=None, fc_width=4096, dropout=0.5):
     """The layers of `config` after the input "data": conv1_1 .. pool5, fc6, fc7 (with ReLU and dropout) and
     the last InnerProduct `last` = (name, outputs), as text. learn(name) -> the layer's param {} text,
     fill(name) -> its fillers (placed inside convolution_param / inner_product_param); "" for none.
-    `widths` (block -> channels, default Table 1's) and `fc_width` size the laptop-scale nets (MINI).
+    `widths` (block -> channels, default Table 1's) and `fc_width` size the laptop-scale nets (MINI);
+    `dropout` 0 leaves out the Dropout layers (MINI: see MINI_SOLVER's comment).
     Also used by tools/make_loc_netdefs.py (configuration D with a box-regression last layer)."""
     widths = _B if widths is None else widths
     out, bottom = [], "data"
@@ -105,8 +106,9 @@ def body_layers(config, learn, fill, last=("fc8", 1000), widths=None, fc_width=4
         if name in ("fc6", "fc7"):
             n = name[2:]
             out.append(_layer(f"relu{n}", "ReLU", bottom, bottom))
-            out.append(_layer(f"drop{n}", "Dropout", bottom, bottom,
-                              "  dropout_param {\n    dropout_ratio: 0.5\n  }\n"))
+            if dropout:
+                out.append(_layer(f"drop{n}", "Dropout", bottom, bottom,
+                                  f"  dropout_param {{\n    dropout_ratio: {dropout}\n  }}\n"))
     return out
 
 
@@ -185,6 +187,7 @@ def solver_text(config, schedule):
 MINI = {
     "widths": {block: width // 8 for block, width in _B.items()},
     "fc": 512,
+    "dropout": 0,  # none: see MINI_SOLVER's comment
     "classes": 10,
     "crop": 32,
     "channels": 1,
@@ -198,10 +201,20 @@ MINI = {
         "jitter": ("smallest_side_min: 36\n    smallest_side_max: 72", "test_smallest_side: 54"),
     },
 }
-# One training recipe for every mini net and scale, fixed before any run (the paper's §3.1, sized for the
-# budget): SGD, momentum 0.9, weight decay 5e-4, lr 1e-2 divided by 10 when held-out accuracy stops improving
-# (at most 3 times), dropout 0.5 on fc6/fc7 (in the nets). `vggtool reproduce` sets max_iter, test_interval
-# and the stage (scale) of each run.
+# One training recipe for every mini net and scale (the paper's §3.1, sized for the budget): SGD, momentum
+# 0.9, weight decay 5e-4, lr 1e-2 divided by 10 when held-out accuracy stops improving (at most 3 times);
+# A and A-LRN from Glorot (xavier) weights, the deeper nets from A. Two departures, each chosen on the
+# TRAINING loss of mini-A alone (batch 32, before any full run, never on validation error) and applied to
+# every net alike: (1) Glorot instead of N(0, 0.1^2) for the nets trained from scratch: at these fan-ins
+# (9..576) N(0, 0.1^2) makes fc8's logits std ~2.9 (initial loss 5.8 instead of ln 10); SGD's quickest way
+# down is to push every bias negative, which kills the ReLUs (conv3_2: 54% -> 13% active in 40 iterations)
+# and leaves the net at chance for good (2.306 after 600 iterations even without dropout); the paper names
+# Glorot's procedure as its own alternative to pre-training. (2) No dropout: with dropout 0.5 on the 512-wide
+# fc6/fc7 (fed by a 64-d pool5) mini-A stays at chance (2.305) for 1,200 iterations with He or Glorot
+# weights, while without it the same nets leave chance after 250-400 iterations (He: 1.34 at 1,200);
+# dropout 0.25 barely moves by 600. Plateau patience 3 rounds of 100 iterations, so that the rate cannot drop
+# (freezing the nets at chance) before they leave chance. `vggtool reproduce` sets max_iter, test_interval and
+# the stage.
 MINI_SOLVER = {
     "base_lr": "0.01",
     "momentum": "0.9",
@@ -209,7 +222,7 @@ MINI_SOLVER = {
     "max_iter": "600",
     "test_interval": "100",
     "test_iter": "6",  # 288 held-out images / batch 48
-    "plateau_patience": "1",
+    "plateau_patience": "3",  # first drop at 400 at the earliest: the nets leave chance after 250-400
     "plateau_max_drops": "3",
 }
 
@@ -249,7 +262,7 @@ def mini_text(config, filler=None):
     learn = _LEARN if filler else ""
     fill = (FILLERS[filler] + _BIAS) if filler else ""
     out.extend(body_layers(config, lambda name: learn, lambda name: fill, last=("fc8", m["classes"]),
-                           widths=m["widths"], fc_width=m["fc"]))
+                           widths=m["widths"], fc_width=m["fc"], dropout=m["dropout"]))
     if filler is None:
         out.append(_layer("prob", "Softmax", "fc8", "prob"))
     else:

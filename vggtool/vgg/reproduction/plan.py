@@ -21,9 +21,12 @@ SWEEP_NET = "vgg_d"
 # Initialisations: the paper trains A (and A-LRN) from N(0, 0.1^2) weights and starts the deeper nets from
 # A's first four conv and last three FC layers (the rest N(0, 0.1^2)); Glorot (xavier) without pre-training
 # is its alternative; plain N(0, 0.1^2) for a deep net is what the pre-training was meant to avoid.
+# Here A and A-LRN start from Glorot weights: at the mini widths N(0, 0.1^2) leaves even A at chance (its
+# training loss stuck at 2.306 after 600 iterations; see MINI_SOLVER in tools/make_netdefs.py), so A's
+# weights, which the deeper nets start from, would be worthless. The mini nets have no dropout (same place).
 INITS = {
     "gaussian": "N(0, 0.1^2), no pre-training",
-    "from_a": "conv1_1, conv2_1, conv3_1, conv3_2, fc6-fc8 from A (same seed), the rest N(0, 0.1^2)",
+    "from_a": "conv1_1, conv2_1, conv3_1, conv3_2, fc6-fc8 from A (same seed, Glorot), the rest N(0, 0.1^2)",
     "xavier": "Glorot (xavier), no pre-training",
 }
 
@@ -45,7 +48,7 @@ class Cell:
 
 
 def default_init(net):
-    return "gaussian" if net in ("vgg_a", "vgg_a_lrn") else "from_a"
+    return "xavier" if net in ("vgg_a", "vgg_a_lrn") else "from_a"
 
 
 # Table 3's rows (every cell trained with the paper's initialisation); the initialisation study adds these.
@@ -74,7 +77,12 @@ def cells(seeds):
 
 @dataclass(frozen=True)
 class Budget:
-    """The size of a run. `iterations` was set from measured training cost (see docs/reproduction.md)."""
+    """The size of a run. FULL's 600 iterations: the mini nets leave chance only after 250-400 iterations of
+    the recipe (training loss, see MINI_SOLVER in tools/make_netdefs.py), and 600 is what the budget allows:
+    measured CPU seconds per iteration (batch 32, one BLAS thread, on the shared 2-core machine) A 0.058,
+    B 0.082, C 0.083, D 0.084, E 0.117, i.e. 1.4 s for one iteration of every configuration of one seed,
+    3 seeds x 600 iterations ~ 41 min of training on an idle core (scoring and data add a few minutes);
+    on a loaded machine the wall time is 2-3x that."""
     name: str
     per_class: int  # source digits per class (0: all 1,797)
     renders: str  # images per source digit: train,holdout,val

@@ -162,7 +162,7 @@ class Run:
             return
         a = None
         if cell.init == "from_a":
-            a_cell = plan.Cell("vgg_a", "s36", "gaussian", cell.seed)
+            a_cell = plan.Cell("vgg_a", "s36", plan.default_init("vgg_a"), cell.seed)
             if self.records.get(a_cell.name, {}).get("status") != "ok":
                 record = {"cell": cell.name, "net": cell.net, "scale": cell.scale, "init": cell.init,
                           "seed": cell.seed, "status": "skipped (A did not train)", "wall_s": 0.0, "cpu_s": 0.0}
