@@ -1,4 +1,4 @@
-"""Run by tests/test_fuzz.py in a subprocess: feed mutated inputs to vggtool's loaders.
+"""Run by tests/io/test_fuzz.py in a subprocess: feed mutated inputs to vggtool's loaders.
 
 usage: fuzz_loaders.py WORKDIR SEED COUNT_PER_KIND
 

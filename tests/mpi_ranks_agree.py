@@ -1,4 +1,4 @@
-"""Run under `mpiexec -n 2` by tests/test_parallel.py: train a few iterations with ParallelSolver, counting
+"""Run under `mpiexec -n 2` by tests/solvers/test_parallel.py: train a few iterations with ParallelSolver, counting
 the communicator's calls, and write per-rank checksums of the weights and solver history to OUT/rank<r>.json.
 
 usage: mpi_ranks_agree.py SOLVER OUT ITERS MORE

@@ -69,8 +69,8 @@ fi
 
 run "GPU-marked tests" 120 $PY -m pytest -q -rs -m gpu -p no:cacheprovider --continue-on-collection-errors tests \
   --junitxml="$OUT/pytest_gpu.xml"
-run "layer suite (CPU and GPU halves)" 90 $PY -m pytest -q -p no:cacheprovider tests/test_layers_*.py \
-  tests/test_device_discipline.py tests/test_dropout_masks.py tests/test_exchange.py
+run "layer suite (CPU and GPU halves)" 90 $PY -m pytest -q -p no:cacheprovider tests/layers/test_layers_*.py \
+  tests/test_device_discipline.py tests/layers/test_dropout_masks.py tests/solvers/test_exchange.py
 run "1 vs 2 replicas, float64" 60 $PY bench/bench_gpu.py replicas --device $DEV --dtype float64
 run "1 vs 2 replicas, float32" 60 $PY bench/bench_gpu.py replicas --device $DEV --dtype float32
 run "VGG vggtool vs PyTorch" 260 $PY bench/bench_gpu.py vgg --device $DEV $VGG --out "$OUT"

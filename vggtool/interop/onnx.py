@@ -6,7 +6,7 @@ values are named "blob@layer". Graph inputs are the Input layer's tops, with a d
 ("batch") and, when the net has no InnerProduct layer (a convolutionalised net), dynamic "height" and
 "width"; graph outputs are the net's outputs (blobs no layer consumes), or the blobs asked for.
 
-Layer semantics that need care (each checked against onnxruntime in tests/test_onnx_export.py):
+Layer semantics that need care (each checked against onnxruntime in tests/interop/test_onnx_export.py):
 - Pooling CEIL: Caffe's output size is ceil((H + 2p - k) / s) + 1, less one when the layer is padded and
   the last window would start in the bottom/right padding; ONNX MaxPool/AveragePool with ceil_mode=1 and
   symmetric pads compute the same size, drop the same window, and clip the last window to the input.

@@ -12,7 +12,8 @@ from vggtool.layers import layer_types
 from vggtool.io.prototxt import read_net_param
 from vggtool.proto import caffe_pb2
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from repo_paths import REPO  # noqa: E402
+ROOT = REPO
 
 # Table 1 of the paper, written out independently of tools/make_netdefs.py: conv widths per block,
 # "1x1-" marks C's 1x1 convolutions; and the exact parameter counts (DESIGN §2.1).

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+from repo_paths import REPO  # noqa: E402
+sys.path.insert(0, os.path.join(REPO, "tools"))
 from publish_reproduction import publish  # noqa: E402
 
 

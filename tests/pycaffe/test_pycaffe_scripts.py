@@ -14,6 +14,7 @@ from vggtool.data.datum import record_key
 from vggtool.net import Net
 from vggtool.proto import caffe_pb2
 
+from repo_paths import REPO  # noqa: E402
 SCRIPTS = os.path.join(os.path.dirname(__file__), "pycaffe_scripts")
 
 DEPLOY = """name: "colours"
@@ -26,9 +27,9 @@ layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
 
 
 def run_script(name, cwd, import_caffe=False):
-    """Run a script of tests/pycaffe_scripts; with import_caffe, its import line turned back into
+    """Run a script of tests/pycaffe/pycaffe_scripts; with import_caffe, its import line turned back into
     pycaffe's own `import caffe` and run through `python -m vggtool.pycaffe`."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO,
                                                        os.environ.get("PYTHONPATH", "")]))
     script = os.path.join(SCRIPTS, name)
     command = [sys.executable, script]

@@ -21,7 +21,8 @@ from vggtool.proto import caffe_pb2
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+from repo_paths import REPO  # noqa: E402
+ROOT = REPO
 TOL = 1e-5
 
 

@@ -12,7 +12,8 @@ from data_prep.cli import main as data_prep
 from vggtool import Net
 from vggtool.io.prototxt import read_net_param, read_solver_param
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from repo_paths import REPO  # noqa: E402
+ROOT = REPO
 LOC = os.path.join(ROOT, "netdefs", "vgg_d_loc")
 CONV = [f"conv{b}_{i}" for b, n in enumerate([2, 2, 3, 3, 3], 1) for i in range(1, n + 1)]
 

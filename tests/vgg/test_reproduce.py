@@ -19,7 +19,8 @@ from vggtool.io.prototxt import read_net_param
 from vggtool.vgg.reproduction import plan, scoring, tables
 from vggtool.vgg.reproduction.run import score_plan
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from repo_paths import REPO  # noqa: E402
+ROOT = REPO
 
 # Table 1's pattern written out independently of tools/make_netdefs.py, widths / 8 (see netdefs/mini).
 MINI_TABLE1 = {

@@ -8,7 +8,8 @@ import pytest
 
 from vggtool.cli import main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from repo_paths import REPO  # noqa: E402
+ROOT = REPO
 
 INPUT_NET = """
 name: "tiny"

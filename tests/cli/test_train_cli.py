@@ -14,7 +14,7 @@ from vggtool.io import prototxt
 from vggtool.cli import main
 from vggtool.proto import caffe_pb2
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from repo_paths import REPO  # noqa: E402
 
 # Learnable without a dataset: random inputs every batch, constant label 2 (the net learns to say "2").
 TINY_NET = """

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from repo_paths import TESTS as HERE  # noqa: E402 - fuzz_loaders.py is beside the shared helpers
 SEED = 20140904  # the VGG paper's arXiv date
 PER_KIND = 300  # x 5 kinds = 1,500 inputs
 

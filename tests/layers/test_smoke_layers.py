@@ -1,4 +1,4 @@
-"""Gradient checks of the core layers (a first pass; tests/test_layers_*.py add direct-loop references)."""
+"""Gradient checks of the core layers (a first pass; tests/layers/test_layers_*.py add direct-loop references)."""
 import numpy as np
 import pytest
 

@@ -19,7 +19,8 @@ from vggtool.solvers import Solver
 from vggtool.solvers.glog import GLog
 from vggtool.solvers.solver import check_param
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from repo_paths import REPO  # noqa: E402
+ROOT = REPO
 CONFIGS = ["vgg_a", "vgg_a_lrn", "vgg_b", "vgg_c", "vgg_d", "vgg_e"]
 
 

@@ -20,7 +20,8 @@ from vggtool.solvers import Solver
 from vggtool.solvers.glog import GLog
 from vggtool.solvers.snapshot import history_arrays, read_state
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from repo_paths import REPO  # noqa: E402
+ROOT = REPO
 # Wide enough that a snapshot takes a while to write (so kills land inside writes), small enough to be quick.
 NET = """
 name: "killed"

@@ -22,7 +22,8 @@ from vggtool.proto import caffe_pb2
 from vggtool.solvers import Solver
 from vggtool.solvers.glog import GLog
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from repo_paths import REPO  # noqa: E402
+ROOT = REPO
 BATCH = 8
 AUGMENT = "crop_size: 8 mirror: true smallest_side_min: 10 smallest_side_max: 14"
 

@@ -18,7 +18,8 @@ from vggtool.errors import VggtoolError
 
 pytest.importorskip("safetensors")
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+from repo_paths import REPO  # noqa: E402
+ROOT = REPO
 CONFIGS = {"vgg_a": "vgg11", "vgg_b": "vgg13", "vgg_d": "vgg16", "vgg_e": "vgg19"}
 # torchvision.models.vgg11/13/16/19().state_dict(): the features.N of each Conv2d
 TORCHVISION_CONV_INDICES = {

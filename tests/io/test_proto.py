@@ -11,7 +11,8 @@ from google.protobuf import descriptor_pb2, text_format
 
 from vggtool.proto import caffe_pb2
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from repo_paths import REPO  # noqa: E402
+REPO_ROOT = REPO
 GEN_SCRIPT = os.path.join(REPO_ROOT, "tools", "gen_proto.py")
 
 
