@@ -11,20 +11,12 @@ import time
 from pathlib import Path
 
 from ..errors import VggtoolError
+from ..io.files import checkout_file
 
 HELP = "train and densely test a VGG-style net on the bundled digits data, end to end (a few minutes)"
 
 SNAPSHOT_LINE = re.compile(r"Snapshotting to binary proto file (.+\.caffemodel)\s*$", re.M)
 TEST_SCALES = "24,28,32"  # {Smin, (Smin+Smax)/2, Smax} for training jitter [24, 32], as in the paper
-
-
-def _source_file(*parts):
-    """A file of the source checkout (netdefs/, solver/), which `pip install -e .` keeps in place."""
-    path = Path(__file__).resolve().parents[2].joinpath(*parts)
-    if not path.exists():
-        raise VggtoolError(f"{path} not found: run the demo from a source checkout installed with "
-                           "`pip install -e .`")
-    return path
 
 
 def last_snapshot(log):
@@ -68,9 +60,9 @@ def run(args):
         backend.parse_devices(devices_spec=args.devices)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("train_val.prototxt", "deploy.prototxt"):
-        shutil.copyfile(_source_file("netdefs", "demo", name), out / name)
+        shutil.copyfile(checkout_file("netdefs", "demo", name, command="the demo"), out / name)
     # the shipped solver names the net from the repository root; the run uses its own copy beside it
-    solver_text = Path(_source_file("solver", "demo_solver.prototxt")).read_text(encoding="utf-8")
+    solver_text = Path(checkout_file("solver", "demo_solver.prototxt", command="the demo")).read_text(encoding="utf-8")
     solver_text = re.sub(r'^net: "[^"]*"', 'net: "train_val.prototxt"', solver_text, count=1, flags=re.M)
     (out / "solver.prototxt").write_text(solver_text, encoding="utf-8")
     (out / "snapshots").mkdir(exist_ok=True)

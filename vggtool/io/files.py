@@ -1,8 +1,9 @@
 """Input and output paths: reading a file with a bound on its size, finding a file that another file
 names (Caffe resolves against the working directory; vggtool also looks beside the naming file), and
-checking an output path before any work is done."""
+checking an output path before any work is done; the files of the source checkout (netdefs/, solver/)."""
 import os
 import stat
+from pathlib import Path
 
 from ..errors import VggtoolError
 
@@ -61,3 +62,13 @@ def check_output_path(path, what="output", folder=False):
         raise VggtoolError(f"{what} {path} is an existing folder; give a file name")
     if folder and os.path.exists(path) and not os.path.isdir(path):
         raise VggtoolError(f"{what} {path} is an existing file, not a folder")
+
+
+def checkout_file(*parts, command):
+    """A file of the source checkout beside the package (netdefs/, solver/), which `pip install -e .` keeps
+    in place; `command` names what needs it in the error."""
+    path = Path(__file__).resolve().parents[2].joinpath(*parts)
+    if not path.exists():
+        raise VggtoolError(f"{path} not found: run {command} from a source checkout installed with "
+                           "`pip install -e .`")
+    return path

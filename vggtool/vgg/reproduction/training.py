@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ... import atomic_files
 from ...io import prototxt
+from ...io.files import checkout_file
 from ...errors import VggtoolError
 from ...proto import caffe_pb2
 from ...solvers import Solver
@@ -21,12 +22,7 @@ TEST_BATCH = 48  # the held-out batch of netdefs/mini (MINI["test"] in tools/mak
 
 
 def source_file(*parts):
-    """A file of the source checkout (netdefs/, solver/), which `pip install -e .` keeps in place."""
-    path = Path(__file__).resolve().parents[3].joinpath(*parts)
-    if not path.exists():
-        raise VggtoolError(f"{path} not found: run `vggtool reproduce` from a source checkout installed with "
-                           "`pip install -e .`")
-    return path
+    return checkout_file(*parts, command="`vggtool reproduce`")
 
 
 def deploy_path(net):
