@@ -4,35 +4,13 @@ import cv2
 import numpy as np
 import pytest
 
-from eval_helpers import make_model, random_image
+from eval_helpers import make_model, random_image, weights_with_data_layer
 from vggtool.vgg import evaluate as ev
 from vggtool.cli import main
 from vggtool.io import prototxt, wire
 from vggtool.io.wire import caffemodel_layers
 from vggtool.proto import caffe_pb2
 from vggtool.data.recorded_transform import recorded_transform
-
-
-def weights_with_data_layer(tmp_path, weights, mean_value=(), mean_file=None, scale=None):
-    """The caffemodel plus a TEST Data layer (no blobs) carrying transform_param, as a snapshot of a
-    train_val net has it; a TRAIN layer with another mean comes first and must be passed over."""
-    param = prototxt.read_net_param(weights, is_text=False)
-    train = caffe_pb2.LayerParameter(name="train_data", type="Data", top=["data", "label"])
-    train.include.add(phase=caffe_pb2.TRAIN)
-    train.transform_param.mean_value.extend([50, 50, 50])
-    test = caffe_pb2.LayerParameter(name="test_data", type="Data", top=["data", "label"])
-    test.include.add(phase=caffe_pb2.TEST)
-    test.transform_param.mean_value.extend(mean_value)
-    if mean_file:
-        test.transform_param.mean_file = mean_file
-    if scale is not None:
-        test.transform_param.scale = scale
-    layers = [train, test] + list(param.layer)
-    del param.layer[:]
-    param.layer.extend(layers)
-    out = str(tmp_path / "snapshot.caffemodel")
-    wire.write_binary_proto(out, param)
-    return out
 
 
 def test_layers_read_without_blobs(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from eval_helpers import make_model
-from test_recorded_transform import weights_with_data_layer
+from eval_helpers import weights_with_data_layer
 from vggtool import Net, VggtoolError
 from vggtool.io.files import find_beside
 from vggtool.io.prototxt import parse_net_text
