@@ -124,3 +124,32 @@ def test_format_has_one_line_per_row_and_the_totals():
     total = next(l for l in lines if l.startswith("total     all "))
     assert total.split()[2] == f"{report.total():,}"
     assert lines[-1].endswith(f"{CAFFE_DATA:,} (9.6 KiB)")
+
+
+# A shifted and an im2col convolution, both propagating down: each forward writes a channel-major GEMM
+# output and each backward a channel-major dY into the net's workspace.
+TWO_CONVS = """
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 2 dim: 16 dim: 8 dim: 8 } shape { dim: 2 dim: 8 dim: 8 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 8 kernel_size: 3 pad: 1 vggtool_algorithm: "shifted"
+                            weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 vggtool_algorithm: "im2col"
+                            weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "conv2" bottom: "label" top: "loss" }
+"""
+
+
+def test_convolution_output_and_dy_share_one_workspace_buffer():
+    param = parse_net_text(TWO_CONVS, "<two convs>")
+    param.force_backward = True  # conv1 also computes the gradient of its input
+    net = Net(param, phase="TRAIN", seed=0)
+    net.blobs["data"].data = np.random.default_rng(0).standard_normal((2, 16, 8, 8))
+    net.blobs["label"].data = np.random.default_rng(1).integers(0, 4, (2, 8, 8))
+    net.forward_backward()
+    slots = {r.name.split(" ")[0]: r.data_bytes for r in memory_report(net).rows if r.kind == "workspace"}
+    assert "conv_out" not in slots and "conv_dy" not in slots
+    # the largest user: conv1's dX correlation (shifted), 16 channels on the padded 10x10 grid, 2 images;
+    # as two slots the forward outputs' buffer held that and the dY buffer 8 x 2 x 10 x 10 more
+    assert slots["conv_gemm"] == 16 * 2 * 10 * 10 * 4
