@@ -136,3 +136,25 @@ def test_time_logs_the_net_setup_like_caffe(tmp_path, capsys):
     out = glog_messages(capsys.readouterr().err)
     assert "Setting up conv1" in out and "Top shape: 2 3 8 8 (384)" in out
     assert "Memory required for data: " in out and "Network initialization done." in out
+
+
+def test_time_memory_prints_the_report_on_stdout(tmp_path, capsys):
+    assert main(["time", "--net", write(tmp_path, INPUT_NET), "--iterations", "1", "--memory"]) == 0
+    captured = capsys.readouterr()
+    glog_messages(captured.err)  # stderr keeps Caffe's lines only
+    lines = captured.out.splitlines()
+    assert lines[0].startswith("Memory of net 'tiny' after the benchmark")
+    assert lines[1].split()[:3] == ["kind", "name", "shape"]
+    rows = [l.split() for l in lines[2:] if not l.startswith(("total", "Caffe's"))]
+    # data 2x3x8x8 float32, no diff (nothing propagates to the input); conv1 once, with relu1 in place
+    assert ["blob", "data", "2", "3", "8", "8", "1,536", "-"] in rows
+    assert ["blob", "conv1", "2", "4", "8", "8", "2,048", "2,048", "in", "place:", "relu1"] in rows
+    assert ["param", "fc", "param", "0", "5", "64", "1,280", "1,280"] in rows
+    assert any(r[0] == "cache" and r[1] == "conv1" for r in rows)  # TRAIN: conv1 keeps its forward data
+    number = lambda s: 0 if s == "-" else int(s.replace(",", ""))
+    owned = [number(r[-2]) + number(r[-1]) for r in rows if "shared" not in r and "in" not in r]
+    owned += [number(r[-5]) + number(r[-4]) for r in rows if r[-3:-1] == ["in", "place:"]]
+    all_line = next(l for l in lines if l.startswith("total     all "))
+    assert int(all_line.split()[2].replace(",", "")) == sum(owned)
+    # data 1536 + conv1 2048 twice (relu1 in place) + pool1 512 + fc 40 + prob 40
+    assert lines[-1].endswith("6,224 (6.1 KiB)")

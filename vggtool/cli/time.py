@@ -4,6 +4,7 @@ Like Caffe: one untimed forward+backward first (allocations, warm-up), then K ti
 every layer's forward, then every layer's backward in reverse order, and finally the per-layer averages
 and the "Average Forward pass / Average Backward pass / Average Forward-Backward / Total Time" lines.
 Input layers are filled with random values once; data layers read their data as in training.
+`--memory` (not in Caffe) then prints on stdout where the net's bytes are (vggtool.net.memory).
 """
 import time as _time
 
@@ -26,6 +27,9 @@ def add_arguments(parser):
     parser.add_argument("--gpu", default=None, help="GPU id to run on (first of a list; default: the CPU)")
     parser.add_argument("--weights", default=None, help="optional .caffemodel to load before timing")
     parser.add_argument("--seed", type=int, default=0, help="seed for initialisation and random inputs")
+    parser.add_argument("--memory", action="store_true",
+                        help="after the benchmark, print every blob's, parameter's, cache's and workspace's "
+                             "bytes as a table on stdout")
 
 
 _LOG = GLog()
@@ -52,6 +56,11 @@ def run(args):
     info(366, f"Testing for {args.iterations} iterations.")
     timings = _timed_iterations(net, device, args.iterations)
     _report(net.layer_names, timings, args.iterations)
+    if args.memory:
+        from ..net.memory import format_report, memory_report
+
+        print(f"Memory of net '{net.name or args.net}' after the benchmark (bytes allocated; diff '-': never allocated)")
+        print(format_report(memory_report(net)), flush=True)
     return 0
 
 

@@ -45,7 +45,7 @@ def correlate(conv, x, y, geom, weight, bias, section="im2col", keep=False):
     for n0, n1 in chunks(conv, x.shape[0], ho, wo, geom, x.shape[1]):
         store = conv.forward_cache.images(conv, n0, n1, x.shape[0]) if keep else None
         cols = columns(conv, x, n0, n1, ho, wo, geom, out=store)
-        out = conv.workspace("conv_out", (co, (n1 - n0) * ho * wo))
+        out = conv.workspace(policy.GEMM_SLOT, (co, (n1 - n0) * ho * wo))
         og = out.reshape(groups, cog, -1)
         with conv.profiler.section(section + "_gemm"):
             for gi in range(groups):
@@ -82,7 +82,7 @@ def backward(conv, x, dy_all, dx_all, want_w):
     ho, wo = dy_all.shape[2], dy_all.shape[3]
     for n0, n1 in chunks(conv, x.shape[0], ho, wo):
         with conv.profiler.section("im2col_bw_dy_transpose"):
-            dy = conv.workspace("conv_dy", (conv.num_output, n1 - n0, ho, wo))
+            dy = conv.workspace(policy.GEMM_SLOT, (conv.num_output, n1 - n0, ho, wo))
             to_channel_major(conv.xp, dy_all[n0:n1], dy)
         dyg = dy.reshape(conv.group, conv.num_output // conv.group, -1)
         if want_w:

@@ -14,6 +14,10 @@ from .winograd_transforms import tiles
 
 WORKSPACE_BYTES = 64 << 20  # im2col columns / shifted-GEMM padded input and output of one chunk
 WINOGRAD_BYTES = 128 << 20  # transformed input + output tiles of one chunk
+# The workspace slot of a forward's channel-major GEMM output (im2col, shifted) and of a backward's
+# channel-major dY: the two are never in use at once (a backward's dX correlation finishes before or
+# starts after its dY pass), so they share one buffer (VGG-16 batch 8: 98 MiB less).
+GEMM_SLOT = "conv_gemm"
 
 # 'auto' takes Winograd where the GEMM work per transformed value, C * Cout / (C + Cout), reaches this:
 # the GEMMs shrink (2.25x for F(2x2), 4x for F(4x4)) while the transforms cost ~ (C + Cout) per tile.

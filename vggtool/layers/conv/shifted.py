@@ -50,7 +50,7 @@ def correlate(conv, x, y, geom, weight, bias, section="shifted"):
     for n0, n1 in chunks(conv, n_all, c, co, h + 2 * geom.ph, w + 2 * geom.pw):
         flat, hp, wp = _padded(conv, x[n0:n1], geom)
         taps, valid = _taps(geom, wp, flat.shape[1])
-        out = conv.workspace("conv_out", (co, flat.shape[1]))
+        out = conv.workspace(policy.GEMM_SLOT, (co, flat.shape[1]))
         with conv.profiler.section(section + "_gemm"):
             for gi in range(groups):
                 xs, os_ = flat[gi * cg:(gi + 1) * cg], out[gi * cog:(gi + 1) * cog, :valid]
@@ -87,7 +87,7 @@ def _stacked_columns(conv, flat, geom, kw):
 def _padded_dy(conv, dyc, hp, wp):
     """dY of one chunk (n, Co, Ho, Wo) on the padded grid, channel-major (Co, n*Hp*Wp), zero elsewhere."""
     co, n, ho, wo = dyc.shape[1], dyc.shape[0], dyc.shape[2], dyc.shape[3]
-    dyp = conv.workspace("conv_dy", (co, n, hp, wp))
+    dyp = conv.workspace(policy.GEMM_SLOT, (co, n, hp, wp))
 
     def part(c0, c1):  # garbage positions must be zero: they multiply real inputs
         d = dyp[c0:c1]

@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Peak resident memory of one VGG training step (forward + backward, no update), vggtool against PyTorch.
+
+Each side runs in its own subprocess, so neither sees the other's allocations:
+  * vggtool: netdefs/vgg_<cfg>/deploy.prototxt with the batch and size asked for, a label input and
+    SoftmaxWithLoss instead of Softmax, built as a TRAIN net (dropout on, the convolutions' forward
+    caches at their default budget), float32, `--steps` calls of net.forward_backward();
+  * PyTorch: the same layers in torch.nn (in-place ReLU, dropout 0.5, CrossEntropyLoss), train mode,
+    `--steps` rounds of zero_grad + loss.backward().
+Each subprocess reads /proc/self/status: VmRSS right after its imports ("after imports") and VmHWM, the
+peak resident set, after the steps ("peak"). "net" = peak - after imports: the bytes the model, its
+inputs and the step cost beyond the libraries. The ratio vggtool / PyTorch is printed for both; the
+issue's target (#16) reads the peak. For vggtool the memory report (vggtool.net.memory) is printed
+beside the peak: its totals and largest rows show where the bytes go; what the peak holds beyond them
+is temporaries, BLAS buffers and the allocator's slack.
+
+The PyTorch half runs with --torch-python (default: this Python) and is skipped, saying so, when
+`import torch` fails there.
+
+Usage:  python bench/bench_memory.py [--net D] [--batch 8] [--size 224] [--threads 2] [--steps 2]
+        python bench/bench_memory.py --torch-python /path/to/venv-with-torch/bin/python
+        python bench/bench_memory.py --quick      # VGG-11, batch 2, 64x64: seconds
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CFGS = {
+    "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+          512, 512, 512, 512, "M"],
+}
+NAMES = {"A": "VGG-11", "D": "VGG-16", "E": "VGG-19"}
+MIB = 2**20
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--net", default="D", choices=sorted(CFGS))
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=224, help="input height = width (a multiple of 32)")
+    ap.add_argument("--threads", type=int, default=2, help="OpenBLAS / torch threads in each subprocess")
+    ap.add_argument("--steps", type=int, default=2, help="forward+backward steps before the peak is read")
+    ap.add_argument("--rows", type=int, default=8, help="largest rows of vggtool's memory report to print")
+    ap.add_argument("--torch-python", default=sys.executable, help="the Python that runs the PyTorch half")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch half")
+    ap.add_argument("--quick", action="store_true", help="VGG-11, batch 2, 64x64")
+    ap.add_argument("--json", help="write the figures to this file")
+    ap.add_argument("--part", choices=("vggtool", "torch"), help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.net, a.batch, a.size = "A", 2, 64
+    if a.size % 32:
+        ap.error("--size must be a multiple of 32 (five 2x2 poolings)")
+    return a
+
+
+def proc_status(field):
+    """A VmRSS / VmHWM figure of this process, in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+# -- the two halves (each in its own subprocess) -----------------------------------------------------------
+def vggtool_part(a):
+    import numpy as np
+
+    sys.path.insert(0, ROOT)
+    from vggtool.io import prototxt
+    from vggtool.net import Net
+    from vggtool.net.memory import memory_report
+
+    after_imports = proc_status("VmRSS")
+    net = Net(training_param(prototxt, a), phase="TRAIN", seed=0)
+    rng = np.random.default_rng(0)
+    net.blobs["data"].data = rng.standard_normal(net.blobs["data"].shape, dtype=np.float32)
+    net.blobs["label"].data = rng.integers(0, 1000, a.batch)
+    built = proc_status("VmRSS")
+    for _ in range(a.steps):
+        net.forward_backward()
+    report = memory_report(net)
+    largest = sorted(report.rows, key=lambda r: -(r.data_bytes + (r.diff_bytes or 0)))[:a.rows]
+    return dict(after_imports=after_imports, built=built, peak=proc_status("VmHWM"),
+                totals=report.totals(), caffe_data_bytes=report.caffe_data_bytes,
+                largest=[(r.kind, r.name, r.shape, r.data_bytes, r.diff_bytes or 0) for r in largest],
+                numpy=np.__version__)
+
+
+def training_param(prototxt, a):
+    """The net's deploy definition made a training net: batch and size set, a label input, and
+    SoftmaxWithLoss in place of the final Softmax; Gaussian weights as a trained-from-scratch net has."""
+    param = prototxt.read_net_param(os.path.join(ROOT, "netdefs", f"vgg_{a.net.lower()}", "deploy.prototxt"))
+    data = param.layer[0]
+    assert data.type == "Input" and param.layer[-1].type == "Softmax", "unexpected deploy.prototxt"
+    data.input_param.shape[0].dim[:] = [a.batch, 3, a.size, a.size]
+    data.top.append("label")
+    data.input_param.shape.add().dim.append(a.batch)
+    loss = param.layer[-1]
+    loss.type, loss.name, loss.top[:] = "SoftmaxWithLoss", "loss", ["loss"]
+    loss.bottom.append("label")
+    for layer in param.layer:
+        p = {"Convolution": layer.convolution_param, "InnerProduct": layer.inner_product_param}.get(layer.type)
+        if p is not None:
+            p.weight_filler.type, p.weight_filler.std = "gaussian", 0.01
+    return param
+
+
+def torch_part(a):
+    try:
+        import torch
+        import torch.nn as nn
+    except ImportError as e:
+        return dict(skipped=f"import torch failed in {sys.executable}: {e}")
+    after_imports = proc_status("VmRSS")
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    layers, c = [], 3
+    for v in CFGS[a.net]:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=True)]
+            c = v
+    s = a.size // 32
+    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * s * s, 4096), nn.ReLU(inplace=True),
+                          nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                          nn.Linear(4096, 1000))
+    model.train()
+    x = torch.randn(a.batch, 3, a.size, a.size)
+    y = torch.randint(0, 1000, (a.batch,))
+    loss_fn = nn.CrossEntropyLoss()
+    built = proc_status("VmRSS")
+    for _ in range(a.steps):
+        model.zero_grad(set_to_none=False)
+        loss_fn(model(x), y).backward()
+    return dict(after_imports=after_imports, built=built, peak=proc_status("VmHWM"), version=torch.__version__)
+
+
+# -- the driver ----------------------------------------------------------------------------------------------
+def run_part(a, part, python):
+    cmd = [python, os.path.abspath(__file__), "--part", part, "--net", a.net, "--batch", str(a.batch),
+           "--size", str(a.size), "--threads", str(a.threads), "--steps", str(a.steps), "--rows", str(a.rows)]
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads),
+               MKL_NUM_THREADS=str(a.threads))
+    env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as the CLI sets it (vggtool.config)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode:
+        return dict(skipped=f"the {part} subprocess failed (exit {res.returncode}): {res.stderr.strip()[-1500:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def mib(nbytes):
+    return f"{nbytes / MIB:9,.0f} MiB"
+
+
+def main():
+    a = parse()
+    if a.part:
+        print(json.dumps(vggtool_part(a) if a.part == "vggtool" else torch_part(a)))
+        return
+    print(f"{NAMES[a.net]} (config {a.net}) TRAIN forward+backward, batch {a.batch}, {a.size}x{a.size}, fp32, "
+          f"{a.threads} threads, peak after {a.steps} step(s); each side in its own process", flush=True)
+    res = dict(net=a.net, batch=a.batch, size=a.size, threads=a.threads, steps=a.steps)
+    v = res["vggtool"] = run_part(a, "vggtool", sys.executable)
+    if "skipped" in v:
+        sys.exit(v["skipped"])
+    print(f"vggtool (numpy {v['numpy']}):  after imports {mib(v['after_imports'])},  net built {mib(v['built'])},  "
+          f"peak {mib(v['peak'])},  net (peak - after imports) {mib(v['peak'] - v['after_imports'])}")
+    print("  vggtool's memory report after the steps (vggtool.net.memory; `vggtool time --memory` prints all rows):")
+    for label, nbytes in v["totals"]:
+        print(f"    {label:<13} {mib(nbytes)}")
+    print(f"    Caffe's \"Memory required for data\": {mib(v['caffe_data_bytes'])};  peak not in the report: "
+          f"{mib(v['peak'] - v['after_imports'] - dict(v['totals'])['all'])} (temporaries, BLAS, allocator)")
+    print("  largest rows:")
+    for kind, name, shape, data, diff in v["largest"]:
+        print(f"    {kind:<9} {name:<22} {shape:<20} data {mib(data)}  diff {mib(diff)}")
+    if a.no_torch:
+        print("PyTorch: skipped (--no-torch)")
+    else:
+        t = res["torch"] = run_part(a, "torch", a.torch_python)
+        if "skipped" in t:
+            print(f"PyTorch: skipped ({t['skipped']})")
+        else:
+            print(f"PyTorch {t['version']}:  after imports {mib(t['after_imports'])},  model built {mib(t['built'])},  "
+                  f"peak {mib(t['peak'])},  net (peak - after imports) {mib(t['peak'] - t['after_imports'])}")
+            res["ratio_peak"] = v["peak"] / t["peak"]
+            res["ratio_net"] = (v["peak"] - v["after_imports"]) / (t["peak"] - t["after_imports"])
+            print(f"ratio vggtool / PyTorch:  peak {res['ratio_peak']:.2f}   net {res['ratio_net']:.2f}   "
+                  f"(target: peak <= 1.0)")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
