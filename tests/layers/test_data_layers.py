@@ -9,7 +9,7 @@ import pytest
 
 import vggtool
 from data_prep.cli import main as data_prep
-from vggtool.data.datum import array_to_datum, encoded_datum, record_key
+from vggtool.data.datum import array_to_datum, encoded_datum, record_key, shared_lmdb
 from vggtool.errors import VggtoolError
 from vggtool.io.prototxt import parse_net_text
 from vggtool.proto import caffe_pb2
@@ -420,14 +420,12 @@ def mean_and_list(db, tmp_path_factory):
     rng = np.random.default_rng(11)
     np.save(out / "mean.npy", (rng.random((3, 12, 16)) * 255).astype(np.float32))
     assert data_prep(["compute_color_stats", str(db), str(out / "pca")]) == 0
-    env = lmdb.open(str(db), readonly=True, lock=False)
     lines = []
-    with env.begin() as txn:
+    with shared_lmdb(db).begin() as txn:  # the process's one handle (LMDB opens an environment once)
         for i, (_, value) in enumerate(txn.cursor()):
             datum = caffe_pb2.Datum.FromString(value)
             (out / f"{i}.png").write_bytes(datum.data)
             lines.append(f"{i}.png {i}")
-    env.close()
     (out / "list.txt").write_text("\n".join(lines) + "\n")
     return out
 
