@@ -16,6 +16,7 @@ from vggtool.layers import threads as split_threads
 from vggtool.layers.conv import im2col as im2col_algo
 from vggtool.layers.conv import policy
 from vggtool.layers.conv import winograd as winograd_algo
+from vggtool.layers.conv import winograd_transforms
 from vggtool.testing import check_gradients, layer_net
 
 
@@ -313,6 +314,45 @@ def test_cached_forward_columns_give_the_same_weight_gradient(monkeypatch, use_s
         grads[budget] = (layer.blobs[0].diff.copy(), net.blobs["x"].diff.copy())
     assert_close_to_scale(grads["4096"][0], grads["0"][0], 5 * ho * wo)  # dW sums over images and positions
     assert_close_to_scale(grads["4096"][1], grads["0"][1], 4 * 9)  # dX sums over outputs and taps
+
+
+@pytest.mark.parametrize("algo", ["winograd2", "winograd4"])
+def test_winograd_matrices_are_made_once_per_dtype(monkeypatch, kernel_code, algo):
+    """kron(G, G) goes to the layer's device once per (device, m, dtype), not in every forward and backward
+    (on a GPU each copy is a host-to-device transfer); the cached matrix gives the same bits."""
+    reads = []
+
+    class CountedReads(dict):
+        def __getitem__(self, m):
+            reads.append(m)
+            return super().__getitem__(m)
+
+    monkeypatch.setattr(winograd_transforms, "_GG", CountedReads(winograd_transforms._GG))
+    monkeypatch.setattr(winograd_transforms, "_device_matrices", {}, raising=False)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 8, 8))
+    dy = rng.standard_normal((2, 4, 8, 8))
+    for dtype in (np.float32, np.float64):
+        net = layer_net(conv_text(4, 1, algorithm=algo), {"x": x}, dtype=dtype)
+        runs = []
+        for _ in range(3):
+            net.blobs["x"].data[...] = x
+            net.forward()
+            net.blobs["y"].diff[...] = dy
+            net.clear_param_diffs()
+            net.backward()
+            runs.append([net.blobs["y"].data.copy(), net.blobs["x"].diff.copy(), net.layers[1].blobs[0].diff.copy()])
+        for later in runs[1:]:
+            for got, want in zip(later, runs[0]):
+                np.testing.assert_array_equal(got, want)
+        w = net.layers[1].blobs[0].data
+        m = int(net.layers[1].chosen_algorithm()[-1])
+        fresh = np.matmul(np.kron(winograd_transforms._G[m], winograd_transforms._G[m]).astype(dtype),
+                          w.reshape(-1, 9).T).reshape(-1, w.shape[0], w.shape[1])
+        np.testing.assert_array_equal(winograd_transforms.weight_transform(np, w, m), fresh)
+    assert len(reads) == 2, reads  # one per dtype over three passes of forward, backward data and weights
+    assert winograd_transforms.transform_matrix(np, 2, x) is winograd_transforms.transform_matrix(np, 2, x)
+    assert not winograd_transforms.transform_matrix(np, 2, x).flags.writeable
 
 
 SHIFTED_CASES = [dict(pad=1), dict(pad=0), dict(pad=2, dilation=2), dict(kernel=5, pad=1), dict(group=2, pad=1),

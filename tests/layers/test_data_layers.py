@@ -9,9 +9,10 @@ import pytest
 
 import vggtool
 from data_prep.cli import main as data_prep
-from vggtool.data.datum import array_to_datum, encoded_datum, record_key
+from vggtool.data.datum import array_to_datum, encoded_datum, record_key, shared_lmdb
 from vggtool.errors import VggtoolError
 from vggtool.io.prototxt import parse_net_text
+from vggtool.proto import caffe_pb2
 
 N = 10
 
@@ -410,3 +411,93 @@ def test_corrupt_records_are_counted_and_opencv_stays_quiet(tmp_path):
     # The count comes before the final Loss line. (libjpeg's own "Warning: unknown JFIF revision" line,
     # printed from a decoding thread, is not OpenCV's logging and can land anywhere: not asserted on.)
     assert len(counts) == 1 and any("] Loss: " in line for line in err[counts[0] + 1:]), err
+
+
+@pytest.fixture(scope="module")
+def mean_and_list(db, tmp_path_factory):
+    """A 3 x 12 x 16 mean image (.npy), PCA colour statistics of `db`, and an image list of db's images."""
+    out = tmp_path_factory.mktemp("means")
+    rng = np.random.default_rng(11)
+    np.save(out / "mean.npy", (rng.random((3, 12, 16)) * 255).astype(np.float32))
+    assert data_prep(["compute_color_stats", str(db), str(out / "pca")]) == 0
+    lines = []
+    with shared_lmdb(db).begin() as txn:  # the process's one handle (LMDB opens an environment once)
+        for i, (_, value) in enumerate(txn.cursor()):
+            datum = caffe_pb2.Datum.FromString(value)
+            (out / f"{i}.png").write_bytes(datum.data)
+            lines.append(f"{i}.png {i}")
+    (out / "list.txt").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def reference_batch(layer, t, mean, scale):
+    """Batch t by the float arithmetic of one sample at a time, in Caffe's order, from the layer's draws:
+    float32 pixels minus (colour shift + the mean under the crop, mirrored with it), times scale."""
+    out = []
+    for g in range(layer.local_batch):
+        image = layer.load(layer.record_index(t, g))[0]
+        pixels, shift, (h_off, w_off, mirror), _ = layer.transformer.geometry(image, layer.sample_rng(t, g))
+        x = pixels.astype(np.float32)
+        region = mean if mean.shape[1:] == (1, 1) else mean[:, h_off:h_off + x.shape[1], w_off:w_off + x.shape[2]]
+        region = region[:, :, ::-1] if mirror else region
+        x -= region if shift is None else shift + region
+        out.append(x * np.float32(scale) if scale != 1 else x)
+    return np.stack(out)
+
+
+class DtypeSpy:
+    """NumPy as a layer's array module, noting (dtype, shape) of every array sent to the 'device'."""
+
+    def __init__(self):
+        self.sent = []
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def asarray(self, x, *args, **kwargs):
+        self.sent.append((np.asarray(x).dtype, np.shape(x)))
+        return np.asarray(x, *args, **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["Data", "ImageData"])
+@pytest.mark.parametrize("mean", ["mean_value", "mean_file", "mean_file pca", "mean_value pca"])
+def test_batches_go_up_as_uint8_and_equal_the_host_conversion(db, mean_and_list, kind, mean):
+    """A device net gets uint8 pixels and converts, shifts, mean-subtracts and scales them with its xp;
+    the batch equals, bit for bit, the host conversion and the one-sample-at-a-time arithmetic."""
+    m = mean_and_list
+    transform = ("crop_size: 9 mirror: true scale: 0.017 " + (f'mean_file: "{m / "mean.npy"}" ' if "file" in mean
+                 else "mean_value: 104 mean_value: 117 mean_value: 123 ")
+                 + (f'pca_stats_file: "{m / "pca"}"' if "pca" in mean else ""))
+    source, extra = (db, "") if kind == "Data" else (m / "list.txt", f'root_folder: "{m}/" shuffle: true')
+    nets = [data_net(source, kind=kind, batch=6, transform=transform, extra=extra) for _ in range(2)]
+    device_like = nets[1].layer_dict["data"]
+    device_like.convert_on_device, device_like.xp = True, DtypeSpy()
+    layer = nets[0].layer_dict["data"]
+    mean_array = layer.transformer.mean
+    for t in (0, 1, 4):
+        host, _ = batch(nets[0], t)
+        on_device, _ = batch(nets[1], t)
+        np.testing.assert_array_equal(on_device, host)
+        np.testing.assert_array_equal(host, reference_batch(layer, t, mean_array, 0.017))
+    pixels = [shape for dtype, shape in device_like.xp.sent if shape == (6, 3, 9, 9)]
+    assert pixels == [(6, 3, 9, 9)] * 3  # one array of pixels per batch, and that one uint8:
+    assert (np.dtype(np.uint8), (6, 3, 9, 9)) in device_like.xp.sent
+    assert all(dtype == np.uint8 for dtype, shape in device_like.xp.sent if shape == (6, 3, 9, 9))
+
+
+@pytest.mark.gpu
+def test_batches_converted_on_the_gpu_equal_the_cpu_ones(db, mean_and_list):
+    from vggtool import backend
+
+    m = mean_and_list
+    transform = f'crop_size: 9 mirror: true scale: 0.017 mean_file: "{m / "mean.npy"}" pca_stats_file: "{m / "pca"}"'
+    text = (f'layer {{ name: "data" type: "Data" top: "data" top: "label" data_param {{ source: "{db}" '
+            f'batch_size: 6 backend: LMDB }} transform_param {{ {transform} }} }}')
+    cpu = vggtool.Net(parse_net_text(text), phase="TRAIN", seed=1)
+    gpu = vggtool.Net(parse_net_text(text), phase="TRAIN", seed=1, device=backend.gpu(0))
+    assert gpu.layer_dict["data"].convert_on_device
+    for t in (0, 3):
+        cpu.iteration = gpu.iteration = t
+        want = cpu.forward()["data"].copy()
+        got = backend.to_numpy(gpu.forward()["data"])
+        np.testing.assert_array_equal(got, want)  # elementwise float32 operations: the same bits

@@ -113,11 +113,24 @@ class DataTransformer:
             return (p.smallest_side_min + p.smallest_side_max) // 2
         return None
 
+    @property
+    def colour_shift(self):
+        """Whether samples get a PCA colour shift (pca_stats_file, TRAIN only)."""
+        return self.pca is not None and self.train
+
     def __call__(self, image, rng=None, source="image", boxes=None):
         """HxWxC uint8 (BGR or gray) -> float32 CxHxW. `rng` is required in TRAIN.
 
         With `boxes` ((k, 4) x1, y1, x2, y2 in the image's pixels, see vggtool.data.boxes) returns
         (output, boxes moved through the same rescale, crop and mirror; not clipped to the crop)."""
+        pixels, shift, crop, boxes = self.geometry(image, rng, source, boxes)
+        out = self.to_float(np, pixels[None], None if shift is None else shift[None], np.array([crop]))[0]
+        return out if boxes is None else (out, boxes)
+
+    def geometry(self, image, rng=None, source="image", boxes=None):
+        """The sample's random draws and its uint8 part: (C x H x W uint8 view of the rescaled, cropped,
+        mirrored image; its colour shift, float32 (3, 1, 1), or None; crop (h_off, w_off, mirror) for the
+        mean image; boxes moved along, or None). to_float finishes a batch of these."""
         p = self.p
         if image.ndim == 2:
             image = image[:, :, None]
@@ -148,23 +161,37 @@ class DataTransformer:
             boxes = box_geometry.crop_boxes(boxes, w_off, h_off, image.shape[1], image.shape[0], clip=False)
             if mirror:
                 boxes = box_geometry.flip_boxes(boxes, image.shape[1])
-        out = image.transpose(2, 0, 1).astype(np.float32)  # a fresh contiguous C x H x W copy
-        # The colour shift and a per-channel mean are one offset per channel: one pass over the pixels.
-        offset = None
-        if self.pca is not None and self.train:
+        shift = None
+        if self.colour_shift:
             if c != 3:
                 raise self.error(f"pca_stats_file needs 3-channel images, {source} has {c}")
             std, vectors = self.pca
             alpha = rng.normal(0.0, p.pca_sigma, 3)
-            offset = -(vectors @ (alpha * std))[::-1].astype(np.float32).reshape(3, 1, 1)  # RGB -> BGR
+            shift = -(vectors @ (alpha * std))[::-1].astype(np.float32).reshape(3, 1, 1)  # RGB -> BGR
         if self.mean is not None:
-            mean = self._mean_for(out.shape, h, w, h_off, w_off, mirror, source)
-            offset = mean if offset is None else offset + mean
+            self._check_mean(c, h, w, source)
+        return image.transpose(2, 0, 1), shift, (h_off, w_off, int(mirror)), boxes
+
+    def to_float(self, xp, pixels, shifts=None, crops=None, mean=None, out=None):
+        """The float part of a batch, with `xp` where `pixels` (N, C, H, W) uint8 lie: float32, minus the
+        colour shifts (N, 3, 1, 1) plus the mean (`mean`: the mean image on that device; default
+        self.mean), times scale; in `out` (float32, N x C x H x W) if given. crops: geometry's crops,
+        a host (N, 3) array (needed for a mean image). Each element gets the same float32 operations, in
+        the same order, as one sample alone: a batch equals its samples bit for bit."""
+        if out is None:
+            out = pixels.astype(xp.float32)
+        else:
+            out[...] = pixels
+        # The colour shift and a per-channel mean are one offset per channel: one pass over the pixels.
+        offset = shifts
+        if self.mean is not None:
+            region = self._mean_regions(xp, self.mean if mean is None else mean, pixels.shape, crops)
+            offset = region if offset is None else offset + region
         if offset is not None:
             out -= offset
-        if p.scale != 1:
-            out *= np.float32(p.scale)
-        return out if boxes is None else (out, boxes)
+        if self.p.scale != 1:
+            out *= np.float32(self.p.scale)
+        return out
 
     def _check_resizable(self, image, source):
         # OpenCV shrinks (INTER_AREA) images of at most 4 channels
@@ -172,20 +199,32 @@ class DataTransformer:
             raise self.error(f"{source} has {image.shape[2]} channels; rescaling (smallest_side, "
                              f"smallest_side_min/max, test_smallest_side) handles at most {MAX_RESIZE_CHANNELS}")
 
-    def _mean_for(self, shape, h, w, h_off, w_off, mirror, source):
+    def _check_mean(self, c, h, w, source):
         mean = self.mean
-        c, ch, cw = shape
         if mean.shape[0] not in (1, c):
             raise self.error(f"the mean has {mean.shape[0]} channel(s) but {source} has {c}")
-        if mean.shape[1:] == (1, 1):
-            return mean
-        if mean.shape[1:] != (h, w):
+        if mean.shape[1:] != (1, 1) and mean.shape[1:] != (h, w):
             raise self.error(f"mean_file is {mean.shape[1]}x{mean.shape[2]} but {source} is {h}x{w} (after "
                              "rescaling); use a mean of the same size or a per-channel mean "
                              "(mean_value, or compute_image_mean --per_channel_only)")
-        # As Caffe, the mean is taken at the crop's source pixels (mirrored along with them).
-        region = mean[:, h_off:h_off + ch, w_off:w_off + cw]
-        return region[:, :, ::-1] if mirror else region
+
+    @staticmethod
+    def _mean_regions(xp, mean, shape, crops):
+        """The mean to subtract from a batch of `shape`: a per-channel mean as it is; of a mean image, as
+        Caffe, the pixels under each sample's crop (mirrored along with them): one slice when all samples
+        share the crop, else one gather (N, C, ch, cw), no loop over the samples."""
+        if mean.shape[1:] == (1, 1):
+            return mean
+        ch, cw = shape[2], shape[3]
+        crops = np.asarray(crops)
+        if (crops == crops[0]).all():
+            h_off, w_off, mirror = (int(v) for v in crops[0])
+            region = mean[:, h_off:h_off + ch, w_off:w_off + cw]
+            return region[:, :, ::-1] if mirror else region
+        rows = crops[:, :1] + np.arange(ch)
+        cols = np.where(crops[:, 2:] != 0, crops[:, 1:2] + (cw - 1 - np.arange(cw)), crops[:, 1:2] + np.arange(cw))
+        region = mean[:, xp.asarray(rows)[:, :, None], xp.asarray(cols)[:, None, :]]  # (C, N, ch, cw)
+        return region.transpose(1, 0, 2, 3)
 
     def output_shape(self, image):
         """C x H x W of the output for this (representative) decoded image, without random draws."""

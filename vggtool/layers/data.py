@@ -95,10 +95,14 @@ class PrefetchingDataLayer(Layer):
         # Shape from the first good record, as Caffe does.
         index, image, _, _ = self._load_good(0)
         self.shape = self.transformer.output_shape(image)
+        self.pixel_dtype = image.dtype  # uint8, or float32 for Datums of float_data
         self.threads = self.net.settings.data_threads if self.net is not None else defaults().data_threads
         self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix=f"data-{self.name}")
         weakref.finalize(self, self.pool.shutdown, wait=False, cancel_futures=True)
         self._pending = {}
+        # On a GPU the batch goes up as uint8 and becomes float there; a host net does it in the workers.
+        self.convert_on_device = self.xp is not np
+        self.device_mean = None  # the transformer's mean on the device, sent at the first batch
 
     def replica_batch(self):
         divisor = int(getattr(self.net, "batch_divisor", 1) or 1)
@@ -167,40 +171,66 @@ class PrefetchingDataLayer(Layer):
                 log.warning("%s (end of epoch %d)", line, end // self.num_records)
 
     def make_sample(self, t, g):
+        """(C x H x W pixels, colour shift or None, crop, label, box or None) of global sample g."""
         index, image, label, boxes = self._load_good(self.record_index(t, g))
+        rng, source = self.sample_rng(t, g), self.describe(index)
         box = None
         if self.with_boxes:
             if boxes is None or len(boxes) == 0:
                 raise self.error(f"{self.describe(index)} has no bounding box, but the layer has a box top "
                                  "(convert the data with boxes, or drop the third top)")
-            out, moved = self.transformer(image, self.sample_rng(t, g), source=self.describe(index),
-                                          boxes=boxes[:1])
-            box = box_geometry.to_cxcywh(moved, out.shape[2], out.shape[1])[0]
+            pixels, shift, crop, moved = self.transformer.geometry(image, rng, source, boxes=boxes[:1])
+            box = box_geometry.to_cxcywh(moved, pixels.shape[2], pixels.shape[1])[0]
         else:
-            out = self.transformer(image, self.sample_rng(t, g), source=self.describe(index))
-        if out.shape != self.shape:
-            raise self.error(f"{self.describe(index)} gives a {out.shape} input but the batch is {self.shape}; "
+            pixels, shift, crop, _ = self.transformer.geometry(image, rng, source)
+        if pixels.dtype != self.pixel_dtype:
+            raise self.error(f"{source} holds {pixels.dtype} pixels but the first record holds {self.pixel_dtype}; "
+                             "a database mixes byte and float_data Datums")
+        if pixels.shape != self.shape:
+            raise self.error(f"{self.describe(index)} gives a {pixels.shape} input but the batch is {self.shape}; "
                              "set crop_size (or resize when converting) so all inputs have one size")
-        return out, label, box
+        return pixels, shift, crop, label, box
 
-    def _fill(self, t, offset, lo, hi, data, labels, boxes):
+    def _fill(self, t, offset, lo, hi, batch):
         for i in range(lo, hi):
-            data[i], labels[i], box = self.make_sample(t, offset + i)
+            batch.pixels[i], shift, batch.crops[i], batch.labels[i], box = self.make_sample(t, offset + i)
+            if shift is not None:
+                batch.shifts[i] = shift
             if box is not None:
-                boxes[i] = box
+                batch.boxes[i] = box
+        if batch.data is not None:  # a host net: the float part here too, in the workers, a chunk at a time
+            self.transformer.to_float(np, batch.pixels[lo:hi], batch.shift_rows(lo, hi), batch.crops[lo:hi],
+                                      out=batch.data[lo:hi])
 
     def _submit(self, key):
         """Queue batch `key` = (t, offset, count) as a few chunks of samples (per-task overhead matters
         for small images); the workers write straight into the batch's buffers."""
         t, offset, count = key
-        data = np.empty((count,) + self.shape, dtype=np.float32)
-        labels = np.empty(count, dtype=np.float32)
-        boxes = np.empty((count, 4), dtype=np.float32) if self.with_boxes else None
+        batch = _Batch(count, self.shape, self.pixel_dtype, self.transformer.colour_shift, self.with_boxes,
+                       host_float=not self.convert_on_device)
         chunks = min(count, 2 * self.threads)
         bounds = [count * k // chunks for k in range(chunks + 1)]
-        futures = [self.pool.submit(self._fill, t, offset, lo, hi, data, labels, boxes)
+        futures = [self.pool.submit(self._fill, t, offset, lo, hi, batch)
                    for lo, hi in zip(bounds[:-1], bounds[1:])]
-        return futures, data, labels, boxes
+        return futures, batch
+
+    def _to_top(self, batch, top):
+        """The batch's pixels into top[0].data: copied as float32 from the host, or, on a device, sent as
+        uint8 (a quarter of the bytes) and made float32, shifted, mean-subtracted and scaled there."""
+        if batch.data is not None:
+            top[0].data[...] = self.xp.asarray(batch.data)
+            return
+        xp = self.xp
+        if self.device_mean is None and self.transformer.mean is not None:
+            self.device_mean = self.device.asarray(self.transformer.mean)
+        with self.device:
+            pixels = xp.asarray(batch.pixels)
+            shifts = None if batch.shifts is None else xp.asarray(batch.shifts)
+            data = top[0].data
+            out = data if data.dtype == np.float32 and data.flags.c_contiguous else None
+            out = self.transformer.to_float(xp, pixels, shifts, batch.crops, mean=self.device_mean, out=out)
+            if out is not data:
+                data[...] = out
 
     # -- forward ------------------------------------------------------------------------------------------
     def forward(self, bottom, top):
@@ -218,16 +248,16 @@ class PrefetchingDataLayer(Layer):
             nxt = (t + dt, offset, self.local_batch)
             if nxt not in self._pending:
                 self._pending[nxt] = self._submit(nxt)
-        futures, data, labels, boxes = entry
+        futures, batch = entry
         for f in futures:
             f.result()  # re-raises a worker's error here, in the training thread
         if offset == 0:
             self._log_epoch_end(t)
-        top[0].data[...] = self.xp.asarray(data)
+        self._to_top(batch, top)
         if len(top) > 1:
-            top[1].data[...] = self.xp.asarray(labels)
+            top[1].data[...] = self.xp.asarray(batch.labels)
         if len(top) > 2:
-            top[2].data[...] = self.xp.asarray(boxes)
+            top[2].data[...] = self.xp.asarray(batch.boxes)
 
     def close(self):
         for futures, *_ in self._pending.values():
@@ -235,6 +265,23 @@ class PrefetchingDataLayer(Layer):
                 f.cancel()
         self._pending.clear()
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Batch:
+    """The host buffers of one prefetched batch, filled by the workers: pixels (N, C, H, W) (uint8 but for
+    float_data Datums), colour shifts (N, 3, 1, 1) or None, crops (N, 3) (h_off, w_off, mirror), labels,
+    boxes or None, and for a host net the finished float32 data (else None)."""
+
+    def __init__(self, count, shape, pixel_dtype, colour_shift, with_boxes, host_float):
+        self.pixels = np.empty((count,) + shape, dtype=pixel_dtype)
+        self.shifts = np.empty((count, 3, 1, 1), dtype=np.float32) if colour_shift else None
+        self.crops = np.empty((count, 3), dtype=np.int64)
+        self.labels = np.empty(count, dtype=np.float32)
+        self.boxes = np.empty((count, 4), dtype=np.float32) if with_boxes else None
+        self.data = np.empty((count,) + shape, dtype=np.float32) if host_float else None
+
+    def shift_rows(self, lo, hi):
+        return None if self.shifts is None else self.shifts[lo:hi]
 
 
 @register_layer("Data")

@@ -8,9 +8,14 @@ from .glog import fmt
 
 def run_batches(solver, net, batches, first_batch, stop, none):
     """Forward `batches` batches of `net` from batch `first_batch`; (per-output sums of the values, summed
-    loss), or None when a signal asked to stop (`stop`; the request is then reset to `none`)."""
+    loss), or None when a signal asked to stop (`stop`; the request is then reset to `none`).
+
+    The sums stay on the net's device, in float64 and added batch by batch as Caffe adds them on the host,
+    and come to the host in one transfer at the end of the round (not one per output and batch)."""
+    xp = net.device.xp
     sums = {name: None for name in net.outputs}
-    loss = 0.0
+    with net.device:
+        loss = xp.zeros((), dtype=xp.float64)
     net.restore_batch_positions([(0, None)] * len(net.layers))  # no carry-over from an earlier round
     for k in range(batches):
         if solver.requested_action == stop:
@@ -21,12 +26,29 @@ def run_batches(solver, net, batches, first_batch, stop, none):
         net.iteration = first_batch + k
         net.sample_offset = 0
         batch_loss = net.forward_from_to()
-        if solver.param.test_compute_loss:
-            loss += float(batch_loss)
-        for name in net.outputs:
-            v = to_numpy(net.blobs[name].data).astype(np.float64).ravel()
-            sums[name] = v.copy() if sums[name] is None else sums[name] + v
-    return sums, loss
+        with net.device:
+            if solver.param.test_compute_loss:
+                loss = loss + batch_loss
+            for name in net.outputs:
+                v = net.blobs[name].data.astype(xp.float64).ravel()  # a copy: the next batch overwrites data
+                sums[name] = v if sums[name] is None else sums[name] + v
+    if batches == 0:
+        return sums, 0.0
+    return _to_host(net, sums, loss)
+
+
+def _to_host(net, sums, loss):
+    """(sums as NumPy arrays, loss as a float) from their device values, in one device-to-host transfer."""
+    xp = net.device.xp
+    names = list(sums)
+    with net.device:
+        flat = to_numpy(xp.concatenate([loss.reshape(1)] + [sums[name] for name in names]))
+    host, start = {}, 1
+    for name in names:
+        size = sums[name].size
+        host[name] = flat[start:start + size]
+        start += size
+    return host, float(flat[0])
 
 
 def mean_scores(outputs, sums, batches):

@@ -14,6 +14,8 @@ All transforms are sums and differences of strided slices: a few passes over mem
 over pixels. Where the C kernels are built (layers/kernels.py) the layer runs their one-pass versions of the
 input, output and adjoint transforms instead; tests check both against each other and against loops.
 """
+import contextlib
+
 import numpy as np
 
 # G of F(m x m, 3 x 3) per output tile size m. F(2x2): the matrices below. F(4x4) (Lavin & Gray's
@@ -26,6 +28,26 @@ _G = {
 }
 # ((m+2)^2, 9): U[(m+2)a+b] = sum_ij G[a,i] G[b,j] w[3i+j]
 _GG = {m: np.kron(g, g) for m, g in _G.items()}
+# kron(G, G) per (array module, GPU id or None, m, dtype), made on first use: copying it to the device in every
+# forward and backward would be a host-to-device transfer (and an allocation) per call on a GPU.
+_device_matrices = {}
+
+
+def transform_matrix(xp, m, like):
+    """kron(G, G) of F(m x m) with like's dtype, on like's device (its GPU for a CuPy array): one array per
+    module, device, m and dtype, shared by every layer there. Read-only on NumPy; never written on CuPy."""
+    device = getattr(like, "device", None)
+    gpu_id = getattr(device, "id", None)  # NumPy arrays have no GPU (their .device, if any, is "cpu")
+    key = (xp, gpu_id, m, np.dtype(like.dtype).str)
+    k = _device_matrices.get(key)
+    if k is None:
+        with device if gpu_id is not None else contextlib.nullcontext():
+            k = xp.asarray(_GG[m], dtype=like.dtype)
+        if xp is np:
+            k = k.copy()  # not _GG's own array (asarray returns it for float64)
+            k.flags.writeable = False
+        _device_matrices[key] = k  # a race between threads only makes a second equal copy
+    return k
 
 
 def tiles(ho, wo, m=2):
@@ -36,7 +58,7 @@ def tiles(ho, wo, m=2):
 def weight_transform(xp, w, m=2):
     """U ((m+2)^2, Cout, C) = G w G^T for w (Cout, C, 3, 3): one GEMM, kron(G, G) @ w as (9, Cout*C)."""
     o, c = w.shape[0], w.shape[1]
-    k = xp.asarray(_GG[m], dtype=w.dtype)
+    k = transform_matrix(xp, m, w)
     return xp.matmul(k, w.reshape(o * c, 9).T).reshape(k.shape[0], o, c)
 
 
@@ -48,7 +70,7 @@ def weight_transform_flipped(xp, w, m=2):
 def add_weight_grad(xp, du, wdiff, m=2):
     """wdiff (Cout, C, 3, 3) += G^T dU G for du ((m+2)^2, Cout, C): the adjoint of weight_transform."""
     o, c = du.shape[1], du.shape[2]
-    k = xp.asarray(_GG[m], dtype=du.dtype)
+    k = transform_matrix(xp, m, du)
     wdiff.reshape(o * c, 9)[...] += xp.matmul(k.T, du.reshape(k.shape[0], o * c)).T
 
 
