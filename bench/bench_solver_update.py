@@ -6,7 +6,6 @@ set of a given size, per solver type. Prints ms per update and parameter through
 import argparse
 import time
 
-import numpy as np
 from google.protobuf import text_format
 
 from vggtool import backend

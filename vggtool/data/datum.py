@@ -128,11 +128,6 @@ _SHARED = weakref.WeakValueDictionary()
 _SHARED_LOCK = threading.Lock()
 
 
-def is_lmdb(path):
-    """True for a folder holding an LMDB database (its data.mdb)."""
-    return os.path.isdir(path) and os.path.exists(os.path.join(path, "data.mdb"))
-
-
 def shared_lmdb(path):
     """A read-only LMDB environment shared within the process.
 

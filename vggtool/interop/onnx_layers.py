@@ -182,7 +182,7 @@ def _slice(g, layer, bottoms, tops):
 
 
 def _eltwise(g, layer, bottoms, tops):
-    from ..layers.eltwise import MAX, PROD, SUM
+    from ..layers.eltwise import MAX, PROD
     name = layer.name
     if layer.op == PROD:
         acc = bottoms[0]

@@ -25,7 +25,6 @@ class CopyExchange:
         self.nets = nets
         self.params = [[lp.blob for lp in net.learnable_params] for net in nets]
         self.devices = [net.device for net in nets]
-        dev0 = self.devices[0]
         shared = share_cpu_weights and not any(d.is_gpu for d in self.devices)
         if shared:
             share_weights(nets)

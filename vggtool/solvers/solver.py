@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from ..atomic_files import remove_stale_temporaries
-from ..backend import CPU, host_bool, host_float, to_numpy
+from ..backend import CPU, host_float, to_numpy
 from ..errors import VggtoolError
 from ..io import prototxt
 from ..io.upgrade import upgrade_solver

@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from .. import atomic_files
-from ..io import prototxt, wire
+from ..io import prototxt
 from ..backend import CPU, to_numpy
 from ..data.transform import isotropic_resize
 from ..errors import VggtoolError

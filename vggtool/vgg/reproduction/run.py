@@ -9,7 +9,6 @@ scores/<cell>/<method>_q<Q>.npz, costs.json), so a stopped run continues where i
 pins the run size, and a DIR made with another size is refused."""
 import datetime
 import json
-import os
 import time
 from pathlib import Path
 
