@@ -32,6 +32,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "bench"))
 
+from vgg_configs import torch_vgg  # noqa: E402
+
 
 def bench_vgg():
     """bench/bench_vgg.py's VGG definitions (it parses sys.argv on import: give it none)."""
@@ -174,8 +176,6 @@ def case_torch(args):
     import torch
     import torch.nn as nn
 
-    CFGS = bench_vgg().CFGS
-
     gpu = args.device == "gpu"
     where = torch.device("cuda:0" if gpu else "cpu")
     tf32 = args.precision == "tf32"
@@ -183,17 +183,7 @@ def case_torch(args):
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    layers, c = [], 3
-    for v in CFGS[args.net]:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-        else:
-            layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=True)]
-            c = v
-    s = args.size // 32
-    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * s * s, 4096), nn.ReLU(inplace=True),
-                          nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
-                          nn.Linear(4096, 1000)).to(where)
+    model = torch_vgg(nn, args.net, args.size, 1000).to(where)
     x = torch.randn(args.batch, 3, args.size, args.size, device=where)
     y = torch.randint(0, 1000, (args.batch,), device=where)
     lossf = nn.CrossEntropyLoss()

@@ -27,15 +27,10 @@ import os
 import subprocess
 import sys
 
+from vgg_configs import CFGS, NAMES, torch_vgg  # bench/, the script's own folder
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CFGS = {
-    "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-          512, 512, 512, 512, "M"],
-}
-NAMES = {"A": "VGG-11", "D": "VGG-16", "E": "VGG-19"}
 MIB = 2**20
 
 
@@ -122,17 +117,7 @@ def torch_part(a):
     after_imports = proc_status("VmRSS")
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    layers, c = [], 3
-    for v in CFGS[a.net]:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-        else:
-            layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=True)]
-            c = v
-    s = a.size // 32
-    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * s * s, 4096), nn.ReLU(inplace=True),
-                          nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
-                          nn.Linear(4096, 1000))
+    model = torch_vgg(nn, a.net, a.size, 1000)
     model.train()
     x = torch.randn(a.batch, 3, a.size, a.size)
     y = torch.randint(0, 1000, (a.batch,))

@@ -25,13 +25,7 @@ import subprocess
 import sys
 import time
 
-CFGS = {
-    "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-          512, 512, 512, 512, "M"],
-}
-NAMES = {"A": "VGG-11", "D": "VGG-16", "E": "VGG-19"}
+from vgg_configs import CFGS, NAMES, torch_vgg  # noqa: E402 - bench/ is the script's folder
 
 
 def parse():
@@ -153,17 +147,7 @@ def torch_part():
     torch.set_num_threads(A.threads)
     torch.set_flush_denormal(True)
     torch.manual_seed(0)
-    layers, c = [], 3
-    for v in CFGS[A.net]:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-        else:
-            layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=True)]
-            c = v
-    s = A.size // 32
-    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * s * s, 4096), nn.ReLU(inplace=True),
-                          nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
-                          nn.Linear(4096, A.classes))
+    model = torch_vgg(nn, A.net, A.size, A.classes)
     x = torch.randn(A.batch, 3, A.size, A.size)
     y = torch.randint(0, A.classes, (A.batch,))
     lossf = nn.CrossEntropyLoss()
