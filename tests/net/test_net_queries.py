@@ -48,6 +48,12 @@ def test_layer_queries():
         net.layer("ip9")
 
 
+def test_last_writers():
+    # "a" is written by ip1 and then in place by relu: relu is its last writer; the split's tops are its own
+    assert build().last_writers() == {"x": 0, "a": 2, "a_relu_0_split_0": 3, "a_relu_0_split_1": 3,
+                                      "b": 4, "c": 5}
+
+
 def test_param_owner():
     net = build()
     assert net.param_owner("w") == ("ip1", 0)

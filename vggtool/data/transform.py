@@ -17,10 +17,9 @@ import cv2
 import numpy as np
 
 from . import boxes as box_geometry
-from ..io.wire import proto_to_array
+from ..io.wire import proto_to_array, read_binary_proto
 from ..errors import VggtoolError
 from ..proto import caffe_pb2
-from ..io.wire import read_binary_proto
 from .mean import mean_image
 
 TRAIN = 0

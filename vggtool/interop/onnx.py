@@ -110,14 +110,6 @@ class Graph:
         return out
 
 
-def _last_writers(net):
-    last = {}
-    for i, name in enumerate(net.layer_names):
-        for top in net.top_names[name]:
-            last[top] = i
-    return last
-
-
 def _check_exportable(net):
     for name, layer in net.layer_dict.items():
         if layer.type != "Input" and layer.type not in CONVERTERS:
@@ -158,7 +150,7 @@ def net_to_onnx(net, outputs=None, dynamic_batch=True, dynamic_spatial=None):
         if name not in net.blobs:
             raise VggtoolError(f"{net.source}: no blob named '{name}' to export as an output "
                                f"(blobs: {', '.join(net.blobs)})")
-    g = Graph(onnx, net, _last_writers(net))
+    g = Graph(onnx, net, net.last_writers())
     inputs = []
     for i, (name, layer) in enumerate(net.layer_dict.items()):
         g.layer_index = i

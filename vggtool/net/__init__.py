@@ -273,6 +273,11 @@ class Net:
         except KeyError:
             raise VggtoolError(f"no layer named '{name}' in net '{self.name}'") from None
 
+    def last_writers(self):
+        """{blob name: position of the last layer writing it} over the net's computed blobs (an in-place
+        top is written by several layers; its value after the last one is the one the net ends with)."""
+        return {top: i for i, name in enumerate(self.layer_names) for top in self.top_names[name]}
+
     def layer(self, name):
         """The layer named `name` (pycaffe: net.layer_dict[name]), an error naming it when there is none."""
         return self.layers[self.layer_index(name)]

@@ -125,10 +125,7 @@ class Evaluator:
 
     def _pick_score_blob(self, blob, source):
         net = self.net
-        producers = {}
-        for name in net.layer_names:
-            for top in net.top_names[name]:
-                producers[top] = name
+        producers = {blob: net.layer_names[i] for blob, i in net.last_writers().items()}
         if blob is None:
             last = net.layer_names[-1]
             if net.layer_dict[last].type == "Softmax":

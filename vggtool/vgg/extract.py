@@ -74,10 +74,7 @@ class FeatureExtractor:
 
     def _pick_blob(self, blob, source):
         net = self.net
-        last = {}
-        for name in net.layer_names:
-            for top in net.top_names[name]:
-                last[top] = name
+        last = {blob: net.layer_names[i] for blob, i in net.last_writers().items()}
         if blob not in last or blob == self.input:
             raise VggtoolError(f"{source}: --layer '{blob}' is not a blob computed by the net "
                                f"(blobs: {', '.join(b for b in net.blobs if b != self.input)})")
