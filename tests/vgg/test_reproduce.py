@@ -102,7 +102,7 @@ def test_mini_files_are_the_generators_output(tmp_path):
     subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_netdefs.py"), "--out", str(tmp_path / "n"),
                     "--solver-out", str(tmp_path / "s")], check=True, capture_output=True)
     for config in MINI_TABLE1:
-        for name in ("deploy.prototxt", "train_val.prototxt", "train_val_xavier.prototxt"):
+        for name in ("deploy.prototxt", "train_val.prototxt", "train_val_msra.prototxt"):
             with open(tmp_path / "n" / "mini" / config / name) as a, \
                     open(os.path.join(ROOT, "netdefs", "mini", config, name)) as b:
                 assert a.read() == b.read(), (config, name)
@@ -111,20 +111,22 @@ def test_mini_files_are_the_generators_output(tmp_path):
             assert a.read() == b.read(), config
 
 
-def test_the_recipe_trains_a_from_glorot_without_dropout():
-    # At the mini widths N(0, 0.1^2) and dropout 0.5 each kept mini-A at chance (README section 9): the
-    # nets trained from scratch start from Glorot weights and no mini net has a Dropout layer.
-    assert plan.default_init("vgg_a") == plan.default_init("vgg_a_lrn") == "xavier"
+def test_the_recipe_trains_a_from_he_weights_without_dropout_or_flips():
+    # At the mini widths N(0, 0.1^2) and dropout 0.5 each kept mini-A at chance, and xavier and flips slowed
+    # it (README section 9): the nets trained from scratch start from He (msra) weights, no mini net has a
+    # Dropout layer, and no data layer mirrors.
+    assert plan.default_init("vgg_a") == plan.default_init("vgg_a_lrn") == "msra"
     assert all(plan.default_init(n) == "from_a" for n in plan.NETS if n not in ("vgg_a", "vgg_a_lrn"))
     for config in MINI_TABLE1:
-        for name in ("deploy.prototxt", "train_val.prototxt", "train_val_xavier.prototxt"):
+        for name in ("deploy.prototxt", "train_val.prototxt", "train_val_msra.prototxt"):
             param = read_net_param(os.path.join(ROOT, "netdefs", "mini", config, name))
             assert not [l.name for l in param.layer if l.type == "Dropout"], (config, name)
-        xavier = read_net_param(os.path.join(ROOT, "netdefs", "mini", config, "train_val_xavier.prototxt"))
+            assert not [l.name for l in param.layer if l.type == "Data" and l.transform_param.mirror], (config, name)
+        he = read_net_param(os.path.join(ROOT, "netdefs", "mini", config, "train_val_msra.prototxt"))
         fillers = [l.convolution_param.weight_filler.type if l.type == "Convolution" else
                    l.inner_product_param.weight_filler.type
-                   for l in xavier.layer if l.type in ("Convolution", "InnerProduct")]
-        assert fillers and set(fillers) == {"xavier"}, config
+                   for l in he.layer if l.type in ("Convolution", "InnerProduct")]
+        assert fillers and set(fillers) == {"msra"}, config
 
 
 def test_batched_dense_equals_the_per_image_protocol(tmp_path, rng):
@@ -180,7 +182,7 @@ def test_every_table_cell_is_scored():
     for scale in plan.SCALES:
         assert {("dense", q) for q in plan.SWEEP} <= needs[("vgg_d", scale, "from_a")]
     assert all(m == "dense" for c, s in needs.items() if c[0] not in ("vgg_d", "vgg_e") for m, _ in s)
-    assert plan.configs()[0] == ("vgg_a", "s36", "xavier")  # A first: the deeper nets start from it
+    assert plan.configs()[0] == ("vgg_a", "s36", "msra")  # A first: the deeper nets start from it
 
 
 @pytest.mark.slow
@@ -188,7 +190,8 @@ def test_quick_run_writes_the_report_tables_and_plots(tmp_path, capsys):
     from vggtool.cli import main
 
     out = tmp_path / "run"
-    assert main(["reproduce", "--out", str(out), "--quick", "--seeds", "2"]) == 0
+    # two worker processes: the deeper nets of each seed start only once that seed's A has finished
+    assert main(["reproduce", "--out", str(out), "--quick", "--seeds", "2", "--jobs", "2"]) == 0
     report = (out / "REPORT.md").read_text()
     for title in ("## Findings", "## Table 3", "## Table 4", "## Table 5", "## Table 6", "## Initialisation",
                   "## Cost"):
@@ -214,10 +217,11 @@ def test_quick_run_writes_the_report_tables_and_plots(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert len(results["records"]) == 2 * len(plan.configs())
     assert all(r["status"] == "ok" for r in results["records"].values())
-    # a rerun finds every step done: nothing is trained or scored again
+    assert "2 cell(s) at a time" in report
+    # a rerun (in this process) finds every step done: nothing is trained or scored again
     before = (out / "costs.json").read_text()
     capsys.readouterr()
-    assert main(["reproduce", "--out", str(out), "--quick", "--seeds", "2"]) == 0
+    assert main(["reproduce", "--out", str(out), "--quick", "--seeds", "2", "--jobs", "1"]) == 0
     assert "trained" not in capsys.readouterr().out
     assert (out / "costs.json").read_text() == before
     # a run of another size in the same folder is refused

@@ -1,6 +1,9 @@
-"""`vggtool reproduce --out DIR [--quick] [--seeds N]`: the paper's Tables 3-6 and its initialisation study
-at laptop scale, from nothing (the bundled digits) to DIR/REPORT.md, in one process (vggtool.vgg.reproduction).
+"""`vggtool reproduce --out DIR [--quick] [--seeds N] [--jobs N]`: the paper's Tables 3-6 and its
+initialisation study at laptop scale, from nothing (the bundled digits) to DIR/REPORT.md
+(vggtool.vgg.reproduction), N cells at a time.
 A stopped run continues where it stopped when given the same DIR."""
+import os
+
 HELP = "reproduce the paper's findings (Tables 3-6, initialisation) at laptop scale: DIR/REPORT.md"
 
 
@@ -9,6 +12,9 @@ def add_arguments(parser):
     parser.add_argument("--quick", action="store_true",
                         help="a tiny run (a few digits per class, a few iterations) that checks the pipeline")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (default 3; 1 with --quick)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="cells trained at once, each in its own process on one thread (default: the CPUs "
+                             "this process may use)")
 
 
 def run(args):
@@ -20,8 +26,10 @@ def run(args):
     check_output_path(args.out, "--out", folder=True)
     budget = plan.QUICK if args.quick else plan.FULL
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
-    job = Run(args.out, budget, seeds, say=lambda line: print(line, flush=True))
+    jobs = args.jobs if args.jobs is not None else len(os.sched_getaffinity(0))
+    job = Run(args.out, budget, seeds, say=lambda line: print(line, flush=True), jobs=jobs)
     job.command = (f"vggtool reproduce --out {args.out}" + (" --quick" if args.quick else "")
-                   + (f" --seeds {args.seeds}" if args.seeds is not None else ""))
+                   + (f" --seeds {args.seeds}" if args.seeds is not None else "")
+                   + (f" --jobs {args.jobs}" if args.jobs is not None else ""))
     job.run()
     return 0

@@ -18,16 +18,16 @@ SCALES = {
 SWEEP = (32, 36, 40, 50, 54, 58, 72)  # test scales of the error-against-Q plot (net D, every training scale)
 SWEEP_NET = "vgg_d"
 
-# Initialisations: the paper trains A (and A-LRN) from N(0, 0.1^2) weights and starts the deeper nets from
-# A's first four conv and last three FC layers (the rest N(0, 0.1^2)); Glorot (xavier) without pre-training
-# is its alternative; plain N(0, 0.1^2) for a deep net is what the pre-training was meant to avoid.
-# Here A and A-LRN start from Glorot weights: at the mini widths N(0, 0.1^2) leaves even A at chance (its
-# training loss stuck at 2.306 after 600 iterations; see MINI_SOLVER in tools/make_netdefs.py), so A's
-# weights, which the deeper nets start from, would be worthless. The mini nets have no dropout (same place).
+# Initialisations: the paper trains A (and A-LRN) from random weights and starts the deeper nets from A's
+# first four conv and last three FC layers (the rest N(0, 0.1^2)); random initialisation by Glorot's
+# procedure without pre-training is its alternative; plain N(0, 0.1^2) for a deep net is what the
+# pre-training was meant to avoid. Here the random weights of A, A-LRN and the alternative are He's (Caffe's
+# msra: Glorot's procedure with a ReLU's factor 2): at the mini widths N(0, 0.1^2) leaves even A at chance
+# and Caffe's xavier (1/fan_in) nearly so after 600 iterations (MINI_SOLVER in tools/make_netdefs.py).
 INITS = {
     "gaussian": "N(0, 0.1^2), no pre-training",
-    "from_a": "conv1_1, conv2_1, conv3_1, conv3_2, fc6-fc8 from A (same seed, Glorot), the rest N(0, 0.1^2)",
-    "xavier": "Glorot (xavier), no pre-training",
+    "from_a": "conv1_1, conv2_1, conv3_1, conv3_2, fc6-fc8 from A (same seed, He init), the rest N(0, 0.1^2)",
+    "msra": "He (msra: Glorot's procedure for ReLUs), no pre-training",
 }
 
 
@@ -48,15 +48,15 @@ class Cell:
 
 
 def default_init(net):
-    return "xavier" if net in ("vgg_a", "vgg_a_lrn") else "from_a"
+    return "msra" if net in ("vgg_a", "vgg_a_lrn") else "from_a"
 
 
 # Table 3's rows (every cell trained with the paper's initialisation); the initialisation study adds these.
 TABLE3_ROWS = [("vgg_a", "s36"), ("vgg_a_lrn", "s36"), ("vgg_b", "s36")] + [
     (net, scale) for net in ("vgg_c", "vgg_d", "vgg_e") for scale in SCALES]
 TABLE4_ROWS = [row for row in TABLE3_ROWS if row[0] not in ("vgg_a", "vgg_a_lrn")]
-INIT_ROWS = [("vgg_d", "s36", "from_a"), ("vgg_d", "s36", "xavier"),
-             ("vgg_e", "s36", "from_a"), ("vgg_e", "s36", "xavier"), ("vgg_e", "s36", "gaussian")]
+INIT_ROWS = [("vgg_d", "s36", "from_a"), ("vgg_d", "s36", "msra"),
+             ("vgg_e", "s36", "from_a"), ("vgg_e", "s36", "msra"), ("vgg_e", "s36", "gaussian")]
 FUSION_PAIR = (("vgg_d", "jitter"), ("vgg_e", "jitter"))  # the paper's post-submission pair, fixed in advance
 SUBMISSION7 = [("vgg_d", "s36"), ("vgg_d", "s54"), ("vgg_d", "jitter"), ("vgg_c", "s36"), ("vgg_c", "s54"),
                ("vgg_e", "s36"), ("vgg_e", "s54")]  # the 7-net ILSVRC submission of Table 6
@@ -77,12 +77,14 @@ def cells(seeds):
 
 @dataclass(frozen=True)
 class Budget:
-    """The size of a run. FULL's 600 iterations: the mini nets leave chance only after 250-400 iterations of
-    the recipe (training loss, see MINI_SOLVER in tools/make_netdefs.py), and 600 is what the budget allows:
-    measured CPU seconds per iteration (batch 32, one BLAS thread, on the shared 2-core machine) A 0.058,
-    B 0.082, C 0.083, D 0.084, E 0.117, i.e. 1.4 s for one iteration of every configuration of one seed,
-    3 seeds x 600 iterations ~ 41 min of training on an idle core (scoring and data add a few minutes);
-    on a loaded machine the wall time is 2-3x that."""
+    """The size of a run. FULL's 1,200 iterations: mini-A leaves chance after 200-400 iterations of the recipe
+    and its training loss is still falling at 2,000 (MINI_SOLVER in tools/make_netdefs.py); 1,200 is what
+    the budget allows. Measured CPU seconds per iteration (batch 32, one BLAS thread, 600-iteration runs on
+    the shared 2-core machine, before the workers) A 0.058, B 0.082, C 0.083, D 0.084, E 0.117, i.e. 1.4 s
+    for one iteration of every configuration of one seed; one thread for vggtool's own passes as well
+    (the workers' setting) took mini-A's 200 iterations from 11 s to 9 s. 3 seeds x 1,200 iterations ~
+    1.2 x 3 x 1,200 s = 72 min of one core, about 36 min on two cores with two workers; scoring and data
+    add a few minutes. The report gives what the run really cost."""
     name: str
     per_class: int  # source digits per class (0: all 1,797)
     renders: str  # images per source digit: train,holdout,val
@@ -93,5 +95,5 @@ class Budget:
         return asdict(self)
 
 
-FULL = Budget("full", per_class=0, renders="4,2,2", iterations=600, test_interval=100)
+FULL = Budget("full", per_class=0, renders="4,2,2", iterations=1200, test_interval=100)
 QUICK = Budget("quick", per_class=12, renders="1,1,1", iterations=4, test_interval=2)

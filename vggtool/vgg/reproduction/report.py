@@ -128,6 +128,14 @@ def stuck_cells(run):
             and r["final_loss"] > 0.95 * math.log(10)]
 
 
+def _elapsed_text(run):
+    sessions = getattr(run, "sessions", [])
+    total = sum(x["elapsed_s"] for x in sessions)
+    jobs = sorted({x["jobs"] for x in sessions})
+    return (f"{total:.0f} s elapsed ({total / 60:.1f} min) in {len(sessions)} session(s), "
+            + ("one cell at a time" if jobs == [1] else f"{'/'.join(map(str, jobs))} cell(s) at a time"))
+
+
 def header(run, wall, cpu):
     b, counts = run.budget, run.counts
     failed = [r for r in run.records.values() if r.get("status") != "ok"]
@@ -144,7 +152,8 @@ def header(run, wall, cpu):
         f"held-out test every {b.test_interval}; data: {counts['train']} training, {counts['holdout']} held-out "
         f"and {counts['val']} validation images (renders per source digit {b.renders}"
         + (f", the first {b.per_class} digits of each class" if b.per_class else ", all 1,797 source digits") + ")",
-        f"- cost: {wall:.0f} s wall, {cpu:.0f} s CPU in all (per table below)"
+        f"- cost: {_elapsed_text(run)}; the steps took {wall:.0f} s wall and {cpu:.0f} s CPU in all "
+        "(summed over steps that ran at once; per table below)"
         + (f"; {len(failed)} cell(s) did not train: " + ", ".join(f"{r['cell']} ({r['status']})" for r in failed)
            if failed else "; every cell trained")
         + (f"; **{len(stuck)} of {len(run.records)} cell(s) ended at chance level** (final training loss above "
@@ -196,8 +205,9 @@ def tables_section(fig):
         "",
         "## Initialisation (§3.1)",
         "",
-        "The paper starts the deeper nets from A and notes that Glorot initialisation without pre-training works "
-        "too; it gives no figures.",
+        "The paper starts the deeper nets from A and notes that random initialisation by Glorot's procedure "
+        "without pre-training works too; it gives no figures. Here the random start is He's (Glorot's procedure "
+        "with a ReLU's factor 2, Caffe's `msra`), the same as A's.",
         "",
         *init_table(fig),
         "",
@@ -229,13 +239,15 @@ DIFFERENCES = [
     "- Nets: `netdefs/mini/` — Table 1's layers with every width divided by 8 (conv 8…64, FC 512), one "
     "grey channel, a 32×32 crop (pool5 is 1×1 instead of 7×7).",
     "- Recipe (one for every cell, `solver/mini/`): SGD, momentum 0.9, weight decay 5·10⁻⁴, batch 32, "
-    "lr 10⁻², ÷10 after 3 held-out tests without a better accuracy (at most 3 times), random crops and "
-    "flips. The plateau policy watches a held-out part of the training digits, not the validation set.",
-    "- Two departures, the same for every net, chosen on mini-A's training loss before any full run: no "
-    "dropout (with dropout 0.5 on the 512-wide FC layers mini-A stays at chance for 1,200 iterations), and "
-    "Glorot weights for A and A-LRN instead of N(0, 0.1²) (which starts overconfident, loss 5.8, and kills "
-    "the ReLUs: A stays at chance). The deeper nets' layers not taken from A still start from N(0, 0.1²), "
-    "as in the paper. See README section 9 and `tools/make_netdefs.py` (MINI_SOLVER).",
+    "lr 10⁻², ÷10 after 3 held-out tests without a better accuracy (at most 3 times), random crops. The "
+    "plateau policy watches a held-out part of the training digits, not the validation set.",
+    "- Three departures, the same for every net, chosen on mini-A's training loss before any full run: no "
+    "dropout (with dropout 0.5 on the 512-wide FC layers mini-A stays at chance for 1,200 iterations); He "
+    "(`msra`) weights for A and A-LRN instead of N(0, 0.1²) (which starts overconfident, loss 5.8, and kills "
+    "the ReLUs: A stays at chance) or Caffe's xavier (loss still 2.30 after 600 iterations); no flips (a "
+    "mirrored digit is another glyph; training loss 1.54 against 1.94 with flips after 1,000 iterations). "
+    "The deeper nets' layers not taken from A still start from N(0, 0.1²), as in the paper. See README "
+    "section 9 and `tools/make_netdefs.py` (MINI_SOLVER).",
     "- Every training scale trains for the same number of iterations from the same start (the paper "
     "fine-tuned S 384 from S 256 and jittered S from S 384 to save time; here the comparison is kept "
     "even). No colour shift (grey images).",

@@ -23,15 +23,17 @@ DATA_SCALE = 0.0125  # the mini nets' transform_param scale (MINI["scale"] in to
 
 
 class Costs:
-    """Wall and CPU seconds of every step, by step name, each tagged with the table it was run for."""
+    """Wall and CPU seconds of every step, by step name, each tagged with the table it was run for; kept in
+    `path` (None: in memory only, as in a worker, which hands its entries to the run's own Costs)."""
 
     def __init__(self, path):
-        self.path = Path(path)
-        self.steps = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.path = None if path is None else Path(path)
+        self.steps = json.loads(self.path.read_text()) if self.path and self.path.exists() else {}
 
     def record(self, step, tag, wall, cpu):
         self.steps[step] = {"tag": tag, "wall_s": wall, "cpu_s": cpu}
-        atomic_files.atomic_write_bytes(str(self.path), json.dumps(self.steps, indent=1).encode())
+        if self.path is not None:
+            atomic_files.atomic_write_bytes(str(self.path), json.dumps(self.steps, indent=1).encode())
 
     def by_tag(self):
         out = {}
@@ -114,9 +116,14 @@ def score_plan(cell):
 
 
 class Run:
-    def __init__(self, out, budget, seeds, say=print):
+    """One run in DIR. `jobs` > 1 trains that many cells at once in worker processes (workers.py)."""
+
+    def __init__(self, out, budget, seeds, say=print, costs=None, jobs=1):
         if seeds < 1:
             raise VggtoolError(f"--seeds must be at least 1, got {seeds}")
+        if jobs < 1:
+            raise VggtoolError(f"--jobs must be at least 1, got {jobs}")
+        self.jobs = int(jobs)
         self.out = Path(out).resolve()
         self.budget, self.seeds, self.say = budget, int(seeds), say
         self.command = "vggtool reproduce"  # for the report; the CLI sets the exact line
@@ -124,7 +131,7 @@ class Run:
         (self.out / "models").mkdir(exist_ok=True)
         (self.out / "scores").mkdir(exist_ok=True)
         check_plan(self.out, budget)
-        self.costs = Costs(self.out / "costs.json")
+        self.costs = costs if costs is not None else Costs(self.out / "costs.json")
         self.started = self._started()
         self.records = {}
         self._cache = {}
@@ -162,6 +169,8 @@ class Run:
         a = None
         if cell.init == "from_a":
             a_cell = plan.Cell("vgg_a", "s36", plan.default_init("vgg_a"), cell.seed)
+            if a_cell.name not in self.records and self.record_path(a_cell).exists():  # trained by a worker
+                self.records[a_cell.name] = training.load_record(self.record_path(a_cell))
             if self.records.get(a_cell.name, {}).get("status") != "ok":
                 record = {"cell": cell.name, "net": cell.net, "scale": cell.scale, "init": cell.init,
                           "seed": cell.seed, "status": "skipped (A did not train)", "wall_s": 0.0, "cpu_s": 0.0}
@@ -204,18 +213,36 @@ class Run:
             self._cache[key] = evaluate.load_scores(str(path))[0].astype("float64") if path.exists() else None
         return self._cache[key]
 
-    def run(self):
-        start = time.perf_counter()
+    def load_inputs(self):
+        """The data's counts, the validation set and the mean, from out/data (made if missing)."""
         self.counts = prepare_data(self.out, self.budget, self.costs, self.say)
         data = self.out / "data"
         self.val = scoring.ValidationSet(data / VAL_DB)
         from vggtool.data.mean import load_mean
 
         self.mean = load_mean(mean_file=str(data / MEAN_FILE), channels=1)
+
+    def elapsed(self, session_s):
+        """Elapsed seconds of the whole run: earlier sessions' (elapsed.json) plus this one's, kept."""
+        path = self.out / "elapsed.json"
+        before = json.loads(path.read_text()) if path.exists() else {"sessions": []}
+        before["sessions"].append({"elapsed_s": session_s, "jobs": self.jobs})
+        atomic_files.atomic_write_bytes(str(path), json.dumps(before, indent=1).encode())
+        return before["sessions"]
+
+    def run(self):
+        start = time.perf_counter()
+        self.load_inputs()
         cells = plan.cells(self.seeds)
-        for i, cell in enumerate(cells, start=1):
-            self.train(cell, i, len(cells))
-            self.score(cell)
+        if self.jobs > 1:
+            from .workers import run_cells
+
+            run_cells(self, cells, self.jobs)
+        else:
+            for i, cell in enumerate(cells, start=1):
+                self.train(cell, i, len(cells))
+                self.score(cell)
+        self.sessions = self.elapsed(time.perf_counter() - start)
         from . import report
         path = report.write(self)
         self.say(f"wrote {path} ({time.perf_counter() - start:.0f} s in this session)")

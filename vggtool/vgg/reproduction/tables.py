@@ -164,8 +164,8 @@ def findings(fig):
     out.append(("fusing D and E beats the better of the two (dense + multi-crop)", "23.7 vs 24.4",
                 best_single, fig.fusion(list(plan.FUSION_PAIR), "both"), True, False, _FUSION_REASON))
     for net in ("vgg_d", "vgg_e"):
-        out.append((f"Glorot init without pre-training trains {plan.LABEL[net]} about as well as A's weights",
-                    "stated, no figure", s(net, "s36", "from_a"), s(net, "s36", "xavier"), False, True,
+        out.append((f"random (He) init without pre-training trains {plan.LABEL[net]} about as well as A's weights",
+                    "stated, no figure", s(net, "s36", "from_a"), s(net, "s36", "msra"), False, True,
                     "the paper gives no figure; a short budget favours the start that is already trained"))
     out.append(("pre-training from A avoids the stall of N(0, 0.1^2) init in a deep net (E)", "stated, no figure",
                 s("vgg_e", "s36", "gaussian"), s("vgg_e", "s36", "from_a"), False, False,
