@@ -246,8 +246,9 @@ DIFFERENCES = [
     "(`msra`) weights for A and A-LRN instead of N(0, 0.1²) (which starts overconfident, loss 5.8, and kills "
     "the ReLUs: A stays at chance) or Caffe's xavier (loss still 2.30 after 600 iterations); no flips (a "
     "mirrored digit is another glyph; training loss 1.54 against 1.94 with flips after 1,000 iterations). "
-    "The deeper nets' layers not taken from A still start from N(0, 0.1²), as in the paper. See README "
-    "section 9 and `tools/make_netdefs.py` (MINI_SOLVER).",
+    "The deeper nets' layers not taken from A start from He weights too (from N(0, 0.1²), as in the paper, "
+    "D and E from A ended at chance in a first run: loss 2.304 after 1,200 iterations). See README section 9, "
+    "`tools/make_netdefs.py` (MINI_SOLVER) and `vggtool/vgg/reproduction/plan.py` (INITS).",
     "- Every training scale trains for the same number of iterations from the same start (the paper "
     "fine-tuned S 384 from S 256 and jittered S from S 384 to save time; here the comparison is kept "
     "even). No colour shift (grey images).",

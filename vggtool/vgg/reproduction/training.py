@@ -39,7 +39,8 @@ def solver_param(cell, data, budget, holdout_count):
     """The SolverParameter of `cell`: the recipe file with the net inline and the run's settings."""
     solver_file = source_file("solver", "mini", f"{cell.net}.prototxt")
     param = prototxt.read_solver_param(str(solver_file))
-    variant = "train_val_msra.prototxt" if cell.init == "msra" else "train_val.prototxt"
+    # from_a: He weights under the layers copied from A (N(0, 0.1^2) there left D and E at chance; plan.py)
+    variant = "train_val.prototxt" if cell.init == "gaussian" else "train_val_msra.prototxt"
     net_file = source_file("netdefs", "mini", cell.net, variant)
     net = prototxt.read_net_param(str(net_file))
     batch, test_iter = holdout_batches(holdout_count)
