@@ -462,8 +462,9 @@ class DtypeSpy:
 @pytest.mark.parametrize("kind", ["Data", "ImageData"])
 @pytest.mark.parametrize("mean", ["mean_value", "mean_file", "mean_file pca", "mean_value pca"])
 def test_batches_go_up_as_uint8_and_equal_the_host_conversion(db, mean_and_list, kind, mean):
-    """A device net gets uint8 pixels and converts, shifts, mean-subtracts and scales them with its xp;
-    the batch equals, bit for bit, the host conversion and the one-sample-at-a-time arithmetic."""
+    """The layer sends uint8 pixels to its xp (a spy here: a device net's) and converts, shifts,
+    mean-subtracts and scales them there; the batch equals, bit for bit, the host net's and the
+    one-sample-at-a-time arithmetic."""
     m = mean_and_list
     transform = ("crop_size: 9 mirror: true scale: 0.017 " + (f'mean_file: "{m / "mean.npy"}" ' if "file" in mean
                  else "mean_value: 104 mean_value: 117 mean_value: 123 ")
@@ -471,7 +472,7 @@ def test_batches_go_up_as_uint8_and_equal_the_host_conversion(db, mean_and_list,
     source, extra = (db, "") if kind == "Data" else (m / "list.txt", f'root_folder: "{m}/" shuffle: true')
     nets = [data_net(source, kind=kind, batch=6, transform=transform, extra=extra) for _ in range(2)]
     device_like = nets[1].layer_dict["data"]
-    device_like.convert_on_device, device_like.xp = True, DtypeSpy()
+    device_like.xp = DtypeSpy()
     layer = nets[0].layer_dict["data"]
     mean_array = layer.transformer.mean
     for t in (0, 1, 4):
@@ -495,9 +496,76 @@ def test_batches_converted_on_the_gpu_equal_the_cpu_ones(db, mean_and_list):
             f'batch_size: 6 backend: LMDB }} transform_param {{ {transform} }} }}')
     cpu = vggtool.Net(parse_net_text(text), phase="TRAIN", seed=1)
     gpu = vggtool.Net(parse_net_text(text), phase="TRAIN", seed=1, device=backend.gpu(0))
-    assert gpu.layer_dict["data"].convert_on_device
+    assert gpu.layer_dict["data"].xp is not np
     for t in (0, 3):
         cpu.iteration = gpu.iteration = t
         want = cpu.forward()["data"].copy()
         got = backend.to_numpy(gpu.forward()["data"])
         np.testing.assert_array_equal(got, want)  # elementwise float32 operations: the same bits
+
+
+@pytest.fixture(scope="module")
+def jpeg_db(tmp_path_factory):
+    """An LMDB of 7 encoded 40x30 JPEGs (smaller side 30) of smooth noise, labels = index."""
+    path = tmp_path_factory.mktemp("jpeg") / "db"
+    rng = np.random.default_rng(3)
+    images = [cv2.GaussianBlur(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8), (5, 5), 1.5) for _ in range(7)]
+    write_db(path, [encoded_datum(cv2.imencode(".jpg", im)[1], i).SerializeToString() for i, im in enumerate(images)])
+    return path
+
+
+def opencv_loop_batch(layer, source, t, mean):
+    """Batch t by a direct OpenCV loop, independent of the transformer: record (t * B + i) mod N,
+    imdecode, S from the sample's generator, rescale (INTER_AREA shrinking, INTER_LINEAR enlarging),
+    the crop and mirror drawn next in that order, float32 minus the per-channel mean."""
+    out = []
+    with shared_lmdb(source).begin() as txn:
+        values = [v for _, v in txn.cursor()]
+    for g in range(layer.local_batch):
+        datum = caffe_pb2.Datum.FromString(values[(t * layer.batch_size + g) % len(values)])
+        image = cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_COLOR)
+        rng = layer.sample_rng(t, g)
+        s = int(rng.integers(24, 49))
+        h, w = image.shape[:2]
+        size = (max(s, round(w * s / h)), s)  # h is the smaller side
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if s < h else cv2.INTER_LINEAR)
+        y, x = int(rng.integers(0, size[1] - 20 + 1)), int(rng.integers(0, size[0] - 20 + 1))
+        image = image[y:y + 20, x:x + 20]
+        if rng.integers(0, 2):
+            image = cv2.flip(image, 1)
+        out.append(image.transpose(2, 0, 1).astype(np.float32) - np.float32(mean).reshape(3, 1, 1))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_batches_equal_a_direct_opencv_loop_bit_for_bit(jpeg_db, threads, use_settings):
+    """The Data layer's batches (on the host, and as uint8 converted by the 'device') are, byte for byte,
+    those of a plain OpenCV loop drawing from the same per-sample generators: scale jitter across
+    shrinking and enlarging, crop, mirror, mean. Pins the batch bytes against changes of the pipeline."""
+    use_settings(data_threads=threads)
+    transform = ("crop_size: 20 mirror: true smallest_side_min: 24 smallest_side_max: 48 "
+                 "mean_value: 104 mean_value: 117 mean_value: 123")
+    nets = [data_net(jpeg_db, batch=5, transform=transform) for _ in range(2)]
+    nets[1].layer_dict["data"].xp = DtypeSpy()
+    layer = nets[0].layer_dict["data"]
+    scales = set()
+    for t in (0, 1, 6):
+        want = opencv_loop_batch(layer, jpeg_db, t, (104, 117, 123))
+        for net in nets:
+            got, labels = batch(net, t)
+            np.testing.assert_array_equal(labels, (t * 5 + np.arange(5)) % 7)
+            assert got.dtype == np.float32 and got.tobytes() == want.tobytes()
+        scales.update(int(layer.sample_rng(t, g).integers(24, 49)) < 30 for g in range(5))
+    assert scales == {True, False}  # both rescale directions were checked
+    assert all(dtype == np.uint8 for dtype, shape in nets[1].layer_dict["data"].xp.sent if shape == (5, 3, 20, 20))
+
+
+def test_a_sample_error_names_its_record(tmp_path):
+    """Errors found while transforming a sample name the record (its description is made lazily)."""
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)] * 2 + [rng.integers(0, 256, (6, 16, 3), dtype=np.uint8)]
+    write_db(tmp_path / "db", [encoded_datum(cv2.imencode(".png", im)[1], i).SerializeToString()
+                               for i, im in enumerate(images)])
+    net = data_net(tmp_path / "db", batch=3, transform="crop_size: 8")
+    with pytest.raises(VggtoolError, match=rf"record 00000002_r2 of {tmp_path / 'db'} is 6x16, smaller than crop_size 8"):
+        batch(net, 0)

@@ -88,6 +88,11 @@ class DataTransformer:
         if p.pca_stats_file:
             values, vectors = read_pca_stats(p.pca_stats_file, where)
             self.pca = (np.sqrt(np.clip(values, 0, None)), vectors)
+        # The fields read for every sample, as plain attributes (a protobuf field read costs more).
+        self.crop_size, self.pca_sigma, self.scale = p.crop_size, p.pca_sigma, p.scale
+        self.random_mirror = self.train and p.mirror
+        self.scale_range = (p.smallest_side_min, p.smallest_side_max + 1) if self.train and self.jitter else None
+        self.fixed_scale = self._fixed_scale()
 
     def error(self, message):
         return VggtoolError(f"{self.where}: {message}")
@@ -99,10 +104,14 @@ class DataTransformer:
 
     def scale_for(self, rng):
         """The smaller side S this sample is rescaled to (None: no rescale)."""
+        if self.scale_range is not None:
+            return int(rng.integers(*self.scale_range))
+        return self.fixed_scale
+
+    def _fixed_scale(self):
+        """S when it is not drawn: TRAIN without jitter, TEST."""
         p = self.p
         if self.train:
-            if self.jitter:
-                return int(rng.integers(p.smallest_side_min, p.smallest_side_max + 1))
             return p.smallest_side or None
         if p.HasField("test_smallest_side"):
             return p.test_smallest_side
@@ -130,7 +139,6 @@ class DataTransformer:
         """The sample's random draws and its uint8 part: (C x H x W uint8 view of the rescaled, cropped,
         mirrored image; its colour shift, float32 (3, 1, 1), or None; crop (h_off, w_off, mirror) for the
         mean image; boxes moved along, or None). to_float finishes a batch of these."""
-        p = self.p
         if image.ndim == 2:
             image = image[:, :, None]
         s = self.scale_for(rng)
@@ -141,7 +149,7 @@ class DataTransformer:
             if boxes is not None:
                 boxes = box_geometry.resize_boxes(boxes, old_hw, image.shape[:2])
         h, w, c = image.shape
-        crop = p.crop_size
+        crop = self.crop_size
         h_off = w_off = 0
         if crop:
             if h < crop or w < crop:
@@ -153,7 +161,7 @@ class DataTransformer:
             else:
                 h_off, w_off = (h - crop) // 2, (w - crop) // 2
             image = image[h_off:h_off + crop, w_off:w_off + crop]
-        mirror = bool(self.train and p.mirror and rng.integers(0, 2))
+        mirror = bool(self.random_mirror and rng.integers(0, 2))
         if mirror:
             image = image[:, ::-1]
         if boxes is not None:
@@ -165,7 +173,7 @@ class DataTransformer:
             if c != 3:
                 raise self.error(f"pca_stats_file needs 3-channel images, {source} has {c}")
             std, vectors = self.pca
-            alpha = rng.normal(0.0, p.pca_sigma, 3)
+            alpha = rng.normal(0.0, self.pca_sigma, 3)
             shift = -(vectors @ (alpha * std))[::-1].astype(np.float32).reshape(3, 1, 1)  # RGB -> BGR
         if self.mean is not None:
             self._check_mean(c, h, w, source)
@@ -188,8 +196,8 @@ class DataTransformer:
             offset = region if offset is None else offset + region
         if offset is not None:
             out -= offset
-        if self.p.scale != 1:
-            out *= np.float32(self.p.scale)
+        if self.scale != 1:
+            out *= np.float32(self.scale)
         return out
 
     def _check_resizable(self, image, source):

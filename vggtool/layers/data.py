@@ -24,7 +24,9 @@ net.reshape(), which also reshapes the layers downstream; sample_offset is read 
 Prefetch: decoding and augmentation run in a pool of worker threads (OpenCV releases the GIL; threads
 beat processes here: bench/bench_data.py). After batch t is taken, batches t+1 .. t+prefetch are queued. They
 are keyed by (t, offset, count), so a solver that jumps (resume, a test round) just gets a batch
-computed on demand, and stale ones are dropped. Threads: the setting data_threads (vggtool.config).
+computed on demand, and stale ones are dropped. Threads: the setting data_threads (vggtool.config). The
+workers leave uint8 pixels (and each sample's draws); forward makes them float32 in top[0] itself, on the
+host or the device, so no float32 copy of a batch is made or kept.
 
 Reading (Data). Record i is the i-th in key order; the layer never lists the keys at setup: the count
 is the LMDB's stat and each worker thread reads with its own cursor, seeking by key on a jump
@@ -56,6 +58,10 @@ from ..proto import caffe_pb2
 from .base import Layer, register_layer
 
 log = logging.getLogger("vggtool.data")
+
+
+NO_BOXES = np.zeros((0, 4), dtype=np.float64)
+NO_BOXES.flags.writeable = False
 
 
 class CorruptRecord(Exception):
@@ -100,8 +106,6 @@ class PrefetchingDataLayer(Layer):
         self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix=f"data-{self.name}")
         weakref.finalize(self, self.pool.shutdown, wait=False, cancel_futures=True)
         self._pending = {}
-        # On a GPU the batch goes up as uint8 and becomes float there; a host net does it in the workers.
-        self.convert_on_device = self.xp is not np
         self.device_mean = None  # the transformer's mean on the device, sent at the first batch
 
     def replica_batch(self):
@@ -173,7 +177,7 @@ class PrefetchingDataLayer(Layer):
     def make_sample(self, t, g):
         """(C x H x W pixels, colour shift or None, crop, label, box or None) of global sample g."""
         index, image, label, boxes = self._load_good(self.record_index(t, g))
-        rng, source = self.sample_rng(t, g), self.describe(index)
+        rng, source = self.sample_rng(t, g), _Description(self, index)  # made only for an error message
         box = None
         if self.with_boxes:
             if boxes is None or len(boxes) == 0:
@@ -198,16 +202,12 @@ class PrefetchingDataLayer(Layer):
                 batch.shifts[i] = shift
             if box is not None:
                 batch.boxes[i] = box
-        if batch.data is not None:  # a host net: the float part here too, in the workers, a chunk at a time
-            self.transformer.to_float(np, batch.pixels[lo:hi], batch.shift_rows(lo, hi), batch.crops[lo:hi],
-                                      out=batch.data[lo:hi])
 
     def _submit(self, key):
         """Queue batch `key` = (t, offset, count) as a few chunks of samples (per-task overhead matters
         for small images); the workers write straight into the batch's buffers."""
         t, offset, count = key
-        batch = _Batch(count, self.shape, self.pixel_dtype, self.transformer.colour_shift, self.with_boxes,
-                       host_float=not self.convert_on_device)
+        batch = _Batch(count, self.shape, self.pixel_dtype, self.transformer.colour_shift, self.with_boxes)
         chunks = min(count, 2 * self.threads)
         bounds = [count * k // chunks for k in range(chunks + 1)]
         futures = [self.pool.submit(self._fill, t, offset, lo, hi, batch)
@@ -215,11 +215,10 @@ class PrefetchingDataLayer(Layer):
         return futures, batch
 
     def _to_top(self, batch, top):
-        """The batch's pixels into top[0].data: copied as float32 from the host, or, on a device, sent as
-        uint8 (a quarter of the bytes) and made float32, shifted, mean-subtracted and scaled there."""
-        if batch.data is not None:
-            top[0].data[...] = self.xp.asarray(batch.data)
-            return
+        """The batch's pixels into top[0].data, made float32, shifted, mean-subtracted and scaled there: on
+        the host straight from the workers' uint8 buffer (no float32 batch in between: the conversion
+        costs the training thread what copying one would, and the workers nothing); on a device after
+        sending the uint8 pixels (a quarter of the bytes)."""
         xp = self.xp
         if self.device_mean is None and self.transformer.mean is not None:
             self.device_mean = self.device.asarray(self.transformer.mean)
@@ -267,21 +266,27 @@ class PrefetchingDataLayer(Layer):
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+class _Description:
+    """describe(index), worked out only when formatted (an error message): not once per sample."""
+
+    def __init__(self, layer, index):
+        self.layer, self.index = layer, index
+
+    def __str__(self):
+        return self.layer.describe(self.index)
+
+
 class _Batch:
     """The host buffers of one prefetched batch, filled by the workers: pixels (N, C, H, W) (uint8 but for
     float_data Datums), colour shifts (N, 3, 1, 1) or None, crops (N, 3) (h_off, w_off, mirror), labels,
-    boxes or None, and for a host net the finished float32 data (else None)."""
+    boxes or None. _to_top makes the float32 data."""
 
-    def __init__(self, count, shape, pixel_dtype, colour_shift, with_boxes, host_float):
+    def __init__(self, count, shape, pixel_dtype, colour_shift, with_boxes):
         self.pixels = np.empty((count,) + shape, dtype=pixel_dtype)
         self.shifts = np.empty((count, 3, 1, 1), dtype=np.float32) if colour_shift else None
         self.crops = np.empty((count, 3), dtype=np.int64)
         self.labels = np.empty(count, dtype=np.float32)
         self.boxes = np.empty((count, 4), dtype=np.float32) if with_boxes else None
-        self.data = np.empty((count,) + shape, dtype=np.float32) if host_float else None
-
-    def shift_rows(self, lo, hi):
-        return None if self.shifts is None else self.shifts[lo:hi]
 
 
 @register_layer("Data")
@@ -320,9 +325,12 @@ class DataLayer(PrefetchingDataLayer):
             image = datum_to_image(datum, color=self.transformer.color)
         except Exception as e:  # protobuf DecodeError, VggtoolError from decoding: both mean a bad record
             raise CorruptRecord(str(e)) from None
-        if len(datum.box) % 4:
-            raise CorruptRecord(f"{len(datum.box)} box values (not a multiple of 4)")
-        return image, datum.label, np.asarray(datum.box, dtype=np.float64).reshape(-1, 4)
+        box = datum.box
+        if not box:  # the common case, without the conversion of an empty repeated field
+            return image, datum.label, NO_BOXES
+        if len(box) % 4:
+            raise CorruptRecord(f"{len(box)} box values (not a multiple of 4)")
+        return image, datum.label, np.asarray(box, dtype=np.float64).reshape(-1, 4)
 
 
 @register_layer("ImageData")
