@@ -15,20 +15,39 @@ def share_weights(nets):
                 b.share_data(b0)
 
 
+def share_diffs(nets):
+    """nets[1:] accumulate their parameter gradients into nets[0]'s diff arrays (CPU replicas run one after
+    another in one lane: Caffe's iter_size accumulation, with no copy and no sum afterwards)."""
+    for net in nets[1:]:
+        for layer0, layer in zip(nets[0].layers, net.layers):
+            for b0, b in zip(layer0.blobs, layer.blobs):
+                b.share_diff(b0)
+
+
 class CopyExchange:
     """Sum diffs into replica 0 and copy weights out of it, one parameter at a time: in memory on the CPU,
     device-to-device copies between GPUs. CPU replicas share replica 0's weights (nothing to copy) unless
     share_cpu_weights is False; then, as with a mix of GPUs and CPUs, each owns its weights and receives
-    replica 0's by copy after every update."""
+    replica 0's by copy after every update. `lanes` (vggtool.solvers.lanes.plan_lanes): the CPU replicas
+    of one lane share their first replica's diffs, and only the lanes' first replicas are summed."""
 
-    def __init__(self, nets, share_cpu_weights=True):
+    def __init__(self, nets, share_cpu_weights=True, lanes=None):
         self.nets = nets
         self.params = [[lp.blob for lp in net.learnable_params] for net in nets]
         self.devices = [net.device for net in nets]
-        shared = share_cpu_weights and not any(d.is_gpu for d in self.devices)
+        cpu_only = not any(d.is_gpu for d in self.devices)
+        shared = share_cpu_weights and cpu_only
         if shared:
             share_weights(nets)
         self.copied = [] if shared else list(range(1, len(nets)))
+        # diff_owner[r]: the replica whose diff arrays replica r accumulates into (itself without lanes)
+        self.diff_owner = list(range(len(nets)))
+        if cpu_only and lanes is not None:
+            for lane in lanes:
+                share_diffs([nets[r] for r in lane])
+                for r in lane:
+                    self.diff_owner[r] = lane[0]
+        self.summed = sorted(set(self.diff_owner) - {0})  # the replicas reduce() adds into replica 0
         self.staging = None  # made at the first reduce that needs it (NcclExchange never does)
 
     def _staging_buffer(self):
@@ -44,7 +63,7 @@ class CopyExchange:
         with dev0:
             for i, blob in enumerate(self.params[0]):
                 acc = blob.diff
-                for r in range(1, len(self.nets)):
+                for r in self.summed:
                     src = self.params[r][i].diff
                     if dev0.is_gpu:
                         tmp = self._staging_buffer()[:src.size].reshape(src.shape)
@@ -110,9 +129,10 @@ def _cupy_nccl():
     return (nccl, None) if nccl.available else (None, "this CuPy build has no NCCL")
 
 
-def local_exchange(nets, share_cpu_weights=True, log=None, nccl=None):
+def local_exchange(nets, share_cpu_weights=True, log=None, nccl=None, lanes=None):
     """NCCL between the GPUs of this process when it starts, else copies; a fallback is logged with its
-    reason (one warning line), never silent. `nccl`: the module to use (default cupy.cuda.nccl)."""
+    reason (one warning line), never silent. `nccl`: the module to use (default cupy.cuda.nccl); `lanes`:
+    see CopyExchange."""
     if len(nets) > 1 and all(n.device.is_gpu for n in nets):
         why = None
         ids = [n.device.index for n in nets]
@@ -128,7 +148,7 @@ def local_exchange(nets, share_cpu_weights=True, log=None, nccl=None):
         if log is not None:
             log.warning("parallel.py:1", f"{why}; summing the {len(nets)} GPUs' gradients by device-to-device "
                                          f"copies instead")
-    return CopyExchange(nets, share_cpu_weights)
+    return CopyExchange(nets, share_cpu_weights, lanes)
 
 
 class MpiExchange:
