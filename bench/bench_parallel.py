@@ -21,14 +21,17 @@ replicas (K x replicas in all) and the exchange includes the Allreduce; rank 0 f
 alone for the speed-up while the other ranks sleep (not spinning in an MPI call).
 """
 import argparse
+import gc
 import os
 import shutil
 import sys
 import tempfile
 import time
 
-import cv2
-import numpy as np
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as the CLI does (vggtool.config.apply_process_defaults)
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -160,7 +163,15 @@ class Config:
     def best(self):
         return min(self.rounds)
 
+    def release(self):
+        """Free the solver's memory, keeping what the table prints."""
+        self.params, self.lane_count = self.solver.net.num_params(), self.lanes()
+        self.solver = None
+        gc.collect()
+
     def lanes(self):
+        if self.solver is None:
+            return self.lane_count
         return len(getattr(self.solver, "lanes", [[0]]))
 
 
@@ -214,8 +225,16 @@ def main():
         print(f"net {args.net}, batch {args.batch} (the whole batch, split over the replicas), {args.size}x"
               f"{args.size} crops, {args.rounds} round(s) of {args.iters} timed iteration(s) per configuration, "
               f"the fastest round shown")
-        configs = [Config(param, devices_for(args, n), mode) for n, mode in configurations(args)]
-        timed_rounds(configs, args)
+        if small:  # every solver kept: the rounds go over the configurations in turn
+            configs = [Config(param, devices_for(args, n), mode) for n, mode in configurations(args)]
+            timed_rounds(configs, args)
+        else:  # VGG-16 takes GBs per configuration: one at a time, freed before the next is built
+            configs = []
+            for n, mode in configurations(args):
+                c = Config(param, devices_for(args, n), mode)
+                timed_rounds([c], args)
+                c.release()
+                configs.append(c)
         print(f"{'replicas':>8} {'mode':>10} {'lanes':>5} {'s/iter':>8} {'speed':>6} {'exchange s/iter':>15} "
               f"{'exchange %':>10}")
         base = configs[0].best()[0]
@@ -223,7 +242,8 @@ def main():
             per_iter, exchange = c.best()
             print(f"{c.replicas:>8} {c.mode:>10} {c.lanes():>5} {per_iter:8.3f} {base / per_iter:5.2f}x "
                   f"{exchange:15.4f} {100 * exchange / per_iter:9.1f}%")
-        print(f"({configs[0].solver.net.num_params():,} parameters exchanged per iteration; speed: against "
+        params = configs[0].params if configs[0].solver is None else configs[0].solver.net.num_params()
+        print(f"({params:,} parameters exchanged per iteration; speed: against "
               f"the first row; {machine().rsplit(', ', 1)[1]} at the end)")
 
 
@@ -245,8 +265,9 @@ def main_mpi(args, comm):
         print(f"machine: {machine()}")
         single = Config(param, [backend.CPU], "single")
         timed_rounds([single], args)
-        base, params = single.best()[0], single.solver.net.num_params()
-        del single
+        base = single.best()[0]
+        single.release()
+        params = single.params
         print(f"net {args.net}, batch {args.batch} split over all replicas, {args.size}x{args.size} crops")
         print(f"{'ranks':>5} {'replicas':>8} {'s/iter':>8} {'speed':>6} {'exchange s/iter':>15} {'exchange %':>10}")
         print(f"{1:>5} {1:>8} {base:8.3f} {1.0:5.2f}x {0.0:15.4f} {0.0:9.1f}%")
@@ -258,7 +279,7 @@ def main_mpi(args, comm):
         if rank == 0:
             print(f"{ranks:>5} {ranks * n:>8} {per_iter:8.3f} {base / per_iter:5.2f}x {exchange:15.4f} "
                   f"{100 * exchange / per_iter:9.1f}%")
-        del c
+        c.release()
     sleep_until_all_arrive(comm)
     if rank == 0:
         print(f"({params:,} parameters exchanged per iteration; {machine().rsplit(', ', 1)[1]} at the end)")

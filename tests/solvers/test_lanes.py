@@ -6,7 +6,7 @@ from vggtool import config
 from vggtool.backend import CPU, Device
 from vggtool.errors import VggtoolError
 from vggtool.layers import gemm
-from vggtool.solvers.lanes import cores_per_lane, cpu_cores, plan_lanes
+from vggtool.solvers.lanes import cores_per_lane, cpu_cores, plan_lanes, ranks_on_this_host, share_host_between_ranks
 
 GPUS = [Device("gpu", i) for i in range(4)]
 
@@ -61,3 +61,12 @@ def test_concurrent_lanes_split_the_threads_and_give_them_back(four_blas_threads
         with cores_per_lane(4):
             raise RuntimeError("a replica failed")
     assert gemm.blas_threads() == 4 and config.defaults().num_threads == 6
+
+
+def test_ranks_on_one_host_take_their_share_of_the_cores(four_blas_threads):
+    assert share_host_between_ranks(2, cores=4) == 2
+    assert gemm.blas_threads() == 2 and config.defaults().num_threads == 2
+    assert share_host_between_ranks(1, cores=8) == 2  # counts below the share are kept
+    assert gemm.blas_threads() == 2 and config.defaults().num_threads == 2
+    assert share_host_between_ranks(3, cores=2) == 1
+    assert ranks_on_this_host(None) == 1

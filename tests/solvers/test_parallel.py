@@ -296,6 +296,7 @@ def test_mpi_two_ranks_train_like_one_process(db, tmp_path):
     proc = _mpirun(["--solver", path], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Data parallel: 2 replicas (2 rank(s) x 1 device(s) [cpu]), 4 samples" in proc.stderr
+    assert "2 ranks on this host: 1 BLAS thread(s) per rank" in proc.stderr  # OPENBLAS_NUM_THREADS=1 here
     assert proc.stderr.count("Optimization Done.") == 1  # only rank 0 logs
     net_param = prototxt.read_solver_param(path).net_param
     mpi_net = Net(net_param, str(tmp_path / "snap_iter_3.caffemodel"), phase="TRAIN")

@@ -69,3 +69,32 @@ def cores_per_lane(cpu_lanes):
     finally:
         if blas is not None:
             gemm.set_blas_threads(blas)
+
+
+def ranks_on_this_host(comm):
+    """How many ranks of the mpi4py communicator `comm` run on this machine (MPI-3's shared-memory split);
+    1 without one."""
+    if comm is None:
+        return 1
+    from mpi4py import MPI
+
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return local.Get_size()
+    finally:
+        local.Free()
+
+
+def share_host_between_ranks(local_ranks, cores=None):
+    """Give this process (one of `local_ranks` MPI ranks on this machine) its share of the cores, for the
+    rest of its life: at most cores // local_ranks OpenBLAS and split-pass threads (counts already lower,
+    set by the user, are kept). Returns the BLAS thread count now, or None where it cannot be read."""
+    cores = cpu_cores() if cores is None else cores
+    share = max(1, cores // max(1, local_ranks))
+    blas = gemm.blas_threads()
+    if blas is not None and blas > share:
+        gemm.set_blas_threads(share)
+    settings = config.defaults()
+    if settings.num_threads > share:
+        config.set_defaults(settings.replace(num_threads=share))
+    return gemm.blas_threads()

@@ -54,7 +54,7 @@ from ..layers.data import PrefetchingDataLayer
 from ..proto import caffe_pb2
 from .exchange import MpiExchange, local_exchange
 from .glog import GLog
-from .lanes import cores_per_lane, plan_lanes
+from .lanes import cores_per_lane, cpu_cores, plan_lanes, ranks_on_this_host, share_host_between_ranks
 from .solver import NONE, Solver
 
 # Environment variables the common launchers set to the number of processes of the job.
@@ -131,7 +131,11 @@ class ParallelSolver(Solver):
                                    f"{', '.join(f'rank {i}: {c}' for i, c in enumerate(counts))})")
         self.replica_count = self.ranks * len(self.devices)
         self.train_batch_divisor = self.replica_count
-        self.lanes = plan_lanes(self.devices, threads=threads, lanes=lanes)
+        # ranks on one machine split its cores, as the lanes of one rank do
+        self.host_ranks = ranks_on_this_host(self.comm)
+        self.blas_threads = share_host_between_ranks(self.host_ranks) if self.host_ranks > 1 else None
+        self.lanes = plan_lanes(self.devices, threads=threads, lanes=lanes,
+                                cores=max(1, cpu_cores() // self.host_ranks))
         self.threads = len(self.lanes) > 1
         # lanes running CPU replicas at the same time: each gets its share of the BLAS threads
         self.cpu_lanes = sum(1 for lane in self.lanes if not self.devices[lane[0]].is_gpu) if self.threads else 0
@@ -168,6 +172,9 @@ class ParallelSolver(Solver):
         where = f"{self.ranks} rank(s) x {len(nets)} device(s) [{', '.join(d.name for d in self.devices)}]"
         self.log.info("parallel.py:1", f"Data parallel: {self.replica_count} replicas ({where}), {share} "
                                        f"samples of each batch per replica, {len(self.lanes)} lane(s) running at once")
+        if self.host_ranks > 1 and self.blas_threads is not None:
+            self.log.info("parallel.py:1", f"{self.host_ranks} ranks on this host: {self.blas_threads} BLAS "
+                                           f"thread(s) per rank")
         return nets[0]
 
     def _share(self, net):
