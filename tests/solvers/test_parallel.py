@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import types
 import sys
 
 import cv2
@@ -423,3 +424,63 @@ def test_two_replicas_on_one_gpu_train_like_the_cpu(db, tmp_path, dtype):
             Solver(path, device=devices[0], log=GLog(stream=False), dtype=dtype)
         s.step(4)
         assert_same([to_numpy(w) for w in weights(s.net)], cpu, eps=float(np.finfo(dtype).eps))
+
+
+class TwinRanks:
+    """A stand-in for a communicator of 2 ranks where rank 1 is rank 0's twin: whatever rank 0 holds, rank
+    1 holds too, so a sum over the ranks is twice rank 0's value (rank 0's view of a real run, in one
+    process and without an MPI launcher)."""
+
+    IN_PLACE, SUM, COMM_TYPE_SHARED = object(), object(), object()
+
+    def Get_rank(self):
+        return 0
+
+    def Get_size(self):
+        return 2
+
+    def allgather(self, value):
+        return [value, value]
+
+    def bcast(self, value, root=0):
+        return value
+
+    def Bcast(self, array, root=0):
+        pass
+
+    def Allreduce(self, where, array, op=None):
+        assert where is self.IN_PLACE and op is self.SUM
+        array *= 2
+
+    def Split_type(self, kind):
+        assert kind is self.COMM_TYPE_SHARED
+        return types.SimpleNamespace(Get_size=lambda: 2, Free=lambda: None)
+
+
+def test_mpi_sums_cpu_gradients_in_the_allreduce_buffer_itself(db, tmp_path, monkeypatch):
+    """On the CPU, replica 0's diffs (and its lane mates', which share them) live in the Allreduce buffer:
+    no copy in or out. The result is the mean over all replicas of all ranks, bit for bit (x2 then x1/4 is
+    x1/2 exactly): here rank 0's two shares of a batch of 8, against one process with a batch of 4."""
+    fake = types.ModuleType("mpi4py")
+    fake.MPI = TwinRanks
+    monkeypatch.setitem(sys.modules, "mpi4py", fake)
+    twin = ParallelSolver(write_solver(tmp_path, db), devices=[CPU] * 2, lanes=1, comm=TwinRanks(),
+                          log=GLog(stream=False), dtype=np.float64)
+    assert twin.mpi.in_place and twin.offsets == [0, 2]
+    for rep in twin.replicas:
+        for lp in rep.learnable_params:
+            assert np.shares_memory(lp.blob.diff, twin.mpi.buf)
+    (tmp_path / "alone").mkdir()
+    alone = ParallelSolver(write_solver(tmp_path / "alone", db, batch=BATCH // 2), devices=[CPU] * 2, lanes=1,
+                           log=GLog(stream=False), dtype=np.float64)
+    assert alone.offsets == [0, 2]
+    twin.compute_gradients()
+    alone.compute_gradients()
+    for i, (a, b) in enumerate(zip(alone.net.learnable_params, twin.net.learnable_params)):
+        assert np.abs(a.blob.diff).max() > 1e-4
+        np.testing.assert_array_equal(b.blob.diff, a.blob.diff, err_msg=f"param {i}")
+    before = weights(twin.net)
+    twin.broadcast_weights()  # through the same buffer: the diffs are cleared, the weights untouched
+    assert not twin.mpi.buf.any()
+    for a, b in zip(weights(twin.net), before):
+        np.testing.assert_array_equal(a, b)

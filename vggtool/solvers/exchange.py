@@ -153,14 +153,39 @@ def local_exchange(nets, share_cpu_weights=True, log=None, nccl=None, lanes=None
 
 class MpiExchange:
     """Replica 0's diffs (plus a few scalars) summed over the ranks in one Allreduce of a flat host buffer;
-    weights broadcast from rank 0 in one Bcast (at the start only: every rank applies the update)."""
+    weights broadcast from rank 0 in one Bcast (at the start only: every rank applies the update).
 
-    def __init__(self, comm, net):
+    On the CPU the buffer IS the diffs: replica 0's parameter gradients live in it (and so do those of the
+    replicas of its lane, which share them), so the Allreduce sums them in place, with no copy in or out.
+    GPU diffs are copied to the buffer and back."""
+
+    def __init__(self, comm, net, local_nets=()):
         from mpi4py import MPI
         self.MPI, self.comm = MPI, comm
         self.blobs = [lp.blob for lp in net.learnable_params]
         self.size = sum(b.count for b in self.blobs)
-        self.buf = np.empty(self.size + 1, dtype=net.dtype)
+        self.buf = np.zeros(self.size + 1, dtype=net.dtype)
+        self.in_place = not net.device.is_gpu
+        if self.in_place:
+            self._place_diffs([net, *local_nets])
+
+    def _place_diffs(self, nets):
+        """Move every learnable parameter's diff into its slice of the buffer; any blob of `nets` that shared
+        one of those diffs (a shared parameter, a replica of the same lane) follows it."""
+        moved = {}  # id(old storage) -> (old storage, its slice of the buffer)
+        o = 0
+        for b in self.blobs:
+            b.diff  # allocate
+            old = b.diff_storage
+            if id(old) not in moved:  # a blob listed twice keeps its first slice
+                moved[id(old)] = (old, self.buf[o:o + b.count])
+            o += b.count
+        for net in nets:
+            for layer in net.layers:
+                for blob in layer.blobs:
+                    entry = moved.get(id(blob.diff_storage)) if blob.has_diff else None
+                    if entry is not None and entry[0] is blob.diff_storage:
+                        blob.place_diff(entry[1])
 
     def _pack(self, which):
         o = 0
@@ -176,10 +201,12 @@ class MpiExchange:
 
     def allreduce_diffs(self, loss):
         """Sum the diffs over the ranks in place; return the summed loss."""
-        self._pack("diff")
+        if not self.in_place:
+            self._pack("diff")
         self.buf[-1] = host_float(loss)
         self.comm.Allreduce(self.MPI.IN_PLACE, self.buf, op=self.MPI.SUM)
-        self._unpack("diff")
+        if not self.in_place:
+            self._unpack("diff")
         return float(self.buf[-1])
 
     def allreduce_values(self, values):
@@ -188,12 +215,17 @@ class MpiExchange:
         return out
 
     def broadcast_weights(self):
+        """Rank 0's weights to every rank, through the buffer. On the CPU the buffer holds the diffs, which
+        are zero after this (as after clear_param_diffs): it is called before an iteration's passes or
+        after its update, never between."""
         view = self.buf[:self.size]
         if self.comm.Get_rank() == 0:
             self._pack("data")
         self.comm.Bcast(view, root=0)
         if self.comm.Get_rank() != 0:
             self._unpack("data")
+        if self.in_place:
+            self.buf[...] = 0
 
     def broadcast_arrays(self, arrays):
         """Rank 0's values of device arrays (the solver history) into every rank's, one Bcast each."""

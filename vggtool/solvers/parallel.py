@@ -152,7 +152,7 @@ class ParallelSolver(Solver):
         self.seconds = {"gradients": 0.0, "exchange": 0.0, "update": 0.0}  # time spent, for benchmarks
         super().__init__(param, device=self.devices[0], log=log, seed=seed, **kwargs)
         self.exchange = local_exchange(self.replicas, share_cpu_weights, log=self.log, lanes=self.lanes)
-        self.mpi = MpiExchange(self.comm, self.net) if self.comm else None
+        self.mpi = MpiExchange(self.comm, self.net, self.replicas[1:]) if self.comm else None
         self.pool = None
         if self.threads:
             self.pool = ThreadPoolExecutor(max_workers=len(self.lanes), thread_name_prefix="replica")
