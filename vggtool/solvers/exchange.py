@@ -4,6 +4,28 @@ GPUs) and between MPI ranks (one Allreduce of a flat host buffer)."""
 import numpy as np
 
 from ..backend import get_array_module, host_float, to_numpy
+from ..layers.threads import split_run
+
+
+def add_into(acc, src):
+    """acc += src; on the CPU on every core (a pass bound by memory, which one NumPy thread does not fill)."""
+    if get_array_module(acc) is not np:
+        acc += src
+        return
+    a, b = acc.reshape(-1), src.reshape(-1)
+    split_run(lambda lo, hi: np.add(a[lo:hi], b[lo:hi], out=a[lo:hi]), a.size, 2 * a.size)
+
+
+def scale_diffs(blobs, factor):
+    """Every blob's diff *= factor (the same values as the plain product), on every core on the CPU."""
+    for blob in blobs:
+        d = blob.diff
+        if get_array_module(d) is not np:
+            d *= factor
+            continue
+        flat = d.reshape(-1)
+        split_run(lambda lo, hi, flat=flat: np.multiply(flat[lo:hi], factor, out=flat[lo:hi]), flat.size,
+                  flat.size)
 
 
 def share_weights(nets):
@@ -69,7 +91,7 @@ class CopyExchange:
                         tmp = self._staging_buffer()[:src.size].reshape(src.shape)
                         tmp.data.copy_from_device(src.data, src.nbytes)
                         src = tmp
-                    acc += src
+                    add_into(acc, src)
 
     def broadcast(self):
         if not self.copied:

@@ -52,7 +52,7 @@ from ..backend import CPU, get_array_module, host_float, to_numpy
 from ..errors import VggtoolError
 from ..layers.data import PrefetchingDataLayer
 from ..proto import caffe_pb2
-from .exchange import MpiExchange, local_exchange
+from .exchange import MpiExchange, local_exchange, scale_diffs
 from .glog import GLog
 from .lanes import cores_per_lane, cpu_cores, plan_lanes, ranks_on_this_host, share_host_between_ranks
 from .solver import NONE, Solver
@@ -257,9 +257,7 @@ class ParallelSolver(Solver):
         n = self.replica_count
         if n > 1:
             with self.device:
-                for lp in self.net.learnable_params:
-                    d = lp.blob.diff
-                    d *= 1.0 / n
+                scale_diffs([lp.blob for lp in self.net.learnable_params], 1.0 / n)
             self.device.synchronize()
         self.seconds["gradients"] += t1 - t0
         self.seconds["exchange"] += time.perf_counter() - t1
