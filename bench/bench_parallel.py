@@ -1,41 +1,58 @@
-"""Data-parallel training speed: iteration time and speed-up of N replicas against one, and the time
-spent exchanging gradients and weights (vggtool.solvers.parallel.ParallelSolver.seconds).
+"""Data-parallel training speed: iteration time and speed-up of N replicas against one replica doing the
+whole batch, and the time spent exchanging gradients and weights
+(vggtool.solvers.parallel.ParallelSolver.seconds["exchange"]).
 
-    PYTHONPATH=. python bench/bench_parallel.py [--replicas 1,2,4] [--batch 64] [--iters 4]
-                                                [--devices cpu|gpu] [--size 64]
+    PYTHONPATH=. python bench/bench_parallel.py [--replicas 1,2,4] [--batch 64] [--iters 4] [--rounds 3]
+                                                [--devices cpu|gpu] [--size 64] [--net small|vgg16]
+
+CPU replicas (`cpu`) show the machinery's overhead and how the lanes share the cores (vggtool.solvers.lanes):
+`lanes` is what `--devices cpu:N` does (one lane per core, the replicas of a lane one after another,
+BLAS threads split between the lanes), `sequential` runs every replica in one lane on all the cores,
+`threads` one lane per replica. GPU replicas (`gpu`: GPUs 0..N-1) show the real speed-up. Every
+configuration trains the same net on the same batches from a generated LMDB; the first iteration (warm-up)
+is not timed. The configurations are timed in turn, --rounds times, and each one's fastest round is
+printed, so that a burst of load from another process does not fall on one configuration only.
+
+`--net vgg16` trains VGG-16 (configuration D, 1000 classes: all its 138 M parameters at --size 224) to
+show the exchange's share of an iteration of the paper's net.
 
 Under MPI (`mpiexec -n K python bench/bench_parallel.py --replicas 1`) every rank drives --replicas local
-replicas (K x replicas in all) and the exchange includes the Allreduce/Bcast; rank 0 first times one
-device alone for the speed-up. CPU replicas (`cpu`) show the machinery's overhead and whether threads overlap on this machine's cores;
-GPU replicas (`gpu`: GPUs 0..N-1) show the real speed-up. Every configuration trains the same net on the
-same batches from a generated LMDB; the first iteration (warm-up) is not timed.
+replicas (K x replicas in all) and the exchange includes the Allreduce; rank 0 first times one device
+alone for the speed-up while the other ranks sleep (not spinning in an MPI call).
 """
 import argparse
+import gc
 import os
 import shutil
 import sys
 import tempfile
 import time
 
-import cv2
-import numpy as np
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as the CLI does (vggtool.config.apply_process_defaults)
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from data_prep.cli import main as data_prep  # noqa: E402
+from vgg_configs import CFGS  # noqa: E402
 from vggtool import backend  # noqa: E402
 from vggtool.io import prototxt  # noqa: E402
-from vggtool.solvers.parallel import ParallelSolver, mpi_comm  # noqa: E402
 from vggtool.proto import caffe_pb2  # noqa: E402
 from vggtool.solvers import Solver  # noqa: E402
 from vggtool.solvers.glog import GLog  # noqa: E402
+from vggtool.solvers.parallel import ParallelSolver, mpi_comm  # noqa: E402
 
-# A small VGG-style net: 3x3 convs, 2x2 pools, two FC layers with dropout.
-NET = """
+DATA = """
 name: "bench"
 layer {{ name: "data" type: "Data" top: "data" top: "label"
   data_param {{ source: "{db}" batch_size: {batch} backend: LMDB }}
   transform_param {{ crop_size: {crop} mirror: true mean_value: 128 scale: 0.02 }} }}
+"""
+# A small VGG-style net: 3x3 convs, 2x2 pools, two FC layers with dropout.
+SMALL = DATA + """
 layer {{ name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
   convolution_param {{ num_output: 32 kernel_size: 3 pad: 1 weight_filler {{ type: "xavier" }} }} }}
 layer {{ name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }}
@@ -54,6 +71,48 @@ layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc4" bottom: "label" top:
 """
 
 
+def vgg_net(cfg, classes=1000):
+    """The prototxt (a format string taking db, batch, crop) of a VGG configuration of vgg_configs.CFGS."""
+    text, bottom, conv, block = [DATA], "data", 0, 1
+    for v in CFGS[cfg]:
+        if v == "M":
+            text.append(f'layer {{{{ name: "pool{block}" type: "Pooling" bottom: "{bottom}" top: "pool{block}" '
+                        f'pooling_param {{{{ pool: MAX kernel_size: 2 stride: 2 }}}} }}}}')
+            bottom, block, conv = f"pool{block}", block + 1, 0
+            continue
+        conv += 1
+        name = f"conv{block}_{conv}"
+        text.append(f'layer {{{{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}" '
+                    f'convolution_param {{{{ num_output: {v} kernel_size: 3 pad: 1 '
+                    f'weight_filler {{{{ type: "xavier" }}}} }}}} }}}}')
+        text.append(f'layer {{{{ name: "relu{block}_{conv}" type: "ReLU" bottom: "{name}" top: "{name}" }}}}')
+        bottom = name
+    for i, out in ((6, 4096), (7, 4096), (8, classes)):
+        text.append(f'layer {{{{ name: "fc{i}" type: "InnerProduct" bottom: "{bottom}" top: "fc{i}" '
+                    f'inner_product_param {{{{ num_output: {out} weight_filler {{{{ type: "xavier" }}}} }}}} }}}}')
+        bottom = f"fc{i}"
+        if i < 8:
+            text.append(f'layer {{{{ name: "relu{i}" type: "ReLU" bottom: "fc{i}" top: "fc{i}" }}}}')
+            text.append(f'layer {{{{ name: "drop{i}" type: "Dropout" bottom: "fc{i}" top: "fc{i}" '
+                        f'dropout_param {{{{ dropout_ratio: 0.5 }}}} }}}}')
+    text.append('layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc8" bottom: "label" top: "loss" }}')
+    return "\n".join(text)
+
+
+NETS = {"small": SMALL, "vgg16": vgg_net("D")}
+
+
+def machine():
+    """'<CPU model>, N cores, load average x' (the load shows whether the figures are to be trusted)."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}"
+
+
 def make_db(folder, count, side):
     rng = np.random.default_rng(0)
     lines = []
@@ -68,58 +127,131 @@ def make_db(folder, count, side):
     return db
 
 
-def solver_param(db, batch, crop):
+def solver_param(db, batch, crop, net="small"):
     param = prototxt.parse_text('base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed" '
                                'max_iter: 1000 random_seed: 1 snapshot_after_train: false',
                                caffe_pb2.SolverParameter())
-    param.net_param.CopyFrom(prototxt.parse_net_text(NET.format(db=db, batch=batch, crop=crop)))
+    param.net_param.CopyFrom(prototxt.parse_net_text(NETS[net].format(db=db, batch=batch, crop=crop)))
     return param
 
 
-def measure(param, devices, iters, threads, comm=None):
-    log = GLog(stream=False)
-    if len(devices) == 1 and threads is None and comm is None:
-        s = Solver(param, device=devices[0], log=log)
-    else:
-        s = ParallelSolver(param, devices=devices, threads=threads, log=log, comm=comm)
-    s.step(1)  # warm-up: buffers, prefetch
-    if hasattr(s, "seconds"):
-        s.seconds = dict.fromkeys(s.seconds, 0.0)
-    t0 = time.perf_counter()
-    s.step(iters)
-    per_iter = (time.perf_counter() - t0) / iters
-    exchange = s.seconds["exchange"] / iters if hasattr(s, "seconds") else 0.0
-    return per_iter, exchange, s.net.num_params()
+class Config:
+    """One configuration: its solver, built and warmed up once, and its timed rounds."""
+
+    def __init__(self, param, devices, mode, comm=None):
+        self.replicas, self.mode = len(devices), mode
+        log = GLog(stream=False)
+        if mode == "single" and comm is None:
+            self.solver = Solver(param, device=devices[0], log=log)
+        else:
+            threads = {"sequential": False, "threads": True}.get(mode)  # lanes: the default
+            self.solver = ParallelSolver(param, devices=devices, threads=threads, log=log, comm=comm)
+        self.solver.step(1)  # warm-up: buffers, prefetch
+        self.rounds = []
+
+    def time(self, iters):
+        s = self.solver
+        seconds = getattr(s, "seconds", None)
+        if seconds is not None:
+            s.seconds = dict.fromkeys(seconds, 0.0)
+        t0 = time.perf_counter()
+        s.step(iters)
+        per_iter = (time.perf_counter() - t0) / iters
+        exchange = s.seconds["exchange"] / iters if seconds is not None else 0.0
+        self.rounds.append((per_iter, exchange))
+
+    def best(self):
+        return min(self.rounds)
+
+    def release(self):
+        """Free the solver's memory, keeping what the table prints."""
+        self.params, self.lane_count = self.solver.net.num_params(), self.lanes()
+        self.solver = None
+        gc.collect()
+
+    def lanes(self):
+        if self.solver is None:
+            return self.lane_count
+        return len(getattr(self.solver, "lanes", [[0]]))
+
+
+def configurations(args):
+    """[(replica count, mode)] in the order they are timed."""
+    out = []
+    for n in (int(x) for x in args.replicas.split(",")):
+        if n == 1:
+            out.append((1, "single"))
+        elif args.devices == "gpu":
+            out.append((n, "lanes"))
+        else:
+            out += [(n, m) for m in args.modes.split(",")]
+    return out
+
+
+def devices_for(args, n):
+    return [backend.gpu(i) for i in range(n)] if args.devices == "gpu" else [backend.CPU] * n
+
+
+def timed_rounds(configs, args):
+    for _ in range(args.rounds):
+        for c in configs:
+            c.time(args.iters)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--net", choices=sorted(NETS), default="small")
     ap.add_argument("--replicas", default="1,2,4")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--iters", type=int, default=4)
-    ap.add_argument("--size", type=int, default=64, help="crop side (images are 4 pixels larger)")
+    ap.add_argument("--batch", type=int, default=None, help="the whole batch (default: 64 small, 8 vgg16)")
+    ap.add_argument("--iters", type=int, default=None, help="timed iterations per round (default 4 small, 1 vgg16)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds over the configurations (default 3 small, 1 vgg16)")
+    ap.add_argument("--size", type=int, default=None, help="crop side (images are 4 pixels larger; default 64 "
+                                                           "small, 224 vgg16)")
+    ap.add_argument("--modes", default=None, help="CPU modes for N > 1 replicas, of lanes, sequential, threads "
+                                                  "(default: all three small, lanes vgg16)")
     ap.add_argument("--devices", choices=("cpu", "gpu"), default="cpu")
     args = ap.parse_args()
+    small = args.net == "small"
+    for name, a, b in (("batch", 64, 8), ("iters", 4, 1), ("rounds", 3, 1), ("size", 64, 224),
+                       ("modes", "lanes,sequential,threads", "lanes")):
+        if getattr(args, name) is None:
+            setattr(args, name, a if small else b)
     comm = mpi_comm()
     if comm is not None:
         return main_mpi(args, comm)
     with tempfile.TemporaryDirectory() as tmp:
-        param = solver_param(make_db(tmp, 2 * args.batch, args.size), args.batch, args.size)
-        print(f"net: {NET.count('Convolution')} conv + 2 FC, batch {args.batch} (whole batch, split over the "
-              f"replicas), {args.size}x{args.size} crops, {args.iters} timed iterations, {os.cpu_count()} cores")
-        print(f"{'replicas':>8} {'mode':>10} {'s/iter':>8} {'speed-up':>8} {'exchange s/iter':>15} {'exchange %':>10}")
-        base = None
-        for n in (int(x) for x in args.replicas.split(",")):
-            devices = [backend.gpu(i) for i in range(n)] if args.devices == "gpu" else [backend.CPU] * n
-            modes = [("single", None)] if n == 1 else [("threads", True), ("sequential", False)]
-            if args.devices == "gpu" and n > 1:
-                modes = [("threads", True)]
-            for mode, threads in modes:
-                per_iter, exchange, params = measure(param, devices, args.iters, threads)
-                base = per_iter if base is None else base
-                print(f"{n:>8} {mode:>10} {per_iter:8.3f} {base / per_iter:8.2f} {exchange:15.4f} "
-                      f"{100 * exchange / per_iter:9.1f}%")
-        print(f"({params:,} parameters exchanged per iteration)")
+        param = solver_param(make_db(tmp, 2 * args.batch, args.size), args.batch, args.size, args.net)
+        print(f"machine: {machine()}")
+        print(f"net {args.net}, batch {args.batch} (the whole batch, split over the replicas), {args.size}x"
+              f"{args.size} crops, {args.rounds} round(s) of {args.iters} timed iteration(s) per configuration, "
+              f"the fastest round shown")
+        if small:  # every solver kept: the rounds go over the configurations in turn
+            configs = [Config(param, devices_for(args, n), mode) for n, mode in configurations(args)]
+            timed_rounds(configs, args)
+        else:  # VGG-16 takes GBs per configuration: one at a time, freed before the next is built
+            configs = []
+            for n, mode in configurations(args):
+                c = Config(param, devices_for(args, n), mode)
+                timed_rounds([c], args)
+                c.release()
+                configs.append(c)
+        print(f"{'replicas':>8} {'mode':>10} {'lanes':>5} {'s/iter':>8} {'speed':>6} {'exchange s/iter':>15} "
+              f"{'exchange %':>10}")
+        base = configs[0].best()[0]
+        for c in configs:
+            per_iter, exchange = c.best()
+            print(f"{c.replicas:>8} {c.mode:>10} {c.lanes():>5} {per_iter:8.3f} {base / per_iter:5.2f}x "
+                  f"{exchange:15.4f} {100 * exchange / per_iter:9.1f}%")
+        params = configs[0].params if configs[0].solver is None else configs[0].solver.net.num_params()
+        print(f"({params:,} parameters exchanged per iteration; speed: against "
+              f"the first row; {machine().rsplit(', ', 1)[1]} at the end)")
+
+
+def sleep_until_all_arrive(comm):
+    """A barrier that sleeps instead of spinning, so that a waiting rank leaves the cores to the others."""
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(0.02)
 
 
 def main_mpi(args, comm):
@@ -127,21 +259,30 @@ def main_mpi(args, comm):
     tmp = tempfile.mkdtemp() if rank == 0 else None
     db = make_db(tmp, 2 * args.batch, args.size) if rank == 0 else None
     db = comm.bcast(db, root=0)  # one machine here: every rank reads rank 0's LMDB
-    param = solver_param(db, args.batch, args.size)
+    param = solver_param(db, args.batch, args.size, args.net)
+    base = None
     if rank == 0:
-        base, _, params = measure(param, [backend.CPU], args.iters, None)
-        print(f"{'ranks':>5} {'replicas':>8} {'s/iter':>8} {'speed-up':>8} {'exchange s/iter':>15} {'exchange %':>10}")
-        print(f"{1:>5} {1:>8} {base:8.3f} {1.0:8.2f} {0.0:15.4f} {0.0:9.1f}%")
-    comm.Barrier()
+        print(f"machine: {machine()}")
+        single = Config(param, [backend.CPU], "single")
+        timed_rounds([single], args)
+        base = single.best()[0]
+        single.release()
+        params = single.params
+        print(f"net {args.net}, batch {args.batch} split over all replicas, {args.size}x{args.size} crops")
+        print(f"{'ranks':>5} {'replicas':>8} {'s/iter':>8} {'speed':>6} {'exchange s/iter':>15} {'exchange %':>10}")
+        print(f"{1:>5} {1:>8} {base:8.3f} {1.0:5.2f}x {0.0:15.4f} {0.0:9.1f}%")
+    sleep_until_all_arrive(comm)
     for n in (int(x) for x in args.replicas.split(",")):
-        devices = [backend.gpu(i) for i in range(n)] if args.devices == "gpu" else [backend.CPU] * n
-        per_iter, exchange, params = measure(param, devices, args.iters, None, comm)
+        c = Config(param, devices_for(args, n), "lanes", comm)
+        timed_rounds([c], args)
+        per_iter, exchange = c.best()
         if rank == 0:
-            print(f"{ranks:>5} {ranks * n:>8} {per_iter:8.3f} {base / per_iter:8.2f} {exchange:15.4f} "
+            print(f"{ranks:>5} {ranks * n:>8} {per_iter:8.3f} {base / per_iter:5.2f}x {exchange:15.4f} "
                   f"{100 * exchange / per_iter:9.1f}%")
-    comm.Barrier()
+        c.release()
+    sleep_until_all_arrive(comm)
     if rank == 0:
-        print(f"({params:,} parameters exchanged per iteration; batch {args.batch} split over all replicas)")
+        print(f"({params:,} parameters exchanged per iteration; {machine().rsplit(', ', 1)[1]} at the end)")
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -145,3 +145,19 @@ def test_proto_to_array_is_writable():
     a -= 1  # e.g. a mean image modified in place
     assert not a.any()
     assert proto_values(array_to_proto(np.ones(3)), writable=True).flags.writeable
+
+
+def test_place_diff_keeps_the_values_and_refuses_storage_that_does_not_fit():
+    b = Blob((2, 3))
+    b.diff[...] = np.arange(6).reshape(2, 3)
+    other = Blob((2, 3))
+    other.share_diff(b)
+    storage = np.full(10, -1, dtype=np.float32)
+    b.place_diff(storage)
+    assert np.shares_memory(b.diff, storage) and b.diff_storage is storage
+    np.testing.assert_array_equal(storage[:6], np.arange(6))
+    assert not np.shares_memory(other.diff, storage)  # a sharer follows only when moved too (MpiExchange)
+    with pytest.raises(VggtoolError, match="a diff of 6 float32 values cannot be kept in 5 float32 values"):
+        b.place_diff(np.zeros(5, dtype=np.float32))
+    with pytest.raises(VggtoolError, match="cannot be kept in 6 float64 values"):
+        b.place_diff(np.zeros(6))

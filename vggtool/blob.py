@@ -167,6 +167,23 @@ class Blob:
         self._data_buf = other._data_buf
         self._refresh_views()
 
+    @property
+    def diff_storage(self):
+        """The flat array behind diff, None before the diff is first used (blobs sharing a diff hold the
+        same one)."""
+        return self._diff_buf
+
+    def place_diff(self, storage):
+        """Keep the diff in `storage` from now on (a flat array of this blob's dtype and device, at least
+        count long), carrying the current values over: the MPI exchange puts every gradient in its
+        Allreduce buffer this way."""
+        if storage.size < self.count or storage.dtype != self.dtype:
+            raise VggtoolError(f"{self._what()}: a diff of {self.count} {self.dtype} values cannot be kept in "
+                               f"{storage.size} {storage.dtype} values")
+        storage[:self.count] = self.diff.ravel()
+        self._diff_buf = storage
+        self._refresh_views()
+
     def share_diff(self, other):
         if other.count != self.count:
             raise VggtoolError(f"cannot share diff between blobs of shapes {self._shape} and {other.shape}")

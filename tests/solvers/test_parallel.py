@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import types
 import sys
 
 import cv2
@@ -99,12 +100,12 @@ F64_EPS = float(np.finfo(np.float64).eps)
 TRAIN_TERMS = BATCH * (27 + 64 + 16)
 
 
-def train(solver_path, devices=1, threads=None, iters=None, dtype=np.float32, share=True):
+def train(solver_path, devices=1, threads=None, iters=None, dtype=np.float32, share=True, lanes=None):
     if devices == 1:
         s = Solver(solver_path, log=GLog(stream=False), dtype=dtype)
     else:
         s = ParallelSolver(solver_path, devices=[CPU] * devices, threads=threads, log=GLog(stream=False),
-                           dtype=dtype, share_cpu_weights=share)
+                           dtype=dtype, share_cpu_weights=share, lanes=lanes)
     s.step(s.param.max_iter if iters is None else iters)
     return s
 
@@ -124,8 +125,8 @@ def test_replicas_train_like_one_device(db, tmp_path, iter_size):
     start = Net(prototxt.read_solver_param(path).net_param, phase="TRAIN", seed=5)
     moved = max(float(np.abs(w - w0).max()) for w, w0 in zip(weights(one.net), weights(start)))
     assert moved > 1e-3  # training did change the weights
-    for n, threads in ((2, True), (4, False)):
-        many = train(path, n, threads, dtype=np.float64)
+    for n, threads, lanes in ((2, True, None), (4, False, None), (4, None, 2)):
+        many = train(path, n, threads, dtype=np.float64, lanes=lanes)
         assert many.replica_count == n and many.offsets == [r * BATCH // n for r in range(n)]
         assert_same(weights(many.net), weights(one.net), eps=F64_EPS)
         for rep in many.replicas[1:]:  # every replica reads replica 0's weight arrays
@@ -148,6 +149,61 @@ def test_averaged_gradient_is_the_whole_batch_gradient(db, tmp_path, norm, facto
     for i, (a, b) in enumerate(zip(one.net.learnable_params, four.net.learnable_params)):
         assert np.abs(a.blob.diff).max() > 1e-4
         assert_close_to_scale(b.blob.diff, factor * a.blob.diff, TRAIN_TERMS, eps=F64_EPS, err_msg=f"param {i}")
+
+
+@pytest.mark.parametrize("lanes, summed", [(1, []), (2, [2]), (4, [1, 2, 3])])
+def test_replicas_of_a_lane_accumulate_into_one_set_of_diffs(db, tmp_path, lanes, summed):
+    """CPU replicas run in turn within a lane and add their gradients into its first replica's diffs (no
+    copy, no sum); only the lanes' first replicas are summed into replica 0. The gradient is the whole
+    batch's for every plan (float64: the rule is tested, not one CPU's rounding)."""
+    path = write_solver(tmp_path, db)
+    one = Solver(path, log=GLog(stream=False), dtype=np.float64)
+    four = ParallelSolver(path, devices=[CPU] * 4, lanes=lanes, log=GLog(stream=False), dtype=np.float64)
+    assert len(four.lanes) == lanes and four.exchange.summed == summed
+    owners = four.exchange.diff_owner
+    for r, rep in enumerate(four.replicas):
+        for a, b in zip(four.replicas[owners[r]].learnable_params, rep.learnable_params):
+            assert np.shares_memory(a.blob.diff, b.blob.diff)
+        for other in summed + [0]:
+            if other != owners[r]:
+                assert not np.shares_memory(four.replicas[other].learnable_params[0].blob.diff,
+                                            rep.learnable_params[0].blob.diff)
+    for _ in range(2):  # the second batch: the diffs were cleared once per lane, not accumulated on
+        one.compute_gradients()
+        four.compute_gradients()
+    for i, (a, b) in enumerate(zip(one.net.learnable_params, four.net.learnable_params)):
+        assert_close_to_scale(b.blob.diff, a.blob.diff, TRAIN_TERMS, eps=F64_EPS, err_msg=f"param {i}")
+
+
+def test_concurrent_cpu_lanes_share_the_blas_threads(db, tmp_path, monkeypatch):
+    """While 2 CPU lanes run, OpenBLAS and the split passes have half their threads each (the lanes never
+    outnumber the cores); after the passes they have them all again."""
+    from vggtool import config
+    from vggtool.layers import gemm
+    if gemm.blas_threads() is None:
+        pytest.skip("NumPy's OpenBLAS thread count cannot be read here")
+    before = gemm.blas_threads()
+    gemm.set_blas_threads(4)
+    try:
+        with config.override(num_threads=4):
+            s = ParallelSolver(write_solver(tmp_path, db), devices=[CPU] * 4, lanes=2, log=GLog(stream=False))
+            seen = []
+            passes = s._passes
+            monkeypatch.setattr(s, "_passes", lambda r, k: seen.append(
+                (r, gemm.blas_threads(), config.defaults().num_threads)) or passes(r, k))
+            s.step(1)
+            assert sorted(seen) == [(r, 2, 2) for r in range(4)]
+            assert gemm.blas_threads() == 4 and config.defaults().num_threads == 4
+            seen.clear()
+            sequential = ParallelSolver(write_solver(tmp_path, db), devices=[CPU] * 2, lanes=1,
+                                        log=GLog(stream=False))
+            passes1 = sequential._passes
+            monkeypatch.setattr(sequential, "_passes", lambda r, k: seen.append(
+                (r, gemm.blas_threads(), config.defaults().num_threads)) or passes1(r, k))
+            sequential.step(1)
+            assert seen == [(0, 4, 4), (1, 4, 4)]  # one lane: every thread for each replica in turn
+    finally:
+        gemm.set_blas_threads(before)
 
 
 def test_shares_are_the_single_device_batch(db, tmp_path):
@@ -241,6 +297,7 @@ def test_mpi_two_ranks_train_like_one_process(db, tmp_path):
     proc = _mpirun(["--solver", path], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Data parallel: 2 replicas (2 rank(s) x 1 device(s) [cpu]), 4 samples" in proc.stderr
+    assert "2 ranks on this host: 1 BLAS thread(s) per rank" in proc.stderr  # OPENBLAS_NUM_THREADS=1 here
     assert proc.stderr.count("Optimization Done.") == 1  # only rank 0 logs
     net_param = prototxt.read_solver_param(path).net_param
     mpi_net = Net(net_param, str(tmp_path / "snap_iter_3.caffemodel"), phase="TRAIN")
@@ -367,3 +424,63 @@ def test_two_replicas_on_one_gpu_train_like_the_cpu(db, tmp_path, dtype):
             Solver(path, device=devices[0], log=GLog(stream=False), dtype=dtype)
         s.step(4)
         assert_same([to_numpy(w) for w in weights(s.net)], cpu, eps=float(np.finfo(dtype).eps))
+
+
+class TwinRanks:
+    """A stand-in for a communicator of 2 ranks where rank 1 is rank 0's twin: whatever rank 0 holds, rank
+    1 holds too, so a sum over the ranks is twice rank 0's value (rank 0's view of a real run, in one
+    process and without an MPI launcher)."""
+
+    IN_PLACE, SUM, COMM_TYPE_SHARED = object(), object(), object()
+
+    def Get_rank(self):
+        return 0
+
+    def Get_size(self):
+        return 2
+
+    def allgather(self, value):
+        return [value, value]
+
+    def bcast(self, value, root=0):
+        return value
+
+    def Bcast(self, array, root=0):
+        pass
+
+    def Allreduce(self, where, array, op=None):
+        assert where is self.IN_PLACE and op is self.SUM
+        array *= 2
+
+    def Split_type(self, kind):
+        assert kind is self.COMM_TYPE_SHARED
+        return types.SimpleNamespace(Get_size=lambda: 2, Free=lambda: None)
+
+
+def test_mpi_sums_cpu_gradients_in_the_allreduce_buffer_itself(db, tmp_path, monkeypatch):
+    """On the CPU, replica 0's diffs (and its lane mates', which share them) live in the Allreduce buffer:
+    no copy in or out. The result is the mean over all replicas of all ranks, bit for bit (x2 then x1/4 is
+    x1/2 exactly): here rank 0's two shares of a batch of 8, against one process with a batch of 4."""
+    fake = types.ModuleType("mpi4py")
+    fake.MPI = TwinRanks
+    monkeypatch.setitem(sys.modules, "mpi4py", fake)
+    twin = ParallelSolver(write_solver(tmp_path, db), devices=[CPU] * 2, lanes=1, comm=TwinRanks(),
+                          log=GLog(stream=False), dtype=np.float64)
+    assert twin.mpi.in_place and twin.offsets == [0, 2]
+    for rep in twin.replicas:
+        for lp in rep.learnable_params:
+            assert np.shares_memory(lp.blob.diff, twin.mpi.buf)
+    (tmp_path / "alone").mkdir()
+    alone = ParallelSolver(write_solver(tmp_path / "alone", db, batch=BATCH // 2), devices=[CPU] * 2, lanes=1,
+                           log=GLog(stream=False), dtype=np.float64)
+    assert alone.offsets == [0, 2]
+    twin.compute_gradients()
+    alone.compute_gradients()
+    for i, (a, b) in enumerate(zip(alone.net.learnable_params, twin.net.learnable_params)):
+        assert np.abs(a.blob.diff).max() > 1e-4
+        np.testing.assert_array_equal(b.blob.diff, a.blob.diff, err_msg=f"param {i}")
+    before = weights(twin.net)
+    twin.broadcast_weights()  # through the same buffer: the diffs are cleared, the weights untouched
+    assert not twin.mpi.buf.any()
+    for a, b in zip(weights(twin.net), before):
+        np.testing.assert_array_equal(a, b)

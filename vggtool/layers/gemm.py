@@ -50,6 +50,42 @@ def _find_cblas():
     return False
 
 
+@functools.lru_cache(maxsize=1)
+def _thread_control():
+    """(get, set) of the number of threads of NumPy's OpenBLAS, or None (not found)."""
+    libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(libdir, "*openblas*"))):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_openblas_", "64_"), ("scipy_openblas_", ""), ("openblas_", "64_"),
+                               ("openblas_", "")):
+            get = getattr(lib, f"{prefix}get_num_threads{suffix}", None)
+            put = getattr(lib, f"{prefix}set_num_threads{suffix}", None)
+            if get is not None and put is not None:
+                get.restype, get.argtypes = ctypes.c_int, []
+                put.restype, put.argtypes = None, [ctypes.c_int]
+                return get, put
+    return None
+
+
+def blas_threads():
+    """The number of threads OpenBLAS runs a GEMM on (process-wide), or None when it cannot be read."""
+    control = _thread_control()
+    return control[0]() if control else None
+
+
+def set_blas_threads(count):
+    """Set OpenBLAS's thread count for the whole process (OpenBLAS's pthreads builds have no per-thread
+    count: `openblas_set_num_threads_local` changes the global one too). False when it cannot be set."""
+    control = _thread_control()
+    if not control:
+        return False
+    control[1](int(count))
+    return True
+
+
 def _operand(x):
     """(transpose flag, leading dimension) describing 2-d x to row-major BLAS, or None."""
     r, c = x.shape

@@ -7,9 +7,10 @@ g*b .. g*b+b-1 of every batch, b = batch_size / replicas (net.batch_divisor, net
 per-sample randomness is keyed by the global sample index, so the split changes nothing.
 
 One iteration:
-  each local replica (one thread each on GPUs; one after another on the CPU) clears its diffs and runs
-  iter_size forward/backward passes -> local sum into replica 0 (NCCL on GPUs when available, else
-  device-to-device copies; in memory on the CPU) -> MPI Allreduce of one flat buffer (the diffs and the
+  each local replica runs iter_size forward/backward passes in its lane (vggtool.solvers.lanes: one thread
+  per GPU; on the CPU one thread per core, each running its replicas one after another on its share of the
+  cores and accumulating them into one set of diffs) -> local sum of the lanes into replica 0 (NCCL on
+  GPUs when available, else device-to-device copies; in memory on the CPU) -> MPI Allreduce of one flat buffer (the diffs and the
   loss) -> divide by the replica count -> EVERY rank applies the same solver update to its replica 0, as
   Caffe's multi-GPU (NCCL) solver does: the ranks start from the same weights and solver state and see
   the same summed gradients, so they stay identical without sending weights -> GPU replica 0 copies the
@@ -51,8 +52,9 @@ from ..backend import CPU, get_array_module, host_float, to_numpy
 from ..errors import VggtoolError
 from ..layers.data import PrefetchingDataLayer
 from ..proto import caffe_pb2
-from .exchange import MpiExchange, local_exchange
+from .exchange import MpiExchange, local_exchange, scale_diffs
 from .glog import GLog
+from .lanes import cores_per_lane, cpu_cores, plan_lanes, ranks_on_this_host, share_host_between_ranks
 from .solver import NONE, Solver
 
 # Environment variables the common launchers set to the number of processes of the job.
@@ -112,11 +114,12 @@ class ReplicaFailed(VggtoolError):
 class ParallelSolver(Solver):
     """A Solver over several replicas of the train net (see the module docstring). `devices`: this
     process's devices (a list of vggtool.backend.Device; CPU repeated for CPU replicas); `comm`: an mpi4py
-    communicator of several ranks or None; `threads`: run the local replicas in threads (default: on GPUs
-    only); `share_cpu_weights`: CPU replicas read replica 0's weights (default) or hold copies of them."""
+    communicator of several ranks or None; `threads`: True runs every local replica in its own thread, False
+    all in one; `lanes`: this many threads (vggtool.solvers.lanes; default: one per GPU, one per core for
+    CPU replicas); `share_cpu_weights`: CPU replicas read replica 0's weights (default) or hold copies."""
 
-    def __init__(self, param, *, devices, comm=None, threads=None, log=None, seed=None, share_cpu_weights=True,
-                 **kwargs):
+    def __init__(self, param, *, devices, comm=None, threads=None, lanes=None, log=None, seed=None,
+                 share_cpu_weights=True, **kwargs):
         self.devices = list(devices) or [CPU]
         self.comm = comm if comm is not None and comm.Get_size() > 1 else None
         self.rank = self.comm.Get_rank() if self.comm else 0
@@ -128,9 +131,14 @@ class ParallelSolver(Solver):
                                    f"{', '.join(f'rank {i}: {c}' for i, c in enumerate(counts))})")
         self.replica_count = self.ranks * len(self.devices)
         self.train_batch_divisor = self.replica_count
-        # GPU replicas run in threads so the devices overlap. CPU replicas run one after another by default:
-        # NumPy's BLAS already uses every core, and threads measured slower (bench/bench_parallel.py).
-        self.threads = all(d.is_gpu for d in self.devices) if threads is None else bool(threads)
+        # ranks on one machine split its cores, as the lanes of one rank do
+        self.host_ranks = ranks_on_this_host(self.comm)
+        self.blas_threads = share_host_between_ranks(self.host_ranks) if self.host_ranks > 1 else None
+        self.lanes = plan_lanes(self.devices, threads=threads, lanes=lanes,
+                                cores=max(1, cpu_cores() // self.host_ranks))
+        self.threads = len(self.lanes) > 1
+        # lanes running CPU replicas at the same time: each gets its share of the BLAS threads
+        self.cpu_lanes = sum(1 for lane in self.lanes if not self.devices[lane[0]].is_gpu) if self.threads else 0
         if self.rank != 0 and log is None:
             log = GLog(stream=False)  # only rank 0 logs
         if not isinstance(param, caffe_pb2.SolverParameter):
@@ -143,11 +151,11 @@ class ParallelSolver(Solver):
         self._train_outputs = None
         self.seconds = {"gradients": 0.0, "exchange": 0.0, "update": 0.0}  # time spent, for benchmarks
         super().__init__(param, device=self.devices[0], log=log, seed=seed, **kwargs)
-        self.exchange = local_exchange(self.replicas, share_cpu_weights, log=self.log)
-        self.mpi = MpiExchange(self.comm, self.net) if self.comm else None
+        self.exchange = local_exchange(self.replicas, share_cpu_weights, log=self.log, lanes=self.lanes)
+        self.mpi = MpiExchange(self.comm, self.net, self.replicas[1:]) if self.comm else None
         self.pool = None
-        if self.threads and len(self.replicas) > 1:
-            self.pool = ThreadPoolExecutor(max_workers=len(self.replicas), thread_name_prefix="replica")
+        if self.threads:
+            self.pool = ThreadPoolExecutor(max_workers=len(self.lanes), thread_name_prefix="replica")
             weakref.finalize(self, self.pool.shutdown, wait=False)
 
     def _init_train_net(self, dtype):
@@ -163,7 +171,10 @@ class ParallelSolver(Solver):
         self.offsets = [(first + r) * share for r in range(len(nets))]
         where = f"{self.ranks} rank(s) x {len(nets)} device(s) [{', '.join(d.name for d in self.devices)}]"
         self.log.info("parallel.py:1", f"Data parallel: {self.replica_count} replicas ({where}), {share} "
-                                       f"samples of each batch per replica")
+                                       f"samples of each batch per replica, {len(self.lanes)} lane(s) running at once")
+        if self.host_ranks > 1 and self.blas_threads is not None:
+            self.log.info("parallel.py:1", f"{self.host_ranks} ranks on this host: {self.blas_threads} BLAS "
+                                           f"thread(s) per rank")
         return nets[0]
 
     def _share(self, net):
@@ -182,24 +193,26 @@ class ParallelSolver(Solver):
 
     # -- running the replicas ----------------------------------------------------------------------------
     def _on_replicas(self, work):
-        """work(r) for every local replica (in threads when enabled); the first failure is raised, naming
-        the replica, after every replica has finished (so nothing is left running)."""
+        """work(r) for every local replica, lane by lane (the lanes in threads when there are several); the
+        first failure is raised, naming the replica, after every replica has finished (nothing is left
+        running)."""
         n = len(self.replicas)
-        if self.pool is None:
-            outcomes = []
-            for r in range(n):
+        outcomes = [None] * n
+
+        def run_lane(lane):
+            for r in lane:
                 try:
-                    outcomes.append((True, work(r)))
+                    outcomes[r] = (True, work(r))
                 except Exception as e:
-                    outcomes.append((False, e))
-        else:
-            futures = [self.pool.submit(work, r) for r in range(n)]
-            outcomes = []
-            for f in futures:
-                try:
-                    outcomes.append((True, f.result()))
-                except Exception as e:
-                    outcomes.append((False, e))
+                    outcomes[r] = (False, e)
+
+        with cores_per_lane(self.cpu_lanes):
+            if self.pool is None:
+                for lane in self.lanes:
+                    run_lane(lane)
+            else:
+                for f in [self.pool.submit(run_lane, lane) for lane in self.lanes]:
+                    f.result()
         failed = [(r, e) for r, (ok, e) in enumerate(outcomes) if not ok]
         if failed:
             r, e = failed[0]
@@ -213,7 +226,8 @@ class ParallelSolver(Solver):
 
     def _passes(self, r, count):
         net = self.replicas[r]
-        net.clear_param_diffs()
+        if self.exchange.diff_owner[r] == r:  # the others of its lane accumulate into its diffs
+            net.clear_param_diffs()
         loss = 0.0
         for k in range(count):
             net.iteration = self.iter * self.param.iter_size + k
@@ -243,9 +257,7 @@ class ParallelSolver(Solver):
         n = self.replica_count
         if n > 1:
             with self.device:
-                for lp in self.net.learnable_params:
-                    d = lp.blob.diff
-                    d *= 1.0 / n
+                scale_diffs([lp.blob for lp in self.net.learnable_params], 1.0 / n)
             self.device.synchronize()
         self.seconds["gradients"] += t1 - t0
         self.seconds["exchange"] += time.perf_counter() - t1
