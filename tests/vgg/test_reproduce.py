@@ -17,6 +17,7 @@ from vggtool.vgg import evaluate
 from vggtool.data.transform import isotropic_resize
 from vggtool.io.prototxt import read_net_param
 from vggtool.vgg.reproduction import plan, scoring, tables
+from vggtool.proto import caffe_pb2
 from vggtool.vgg.reproduction.run import score_plan
 
 from repo_paths import REPO  # noqa: E402
@@ -129,7 +130,18 @@ def test_the_recipe_trains_a_from_he_weights_without_dropout_or_flips():
         assert fillers and set(fillers) == {"msra"}, config
 
 
-def test_batched_dense_equals_the_per_image_protocol(tmp_path, rng):
+def test_test_flips_follow_the_training_flips():
+    # The paper averages test posteriors over flips because it trains on flipped images; a test that flips
+    # what the net never saw flipped averages in posteriors of other glyphs.
+    for config in MINI_TABLE1:
+        param = read_net_param(os.path.join(ROOT, "netdefs", "mini", config, "train_val_msra.prototxt"))
+        mirrors = {l.transform_param.mirror for l in param.layer
+                   if l.type == "Data" and l.include[0].phase == caffe_pb2.TRAIN}
+        assert mirrors == {scoring.FLIP}, config
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_batched_dense_equals_the_per_image_protocol(tmp_path, rng, flip):
     deploy = os.path.join(ROOT, "netdefs", "mini", "vgg_a", "deploy.prototxt")
     net = Net(deploy, phase="TEST", seed=3)
     for blobs in net.params.values():
@@ -141,6 +153,8 @@ def test_batched_dense_equals_the_per_image_protocol(tmp_path, rng):
     net.save(weights)
     mean = np.array([30.0], np.float32)
     ev = scoring.make_evaluator(deploy, weights, (36, 54), mean, 0.0125)
+    assert ev.flip == scoring.FLIP
+    ev.flip = flip
     images = [rng.integers(0, 256, (36, 36, 1), dtype=np.uint8) for _ in range(5)]
     images += [rng.integers(0, 256, (40, 36, 1), dtype=np.uint8) for _ in range(2)]  # another size: own batch
     for q in (36, 54):
