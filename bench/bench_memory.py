@@ -75,6 +75,7 @@ def vggtool_part(a):
 
     after_imports = proc_status("VmRSS")
     net = Net(training_param(prototxt, a), phase="TRAIN", seed=0)
+    net.share_memory()  # as the Solver's train net does (settings.share_memory; VGGTOOL_SHARE_MEMORY=off: none)
     rng = np.random.default_rng(0)
     net.blobs["data"].data = rng.standard_normal(net.blobs["data"].shape, dtype=np.float32)
     net.blobs["label"].data = rng.integers(0, 1000, a.batch)

@@ -167,6 +167,14 @@ class Blob:
         self._data_buf = other._data_buf
         self._refresh_views()
 
+    def use_diff_storage(self, flat):
+        """Keep the diff in `flat` (a 1-d array of at least `count` elements of this dtype: the net's
+        memory pool, vggtool.net.pool); a reshape beyond it gives the blob a buffer of its own again."""
+        if flat.size < self.count or flat.dtype != self.dtype:
+            raise VggtoolError(f"{self._what()}: diff storage of {flat.size} {flat.dtype} for {self.count} {self.dtype}")
+        self._diff_buf = flat
+        self._refresh_views()
+
     def share_diff(self, other):
         if other.count != self.count:
             raise VggtoolError(f"cannot share diff between blobs of shapes {self._shape} and {other.shape}")

@@ -16,9 +16,11 @@ from ..config import defaults as default_settings
 from ..errors import VggtoolError
 from ..io import prototxt, wire
 from ..io.upgrade import upgrade_net
+from ..layers.base import Workspace
 from ..layers.conv.policy import CacheBudget
 from .build import NetBuilder, layer_context
 from .graph import filter_net, insert_splits, phase_value
+from .pool import MemoryPool
 from ..proto import caffe_pb2
 
 TRAIN = caffe_pb2.TRAIN
@@ -80,6 +82,8 @@ class Net:
         self.weights_param = None  # the NetParameter of the last weights copied in (see copy_from)
         self.settings = settings if settings is not None else default_settings()  # vggtool.config.Settings
         self.conv_cache = CacheBudget()  # forward data the convolutions keep for backward (TRAIN)
+        self.memory_pool = None  # a MemoryPool once share_memory() is on (vggtool.net.pool)
+        self._workspace = Workspace(device)  # scratch shared by the layers (Layer.workspace)
         state = caffe_pb2.NetState()
         state.CopyFrom(net_param.state)
         state.phase = self.phase
@@ -93,6 +97,8 @@ class Net:
             self._init_layers(insert_splits(self.param, self.source))
         if weights:
             self.load_weights(weights)
+        if self.settings.share_memory == "on":
+            self.share_memory()
 
     # -- construction ------------------------------------------------------------------------------------
     def _init_layers(self, param):
@@ -125,6 +131,49 @@ class Net:
         key = [self.seed, zlib.crc32(layer_name.encode()), int(t), int(self.sample_offset + index)]
         return np.random.Generator(np.random.Philox(np.random.SeedSequence(key)))
 
+    # -- memory -------------------------------------------------------------------------------------------
+    def share_memory(self):
+        """Pool the blob diffs, the convolutions' forward caches and the layers' workspace (vggtool.net.pool):
+        buffers live at different moments of a step share bytes, so the peak is the largest live set.
+        Afterwards an intermediate blob's diff is valid only during backward (between the backward that
+        writes it and its producer's, which reads it); parameter diffs, loss and output diffs stay.
+        The Solver's train net and `vggtool time` call it (as PyTorch frees non-leaf gradients); a plain
+        Net keeps every diff, as pycaffe's. settings.share_memory: 'auto' (this), 'on' (every Net at
+        construction), 'off' (never; this call does nothing). Returns whether the memory is pooled."""
+        if self.settings.share_memory == "off":
+            return False
+        if self.memory_pool is None:
+            self.memory_pool = MemoryPool(self)
+            self._workspace.pooled = True
+            self.reshape()  # the caches are re-planned for the pool's budget, then the pool itself
+        return True
+
+    def diff_is_kept(self, blob):
+        """Whether `blob`'s diff keeps its value after backward (False: a region of the pool)."""
+        return self.memory_pool is None or blob.name not in self.memory_pool.pooled_diffs \
+            or self.blobs.get(blob.name) is not blob
+
+    def plan_memory_if_stale(self):
+        """Re-plan the pool between steps when shapes changed or the workspace recorded new requests."""
+        if self.memory_pool is not None and self.memory_pool.stale():
+            self.memory_pool.plan()
+
+    def layer_forward(self, i):
+        """Layer i's forward on its blobs (the net's loops and `vggtool time` run layers through these)."""
+        if self.memory_pool is not None:
+            self._workspace.at(i)
+        self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
+
+    def layer_backward(self, i):
+        """Layer i's backward, propagating to the bottoms the net's need-backward analysis chose."""
+        if self.memory_pool is not None:
+            self._workspace.at(2 * len(self.layers) - 1 - i)
+        self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i])
+
+    def _calls_done(self):
+        if self.memory_pool is not None:
+            self._workspace.at(None)
+
     # -- running ------------------------------------------------------------------------------------------
     def _layer_index(self, name, default):
         return default if name is None else self.layer_index(name)
@@ -134,9 +183,12 @@ class Net:
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
         with self.device:
+            if start == 0:
+                self.plan_memory_if_stale()  # between steps: new shapes or recorded workspace
             for i in range(start, end + 1):
-                self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
+                self.layer_forward(i)
                 loss = loss + self._layer_loss(i)
+            self._calls_done()
         return loss
 
     def _layer_loss(self, i):
@@ -152,7 +204,8 @@ class Net:
         with self.device:
             for i in range(start, end - 1, -1):
                 if self.layer_need_backward[i]:
-                    self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i])
+                    self.layer_backward(i)
+            self._calls_done()
 
     def _set_inputs(self, kwargs, what="data"):
         reshaped = False
@@ -201,6 +254,8 @@ class Net:
             for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
                 with layer_context(layer):
                     layer.reshape(bottom, top)
+            if self.memory_pool is not None:
+                self.memory_pool.plan()
 
     def clear_param_diffs(self):
         for p in self.learnable_params:
@@ -221,7 +276,8 @@ class Net:
         order = range(len(self.layers)) if not diff else range(len(self.layers) - 1, -1, -1)
         for i in order:
             arrays = [t.data for t in self.top_vecs[i]] if not diff else \
-                [b.diff for b in self.layers[i].blobs] + [b.diff for b in self.bottom_vecs[i] if b.has_diff]
+                [b.diff for b in self.layers[i].blobs] + \
+                [b.diff for b in self.bottom_vecs[i] if b.has_diff and self.diff_is_kept(b)]
             for a in arrays:
                 if a.size and not bool(xp.isfinite(a).all()):
                     return self.layers[i].name
