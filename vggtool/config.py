@@ -78,6 +78,7 @@ class Settings:
     c_kernels: bool = True  # process: use the C kernels (Winograd transforms, 2x2 max pooling) where built
     cblas: bool = True  # process: call OpenBLAS's cblas_?gemm directly for in-place accumulation
     share_memory: str = "auto"  # net: pool diffs, caches and workspace (auto: Solver and `time` nets; on; off)
+    release_data: bool = True  # net: a net sharing its memory pools intermediate blob data too
 
     def __post_init__(self):
         # values given in code are checked as strictly as those from the environment
@@ -86,7 +87,7 @@ class Settings:
         for name, minimum in (("conv_cache_mb", 0), ("data_threads", 1), ("num_threads", 1)):
             set_(self, name, _count(getattr(self, name), name, minimum))
         set_(self, "share_memory", share_memory_mode(self.share_memory, "share_memory"))
-        for name in ("c_kernels", "cblas"):
+        for name in ("c_kernels", "cblas", "release_data"):
             value = getattr(self, name)
             set_(self, name, value if isinstance(value, bool) else _boolean(value, name))
 
@@ -121,6 +122,7 @@ _ENVIRONMENT = {
     "c_kernels": ("VGGTOOL_NO_CKERNELS", lambda v, var: not _boolean(v, var)),
     "cblas": ("VGGTOOL_NO_CBLAS", lambda v, var: not _boolean(v, var)),
     "share_memory": ("VGGTOOL_SHARE_MEMORY", lambda v, var: share_memory_mode(v.strip() or "auto", var)),
+    "release_data": ("VGGTOOL_RELEASE_DATA", _boolean),
 }
 KEYS = tuple(f.name for f in dataclasses.fields(Settings))
 

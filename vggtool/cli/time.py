@@ -71,6 +71,7 @@ def _net_with_random_inputs(args, device):
     stages = [s for s in args.stage.split(",") if s]
     net = Net(args.net, args.weights, phase=args.phase, stages=stages, level=args.level, device=device,
               seed=args.seed, log=_LOG)
+    net.runs_every_backward = True  # as Caffe's benchmark; the pool keeps what those backwards read
     net.share_memory()  # as the Solver's train net (settings.share_memory)
     rng = np.random.default_rng(args.seed)
     for name in net.inputs:

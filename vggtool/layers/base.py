@@ -177,6 +177,12 @@ class Layer:
     def allow_force_backward(self, bottom_index):
         return True
 
+    def backward_reads_data(self, bottom, top):
+        """The blobs (of `bottom` and `top`) whose data this layer's backward reads. A net whose memory is
+        pooled (vggtool.net.pool) keeps a blob's data only until its last reader; layers whose backward
+        needs less than all their blobs say so here."""
+        return list(bottom) + list(top)
+
     # -- helpers -----------------------------------------------------------------------------------------
     def error(self, message):
         return VggtoolError(f"layer '{self.name}' ({self.type}): {message}")

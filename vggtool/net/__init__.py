@@ -83,6 +83,7 @@ class Net:
         self.settings = settings if settings is not None else default_settings()  # vggtool.config.Settings
         self.conv_cache = CacheBudget()  # forward data the convolutions keep for backward (TRAIN)
         self.memory_pool = None  # a MemoryPool once share_memory() is on (vggtool.net.pool)
+        self.runs_every_backward = False  # `vggtool time`: every layer's backward runs, needed or not
         self._workspace = Workspace(device)  # scratch shared by the layers (Layer.workspace)
         state = caffe_pb2.NetState()
         state.CopyFrom(net_param.state)
@@ -152,6 +153,21 @@ class Net:
         """Whether `blob`'s diff keeps its value after backward (False: a region of the pool)."""
         return self.memory_pool is None or blob.name not in self.memory_pool.pooled_diffs \
             or self.blobs.get(blob.name) is not blob
+
+    def data_is_kept(self, blob):
+        """Whether `blob`'s data keeps its value after forward (False: a region of the pool, valid from
+        its producer's forward to its last reader)."""
+        return self.memory_pool is None or blob.name not in self.memory_pool.pooled_data \
+            or self.blobs.get(blob.name) is not blob
+
+    def _check_kept(self, names, what):
+        for name in names:
+            blob = self.blobs.get(name)
+            kept = self.data_is_kept(blob) if what == "data" else self.diff_is_kept(blob)
+            if blob is not None and not kept:
+                raise VggtoolError(f"net '{self.name}': the {what} of blob '{name}' is not kept after the pass: "
+                                   "this net shares its memory (settings.share_memory; a Solver's train net and "
+                                   "`vggtool time` do by default); build it with share_memory=off to read it")
 
     def plan_memory_if_stale(self):
         """Re-plan the pool between steps when shapes changed or the workspace recorded new requests."""
@@ -232,6 +248,7 @@ class Net:
         self.last_loss = self.forward_from_to(s, e)
         names = self.outputs if end is None else self.top_names[self.layers[e].name]
         names = list(names) + [b for b in (blobs or []) if b not in names]
+        self._check_kept(names, "data")
         return {n: self.blobs[n].data for n in names}
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
@@ -242,6 +259,7 @@ class Net:
         self.backward_from_to(s, e)
         names = self.inputs if end is None else self.bottom_names[self.layers[e].name]
         names = list(names) + [b for b in (diffs or []) if b not in names]
+        self._check_kept(names, "diff")
         return {n: self.blobs[n].diff for n in names}
 
     def forward_backward(self):
@@ -275,7 +293,7 @@ class Net:
         xp = self.xp
         order = range(len(self.layers)) if not diff else range(len(self.layers) - 1, -1, -1)
         for i in order:
-            arrays = [t.data for t in self.top_vecs[i]] if not diff else \
+            arrays = [t.data for t in self.top_vecs[i] if self.data_is_kept(t)] if not diff else \
                 [b.diff for b in self.layers[i].blobs] + \
                 [b.diff for b in self.bottom_vecs[i] if b.has_diff and self.diff_is_kept(b)]
             for a in arrays:

@@ -1,22 +1,27 @@
-"""The memory a training step can share: blob diffs, convolution forward caches and layer workspace that
-are live at different moments of the step get their bytes from one flat buffer (the arena).
+"""The memory a training step can share: blob data and diffs, convolution forward caches and layer
+workspace that are live at different moments of the step get their bytes from one flat buffer (the arena).
 
 Time in a step is 2L slots for L layers: layer i's forward is slot i, its backward slot 2L-1-i. Each
 pooled buffer is live over an interval of slots:
+- a blob's data: from its producer's forward to the last forward or backward that reads it (each layer
+  says which of its blobs its backward reads: Layer.backward_reads_data). A convolution whose forward
+  cache holds what dW needs does not read its input in backward, max pooling keeps its argmax and ReLU a
+  mask of its positive outputs (1 byte an element, kept only where that lets the data go sooner);
 - a blob's diff: from the backward of the last layer using the blob (which writes it first) to the
   backward of the first (its producer, which reads it last);
 - a convolution's forward cache (columns or tiles kept for dW): from its forward to its backward, after
   which the layer drops it (ForwardCache.release);
 - a layer call's workspace: that one slot (sizes recorded during the first step after a plan, when the
-  workspace hands out buffers that are freed after each call).
+  workspace hands out buffers that are unmapped after each call).
 `plan_offsets` places the intervals in the arena (largest first, each at the lowest offset clear of the
 placed intervals that are live at the same time), so the arena is about the largest live set, not the sum.
 
-Kept out of the pool, with buffers of their own: parameter diffs (the solver reads them), diffs with a
-loss weight (set once, read every backward), net outputs (a user may set their diffs), diffs that some
-layer shares with another blob (Reshape, Flatten: the top views the bottom's diff), and diffs that a
-backward would read before any backward of the step has written them (a consumer that does not
-propagate down to its bottom): Caffe's zero-initialised diff, which a shared buffer would not keep.
+Kept out of the pool, with buffers of their own: parameters (the solver reads their diffs), what a layer
+without bottoms produces (inputs: set before the forward; Net.backward returns their diffs), net outputs and loss-weighted tops, data or
+diffs that blobs share (split tops view their bottom's data; Reshape and Flatten tops their bottom's data
+and diff), and diffs that a backward would read before any backward of the step has written them (a
+consumer that does not propagate down to its bottom): Caffe's zero-initialised diff, which a shared
+buffer would not keep.
 """
 from collections import namedtuple
 
@@ -24,7 +29,7 @@ import numpy as np
 
 ALIGN = 64  # bytes: every region starts on a cache line (BLAS and the C kernels read them)
 
-# kind: 'diff', 'cache' or 'workspace'; key: the blob name, the layer name, or (slot, layer call, buffer key)
+# kind: 'data', 'diff', 'cache' or 'workspace'; key: the blob name, the layer name, or (slot, buffer key)
 Interval = namedtuple("Interval", "kind key nbytes first last")
 Placed = namedtuple("Placed", "interval offset")
 
@@ -61,6 +66,46 @@ def live_peak(intervals):
     return max(slots.values(), default=0)
 
 
+def _shared_buffers(net, attr):
+    """Names of the blobs whose `attr` buffer (_data_buf, _diff_buf) another blob holds too."""
+    holders = {}
+    for name, blob in net.blobs.items():
+        buf = getattr(blob, attr)
+        if buf is not None:
+            holders.setdefault(id(buf), []).append(name)
+    return {name for names in holders.values() if len(names) > 1 for name in names}
+
+
+def _inputs(net):
+    """The blobs that layers without bottoms produce (Input, Data: filled before or by the forward)."""
+    return {t for i, name in enumerate(net.layer_names) if not net.bottom_vecs[i] for t in net.top_names[name]}
+
+
+def poolable_data(net):
+    """{blob name: (first slot, last slot)} of the blob data the pool may hold: from the forward of the
+    layer producing it to the last forward or backward that reads it. Kept out: what a layer without
+    bottoms produces (inputs set before the forward), net outputs, loss-weighted tops and data that
+    blobs share (split tops, Reshape)."""
+    n = len(net.layers)
+    shared = _shared_buffers(net, "_data_buf")
+    outputs = set(net.outputs)
+    span = {}
+    for i, (name, layer) in enumerate(zip(net.layer_names, net.layers)):
+        bottoms, tops = net.bottom_vecs[i], net.top_vecs[i]
+        for b in net.bottom_names[name] + net.top_names[name]:
+            first, last = span.get(b, (i, i))
+            span[b] = (min(first, i), max(last, i))
+        if net.layer_need_backward[i] or net.runs_every_backward:
+            read = {id(blob) for blob in layer.backward_reads_data(bottoms, tops)}
+            for b, blob in zip(net.bottom_names[name] + net.top_names[name], list(bottoms) + list(tops)):
+                if id(blob) in read:
+                    span[b] = (span[b][0], max(span[b][1], 2 * n - 1 - i))
+    inputs = _inputs(net)
+    return {b: s for b, s in span.items()
+            if b not in outputs and b not in shared and b not in inputs
+            and not net.blob_loss_weights.get(b)}
+
+
 def poolable_diffs(net):
     """{blob name: (first slot, last slot)} of the blob diffs the pool may hold (see the module docstring)."""
     n = len(net.layers)
@@ -68,12 +113,8 @@ def poolable_diffs(net):
     for i, name in enumerate(net.layer_names):
         for b in net.bottom_names[name] + net.top_names[name]:
             users.setdefault(b, set()).add(i)
-    holders = {}
-    for name, blob in net.blobs.items():
-        if blob._diff_buf is not None:
-            holders.setdefault(id(blob._diff_buf), []).append(name)
-    shared = {name for names in holders.values() if len(names) > 1 for name in names}
-    outputs = set(net.outputs)
+    shared = _shared_buffers(net, "_diff_buf")
+    outputs = set(net.outputs) | _inputs(net)  # Net.backward() hands out the inputs' diffs
     result = {}
     for name, layers in users.items():
         if name in outputs or name in shared or net.blob_loss_weights.get(name):
@@ -102,6 +143,7 @@ class MemoryPool:
         self.sum_bytes = 0  # what the pooled buffers would take with a buffer each
         self.base_bytes = 0  # the arena the last plan would need without forward caches
         self.pooled_diffs = set()  # names of the blobs whose diffs are in the arena
+        self.pooled_data = set()  # ... and whose data are
 
     def shape_signature(self):
         return tuple(blob.shape for blob in self.net.blobs.values())
@@ -112,6 +154,7 @@ class MemoryPool:
         return self.signature != self.shape_signature() or (ws is not None and ws.needs_plan)
 
     def intervals(self):
+        """Diffs, caches and workspace (the forward caches as the layers planned them at reshape)."""
         net = self.net
         n = len(net.layers)
         out = []
@@ -133,6 +176,10 @@ class MemoryPool:
         their regions. Forward caches are marked empty (their bytes may move): call between steps."""
         net = self.net
         intervals = self._within_cache_budget(self.intervals(), net.settings.conv_cache_bytes)
+        spans = self._data_with_masks() if net.settings.release_data else self._no_masks()
+        for name, (first, last) in spans.items():  # after the caches are decided
+            blob = net.blobs[name]
+            intervals.append(Interval("data", name, blob.count * blob.dtype.itemsize, first, last))
         self.placed, self.arena_bytes = plan_offsets(intervals)
         self.sum_bytes = sum(_aligned(iv.nbytes) for iv in intervals)
         self.signature = self.shape_signature()
@@ -144,16 +191,20 @@ class MemoryPool:
             iv = p.interval
             regions[(iv.kind, iv.key)] = self.arena[p.offset:p.offset + iv.nbytes]
         layers = {layer.name: layer for layer in net.layers}
-        pooled = set()
+        pooled, released = set(), set()
         for (kind, key), region in regions.items():
             if kind == "diff":
                 blob = net.blobs[key]
                 blob.use_diff_storage(region.view(blob.dtype))
                 pooled.add(key)
+            elif kind == "data":
+                blob = net.blobs[key]
+                blob.use_data_storage(region.view(blob.dtype))
+                released.add(key)
             elif kind == "cache":
                 layer = layers[key]
                 layer.forward_cache.use_storage(region.view(layer.dtype))
-        self.pooled_diffs = pooled
+        self.pooled_diffs, self.pooled_data = pooled, released
         for layer in net.layers:
             cache = getattr(layer, "forward_cache", None)
             if cache is not None:
@@ -162,6 +213,31 @@ class MemoryPool:
         ws = getattr(net, "_workspace", None)
         if ws is not None:
             ws.use_regions({key: region for (kind, key), region in regions.items() if kind == "workspace"})
+
+    def _no_masks(self):
+        for layer in self.net.layers:
+            if hasattr(layer, "keep_mask"):
+                layer.keep_mask, layer.positive = False, None
+        return {}
+
+    def _data_with_masks(self):
+        """poolable_data, with each ReLU keeping a mask of its positive outputs (1 byte an element) where
+        that lets its blob's data go sooner; elsewhere its backward reads the data as usual."""
+        net = self.net
+        relus = [(i, layer) for i, layer in enumerate(net.layers) if hasattr(layer, "keep_mask")]
+        for _, layer in relus:
+            layer.keep_mask = True
+        spans = poolable_data(net)
+        for i, layer in relus:
+            layer.keep_mask = False
+            without = poolable_data(net)
+            top = net.top_names[layer.name][0]
+            if top in spans and without.get(top) != spans[top]:
+                layer.keep_mask = True
+            else:
+                layer.positive = None
+                spans = without
+        return spans
 
     def _within_cache_budget(self, intervals, limit):
         """The intervals with the forward caches that add at most `limit` bytes to the planned arena

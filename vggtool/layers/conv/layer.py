@@ -107,12 +107,21 @@ class ConvolutionLayer(Layer):
                 im2col.forward(self, b.data, t.data, keep)
         cache.valid = keep and algo != "shifted"
 
+    def backward_reads_data(self, bottom, top):
+        """The input, unless the forward cache holds what dW needs (dX needs only its shape)."""
+        cache = self.forward_cache
+        return [] if cache.enabled and cache.algorithm != "shifted" else list(bottom)
+
     def backward(self, top, propagate_down, bottom):
         want_w = self.param_propagate_down[0]
         want_b = self.bias_term and self.param_propagate_down[1]
         algo = self.chosen_algorithm()
         if algo != self.forward_cache.algorithm:  # settings changed since reshape: the kept layout differs
             self.forward_cache.valid = False
+        if want_w and not self.forward_cache.valid and self.net is not None and \
+                not all(self.net.data_is_kept(b) for b in bottom):
+            raise self.error("backward without the forward that fills its cache: in a net whose memory is "
+                             "shared (settings.share_memory) its input's data is gone by now; run forward first")
         for b, t, down in zip(bottom, top, propagate_down):
             if want_b:
                 self._add_bias_grad(t.diff)
