@@ -307,3 +307,44 @@ def test_release_data_off_keeps_every_blobs_data_readable():
     assert not net.layer("relu3").keep_mask
     feed(net, 0)
     assert net.forward(blobs=["conv3"])["conv3"].shape == (2, 4, 6, 6)
+
+
+def debug_lines(net, steps=2):
+    lines = []
+    net.log = GLog(stream=False)
+    net.log.line = lambda where, message, severity="I": lines.append((where, message.strip()))
+    net.debug_info = True
+    for step in range(steps):
+        net.iteration = step
+        feed(net, step)
+        net.clear_param_diffs()
+        net.forward_backward()
+    return lines
+
+
+def test_debug_info_prints_each_diff_while_it_is_valid():
+    plain_lines, pooled_lines = debug_lines(build(BRANCHY, False)), debug_lines(build(BRANCHY, True))
+    assert plain_lines == pooled_lines  # the pooled diffs are read right after the layer writing them
+    backward = [m for _, m in pooled_lines if m.startswith("[Backward] Layer")]
+    assert "[Backward] Layer poolmax, bottom blob sum_relu2_0_split_0 diff: " in "\n".join(backward)
+    assert pooled_lines[-1][1].startswith("[Backward] All net params (data, diff): L1 norm = (")
+    # the values are those of the plain net's diffs after its backward (mean absolute value, 6 digits)
+    plain = build(BRANCHY, False)
+    debug_lines(plain)
+    for layer, blob in (("ip2", "ip1_drop_0_split_0"), ("conv3", "poolave"), ("poolmax", "sum_relu2_0_split_0")):
+        diff = plain.blobs[blob].diff
+        value = float(np.abs(diff).sum(dtype=np.float64)) / diff.size
+        assert f"[Backward] Layer {layer}, bottom blob {blob} diff: {value:.6g}" in backward
+    assert any(m.startswith("[Forward] Layer conv1, top blob conv1 data: ") for _, m in pooled_lines)
+    assert any(m.startswith("[Forward] Layer conv1, param blob 0 data: ") for _, m in pooled_lines)
+
+
+def test_a_solver_prints_debug_info_on_displayed_iterations_only():
+    solver = make_solver()
+    solver.param.debug_info = True
+    solver.param.display = 2
+    lines = []
+    solver.log.line = lambda where, message, severity="I": lines.append(message)
+    solver.net.log = solver.log
+    train(solver, iters=3)  # iterations 0, 1, 2: 0 and 2 display
+    assert sum(m.strip().startswith("[Backward] All net params") for m in lines) == 2

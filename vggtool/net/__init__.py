@@ -10,6 +10,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import debug_info as net_debug_info
 from . import weights as net_weights
 from ..backend import CPU
 from ..config import defaults as default_settings
@@ -93,6 +94,7 @@ class Net:
         state.stage.extend(s for s in stages if s not in state.stage)
         self.state = state
         self.param = filter_net(net_param, state)
+        self.debug_info = bool(self.param.debug_info)  # Caffe's per-layer value lines (vggtool.net.debug_info)
         self.name = self.param.name
         with device:
             self._init_layers(insert_splits(self.param, self.source))
@@ -204,6 +206,8 @@ class Net:
             for i in range(start, end + 1):
                 self.layer_forward(i)
                 loss = loss + self._layer_loss(i)
+                if self.debug_info:
+                    net_debug_info.forward(self, i)
             self._calls_done()
         return loss
 
@@ -221,7 +225,11 @@ class Net:
             for i in range(start, end - 1, -1):
                 if self.layer_need_backward[i]:
                     self.layer_backward(i)
+                    if self.debug_info:  # now: a pooled diff is valid right after the layer writes it
+                        net_debug_info.backward(self, i)
             self._calls_done()
+            if self.debug_info and start == len(self.layers) - 1 and end == 0:
+                net_debug_info.all_params(self)
 
     def _set_inputs(self, kwargs, what="data"):
         reshaped = False

@@ -93,5 +93,6 @@ def build_test_nets(solver, dtype):
         # Test nets use the train net's weights (Caffe's ShareTrainedLayersWith), by layer name.
         share_trained_layers(net, solver.net, target_what=f"in test net '{net.source}'",
                              source_what="the train net")
+        net.debug_info = bool(p.debug_info)  # Caffe's InitTestNets
         nets.append(net)
     return nets
