@@ -136,10 +136,11 @@ class Net:
 
     # -- memory -------------------------------------------------------------------------------------------
     def share_memory(self):
-        """Pool the blob diffs, the convolutions' forward caches and the layers' workspace (vggtool.net.pool):
-        buffers live at different moments of a step share bytes, so the peak is the largest live set.
-        Afterwards an intermediate blob's diff is valid only during backward (between the backward that
-        writes it and its producer's, which reads it); parameter diffs, loss and output diffs stay.
+        """Pool the blob diffs, the convolutions' forward caches, the layers' workspace and (settings.release_data)
+        the intermediate blobs' data (vggtool.net.pool): buffers live at different moments of a step share
+        bytes, so the peak is the largest live set. Afterwards an intermediate blob's diff is valid only
+        during backward (between the backward that writes it and its producer's, which reads it) and its
+        data from its producer's forward to its last reader; parameters, inputs, outputs and loss tops stay.
         The Solver's train net and `vggtool time` call it (as PyTorch frees non-leaf gradients); a plain
         Net keeps every diff, as pycaffe's. settings.share_memory: 'auto' (this), 'on' (every Net at
         construction), 'off' (never; this call does nothing). Returns whether the memory is pooled."""
