@@ -118,7 +118,8 @@ class ConvolutionLayer(Layer):
         algo = self.chosen_algorithm()
         if algo != self.forward_cache.algorithm:  # settings changed since reshape: the kept layout differs
             self.forward_cache.valid = False
-        if want_w and not self.forward_cache.valid and self.net is not None and \
+        cache = self.forward_cache  # planned (enabled) but not filled: the pool may have let the input go
+        if want_w and cache.enabled and not cache.valid and self.net is not None and \
                 not all(self.net.data_is_kept(b) for b in bottom):
             raise self.error("backward without the forward that fills its cache: in a net whose memory is "
                              "shared (settings.share_memory) its input's data is gone by now; run forward first")
