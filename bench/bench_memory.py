@@ -4,7 +4,9 @@
 Each side runs in its own subprocess, so neither sees the other's allocations:
   * vggtool: netdefs/vgg_<cfg>/deploy.prototxt with the batch and size asked for, a label input and
     SoftmaxWithLoss instead of Softmax, built as a TRAIN net (dropout on, the convolutions' forward
-    caches at their default budget), float32, `--steps` calls of net.forward_backward();
+    caches at their default budget) whose memory is shared as a Solver's train net's is (Net.share_memory,
+    vggtool.net.pool; VGGTOOL_SHARE_MEMORY=off measures every buffer on its own), float32, `--steps`
+    calls of net.forward_backward();
   * PyTorch: the same layers in torch.nn (in-place ReLU, dropout 0.5, CrossEntropyLoss), train mode,
     `--steps` rounds of zero_grad + loss.backward().
 Each subprocess reads /proc/self/status: VmRSS right after its imports ("after imports") and VmHWM, the
@@ -75,6 +77,7 @@ def vggtool_part(a):
 
     after_imports = proc_status("VmRSS")
     net = Net(training_param(prototxt, a), phase="TRAIN", seed=0)
+    net.share_memory()  # as the Solver's train net does (settings.share_memory; VGGTOOL_SHARE_MEMORY=off: none)
     rng = np.random.default_rng(0)
     net.blobs["data"].data = rng.standard_normal(net.blobs["data"].shape, dtype=np.float32)
     net.blobs["label"].data = rng.integers(0, 1000, a.batch)
@@ -85,6 +88,8 @@ def vggtool_part(a):
     largest = sorted(report.rows, key=lambda r: -(r.data_bytes + (r.diff_bytes or 0)))[:a.rows]
     return dict(after_imports=after_imports, built=built, peak=proc_status("VmHWM"),
                 totals=report.totals(), caffe_data_bytes=report.caffe_data_bytes,
+                pool=report.pool._asdict() if report.pool is not None else None,
+                share_memory=net.settings.share_memory, release_data=net.settings.release_data,
                 largest=[(r.kind, r.name, r.shape, r.data_bytes, r.diff_bytes or 0) for r in largest],
                 numpy=np.__version__)
 
@@ -164,6 +169,13 @@ def main():
         print(f"    {label:<13} {mib(nbytes)}")
     print(f"    Caffe's \"Memory required for data\": {mib(v['caffe_data_bytes'])};  peak not in the report: "
           f"{mib(v['peak'] - v['after_imports'] - dict(v['totals'])['all'])} (temporaries, BLAS, allocator)")
+    pool = v.get("pool")
+    if pool:
+        print(f"    pool: arena {mib(pool['arena_bytes'])} holding {mib(pool['sum_bytes'])} of data, diffs, caches and "
+              f"workspace live at different moments (largest live set {mib(pool['live_peak_bytes'])}); "
+              f"share_memory={v['share_memory']}, release_data={v['release_data']}")
+    else:
+        print(f"    pool: none (share_memory={v['share_memory']}: every buffer its own)")
     print("  largest rows:")
     for kind, name, shape, data, diff in v["largest"]:
         print(f"    {kind:<9} {name:<22} {shape:<20} data {mib(data)}  diff {mib(diff)}")

@@ -195,6 +195,7 @@ def build_net():
 
     text = vgg_prototxt(A.net, A.batch, A.size, A.classes)
     net = Net(parse_net_text(text, f"<VGG {A.net}>"), phase="TRAIN", dtype=np.float32, seed=0)
+    net.share_memory()  # as a Solver's train net (vggtool.net.pool; VGGTOOL_SHARE_MEMORY=off: no pool)
     rng = np.random.default_rng(0)
     net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape, dtype=np.float32)
     net.blobs["label"].data[...] = rng.integers(0, A.classes, A.batch)
@@ -224,12 +225,12 @@ def run_layers_once(net, fw, bw):
     n = len(net.layers)
     for i in range(n):
         t0 = time.perf_counter()
-        net.layers[i].forward(net.bottom_vecs[i], net.top_vecs[i])
+        net.layer_forward(i)
         fw[i].append(time.perf_counter() - t0)
     for i in range(n - 1, -1, -1):
         t0 = time.perf_counter()
         if net.layer_need_backward[i]:
-            net.layers[i].backward(net.top_vecs[i], net.bottom_need_backward[i], net.bottom_vecs[i])
+            net.layer_backward(i)
         bw[i].append(time.perf_counter() - t0)
 
 
@@ -242,7 +243,9 @@ def main():
 
     flop = 2 * A.batch * macs(A.net, A.size)
     print(f"{NAMES[A.net]} (config {A.net}) batch {A.batch}, {A.size}x{A.size}, fp32, {A.threads} threads; "
-          f"forward {flop / 1e9:.1f} GFLOP; numpy {np.__version__}; conv algorithm: {config.defaults().conv_algorithm}",
+          f"forward {flop / 1e9:.1f} GFLOP; numpy {np.__version__}; conv algorithm: {config.defaults().conv_algorithm}; "
+          f"share_memory {config.defaults().share_memory}, release_data {config.defaults().release_data}, "
+          f"conv_cache_mb {config.defaults().conv_cache_mb}",
           flush=True)
     net = build_net()
     t_f = time_runs(net.forward_from_to, A.warmup, A.reps)

@@ -184,6 +184,21 @@ class Blob:
         self._diff_buf = storage
         self._refresh_views()
 
+    def use_data_storage(self, flat):
+        """Keep the data in `flat` (as use_diff_storage); the values there are not carried over."""
+        if flat.size < self.count or flat.dtype != self.dtype:
+            raise VggtoolError(f"{self._what()}: data storage of {flat.size} {flat.dtype} for {self.count} {self.dtype}")
+        self._data_buf = flat
+        self._refresh_views()
+
+    def use_diff_storage(self, flat):
+        """Keep the diff in `flat` (a 1-d array of at least `count` elements of this dtype: the net's
+        memory pool, vggtool.net.pool); a reshape beyond it gives the blob a buffer of its own again."""
+        if flat.size < self.count or flat.dtype != self.dtype:
+            raise VggtoolError(f"{self._what()}: diff storage of {flat.size} {flat.dtype} for {self.count} {self.dtype}")
+        self._diff_buf = flat
+        self._refresh_views()
+
     def share_diff(self, other):
         if other.count != self.count:
             raise VggtoolError(f"cannot share diff between blobs of shapes {self._shape} and {other.shape}")

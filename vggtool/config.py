@@ -33,6 +33,19 @@ def conv_algorithm_name(value, where):
     return name
 
 
+SHARE_MEMORY_MODES = ("auto", "on", "off")
+
+
+def share_memory_mode(value, where):
+    """'auto', 'on' or 'off' (a boolean's spellings mean on / off), or a VggtoolError naming `where`."""
+    text = str(value).strip().lower()
+    if text in SHARE_MEMORY_MODES:
+        return text
+    if text in _TRUE or (text in _FALSE and text):
+        return "on" if text in _TRUE else "off"
+    raise VggtoolError(f"{where}={value!r}: use one of {', '.join(SHARE_MEMORY_MODES)}")
+
+
 def _boolean(value, where):
     text = str(value).strip().lower()
     if text in _TRUE or text in _FALSE:
@@ -64,6 +77,8 @@ class Settings:
     num_threads: int = dataclasses.field(default_factory=lambda: min(_cpus(), 8))  # process: slices of memory-bound passes
     c_kernels: bool = True  # process: use the C kernels (Winograd transforms, 2x2 max pooling) where built
     cblas: bool = True  # process: call OpenBLAS's cblas_?gemm directly for in-place accumulation
+    share_memory: str = "auto"  # net: pool diffs, caches and workspace (auto: Solver and `time` nets; on; off)
+    release_data: bool = True  # net: a net sharing its memory pools intermediate blob data too
 
     def __post_init__(self):
         # values given in code are checked as strictly as those from the environment
@@ -71,7 +86,8 @@ class Settings:
         set_(self, "conv_algorithm", conv_algorithm_name(self.conv_algorithm, "conv_algorithm"))
         for name, minimum in (("conv_cache_mb", 0), ("data_threads", 1), ("num_threads", 1)):
             set_(self, name, _count(getattr(self, name), name, minimum))
-        for name in ("c_kernels", "cblas"):
+        set_(self, "share_memory", share_memory_mode(self.share_memory, "share_memory"))
+        for name in ("c_kernels", "cblas", "release_data"):
             value = getattr(self, name)
             set_(self, name, value if isinstance(value, bool) else _boolean(value, name))
 
@@ -105,6 +121,8 @@ _ENVIRONMENT = {
     "num_threads": ("VGGTOOL_NUM_THREADS", lambda v, var: _count(v, var, 1)),
     "c_kernels": ("VGGTOOL_NO_CKERNELS", lambda v, var: not _boolean(v, var)),
     "cblas": ("VGGTOOL_NO_CBLAS", lambda v, var: not _boolean(v, var)),
+    "share_memory": ("VGGTOOL_SHARE_MEMORY", lambda v, var: share_memory_mode(v.strip() or "auto", var)),
+    "release_data": ("VGGTOOL_RELEASE_DATA", _boolean),
 }
 KEYS = tuple(f.name for f in dataclasses.fields(Settings))
 

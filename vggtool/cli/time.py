@@ -71,6 +71,8 @@ def _net_with_random_inputs(args, device):
     stages = [s for s in args.stage.split(",") if s]
     net = Net(args.net, args.weights, phase=args.phase, stages=stages, level=args.level, device=device,
               seed=args.seed, log=_LOG)
+    net.runs_every_backward = True  # as Caffe's benchmark; the pool keeps what those backwards read
+    net.share_memory()  # as the Solver's train net (settings.share_memory)
     rng = np.random.default_rng(args.seed)
     for name in net.inputs:
         blob = net.blobs[name]
@@ -101,22 +103,23 @@ class _Timings:
 
 
 def _timed_iterations(net, device, iterations):
-    layers, bottoms, tops = net.layers, net.bottom_vecs, net.top_vecs
+    layers = net.layers
     timings = _Timings(len(layers))
+    net.plan_memory_if_stale()  # the pool's plan for the workspace the untimed pass recorded, untimed
     total_start = _now(device)
     with device:
         for it in range(iterations):
             net.iteration = it
             iter_start = _now(device)
-            for i, layer in enumerate(layers):
+            for i in range(len(layers)):
                 t = _now(device)
-                layer.forward(bottoms[i], tops[i])
+                net.layer_forward(i)
                 timings.forward_ms[i] += (_now(device) - t) * 1e3
             mid = _now(device)
             # As Caffe's benchmark: every layer's backward, with the bottoms the net would propagate to.
             for i in range(len(layers) - 1, -1, -1):
                 t = _now(device)
-                layers[i].backward(tops[i], net.bottom_need_backward[i], bottoms[i])
+                net.layer_backward(i)
                 timings.backward_ms[i] += (_now(device) - t) * 1e3
             end = _now(device)
             timings.forward_total += (mid - iter_start) * 1e3

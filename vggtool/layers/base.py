@@ -8,6 +8,7 @@ Subclasses declare their arity (`exact_bottoms`, `min_bottoms`, ...) and fill in
 - a loss layer reads its loss weight from `top[0].diff` (set by the net) and scales its gradient by it.
 """
 import math
+import mmap
 
 import numpy as np
 
@@ -50,25 +51,69 @@ class Workspace:
 
     `get(slot, shape)` returns a view of a flat buffer that only grows, so scratch memory is allocated
     once per slot, not per layer or per iteration. A view is valid until the next `get` of that slot.
+
+    In a net whose memory is pooled (vggtool.net.pool) the net names the layer call being run
+    (`at(step)`): a request the pool has a region for gets that region; any other is served by a buffer
+    of its own that is freed when the next call starts, and its size is recorded for the pool's next
+    plan (`recorded`, `needs_plan`).
     """
 
     def __init__(self, device):
         self.device = device
         self._buffers = {}
+        self.pooled = False  # the net's MemoryPool plans this workspace
+        self.step = None  # the layer call being run (a slot of vggtool.net.pool), when pooled
+        self.recorded = {}  # (step, (slot, dtype)) -> bytes, every request seen while pooled
+        self.needs_plan = False  # a request the current regions lack was recorded
+        self._regions = {}  # (step, (slot, dtype)) -> flat uint8 region of the pool's arena
+        self._transient = {}  # (slot, dtype) -> a buffer for this call only (recording)
+
+    def at(self, step):
+        """Start layer call `step`: the buffers of the previous call's unplanned requests go."""
+        self.step = step
+        self._transient.clear()
+
+    def use_regions(self, regions):
+        self._regions = dict(regions)
+        self._buffers.clear()  # the pool serves the calls the net runs
+        self.needs_plan = False
 
     def get(self, slot, shape, dtype, zero=False):
         dtype = np.dtype(dtype)
         key = (slot, dtype.str)
         size = math.prod(shape)
-        buf = self._buffers.get(key)
-        if buf is None or buf.size < size:
-            with self.device:
-                buf = self.device.xp.empty(max(size, 1), dtype=dtype)
-            self._buffers[key] = buf
-        view = buf[:size].reshape(shape)
+        if self.pooled and self.step is not None:
+            view = self._pooled(key, size, dtype)
+        else:
+            view = self._own(self._buffers, key, size, dtype)
+        view = view[:size].reshape(shape)
         if zero:
             view.fill(0)
         return view
+
+    def _pooled(self, key, size, dtype):
+        nbytes = max(size, 1) * dtype.itemsize
+        where = (self.step, key)
+        region = self._regions.get(where)
+        if region is not None and region.size >= nbytes:
+            return region[:nbytes].view(dtype)
+        if self.recorded.get(where, 0) < nbytes:
+            self.recorded[where] = nbytes
+            self.needs_plan = True
+        return self._own(self._transient, key, size, dtype, transient=True)
+
+    def _own(self, buffers, key, size, dtype, transient=False):
+        buf = buffers.get(key)
+        if buf is None or buf.size < size:
+            if transient and self.device.xp is np:
+                # Its own mapping, unmapped when dropped: glibc's heap would keep the freed pages of such
+                # buffers resident, on top of the pool that replaces them.
+                buf = np.frombuffer(mmap.mmap(-1, max(size, 1) * dtype.itemsize), dtype=dtype)
+            else:
+                with self.device:
+                    buf = self.device.xp.empty(max(size, 1), dtype=dtype)
+            buffers[key] = buf
+        return buf
 
 
 class Layer:
@@ -131,6 +176,12 @@ class Layer:
 
     def allow_force_backward(self, bottom_index):
         return True
+
+    def backward_reads_data(self, bottom, top):
+        """The blobs (of `bottom` and `top`) whose data this layer's backward reads. A net whose memory is
+        pooled (vggtool.net.pool) keeps a blob's data only until its last reader; layers whose backward
+        needs less than all their blobs say so here."""
+        return list(bottom) + list(top)
 
     # -- helpers -----------------------------------------------------------------------------------------
     def error(self, message):

@@ -18,13 +18,30 @@ class NeuronLayer(Layer):
 
 @register_layer("ReLU")
 class ReLULayer(NeuronLayer):
+    keep_mask = False  # set by a pooled net: backward reads the mask of positive outputs, not the data
+
     def layer_setup(self, bottom, top):
         self.slope = self.param.relu_param.negative_slope
+
+    def backward_reads_data(self, bottom, top):
+        return [] if self.slope == 0 and self.keep_mask else list(bottom) + list(top)
 
     def forward(self, bottom, top):
         xp = self.xp
         x, y = bottom[0].data, top[0].data
-        if self.slope == 0:
+        if self.slope == 0 and self.keep_mask:
+            xf, yf = x.reshape(-1), y.reshape(-1)
+            mask = getattr(self, "positive", None)
+            if mask is None or mask.size != xf.size:
+                with self.device:
+                    mask = self.positive = xp.empty(xf.size, dtype=bool)
+
+            def part(i0, i1):
+                xp.maximum(xf[i0:i1], 0, out=yf[i0:i1])
+                xp.greater(yf[i0:i1], 0, out=mask[i0:i1])  # y > 0 exactly where x > 0
+
+            split_run(part, xf.size, 2 * xf.size, xp)
+        elif self.slope == 0:
             xf, yf = x.reshape(-1), y.reshape(-1)
             split_run(lambda i0, i1: xp.maximum(xf[i0:i1], 0, out=yf[i0:i1]), xf.size, 2 * xf.size, xp)
         elif 0 < self.slope <= 1:
@@ -37,7 +54,11 @@ class ReLULayer(NeuronLayer):
             return
         # In place, bottom.data holds the output; its sign equals the input's for slope >= 0.
         x, dy, dx = bottom[0].data, top[0].diff, bottom[0].diff
-        if self.slope == 0:
+        if self.slope == 0 and self.keep_mask:
+            mask, dyf, dxf = self.positive, dy.reshape(-1), dx.reshape(-1)
+            split_run(lambda i0, i1: self.xp.multiply(dyf[i0:i1], mask[i0:i1], out=dxf[i0:i1]),
+                      dxf.size, 3 * dxf.size, self.xp)
+        elif self.slope == 0:
             xf, dyf, dxf = x.reshape(-1), dy.reshape(-1), dx.reshape(-1)
 
             def part(i0, i1):
@@ -109,6 +130,9 @@ class DropoutLayer(NeuronLayer):
             mask = (keep_bits(self.xp, key, first, shape) < np.uint32(self.threshold)).astype(self.dtype)
             mask *= self.scale
             return mask
+
+    def backward_reads_data(self, bottom, top):
+        return []  # the mask
 
     def forward(self, bottom, top):
         x, y = bottom[0].data, top[0].data

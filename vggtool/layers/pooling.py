@@ -225,6 +225,9 @@ class PoolingLayer(Layer):
         ws = xp.arange(self.wo).reshape(1, -1) * self.sw - self.pw
         return (hs + ki) * width + (ws + kj)
 
+    def backward_reads_data(self, bottom, top):
+        return []  # MAX: the argmax it keeps; AVE: nothing but the top diff
+
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return

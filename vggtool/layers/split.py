@@ -15,6 +15,9 @@ class SplitLayer(Layer):
     def forward(self, bottom, top):
         pass
 
+    def backward_reads_data(self, bottom, top):
+        return []
+
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return

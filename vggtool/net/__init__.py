@@ -10,15 +10,18 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import debug_info as net_debug_info
 from . import weights as net_weights
 from ..backend import CPU
 from ..config import defaults as default_settings
 from ..errors import VggtoolError
 from ..io import prototxt, wire
 from ..io.upgrade import upgrade_net
+from ..layers.base import Workspace
 from ..layers.conv.policy import CacheBudget
 from .build import NetBuilder, layer_context
 from .graph import filter_net, insert_splits, phase_value
+from .pool import MemoryPool
 from ..proto import caffe_pb2
 
 TRAIN = caffe_pb2.TRAIN
@@ -80,6 +83,9 @@ class Net:
         self.weights_param = None  # the NetParameter of the last weights copied in (see copy_from)
         self.settings = settings if settings is not None else default_settings()  # vggtool.config.Settings
         self.conv_cache = CacheBudget()  # forward data the convolutions keep for backward (TRAIN)
+        self.memory_pool = None  # a MemoryPool once share_memory() is on (vggtool.net.pool)
+        self.runs_every_backward = False  # `vggtool time`: every layer's backward runs, needed or not
+        self._workspace = Workspace(device)  # scratch shared by the layers (Layer.workspace)
         state = caffe_pb2.NetState()
         state.CopyFrom(net_param.state)
         state.phase = self.phase
@@ -88,11 +94,14 @@ class Net:
         state.stage.extend(s for s in stages if s not in state.stage)
         self.state = state
         self.param = filter_net(net_param, state)
+        self.debug_info = bool(self.param.debug_info)  # Caffe's per-layer value lines (vggtool.net.debug_info)
         self.name = self.param.name
         with device:
             self._init_layers(insert_splits(self.param, self.source))
         if weights:
             self.load_weights(weights)
+        if self.settings.share_memory == "on":
+            self.share_memory()
 
     # -- construction ------------------------------------------------------------------------------------
     def _init_layers(self, param):
@@ -125,6 +134,65 @@ class Net:
         key = [self.seed, zlib.crc32(layer_name.encode()), int(t), int(self.sample_offset + index)]
         return np.random.Generator(np.random.Philox(np.random.SeedSequence(key)))
 
+    # -- memory -------------------------------------------------------------------------------------------
+    def share_memory(self):
+        """Pool the blob diffs, the convolutions' forward caches, the layers' workspace and (settings.release_data)
+        the intermediate blobs' data (vggtool.net.pool): buffers live at different moments of a step share
+        bytes, so the peak is the largest live set. Afterwards an intermediate blob's diff is valid only
+        during backward (between the backward that writes it and its producer's, which reads it) and its
+        data from its producer's forward to its last reader; parameters, inputs, outputs and loss tops stay.
+        The Solver's train net and `vggtool time` call it (as PyTorch frees non-leaf gradients); a plain
+        Net keeps every diff, as pycaffe's. settings.share_memory: 'auto' (this), 'on' (every Net at
+        construction), 'off' (never; this call does nothing). Returns whether the memory is pooled."""
+        if self.settings.share_memory == "off":
+            return False
+        if self.memory_pool is None:
+            self.memory_pool = MemoryPool(self)
+            self._workspace.pooled = True
+            self.reshape()  # the caches are re-planned for the pool's budget, then the pool itself
+        return True
+
+    def diff_is_kept(self, blob):
+        """Whether `blob`'s diff keeps its value after backward (False: a region of the pool)."""
+        return self.memory_pool is None or blob.name not in self.memory_pool.pooled_diffs \
+            or self.blobs.get(blob.name) is not blob
+
+    def data_is_kept(self, blob):
+        """Whether `blob`'s data keeps its value after forward (False: a region of the pool, valid from
+        its producer's forward to its last reader)."""
+        return self.memory_pool is None or blob.name not in self.memory_pool.pooled_data \
+            or self.blobs.get(blob.name) is not blob
+
+    def _check_kept(self, names, what):
+        for name in names:
+            blob = self.blobs.get(name)
+            kept = self.data_is_kept(blob) if what == "data" else self.diff_is_kept(blob)
+            if blob is not None and not kept:
+                raise VggtoolError(f"net '{self.name}': the {what} of blob '{name}' is not kept after the pass: "
+                                   "this net shares its memory (settings.share_memory; a Solver's train net and "
+                                   "`vggtool time` do by default); build it with share_memory=off to read it")
+
+    def plan_memory_if_stale(self):
+        """Re-plan the pool between steps when shapes changed or the workspace recorded new requests."""
+        if self.memory_pool is not None and self.memory_pool.stale():
+            self.memory_pool.plan()
+
+    def layer_forward(self, i):
+        """Layer i's forward on its blobs (the net's loops and `vggtool time` run layers through these)."""
+        if self.memory_pool is not None:
+            self._workspace.at(i)
+        self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
+
+    def layer_backward(self, i):
+        """Layer i's backward, propagating to the bottoms the net's need-backward analysis chose."""
+        if self.memory_pool is not None:
+            self._workspace.at(2 * len(self.layers) - 1 - i)
+        self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i])
+
+    def _calls_done(self):
+        if self.memory_pool is not None:
+            self._workspace.at(None)
+
     # -- running ------------------------------------------------------------------------------------------
     def _layer_index(self, name, default):
         return default if name is None else self.layer_index(name)
@@ -134,9 +202,14 @@ class Net:
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
         with self.device:
+            if start == 0:
+                self.plan_memory_if_stale()  # between steps: new shapes or recorded workspace
             for i in range(start, end + 1):
-                self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
+                self.layer_forward(i)
                 loss = loss + self._layer_loss(i)
+                if self.debug_info:
+                    net_debug_info.forward(self, i)
+            self._calls_done()
         return loss
 
     def _layer_loss(self, i):
@@ -152,7 +225,12 @@ class Net:
         with self.device:
             for i in range(start, end - 1, -1):
                 if self.layer_need_backward[i]:
-                    self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i])
+                    self.layer_backward(i)
+                    if self.debug_info:  # now: a pooled diff is valid right after the layer writes it
+                        net_debug_info.backward(self, i)
+            self._calls_done()
+            if self.debug_info and start == len(self.layers) - 1 and end == 0:
+                net_debug_info.all_params(self)
 
     def _set_inputs(self, kwargs, what="data"):
         reshaped = False
@@ -179,6 +257,7 @@ class Net:
         self.last_loss = self.forward_from_to(s, e)
         names = self.outputs if end is None else self.top_names[self.layers[e].name]
         names = list(names) + [b for b in (blobs or []) if b not in names]
+        self._check_kept(names, "data")
         return {n: self.blobs[n].data for n in names}
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
@@ -189,6 +268,7 @@ class Net:
         self.backward_from_to(s, e)
         names = self.inputs if end is None else self.bottom_names[self.layers[e].name]
         names = list(names) + [b for b in (diffs or []) if b not in names]
+        self._check_kept(names, "diff")
         return {n: self.blobs[n].diff for n in names}
 
     def forward_backward(self):
@@ -201,6 +281,8 @@ class Net:
             for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
                 with layer_context(layer):
                     layer.reshape(bottom, top)
+            if self.memory_pool is not None:
+                self.memory_pool.plan()
 
     def clear_param_diffs(self):
         for p in self.learnable_params:
@@ -220,8 +302,9 @@ class Net:
         xp = self.xp
         order = range(len(self.layers)) if not diff else range(len(self.layers) - 1, -1, -1)
         for i in order:
-            arrays = [t.data for t in self.top_vecs[i]] if not diff else \
-                [b.diff for b in self.layers[i].blobs] + [b.diff for b in self.bottom_vecs[i] if b.has_diff]
+            arrays = [t.data for t in self.top_vecs[i] if self.data_is_kept(t)] if not diff else \
+                [b.diff for b in self.layers[i].blobs] + \
+                [b.diff for b in self.bottom_vecs[i] if b.has_diff and self.diff_is_kept(b)]
             for a in arrays:
                 if a.size and not bool(xp.isfinite(a).all()):
                     return self.layers[i].name

@@ -7,6 +7,11 @@ counted once, in the first row that holds it; a later row that views it shows 0 
 row it shares with (split tops view their bottom's data, shared parameters their owner's storage).
 An in-place top is its bottom's blob, so it is one row, naming the layers that write it in place.
 
+In a net whose memory is pooled (Net.share_memory, vggtool.net.pool) one 'pool' row holds the arena;
+the blob data and diffs, caches and workspace placed in it show 0 bytes and where in the pool they live
+(bytes, offset, the slots of the step they are live in), and the report carries the pool's figures:
+the arena, the sum of what it holds (what separate buffers would take) and the largest live set.
+
 Not counted: temporaries a layer allocates and frees within one forward or backward, BLAS's own
 buffers, and a data layer's batches waiting in its prefetch queue; the process's peak resident memory
 (bench/bench_memory.py) includes them.
@@ -15,20 +20,26 @@ from collections import namedtuple
 
 import numpy as np
 
+from .pool import describe, live_peak
+
 # kind: 'blob', 'param', 'cache' (a convolution's forward data kept for dW), 'layer' (an array a layer
-# keeps: pooling's argmax, dropout's mask, softmax's probabilities) or 'workspace' (net-wide scratch).
+# keeps: pooling's argmax, dropout's mask, softmax's probabilities), 'workspace' (net-wide scratch) or
+# 'pool' (the arena of a pooled net).
 # data_bytes / diff_bytes: bytes of storage this row owns (0 when shared); diff_bytes None: not allocated.
 MemoryRow = namedtuple("MemoryRow", "kind name shape data_bytes diff_bytes shared_with")
 
-KINDS = ("blob", "param", "cache", "layer", "workspace")
+KINDS = ("blob", "param", "cache", "layer", "workspace", "pool")
+# The pool's figures: arena bytes, the sum of the buffers it holds, the largest set live at one slot.
+PoolFigures = namedtuple("PoolFigures", "arena_bytes sum_bytes live_peak_bytes")
 
 
 class MemoryReport:
     """The rows of memory_report, with totals per kind."""
 
-    def __init__(self, rows, caffe_data_bytes):
+    def __init__(self, rows, caffe_data_bytes, pool=None):
         self.rows = rows
         self.caffe_data_bytes = caffe_data_bytes  # Caffe's "Memory required for data" for the current shapes
+        self.pool = pool  # PoolFigures of a pooled net, else None
 
     def total(self, kind=None, part=None):
         """Bytes of `kind` rows (all rows when None); `part`: 'data', 'diff' or both (None)."""
@@ -44,11 +55,11 @@ class MemoryReport:
 
     def totals(self):
         """(label, bytes) in table order: blob data, blob diff, param data, param diff, caches, layer
-        arrays, workspace, all."""
+        arrays, workspace, pool, all."""
         return [("blob data", self.total("blob", "data")), ("blob diff", self.total("blob", "diff")),
                 ("param data", self.total("param", "data")), ("param diff", self.total("param", "diff")),
                 ("conv caches", self.total("cache")), ("layer arrays", self.total("layer")),
-                ("workspace", self.total("workspace")), ("all", self.total())]
+                ("workspace", self.total("workspace")), ("pool", self.total("pool")), ("all", self.total())]
 
 
 def caffe_data_bytes(net):
@@ -75,9 +86,19 @@ def memory_report(net):
         keep.append(root)
         return int(root.nbytes), None
 
+    pool = getattr(net, "memory_pool", None)
+    figures = None
+    if pool is not None and pool.arena is not None:
+        arena = _root(pool.arena)
+        owners[id(arena)] = "pool"
+        keep.append(arena)
+        intervals = [p.interval for p in pool.placed]
+        figures = PoolFigures(pool.arena_bytes, pool.sum_bytes, live_peak(intervals))
+        rows.append(MemoryRow("pool", "arena", f"{len(intervals)} regions", int(arena.nbytes), None,
+                              f"planned {pool.arena_bytes:,} B for {pool.sum_bytes:,} B of buffers"))
     in_place = _in_place_writers(net)
     for name, blob in net.blobs.items():
-        rows.append(_blob_row("blob", name, blob, claim, in_place.get(name, [])))
+        rows.append(_blob_row("blob", name, blob, claim, in_place.get(name, []), pool))
     seen_params = {}
     for layer_name, layer in zip(net.layer_names, net.layers):
         for k, blob in enumerate(layer.blobs):
@@ -91,8 +112,9 @@ def memory_report(net):
     for layer_name, layer in zip(net.layer_names, net.layers):
         cache = getattr(layer, "forward_cache", None)
         array = getattr(cache, "_array", None)
-        if array is not None:
+        if array is not None and cache.enabled:
             nbytes, shared = claim(array, f"{layer_name} cache")
+            shared = describe(pool, "cache", layer_name) or shared
             rows.append(MemoryRow("cache", layer_name, f"{array.size} ({cache.algorithm})", nbytes, None, shared))
         for attr, value in sorted(vars(layer).items()):
             if _is_array(value, net) and id(_root(value)) not in owners:  # views of counted buffers: skip
@@ -102,16 +124,35 @@ def memory_report(net):
     for (slot, dtype), buf in sorted(getattr(workspace, "_buffers", {}).items()):
         nbytes, shared = claim(buf, f"workspace {slot}")
         rows.append(MemoryRow("workspace", f"{slot} ({np.dtype(dtype).name})", str(buf.size), nbytes, None, shared))
-    return MemoryReport(rows, caffe_data_bytes(net))
+    if pool is not None:
+        rows.extend(_pooled_workspace_rows(pool))
+    return MemoryReport(rows, caffe_data_bytes(net), figures)
 
 
-def _blob_row(kind, name, blob, claim, writers):
+def _pooled_workspace_rows(pool):
+    """One row per workspace slot the pool holds: its largest region and the layer calls using it."""
+    slots = {}
+    for p in pool.placed:
+        if p.interval.kind == "workspace":
+            step, (slot, dtype) = p.interval.key
+            largest, calls = slots.get((slot, dtype), (0, 0))
+            slots[(slot, dtype)] = (max(largest, p.interval.nbytes), calls + 1)
+    return [MemoryRow("workspace", f"{slot} ({np.dtype(dtype).name})", f"{largest // np.dtype(dtype).itemsize}",
+                      0, None, f"pool: {calls} layer call(s), largest {largest:,} B")
+            for (slot, dtype), (largest, calls) in sorted(slots.items())]
+
+
+def _blob_row(kind, name, blob, claim, writers, pool=None):
     data, data_owner = claim(blob._data_buf, name)
     diff, diff_owner = claim(blob._diff_buf, f"{name} diff")
     shared = []
-    if data_owner:
+    if data_owner == "pool":
+        shared.append("data " + (describe(pool, "data", name) or "pool"))
+    elif data_owner:
         shared.append(f"data of {data_owner}")
-    if diff_owner:
+    if diff_owner == "pool":
+        shared.append("diff " + (describe(pool, "diff", name) or "pool"))
+    elif diff_owner:
         shared.append(f"diff of {diff_owner.removesuffix(' diff')}")
     if writers:
         shared.append("in place: " + ", ".join(writers))
@@ -152,6 +193,11 @@ def format_report(report):
                      f"{row.shared_with or ''}".rstrip())
     for label, nbytes in report.totals():
         lines.append(f"{'total':<9} {label:<47} {nbytes:>14,}  ({_human(nbytes)})")
+    if report.pool is not None:
+        f = report.pool
+        lines.append(f"Pool (data, diffs, caches and workspace live at different moments share it): arena "
+                     f"{f.arena_bytes:,} ({_human(f.arena_bytes)}) for {f.sum_bytes:,} ({_human(f.sum_bytes)}) of "
+                     f"buffers; largest set live at once {f.live_peak_bytes:,} ({_human(f.live_peak_bytes)})")
     lines.append(f"Caffe's \"Memory required for data\" at these shapes (every top's data, in-place tops again): "
                  f"{report.caffe_data_bytes:,} ({_human(report.caffe_data_bytes)})")
     return "\n".join(lines)

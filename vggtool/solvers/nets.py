@@ -51,6 +51,7 @@ def build_train_net(solver, dtype):
                            f"(found {len(given)}: {', '.join(f for f, _ in given) or 'none'})")
     solver.log.info("solver.cpp:88", f"Creating training net from {given[0][0]}")
     net = net_from(solver, given[0], dtype, caffe_pb2.TRAIN, p.train_state)
+    net.share_memory()  # a training step's diffs, caches and workspace share bytes (settings.share_memory)
     if not net.learnable_params:
         solver.log.warning("solver.cpp:88", f"training net '{net.name}' has no learnable parameters")
     return net
@@ -92,5 +93,6 @@ def build_test_nets(solver, dtype):
         # Test nets use the train net's weights (Caffe's ShareTrainedLayersWith), by layer name.
         share_trained_layers(net, solver.net, target_what=f"in test net '{net.source}'",
                              source_what="the train net")
+        net.debug_info = bool(p.debug_info)  # Caffe's InitTestNets
         nets.append(net)
     return nets

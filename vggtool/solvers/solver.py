@@ -258,6 +258,7 @@ class Solver:
                 if self.requested_early_exit:
                     break
             display = p.display and self.iter % p.display == 0
+            self.net.debug_info = bool(display and p.debug_info)  # Caffe's Step: the displayed iterations
             with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf are reported by check_finite
                 loss = self.compute_gradients()
             self.check_finite(loss)

@@ -86,11 +86,13 @@ class ConvolutionLayer(Layer):
         per_image = policy.cache_elements_per_image(algo, self.geom, self.channels, top[0].shape[2], top[0].shape[3])
         nbytes = per_image * bottom[0].shape[0] * self.dtype.itemsize
         budget = self.net.conv_cache if self.net is not None else None
+        # a net whose memory is pooled sizes the caches by what they add to its peak (vggtool.net.pool)
+        limit = float("inf") if getattr(self.net, "memory_pool", None) is not None else self.settings().conv_cache_bytes
         enabled = (self.phase == 0 and len(bottom) == 1 and budget is not None
-                   and budget.claim(self.name, nbytes, self.settings().conv_cache_bytes))
+                   and budget.claim(self.name, nbytes, limit))
         if budget is not None and not enabled:
             budget.claim(self.name, 0, 0)  # drop an earlier claim
-        self.forward_cache.plan(algo, per_image, enabled)
+        self.forward_cache.plan(algo, per_image, enabled, bottom[0].shape[0], self.dtype.itemsize)
 
     def forward(self, bottom, top):
         algo = self.chosen_algorithm()
@@ -105,12 +107,22 @@ class ConvolutionLayer(Layer):
                 im2col.forward(self, b.data, t.data, keep)
         cache.valid = keep and algo != "shifted"
 
+    def backward_reads_data(self, bottom, top):
+        """The input, unless the forward cache holds what dW needs (dX needs only its shape)."""
+        cache = self.forward_cache
+        return [] if cache.enabled and cache.algorithm != "shifted" else list(bottom)
+
     def backward(self, top, propagate_down, bottom):
         want_w = self.param_propagate_down[0]
         want_b = self.bias_term and self.param_propagate_down[1]
         algo = self.chosen_algorithm()
         if algo != self.forward_cache.algorithm:  # settings changed since reshape: the kept layout differs
             self.forward_cache.valid = False
+        cache = self.forward_cache  # planned (enabled) but not filled: the pool may have let the input go
+        if want_w and cache.enabled and not cache.valid and self.net is not None and \
+                not all(self.net.data_is_kept(b) for b in bottom):
+            raise self.error("backward without the forward that fills its cache: in a net whose memory is "
+                             "shared (settings.share_memory) its input's data is gone by now; run forward first")
         for b, t, down in zip(bottom, top, propagate_down):
             if want_b:
                 self._add_bias_grad(t.diff)
@@ -128,6 +140,7 @@ class ConvolutionLayer(Layer):
                     shifted.backward_data(self, t.diff, dx)
             elif want_w or down:
                 im2col.backward(self, b.data, t.diff, dx, want_w)
+        self.forward_cache.release()
 
     def _add_bias_grad(self, dy):
         """blobs[1].diff += dy summed over images and positions: per image a BLAS matrix-vector product

@@ -123,17 +123,37 @@ class ForwardCache:
     """One layer's forward data kept for its weight gradient: im2col columns or Winograd's transformed
     input tiles, for all images of the batch (`per_image` elements each).
 
-    `enabled`: planned at reshape (within the budget, for `algorithm`); `valid`: the last forward filled it."""
+    `enabled`: planned at reshape (within the budget, for `algorithm`); `valid`: the last forward filled it.
+    In a net whose memory is pooled (vggtool.net.pool) the storage is a region of the net's arena
+    (`use_storage`, `pooled`) that other buffers reuse once the layer's backward has read it (`release`)."""
 
     def __init__(self):
         self.enabled, self.valid = False, False
-        self.algorithm, self.per_image = None, 0
+        self.algorithm, self.per_image, self.images_planned = None, 0, 0
+        self.itemsize = 4
+        self.pooled = False
         self._array = None
 
-    def plan(self, algorithm, per_image, enabled):
+    def plan(self, algorithm, per_image, enabled, images=0, itemsize=4):
         self.algorithm, self.per_image, self.enabled, self.valid = algorithm, per_image, enabled, False
+        self.images_planned, self.itemsize = images, itemsize
         if not enabled:
             self._array = None
+
+    @property
+    def nbytes(self):
+        """Bytes of the cache for the planned batch (0 when not enabled)."""
+        return self.per_image * self.images_planned * self.itemsize if self.enabled else 0
+
+    def use_storage(self, flat):
+        """Keep the cache in `flat` (the pool's region, at least nbytes long)."""
+        self._array = flat
+        self.valid = False
+
+    def release(self):
+        """The layer's backward has read the cache: in a pool its bytes now belong to other buffers."""
+        if self.pooled:
+            self.valid = False
 
     def images(self, layer, n0, n1, n):
         """The flat slice holding images n0..n1 (room for all n images is allocated on first use)."""
