@@ -37,6 +37,39 @@ class UpdateRule:
         raise NotImplementedError
 
 
+UPDATE_CHUNK = 1 << 22  # elements per chunk of a parameter's update (16 MiB of float32)
+
+
+def _flat(a):
+    """A 1-d view of a C-contiguous array (a copy would make the update a silent no-op)."""
+    if not a.flags.c_contiguous:
+        raise AssertionError("solver update: a parameter's array is not contiguous")
+    return a.reshape(-1)
+
+
+def update_in_chunks(xp, rule, w, g, hists, *, decay, l1, iter_size, local_rate, it, scratch):
+    """One parameter's update after clipping: 1/iter_size, weight decay (L2, or L1 if `l1`), the rule,
+    w -= update. Every step is element-wise, so it runs on chunks of the flat arrays and the scratch
+    (`scratch(shape)` -> two work arrays) is two chunks, not two copies of the largest parameter (fc6 of
+    VGG-16: 2 x 392 MiB); the values are those of the whole-array operations."""
+    g_all, w_all, hist_all = _flat(g), _flat(w), [_flat(h) for h in hists]
+    for lo in range(0, g_all.size, UPDATE_CHUNK):
+        hi = min(lo + UPDATE_CHUNK, g_all.size)
+        gc, wc = g_all[lo:hi], w_all[lo:hi]
+        if iter_size > 1:
+            gc *= 1.0 / iter_size
+        tmp = scratch(gc.shape)
+        if decay:
+            if l1:
+                xp.sign(wc, out=tmp[0])
+                tmp[0] *= decay
+            else:
+                xp.multiply(wc, decay, out=tmp[0])
+            gc += tmp[0]
+        rule.update(gc, [h[lo:hi] for h in hist_all], local_rate, it, tmp)
+        wc -= gc
+
+
 @rule("SGD")
 class SGD(UpdateRule):
     # h = momentum * h + local_rate * g; update = h

@@ -23,7 +23,8 @@ from ..net import Net
 from ..proto import caffe_pb2
 from . import lr_policy, nets, scoring, snapshot
 from .glog import GLog, fmt
-from .sgd import RULES
+from . import sgd
+from .sgd import RULES, UPDATE_CHUNK
 from .snapshot import TrainingDiverged
 
 
@@ -126,10 +127,10 @@ class Solver:
                     for _ in range(self.rule.history_per_param) for lp in self.net.learnable_params]
 
     def _scratch(self, shape):
-        """Two work arrays of `shape`, views of buffers sized for the largest parameter (allocated once)."""
+        """Two work arrays of `shape`, views of buffers of at most UPDATE_CHUNK elements (allocated once)."""
         count = math.prod(shape)
         if getattr(self, "_scratch_bufs", None) is None or self._scratch_bufs[0].size < count:
-            biggest = max(lp.blob.count for lp in self.net.learnable_params)
+            biggest = min(UPDATE_CHUNK, max(lp.blob.count for lp in self.net.learnable_params))
             with self.device:
                 self._scratch_bufs = [self.net.xp.empty(max(biggest, count), dtype=self.net.dtype) for _ in range(2)]
         return [b[:count].reshape(shape) for b in self._scratch_bufs]
@@ -225,21 +226,10 @@ class Solver:
             for i, lp in enumerate(self.net.learnable_params):
                 if lp.lr_mult == 0:
                     continue  # frozen: the weights cannot move (Caffe computes a zero update)
-                g = lp.blob.diff
-                w = lp.blob.data
-                if p.iter_size > 1:
-                    g *= 1.0 / p.iter_size
-                tmp = self._scratch(g.shape)
-                decay = p.weight_decay * lp.decay_mult
-                if decay:
-                    if p.regularization_type == "L2":
-                        xp.multiply(w, decay, out=tmp[0])
-                    else:
-                        xp.sign(w, out=tmp[0])
-                        tmp[0] *= decay
-                    g += tmp[0]
-                self.rule.update(g, self.param_history(i), rate * lp.lr_mult, self.iter, tmp)
-                w -= g
+                sgd.update_in_chunks(xp, self.rule, lp.blob.data, lp.blob.diff, self.param_history(i),
+                                     decay=p.weight_decay * lp.decay_mult, l1=p.regularization_type != "L2",
+                                     iter_size=p.iter_size, local_rate=rate * lp.lr_mult, it=self.iter,
+                                     scratch=self._scratch)
 
     # -- the loop ------------------------------------------------------------------------------------------
     def step(self, iters):
