@@ -25,8 +25,8 @@ SWEEP_NET = "vgg_d"
 # from A, and the alternative is He's (Caffe's msra: Glorot's procedure with a ReLU's factor 2): at the mini
 # widths N(0, 0.1^2) leaves even A at chance, and Caffe's xavier (1/fan_in) nearly so after 600 iterations
 # (MINI_SOLVER in tools/make_netdefs.py). In the first full run the deeper nets' other layers were
-# N(0, 0.1^2) as in the paper: D and E from A then ended at chance (training loss 2.304 after 1,200
-# iterations, every seed-1 cell of both, the rate cut to 1e-4 by the plateau policy): by the variance
+# N(0, 0.1^2) as in the paper: D and E from A then ended at chance (training loss 2.303-2.304 after
+# 1,200 iterations in all 4 such cells that had finished, the rate cut to 1e-4 by the plateau policy): by the variance
 # argument of the "N(0, 0.1^2)" finding (tables.py) their 9 and 12 random layers multiply the signal's
 # variance by ~100 and ~1,300, against ~9 for B's 6 and ~0.15 for C's 9 (three of them 1x1), which trained.
 # That run was stopped after 10 cells, on these training losses; its validation scores were not read.
