@@ -26,14 +26,19 @@ def _cblas():
     return defaults().cblas and _find_cblas()
 
 
-@functools.lru_cache(maxsize=1)
-def _find_cblas():
+def _openblas_libs():
+    """NumPy's bundled OpenBLAS libraries that load, in name order."""
     libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
     for path in sorted(glob.glob(os.path.join(libdir, "*openblas*"))):
         try:
-            lib = ctypes.CDLL(path)
+            yield ctypes.CDLL(path)
         except OSError:
             continue
+
+
+@functools.lru_cache(maxsize=1)
+def _find_cblas():
+    for lib in _openblas_libs():
         for prefix, suffix, int_t in (("scipy_cblas_", "64_", ctypes.c_int64), ("cblas_", "64_", ctypes.c_int64),
                                       ("scipy_cblas_", "", ctypes.c_int), ("cblas_", "", ctypes.c_int)):
             fns = []
@@ -53,12 +58,7 @@ def _find_cblas():
 @functools.lru_cache(maxsize=1)
 def _thread_control():
     """(get, set) of the number of threads of NumPy's OpenBLAS, or None (not found)."""
-    libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
-    for path in sorted(glob.glob(os.path.join(libdir, "*openblas*"))):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
+    for lib in _openblas_libs():
         for prefix, suffix in (("scipy_openblas_", "64_"), ("scipy_openblas_", ""), ("openblas_", "64_"),
                                ("openblas_", "")):
             get = getattr(lib, f"{prefix}get_num_threads{suffix}", None)
