@@ -57,6 +57,13 @@ def default_init(net):
     return "msra" if net in ("vgg_a", "vgg_a_lrn") else "from_a"
 
 
+def source_cell(cell):
+    """The cell whose weights `cell` starts from (the same seed's A), or None."""
+    if cell.init != "from_a":
+        return None
+    return Cell("vgg_a", "s36", default_init("vgg_a"), cell.seed)
+
+
 # Table 3's rows (every cell trained with the paper's initialisation); the initialisation study adds these.
 TABLE3_ROWS = [("vgg_a", "s36"), ("vgg_a_lrn", "s36"), ("vgg_b", "s36")] + [
     (net, scale) for net in ("vgg_c", "vgg_d", "vgg_e") for scale in SCALES]

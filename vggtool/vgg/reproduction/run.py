@@ -167,8 +167,8 @@ class Run:
             self.records[cell.name] = training.load_record(self.record_path(cell))
             return
         a = None
-        if cell.init == "from_a":
-            a_cell = plan.Cell("vgg_a", "s36", plan.default_init("vgg_a"), cell.seed)
+        a_cell = plan.source_cell(cell)
+        if a_cell is not None:
             if a_cell.name not in self.records and self.record_path(a_cell).exists():  # trained by a worker
                 self.records[a_cell.name] = training.load_record(self.record_path(a_cell))
             if self.records.get(a_cell.name, {}).get("status") != "ok":

@@ -18,20 +18,21 @@ WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THRE
               "VGGTOOL_NUM_THREADS": "1", "OPENBLAS_THREAD_TIMEOUT": "4"}
 
 
-def a_cell(cell):
-    """The cell whose weights `cell` starts from, or None."""
-    if cell.init != "from_a":
-        return None
-    return plan.Cell("vgg_a", "s36", plan.default_init("vgg_a"), cell.seed)
+_worker_run = {}  # in a worker: (out, budget, seeds) -> its Run, the inputs loaded once for all its cells
 
 
 def _cell_job(out, budget, seeds, cell, index, total):
     """In a worker: train and score one cell of the run in `out`; returns (record, costs, lines)."""
     from .run import Costs, Run
 
+    key = (out, tuple(sorted(budget.items())), seeds)
     lines = []
-    run = Run(out, plan.Budget(**budget), seeds, say=lines.append, costs=Costs(None))
-    run.load_inputs()
+    if key not in _worker_run:
+        run = Run(out, plan.Budget(**budget), seeds, say=lines.append, costs=Costs(None))
+        run.load_inputs()
+        _worker_run[key] = run
+    run = _worker_run[key]
+    run.say, run.costs = lines.append, Costs(None)  # this cell's lines and costs only
     run.train(cell, index, total)
     run.score(cell)
     return run.records[cell.name], run.costs.steps, lines
@@ -73,7 +74,7 @@ def run_cells(run, cells, jobs):
             for cell in list(pending):
                 if len(running) >= jobs:
                     break
-                source = a_cell(cell)
+                source = plan.source_cell(cell)
                 if source is None or source.name in done or source.name not in names:
                     pending.remove(cell)
                     job = pool.submit(_cell_job, str(run.out), run.budget.as_dict(), run.seeds, cell,
