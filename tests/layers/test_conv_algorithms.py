@@ -444,3 +444,33 @@ def test_winograd_matches_im2col_on_any_shape(n, c, co, h, w, pad, algo, seed):
     _, want = run_conv("im2col", conv_text(co, pad), x, dy, np.float64)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 4), co=st.integers(1, 4), h=st.integers(1, 9), w=st.integers(1, 9),
+       kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       pad=st.tuples(st.integers(0, 3), st.integers(0, 3)), dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       group=st.sampled_from([1, 2]), dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2 ** 16))
+def test_c_im2col_and_col2im_equal_the_numpy_copies(n, c, co, h, w, kernel, stride, pad, dilation, group, dtype, seed):
+    """The C im2col (straight from the images) and col2im (straight into dX) against NumPy's padded buffer and
+    strided slice copies, on any geometry: the same columns and the same additions in the same order, so the
+    forward and all three gradients are bit-identical in both precisions."""
+    if not kernels.built():
+        pytest.skip("the C kernels were not built (no C compiler at install time)")
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, pad, dilation
+    ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    assume(ho >= 1 and wo >= 1)
+    c, co = c * group, co * group
+    text = ('layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { '
+            f'num_output: {co} kernel_h: {kh} kernel_w: {kw} stride_h: {sh} stride_w: {sw} pad_h: {ph} pad_w: {pw} '
+            f'dilation: {dh} dilation: {dw} group: {group} '
+            'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } } }')
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w))
+    dy = rng.standard_normal((n, co, ho, wo))
+    results = {}
+    for c_kernels in (True, False):
+        with config.override(c_kernels=c_kernels):
+            _, results[c_kernels] = run_conv("im2col", text, x, dy, dtype)
+    for got, want in zip(results[True], results[False]):
+        assert np.array_equal(got, want)

@@ -1,5 +1,5 @@
 /* vggtool.layers._kernels: the memory-bound passes that NumPy cannot fuse (Winograd transforms, 2x2 max
- * pooling), one pass over memory each instead of NumPy's several.
+ * pooling, im2col and its adjoint), one pass over memory each instead of NumPy's several.
  *
  * Optional: built at install time when a C compiler is present; without it the layers use their NumPy
  * code (vggtool/layers/kernels.py chooses). Functions take raw addresses of contiguous arrays (checked
@@ -137,6 +137,29 @@ static PyObject *py_max_pool_2x2_backward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *im2col_call(PyObject *args, int adjoint)
+{
+    Py_ssize_t isz, a, n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, c0, c1, b;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnnnnnnnnn", &isz, &a, &n, &c, &h, &w, &kh, &kw, &sh, &sw, &ph, &pw, &dh,
+                          &dw, &ho, &wo, &c0, &c1, &b) || !check_itemsize(isz))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (!adjoint && isz == 4)
+        im2col_f32((const float *)a, n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, c0, c1, (float *)b);
+    else if (!adjoint)
+        im2col_f64((const double *)a, n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, c0, c1, (double *)b);
+    else if (isz == 4)
+        col2im_f32((const float *)a, n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, c0, c1, (float *)b);
+    else
+        col2im_f64((const double *)a, n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, c0, c1, (double *)b);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_im2col(PyObject *self, PyObject *args) { return im2col_call(args, 0); }
+
+static PyObject *py_col2im(PyObject *self, PyObject *args) { return im2col_call(args, 1); }
+
 static PyMethodDef methods[] = {
     {"wino_input", py_wino_input, METH_VARARGS,
      "wino_input(tile, itemsize, src, n, C, H, W, ph, pw, th, tw, c0, c1, tiles); tile: 2 (F(2x2,3x3)) or 4"},
@@ -147,6 +170,10 @@ static PyMethodDef methods[] = {
     {"max_pool_2x2", py_max_pool_2x2, METH_VARARGS, "max_pool_2x2(itemsize, x, h, w, y, mask, p0, p1)"},
     {"max_pool_2x2_backward", py_max_pool_2x2_backward, METH_VARARGS,
      "max_pool_2x2_backward(itemsize, dy, mask, h, w, dx, p0, p1)"},
+    {"im2col", py_im2col, METH_VARARGS,
+     "im2col(itemsize, src, n, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, c0, c1, cols)"},
+    {"col2im", py_col2im, METH_VARARGS,
+     "col2im(itemsize, cols, n, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, c0, c1, dst)"},
     {NULL, NULL, 0, NULL},
 };
 

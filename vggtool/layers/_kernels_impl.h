@@ -344,6 +344,79 @@ static void FN(max_pool_2x2_backward)(const REAL *dy, const unsigned char *mask,
         }
 }
 
+/* Column matrix of im2col, straight from the images: cols (C, kh, kw, n, ho, wo) <- for each tap (i, j) the
+ * input pixel (oy * sh - ph + i * dh, ox * sw - pw + j * dw) of src (n, C, h, w), zero outside the image
+ * (channels [c0, c1)). One pass instead of a padded copy and kh * kw strided copies. */
+static void FN(im2col)(const REAL *src, Py_ssize_t n, Py_ssize_t c_all, Py_ssize_t h, Py_ssize_t w,
+                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                       Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t ho, Py_ssize_t wo, Py_ssize_t c0, Py_ssize_t c1,
+                       REAL *cols)
+{
+    for (Py_ssize_t c = c0; c < c1; c++)
+        for (Py_ssize_t i = 0; i < kh; i++)
+            for (Py_ssize_t j = 0; j < kw; j++) {
+                const Py_ssize_t x0 = j * dw - pw;
+                /* output columns whose input column x0 + ox * sw lies inside [0, w) */
+                Py_ssize_t lo = x0 >= 0 ? 0 : (-x0 + sw - 1) / sw;
+                Py_ssize_t hi = x0 >= w ? 0 : (w - 1 - x0) / sw + 1;
+                if (hi > wo) hi = wo;
+                if (lo > hi) lo = hi;
+                REAL *out = cols + ((c * kh + i) * kw + j) * n * ho * wo;
+                for (Py_ssize_t img = 0; img < n; img++) {
+                    const REAL *s = src + (img * c_all + c) * h * w;
+                    for (Py_ssize_t oy = 0; oy < ho; oy++, out += wo) {
+                        const Py_ssize_t y = oy * sh - ph + i * dh;
+                        if (y < 0 || y >= h) {
+                            memset(out, 0, wo * sizeof(REAL));
+                            continue;
+                        }
+                        const REAL *row = s + y * w;
+                        for (Py_ssize_t ox = 0; ox < lo; ox++) out[ox] = 0;
+                        if (sw == 1)
+                            memcpy(out + lo, row + x0 + lo, (hi - lo) * sizeof(REAL));
+                        else
+                            for (Py_ssize_t ox = lo; ox < hi; ox++) out[ox] = row[x0 + ox * sw];
+                        for (Py_ssize_t ox = hi; ox < wo; ox++) out[ox] = 0;
+                    }
+                }
+            }
+}
+
+/* The adjoint of im2col: dst (n, C, h, w) <- the sum over taps of cols (C, kh, kw, n, ho, wo) scattered back to
+ * their input pixels (channels [c0, c1)); taps are added in (i, j) order, as NumPy's col2im adds them. */
+static void FN(col2im)(const REAL *cols, Py_ssize_t n, Py_ssize_t c_all, Py_ssize_t h, Py_ssize_t w,
+                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                       Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t ho, Py_ssize_t wo, Py_ssize_t c0, Py_ssize_t c1,
+                       REAL *dst)
+{
+    for (Py_ssize_t c = c0; c < c1; c++)
+        for (Py_ssize_t img = 0; img < n; img++)
+            memset(dst + (img * c_all + c) * h * w, 0, h * w * sizeof(REAL));
+    for (Py_ssize_t c = c0; c < c1; c++)
+        for (Py_ssize_t i = 0; i < kh; i++)
+            for (Py_ssize_t j = 0; j < kw; j++) {
+                const Py_ssize_t x0 = j * dw - pw;
+                Py_ssize_t lo = x0 >= 0 ? 0 : (-x0 + sw - 1) / sw;
+                Py_ssize_t hi = x0 >= w ? 0 : (w - 1 - x0) / sw + 1;
+                if (hi > wo) hi = wo;
+                if (lo > hi) lo = hi;
+                const REAL *in = cols + ((c * kh + i) * kw + j) * n * ho * wo;
+                for (Py_ssize_t img = 0; img < n; img++) {
+                    REAL *d = dst + (img * c_all + c) * h * w;
+                    for (Py_ssize_t oy = 0; oy < ho; oy++, in += wo) {
+                        const Py_ssize_t y = oy * sh - ph + i * dh;
+                        if (y < 0 || y >= h)
+                            continue;
+                        REAL *row = d + y * w + x0 + lo * sw;
+                        if (sw == 1)
+                            for (Py_ssize_t ox = lo; ox < hi; ox++) row[ox - lo] += in[ox];
+                        else
+                            for (Py_ssize_t ox = lo; ox < hi; ox++) row[(ox - lo) * sw] += in[ox];
+                    }
+                }
+            }
+}
+
 #undef FN
 #undef FN1
 #undef FN2

@@ -1,4 +1,5 @@
-"""The optional C kernels (_kernels.c): Winograd transforms and 2x2 max pooling in one pass each.
+"""The optional C kernels (_kernels.c): Winograd transforms, 2x2 max pooling, im2col and col2im in one pass
+each.
 
 `usable(...)` says whether a call can take them: the extension was built (pip builds it when a C
 compiler is present), it is not switched off (setting c_kernels, VGGTOOL_NO_CKERNELS=1; see
@@ -85,3 +86,24 @@ def max_pool_2x2_backward(dy, mask, dx):
     planes, h, w = dx.shape[0] * dx.shape[1], dx.shape[2], dx.shape[3]
     split_run(lambda p0, p1: _k.max_pool_2x2_backward(dx.itemsize, _ptr(dy), _ptr(mask), h, w, _ptr(dx), p0, p1),
               planes, dx.size)
+
+
+def _geometry_args(geom, ho, wo):
+    return (geom.kh, geom.kw, geom.sh, geom.sw, geom.ph, geom.pw, geom.dh, geom.dw, ho, wo)
+
+
+def im2col(src, geom, cols):
+    """cols (C, kh, kw, n, ho, wo) <- the windows of src (n, C, H, W) under `geom` (ConvGeometry), zeros
+    where a window reaches past the image: the padded copy and the kh*kw slice copies in one pass."""
+    n, c, h, w = src.shape
+    ho, wo = cols.shape[4], cols.shape[5]
+    args = _geometry_args(geom, ho, wo)
+    split_run(lambda c0, c1: _k.im2col(src.itemsize, _ptr(src), n, c, h, w, *args, c0, c1, _ptr(cols)), c, cols.size)
+
+
+def col2im(cols, geom, dst):
+    """dst (n, C, H, W) <- the adjoint of im2col: every column entry added back to its input pixel."""
+    n, c, h, w = dst.shape
+    ho, wo = cols.shape[4], cols.shape[5]
+    args = _geometry_args(geom, ho, wo)
+    split_run(lambda c0, c1: _k.col2im(dst.itemsize, _ptr(cols), n, c, h, w, *args, c0, c1, _ptr(dst)), c, cols.size)

@@ -5,6 +5,7 @@ per chunk of n images (geometry.py has the channel-major layout). Backward: dW =
 col2im of W^T dY, or, for stride-1 ungrouped layers with no more outputs than inputs, as the forward
 correlation of dY with the flipped, transposed kernel (copies instead of col2im's scattered adds).
 """
+from .. import kernels
 from ..gemm import gemm
 from ..threads import split_run
 from . import policy
@@ -26,12 +27,16 @@ def columns(conv, x, n0, n1, ho, wo, geom=None, out=None):
         cols = conv.workspace("conv_col", (c, n, h, w)) if out is None else out.reshape(c, n, h, w)
         cols[...] = x[n0:n1].transpose(1, 0, 2, 3)
         return cols.reshape(c, n * h * w)
+    cols = conv.workspace("conv_col", (c, g.kh, g.kw, n, ho, wo)) if out is None \
+        else out.reshape(c, g.kh, g.kw, n, ho, wo)
+    if kernels.usable(x, cols):  # one C pass from the images, no padded copy
+        with conv.profiler.section("im2col"):
+            kernels.im2col(x[n0:n1], g, cols)
+        return cols.reshape(c * g.kh * g.kw, n * ho * wo)
     with conv.profiler.section("im2col_pad"):
         padded = conv.workspace("conv_pad", (c, n, h + 2 * g.ph, w + 2 * g.pw))
         pad_channel_major(conv.xp, x[n0:n1], padded, g.ph, g.pw)
     with conv.profiler.section("im2col"):
-        cols = conv.workspace("conv_col", (c, g.kh, g.kw, n, ho, wo)) if out is None \
-            else out.reshape(c, g.kh, g.kw, n, ho, wo)
         g.im2col(conv.xp, padded, cols, ho, wo)
     return cols.reshape(c * g.kh * g.kw, n * ho * wo)
 
@@ -125,6 +130,10 @@ def backward_data(conv, dyg, dxc, ho, wo):
             xp.matmul(weight[gi].T, dyg[gi], out=dcols[gi * cg:(gi + 1) * cg])
     if g.is_pointwise():
         dxc[...] = dcols.reshape(c, n, h, w).transpose(1, 0, 2, 3)
+        return
+    if kernels.usable(dcols, dxc):  # one C pass into dX, no padded buffer
+        with conv.profiler.section("im2col_bw_col2im"):
+            kernels.col2im(dcols.reshape(c, g.kh, g.kw, n, ho, wo), g, dxc)
         return
     with conv.profiler.section("im2col_bw_col2im"):
         padded = conv.workspace("conv_pad", (c, n, h + 2 * g.ph, w + 2 * g.pw))
