@@ -80,6 +80,26 @@ def test_plateau_min_mode_for_losses():
     assert p.drops == 2 and p.best == np.float32(3.0)
 
 
+@pytest.mark.parametrize("mode, values, start, drops", [
+    # MAX: at chance (~0.1) for five rounds, no drop; the best passes 0.2 at round 6, then two flat rounds drop
+    ("MAX", [0.11, 0.10, 0.09, 0.10, 0.12, 0.25, 0.24, 0.25], 0.2, [0, 0, 0, 0, 0, 0, 0, 1]),
+    # the same rounds without plateau_start: flat rounds at chance already drop
+    ("MAX", [0.11, 0.10, 0.09, 0.10, 0.12, 0.25, 0.24, 0.25], None, [0, 0, 1, 1, 1, 1, 1, 2]),
+    # MIN (a loss): rounds count once the best loss is below 2.0
+    ("MIN", [2.31, 2.30, 2.31, 2.32, 1.9, 1.95, 1.95], 2.0, [0, 0, 0, 0, 0, 0, 1]),
+])
+def test_plateau_start_holds_the_count_until_the_net_has_learned(mode, values, start, drops):
+    """A net still at chance is not on a plateau: with plateau_start no round counts until the best value
+    is beyond it, so the rate cannot drop (and freeze the net) before it has left chance."""
+    text = f'lr_policy: "plateau" base_lr: 1 gamma: 0.5 plateau_mode: {mode} plateau_patience: 2'
+    p = Plateau(sp(text + ("" if start is None else f" plateau_start: {start}")))
+    seen = []
+    for v in values:
+        p.observe(v)
+        seen.append(p.drops)
+    assert seen == drops
+
+
 def test_plateau_state_round_trip():
     param = sp('lr_policy: "plateau" base_lr: 1 gamma: 0.5 plateau_patience: 3')
     p = Plateau(param)

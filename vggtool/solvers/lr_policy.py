@@ -76,7 +76,8 @@ class Plateau:
     After each test round of the watched net, `observe(value)` compares the watched output with the best so
     far. An improvement is a change beyond `plateau_threshold` in the good direction (MAX: larger is better).
     After `plateau_patience` consecutive rounds without one, the rate drops by `gamma` (at most
-    `plateau_max_drops` times) and the count restarts. Values are kept as float32 like the saved state, so a
+    `plateau_max_drops` times) and the count restarts. With `plateau_start`, rounds count only once the best
+    value is beyond it (a net still at chance is not on a plateau). Values are kept as float32 like the saved state, so a
     resumed run takes exactly the same decisions.
     """
 
@@ -102,12 +103,23 @@ class Plateau:
         if improved:
             self.best, self.bad_rounds = value, 0
             return False
+        if not self.started():
+            return False
         self.bad_rounds += 1
         if self.bad_rounds >= p.plateau_patience and self.drops < p.plateau_max_drops:
             self.drops += 1
             self.bad_rounds = 0
             return True
         return False
+
+    def started(self):
+        """Whether rounds count towards a drop: always without plateau_start, else once the best value so far
+        is beyond it (derived from `best`, so the saved state needs nothing more)."""
+        p = self.param
+        if not p.HasField("plateau_start"):
+            return True
+        start = np.float32(p.plateau_start)
+        return self.best < start if p.plateau_mode == caffe_pb2.SolverParameter.MIN else self.best > start
 
     def save(self, state):
         state.plateau_best = float(self.best)

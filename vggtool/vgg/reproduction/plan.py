@@ -90,14 +90,15 @@ def cells(seeds):
 
 @dataclass(frozen=True)
 class Budget:
-    """The size of a run. FULL's 1,200 iterations: mini-A leaves chance after 200-400 iterations of the recipe
-    and its training loss is still falling at 2,000 (MINI_SOLVER in tools/make_netdefs.py); 1,200 is what
-    the budget allows. Measured CPU seconds per iteration (batch 32, one BLAS thread, 600-iteration runs on
-    the shared 2-core machine, before the workers) A 0.058, B 0.082, C 0.083, D 0.084, E 0.117, i.e. 1.4 s
-    for one iteration of every configuration of one seed; one thread for vggtool's own passes as well
-    (the workers' setting) took mini-A's 200 iterations from 11 s to 9 s. 3 seeds x 1,200 iterations ~
-    1.2 x 3 x 1,200 s = 72 min of one core, about 36 min on two cores with two workers; scoring and data
-    add a few minutes. The report gives what the run really cost."""
+    """The size of a run. FULL's 1,600 iterations: with the recipe's lr 3e-3 mini-A, D and E leave chance
+    after about 400, 500 and 700 iterations and their training loss is still falling at 1,500
+    (MINI_SOLVER in tools/make_netdefs.py); 1,600 is what the budget allows. Measured milliseconds per
+    iteration (batch 32, one BLAS thread and one thread for vggtool's passes, the workers' setting, idle
+    machine, with im2col's C kernel): A 33, D 61, E 76; B and C lie between. One iteration of the 15
+    configurations of a seed is about 0.9 s, so 3 seeds x 1,600 iterations ~ 4,300 CPU-s, about 36 min on
+    two cores with two workers; scoring and data add a few minutes. (The first published run, 1,200
+    iterations at lr 1e-2 before the C kernel, cost 4,073 CPU-s in all.) The report gives what the run
+    really cost."""
     name: str
     per_class: int  # source digits per class (0: all 1,797)
     renders: str  # images per source digit: train,holdout,val
@@ -108,5 +109,5 @@ class Budget:
         return asdict(self)
 
 
-FULL = Budget("full", per_class=0, renders="4,2,2", iterations=1200, test_interval=100)
+FULL = Budget("full", per_class=0, renders="4,2,2", iterations=1600, test_interval=100)
 QUICK = Budget("quick", per_class=12, renders="1,1,1", iterations=4, test_interval=2)
