@@ -15,6 +15,8 @@ reports the CPU load of other processes seen during the case.
 
 Usage:  python bench/bench_vgg.py [--net D] [--batch 8] [--size 224] [--reps 3] [--threads 2]
         python bench/bench_vgg.py --quick          # seconds: VGG-11, batch 2, 64x64
+        python bench/bench_vgg.py --mini --net D   # `vggtool reproduce`'s mini-D: widths / 8, FC 512, one grey
+                                                   # 32x32 channel, 10 classes, no dropout, batch 32, 1 thread
         VGGTOOL_CONV_ALGO=im2col python bench/bench_vgg.py   # force one convolution algorithm
 """
 import argparse
@@ -43,12 +45,21 @@ def parse():
                     help="foreign CPU load (cores) tolerated during a case; a disturbed case is retried")
     ap.add_argument("--guard-wait", type=float, default=120.0, help="max seconds to wait for a quiet machine")
     ap.add_argument("--quick", action="store_true", help="VGG-11, batch 2, 64x64, 1 rep: runs in seconds")
+    ap.add_argument("--mini", action="store_true",
+                    help="the laptop-scale nets of `vggtool reproduce` (widths / 8, FC 512, 1 channel, 32x32, 10 "
+                         "classes, no dropout; batch 32 and 1 thread unless given)")
     ap.add_argument("--json", help="write the figures to this file")
     ap.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.quick:
         a.net, a.batch, a.size, a.reps, a.warmup = "A", 2, 64, 1, 1
         a.guard_wait = min(a.guard_wait, 5.0)
+    a.width_div, a.fc, a.channels, a.dropout = 1, 4096, 3, True
+    if a.mini:
+        a.width_div, a.fc, a.channels, a.dropout, a.size, a.classes = 8, 512, 1, False, 32, 10
+        given = " ".join(sys.argv)
+        a.batch = a.batch if "--batch" in given else 32
+        a.threads = a.threads if "--threads" in given else 1
     if a.size % 32:
         ap.error("--size must be a multiple of 32 (five 2x2 poolings)")
     return a
@@ -73,11 +84,11 @@ except ImportError:  # pragma: no cover - the guard is optional
     Guard = wait_quiet = None
 
 
-def vgg_prototxt(cfg, batch, size, classes):
+def vgg_prototxt(cfg, batch, size, classes, width_div=1, fc=4096, channels=3, dropout=True):
     """VGG as Caffe prototxt text, with the paper's layer names (conv1_1, ..., fc8)."""
     out = [f'name: "VGG_{cfg}"',
            'layer { name: "data" type: "Input" top: "data" top: "label" input_param { '
-           f'shape {{ dim: {batch} dim: 3 dim: {size} dim: {size} }} shape {{ dim: {batch} }} }} }}']
+           f'shape {{ dim: {batch} dim: {channels} dim: {size} dim: {size} }} shape {{ dim: {batch} }} }} }}']
     bottom, stage, idx = "data", 1, 1
     for v in CFGS[cfg]:
         if v == "M":
@@ -87,32 +98,33 @@ def vgg_prototxt(cfg, batch, size, classes):
             continue
         name = f"conv{stage}_{idx}"
         out.append(f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}" '
-                   f'convolution_param {{ num_output: {v} kernel_size: 3 pad: 1 '
+                   f'convolution_param {{ num_output: {v // width_div} kernel_size: 3 pad: 1 '
                    'weight_filler { type: "gaussian" std: 0.01 } bias_filler { type: "constant" value: 0 } } }')
         out.append(f'layer {{ name: "relu{stage}_{idx}" type: "ReLU" bottom: "{name}" top: "{name}" }}')
         bottom, idx = name, idx + 1
-    for i, n in ((6, 4096), (7, 4096), (8, classes)):
+    for i, n in ((6, fc), (7, fc), (8, classes)):
         out.append(f'layer {{ name: "fc{i}" type: "InnerProduct" bottom: "{bottom}" top: "fc{i}" '
                    f'inner_product_param {{ num_output: {n} weight_filler {{ type: "gaussian" std: 0.005 }} '
                    'bias_filler { type: "constant" value: 0.1 } } }')
         bottom = f"fc{i}"
         if i < 8:
             out.append(f'layer {{ name: "relu{i}" type: "ReLU" bottom: "fc{i}" top: "fc{i}" }}')
-            out.append(f'layer {{ name: "drop{i}" type: "Dropout" bottom: "fc{i}" top: "fc{i}" '
-                       'dropout_param { dropout_ratio: 0.5 } }')
+            if dropout:
+                out.append(f'layer {{ name: "drop{i}" type: "Dropout" bottom: "fc{i}" top: "fc{i}" '
+                           'dropout_param { dropout_ratio: 0.5 } }')
     out.append('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc8" bottom: "label" top: "loss" }')
     return "\n".join(out) + "\n"
 
 
 def macs(cfg, size):
-    c, h, total = 3, size, 0
+    c, h, total = A.channels, size, 0
     for v in CFGS[cfg]:
         if v == "M":
             h //= 2
         else:
-            total += h * h * c * v * 9
-            c = v
-    return total + c * h * h * 4096 + 4096 * 4096 + 4096 * A.classes
+            total += h * h * c * (v // A.width_div) * 9
+            c = v // A.width_div
+    return total + c * h * h * A.fc + A.fc * A.fc + A.fc * A.classes
 
 
 LAST_LOAD = {}
@@ -147,8 +159,8 @@ def torch_part():
     torch.set_num_threads(A.threads)
     torch.set_flush_denormal(True)
     torch.manual_seed(0)
-    model = torch_vgg(nn, A.net, A.size, A.classes)
-    x = torch.randn(A.batch, 3, A.size, A.size)
+    model = torch_vgg(nn, A.net, A.size, A.classes, A.width_div, A.fc, A.channels, A.dropout)
+    x = torch.randn(A.batch, A.channels, A.size, A.size)
     y = torch.randint(0, A.classes, (A.batch,))
     lossf = nn.CrossEntropyLoss()
 
@@ -173,6 +185,8 @@ def run_torch():
     cmd = [sys.executable, os.path.abspath(__file__), "--torch-only", "--net", A.net, "--batch", str(A.batch),
            "--size", str(A.size), "--reps", str(A.reps), "--warmup", str(A.warmup), "--threads", str(A.threads),
            "--classes", str(A.classes), "--guard", str(A.guard), "--guard-wait", str(A.guard_wait)]
+    if A.mini:
+        cmd.append("--mini")
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -193,7 +207,7 @@ def build_net():
     from vggtool.net import Net
     from vggtool.io.prototxt import parse_net_text
 
-    text = vgg_prototxt(A.net, A.batch, A.size, A.classes)
+    text = vgg_prototxt(A.net, A.batch, A.size, A.classes, A.width_div, A.fc, A.channels, A.dropout)
     net = Net(parse_net_text(text, f"<VGG {A.net}>"), phase="TRAIN", dtype=np.float32, seed=0)
     net.share_memory()  # as a Solver's train net (vggtool.net.pool; VGGTOOL_SHARE_MEMORY=off: no pool)
     rng = np.random.default_rng(0)

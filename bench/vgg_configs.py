@@ -11,17 +11,18 @@ CFGS = {
 NAMES = {"A": "VGG-11", "D": "VGG-16", "E": "VGG-19"}
 
 
-def torch_vgg(nn, net, size, classes):
+def torch_vgg(nn, net, size, classes, width_div=1, fc=4096, channels=3, dropout=True):
     """torch.nn.Sequential of configuration `net`: 3x3/pad-1 convs + ReLU, 2x2/2 max pools, fc6-fc8 with
-    dropout 0.5 (torchvision's layout without the adaptive pool), for a size x size input."""
-    layers, c = [], 3
+    dropout 0.5 (torchvision's layout without the adaptive pool), for a size x size input; `width_div`,
+    `fc`, `channels` and `dropout` give the laptop-scale nets of `vggtool reproduce` (8, 512, 1, False)."""
+    layers, c = [], channels
     for v in CFGS[net]:
         if v == "M":
             layers.append(nn.MaxPool2d(2, 2))
         else:
-            layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=True)]
-            c = v
+            layers += [nn.Conv2d(c, v // width_div, 3, padding=1), nn.ReLU(inplace=True)]
+            c = v // width_div
     s = size // 32
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * s * s, 4096), nn.ReLU(inplace=True),
-                         nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
-                         nn.Linear(4096, classes))
+    drop = [nn.Dropout(0.5)] if dropout else []
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * s * s, fc), nn.ReLU(inplace=True), *drop,
+                         nn.Linear(fc, fc), nn.ReLU(inplace=True), *drop, nn.Linear(fc, classes))
