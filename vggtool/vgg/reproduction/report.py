@@ -255,6 +255,12 @@ DIFFERENCES = [
     "weights too (from N(0, 0.1²), as in the paper, D and E from A ended at chance: loss 2.304 after 1,200 "
     "iterations). See README section 9, `tools/make_netdefs.py` (MINI_SOLVER) and "
     "`vggtool/vgg/reproduction/plan.py` (INITS).",
+    "- Dense evaluation's geometry: the nets' stride is 32 (five poolings) as in the paper, but the window is "
+    "32 pixels instead of 224, so neighbouring windows of the score map do not overlap, and at a Q that is not "
+    "a multiple of 32 the outer windows lie mostly outside the image (at Q = 36 three of the four; Caffe's "
+    "ceil-mode pooling keeps them). The score map is averaged over all its windows, as in the paper, where "
+    "every window lies inside the image (Q = 256…512 for a 224 window). Multi-crop evaluation takes its crops "
+    "inside the image and is not affected.",
     "- Every training scale trains for the same number of iterations from the same start (the paper "
     "fine-tuned S 384 from S 256 and jittered S from S 384 to save time; here the comparison is kept "
     "even). No colour shift (grey images).",

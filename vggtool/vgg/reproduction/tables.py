@@ -183,11 +183,10 @@ _CD_REASON = ("at a 32 crop block 5 sees 2x2 maps and block 4 sees 4x4, where a 
 _JITTER_REASON = ("the data already vary 2.4x in digit size by construction, so scale augmentation adds less "
                   "than on ImageNet; jittered S also trains at scales up to 72, where a 32 crop holds parts of "
                   "large digits, for the same number of iterations as the fixed scales")
-_MULTISCALE_REASON = ("the score maps are small (2x2 at Q = 36 and 54, 3x3 at 72: a 32-pixel window every 32 "
-                      "pixels), so the scales average few distinct views; at Q = 36 three of the four windows "
-                      "are pooled over Caffe's ceil-mode overhang (36 -> 18 -> 9 -> 5 -> 3 -> 2), seeing less of "
-                      "the image than a training crop; averaging over Q helps less when errors come from "
-                      "clutter, not scale")
+_MULTISCALE_REASON = ("the score map's windows are 32 pixels wide at a stride of 32 (five poolings), so at Q = 36 "
+                      "three of its 2x2 windows lie mostly outside the image (over Caffe's ceil-mode overhang) and "
+                      "their posteriors are averaged in; in the paper the 224-pixel windows at stride 32 all lie "
+                      "inside a 256-512 image. The scales therefore average few and partly empty views")
 _CROP_REASON = ("at Q = 36 the 5x5 grid of 32-pixel crops spans 4 pixels, so the 25 crops are nearly one view, "
                 "and dense evaluation's padding differs little from a crop's")
 _FUSION_REASON = ("D and E start from the same A weights and see the same data in the same order, so their "
