@@ -111,3 +111,48 @@ def test_snapshot_restore_and_solve(tmp_path, monkeypatch):
     fresh = caffe.SGDSolver(write(tmp_path))
     fresh.solve("snap_iter_2.solverstate")
     assert fresh.iter == 6
+
+
+def mlp_text(widths):
+    """DummyData -> InnerProduct + ReLU per width -> InnerProduct (2) -> EuclideanLoss."""
+    out = ['name: "mlp"', 'layer { name: "data" type: "DummyData" top: "data" top: "target" dummy_data_param { '
+           'shape { dim: 4 dim: 3 } shape { dim: 4 dim: 2 } data_filler { type: "gaussian" } '
+           'data_filler { type: "gaussian" } } }']
+    bottom = "data"
+    for k, n in enumerate(list(widths) + [2], start=1):
+        out.append(f'layer {{ name: "ip{k}" type: "InnerProduct" bottom: "{bottom}" top: "ip{k}" inner_product_param '
+                   f'{{ num_output: {n} weight_filler {{ type: "gaussian" std: 0.5 }} '
+                   'bias_filler { type: "gaussian" std: 0.5 } } }')
+        if k <= len(widths):
+            out.append(f'layer {{ name: "relu{k}" type: "ReLU" bottom: "ip{k}" top: "ip{k}" }}')
+        bottom = f"ip{k}"
+    out.append(f'layer {{ name: "loss" type: "EuclideanLoss" bottom: "{bottom}" bottom: "target" top: "loss" }}')
+    return "\n".join(out) + "\n"
+
+
+def test_intermediate_blobs_are_readable_after_a_step(tmp_path, monkeypatch):
+    """As in Caffe, after solver.step() a pycaffe script reads the train net's intermediate blobs: their data
+    is the forward's and their diff the backward's (vggtool's own Solver pools these bytes instead)."""
+    monkeypatch.chdir(tmp_path)
+    widths = (5, 6, 5, 4)
+    (tmp_path / "net.prototxt").write_text(mlp_text(widths))
+    path = tmp_path / "solver.prototxt"
+    path.write_text(SOLVER.format(type="SGD", momentum=0.9))
+    solver = caffe.SGDSolver(str(path))
+    names = [f"ip{k}" for k in range(1, len(widths) + 2)]
+    weights = [[p.data.astype(np.float64) for p in solver.net.params[name]] for name in names]
+    solver.step(1)  # the forward and backward ran with the weights above, then the update changed them
+    blobs = solver.net.blobs
+    h, outs = blobs["data"].data.astype(np.float64), []
+    for k, (w, b) in enumerate(weights):
+        h = h @ w.T + b
+        h = np.maximum(h, 0) if k < len(widths) else h
+        outs.append(h)
+    d = (outs[-1] - blobs["target"].data) / h.shape[0]  # EuclideanLoss: sum of squares / (2 N)
+    diffs = [d]
+    for k in range(len(widths), 0, -1):
+        d = (d @ weights[k][0]) * (outs[k - 1] > 0)
+        diffs.insert(0, d)
+    for name, out, diff in zip(names, outs, diffs):
+        np.testing.assert_allclose(blobs[name].data, out, rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(blobs[name].diff, diff, rtol=1e-5, atol=1e-6, err_msg=name)

@@ -23,6 +23,9 @@ class SGDSolver(Solver):
 
     net_class = Net
     rule_type = "SGD"
+    # Caffe keeps every blob's data and diff after a step, and pycaffe scripts read them
+    # (solver.net.blobs['conv1'].data): no pooled train net unless settings.share_memory is 'on'
+    pool_train_memory = False
 
     def __init__(self, filename, **engine_kwargs):
         if isinstance(filename, caffe_pb2.SolverParameter):

@@ -51,7 +51,8 @@ def build_train_net(solver, dtype):
                            f"(found {len(given)}: {', '.join(f for f, _ in given) or 'none'})")
     solver.log.info("solver.cpp:88", f"Creating training net from {given[0][0]}")
     net = net_from(solver, given[0], dtype, caffe_pb2.TRAIN, p.train_state)
-    net.share_memory()  # a training step's diffs, caches and workspace share bytes (settings.share_memory)
+    if solver.pool_train_memory:  # a training step's diffs, caches and workspace share bytes (settings.share_memory)
+        net.share_memory()
     if not net.learnable_params:
         solver.log.warning("solver.cpp:88", f"training net '{net.name}' has no learnable parameters")
     return net

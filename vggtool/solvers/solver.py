@@ -63,6 +63,9 @@ class Solver:
 
     train_batch_divisor = 1  # replicas sharing each train batch (vggtool.solvers.parallel sets it)
     net_class = Net  # the class of the train and test nets (vggtool.pycaffe builds its own Net)
+    # the train net shares its memory (settings.share_memory 'auto'; vggtool.net.pool): after a step an
+    # intermediate blob's data and diff are not kept. pycaffe's solvers turn this off (Caffe keeps them).
+    pool_train_memory = True
 
     def __init__(self, param, *, source=None, device=CPU, dtype=np.float32, log=None, seed=None):
         if not isinstance(param, caffe_pb2.SolverParameter):
