@@ -50,6 +50,10 @@ class Blob:
         self._diff_buf = None
         self._data = None
         self._diff = None
+        # a message while the data (diff) bytes belong to a net's memory pool: after their last reader in a
+        # pass, until the producer writes them again (vggtool.net.pool); reading them then is an error
+        self.released = None
+        self.diff_released = None
         self._shape = None
         self.reshape(shape)
 
@@ -131,6 +135,8 @@ class Blob:
     # -- data and diff -----------------------------------------------------------------------------------
     @property
     def data(self):
+        if self.released is not None:
+            raise VggtoolError(self.released)
         return self._data
 
     @data.setter
@@ -139,6 +145,8 @@ class Blob:
 
     @property
     def diff(self):
+        if self.diff_released is not None:
+            raise VggtoolError(self.diff_released)
         if self._diff is None:
             with self.device:
                 self._diff_buf = self.device.xp.zeros(max(self._data_buf.size, 1), dtype=self.dtype)

@@ -239,8 +239,8 @@ def test_backward_without_its_forward_is_an_error_once_the_input_is_gone():
     net = build(BRANCHY, True)
     feed(net, 0)
     net.forward_backward()
-    with pytest.raises(VggtoolError, match="layer 'conv3'.*backward without the forward"):
-        net.backward()  # the caches were released by the first backward; conv3's input data is gone
+    with pytest.raises(VggtoolError, match="blob 'conv3' is not kept after the pass \\(a new forward recomputes"):
+        net.backward()  # the caches were released by the first backward; conv3's data is gone
 
 
 def test_the_report_shows_the_pool_and_where_each_buffer_lives():
@@ -388,3 +388,32 @@ def test_a_convolution_without_its_cache_reads_the_input_the_pool_kept_for_it():
     assert_identical(run_steps(build(CONVS, False)), run_steps(pooled))
     kept = {p.interval.key for p in pooled.memory_pool.placed if p.interval.kind == "cache"}
     assert "conv2" not in kept and "conv1" in pooled.memory_pool.pooled_data  # live until conv2's backward
+
+
+def test_reading_a_released_blob_is_an_error_not_stale_bytes():
+    """In a pooled net an intermediate blob's bytes hold other buffers after its last reader: reading its
+    data or diff after the step raises (naming the blob and the setting) instead of returning them; what
+    is kept (inputs, parameters, losses) reads as usual, and a new forward makes the data readable again."""
+    net = build(BRANCHY, True)
+    feed(net, 0)
+    net.forward_backward()
+    pool = net.memory_pool
+    assert "conv3" in pool.pooled_data and "conv3" in pool.pooled_diffs
+    with pytest.raises(VggtoolError, match="the data of blob 'conv3' is not kept after the pass.*share_memory=off"):
+        net.blobs["conv3"].data
+    with pytest.raises(VggtoolError, match="the diff of blob 'conv3' is not kept"):
+        net.blobs["conv3"].diff
+    net.blobs["data"].data, net.blobs["loss"].data, net.params["conv3"][0].data, net.params["conv3"][0].diff
+    # between forward and backward: data a backward still reads is valid, data only the forward read is not
+    feed(net, 1)
+    net.forward_from_to()
+    plain = build(BRANCHY, False)
+    feed(plain, 1)
+    plain.forward_from_to()
+    np.testing.assert_array_equal(net.blobs["conv3"].data, plain.blobs["conv3"].data)
+    assert pool.forward_only_data  # e.g. poolave: conv3's cache holds what its backward needs
+    for name in pool.forward_only_data:
+        with pytest.raises(VggtoolError, match=f"blob '{name}' is not kept"):
+            net.blobs[name].data
+    net.backward_from_to()  # and the backward still runs (layers look at released inputs' shapes)
+    assert not build(BRANCHY, False).memory_pool  # an unpooled net never releases anything

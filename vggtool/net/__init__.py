@@ -181,13 +181,30 @@ class Net:
         """Layer i's forward on its blobs (the net's loops and `vggtool time` run layers through these)."""
         if self.memory_pool is not None:
             self._workspace.at(i)
+            for top in self.top_vecs[i]:  # written now: readable again
+                top.released = None
         self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
 
     def layer_backward(self, i):
         """Layer i's backward, propagating to the bottoms the net's need-backward analysis chose."""
         if self.memory_pool is not None:
             self._workspace.at(2 * len(self.layers) - 1 - i)
+            for bottom in self.bottom_vecs[i]:
+                bottom.diff_released = None
         self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i])
+
+    def _release(self, names, what):
+        """Mark pooled blobs whose last reader has run: reading them raises until they are written again."""
+        for name in names:
+            blob = self.blobs[name]
+            message = (f"net '{self.name}': the {what} of blob '{name}' is not kept after the pass (a new "
+                       "forward recomputes it): this net shares its memory (settings.share_memory; a Solver's "
+                       "train net and `vggtool time` do by default) and its bytes now hold other buffers; build it "
+                       "with share_memory=off to read it")
+            if what == "data":
+                blob.released = message
+            else:
+                blob.diff_released = message
 
     def _calls_done(self):
         if self.memory_pool is not None:
@@ -210,6 +227,8 @@ class Net:
                 if self.debug_info:
                     net_debug_info.forward(self, i)
             self._calls_done()
+            if self.memory_pool is not None and end == len(self.layers) - 1:
+                self._release(self.memory_pool.forward_only_data, "data")
         return loss
 
     def _layer_loss(self, i):
@@ -222,6 +241,9 @@ class Net:
 
     def backward_from_to(self, start=None, end=0):
         start = len(self.layers) - 1 if start is None else start
+        if self.memory_pool is not None:  # layers may look at a released input's shape in backward
+            for name in self.memory_pool.forward_only_data:
+                self.blobs[name].released = None
         with self.device:
             for i in range(start, end - 1, -1):
                 if self.layer_need_backward[i]:
@@ -231,6 +253,9 @@ class Net:
             self._calls_done()
             if self.debug_info and start == len(self.layers) - 1 and end == 0:
                 net_debug_info.all_params(self)
+            if self.memory_pool is not None and end == 0:
+                self._release(self.memory_pool.pooled_data, "data")
+                self._release(self.memory_pool.pooled_diffs, "diff")
 
     def _set_inputs(self, kwargs, what="data"):
         reshaped = False

@@ -144,6 +144,7 @@ class MemoryPool:
         self.base_bytes = 0  # the arena the last plan would need without forward caches
         self.pooled_diffs = set()  # names of the blobs whose diffs are in the arena
         self.pooled_data = set()  # ... and whose data are
+        self.forward_only_data = set()  # pooled data whose last reader is in the forward
 
     def shape_signature(self):
         return tuple(blob.shape for blob in self.net.blobs.values())
@@ -205,6 +206,10 @@ class MemoryPool:
                 layer = layers[key]
                 layer.forward_cache.use_storage(region.view(layer.dtype))
         self.pooled_diffs, self.pooled_data = pooled, released
+        n = len(net.layers)
+        self.forward_only_data = {name for name, (_, last) in spans.items() if last < n and name in released}
+        for name in pooled | released:  # re-planned: nothing is marked until the next pass
+            net.blobs[name].released = net.blobs[name].diff_released = None
         for layer in net.layers:
             cache = getattr(layer, "forward_cache", None)
             if cache is not None:
