@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from data_prep.cli import main as data_prep  # noqa: E402
-from vgg_configs import CFGS  # noqa: E402
+from vgg_configs import vgg_layers  # noqa: E402
 from vggtool import backend  # noqa: E402
 from vggtool.io import prototxt  # noqa: E402
 from vggtool.proto import caffe_pb2  # noqa: E402
@@ -71,32 +71,13 @@ layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc4" bottom: "label" top:
 """
 
 
+XAVIER_FILLERS = ('weight_filler { type: "xavier" }',) * 2
+
+
 def vgg_net(cfg, classes=1000):
     """The prototxt (a format string taking db, batch, crop) of a VGG configuration of vgg_configs.CFGS."""
-    text, bottom, conv, block = [DATA], "data", 0, 1
-    for v in CFGS[cfg]:
-        if v == "M":
-            text.append(f'layer {{{{ name: "pool{block}" type: "Pooling" bottom: "{bottom}" top: "pool{block}" '
-                        f'pooling_param {{{{ pool: MAX kernel_size: 2 stride: 2 }}}} }}}}')
-            bottom, block, conv = f"pool{block}", block + 1, 0
-            continue
-        conv += 1
-        name = f"conv{block}_{conv}"
-        text.append(f'layer {{{{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}" '
-                    f'convolution_param {{{{ num_output: {v} kernel_size: 3 pad: 1 '
-                    f'weight_filler {{{{ type: "xavier" }}}} }}}} }}}}')
-        text.append(f'layer {{{{ name: "relu{block}_{conv}" type: "ReLU" bottom: "{name}" top: "{name}" }}}}')
-        bottom = name
-    for i, out in ((6, 4096), (7, 4096), (8, classes)):
-        text.append(f'layer {{{{ name: "fc{i}" type: "InnerProduct" bottom: "{bottom}" top: "fc{i}" '
-                    f'inner_product_param {{{{ num_output: {out} weight_filler {{{{ type: "xavier" }}}} }}}} }}}}')
-        bottom = f"fc{i}"
-        if i < 8:
-            text.append(f'layer {{{{ name: "relu{i}" type: "ReLU" bottom: "fc{i}" top: "fc{i}" }}}}')
-            text.append(f'layer {{{{ name: "drop{i}" type: "Dropout" bottom: "fc{i}" top: "fc{i}" '
-                        f'dropout_param {{{{ dropout_ratio: 0.5 }}}} }}}}')
-    text.append('layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc8" bottom: "label" top: "loss" }}')
-    return "\n".join(text)
+    body = "\n".join(vgg_layers(cfg, classes, fillers=XAVIER_FILLERS))
+    return DATA + body.replace("{", "{{").replace("}", "}}")
 
 
 NETS = {"small": SMALL, "vgg16": vgg_net("D")}

@@ -27,17 +27,17 @@ import subprocess
 import sys
 import time
 
-from vgg_configs import CFGS, NAMES, torch_vgg  # noqa: E402 - bench/ is the script's folder
+from vgg_configs import CFGS, NAMES, torch_vgg, vgg_layers  # noqa: E402 - bench/ is the script's folder
 
 
 def parse():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--net", default="D", choices=sorted(CFGS))
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, help="default 8 (--mini: 32)")
     ap.add_argument("--size", type=int, default=224, help="input height = width")
     ap.add_argument("--reps", type=int, default=3, help="timed runs per case (median reported)")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=2, help="OpenBLAS / torch threads")
+    ap.add_argument("--threads", type=int, help="OpenBLAS / torch threads (default 2; --mini: 1)")
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     ap.add_argument("--no-layers", action="store_true", help="skip the per-layer profile")
@@ -57,9 +57,8 @@ def parse():
     a.width_div, a.fc, a.channels, a.dropout = 1, 4096, 3, True
     if a.mini:
         a.width_div, a.fc, a.channels, a.dropout, a.size, a.classes = 8, 512, 1, False, 32, 10
-        given = " ".join(sys.argv)
-        a.batch = a.batch if "--batch" in given else 32
-        a.threads = a.threads if "--threads" in given else 1
+    a.batch = a.batch or (32 if a.mini else 8)
+    a.threads = a.threads or (1 if a.mini else 2)
     if a.size % 32:
         ap.error("--size must be a multiple of 32 (five 2x2 poolings)")
     return a
@@ -85,35 +84,11 @@ except ImportError:  # pragma: no cover - the guard is optional
 
 
 def vgg_prototxt(cfg, batch, size, classes, width_div=1, fc=4096, channels=3, dropout=True):
-    """VGG as Caffe prototxt text, with the paper's layer names (conv1_1, ..., fc8)."""
+    """VGG as Caffe prototxt text on an Input layer, with the paper's layer names (conv1_1, ..., fc8)."""
     out = [f'name: "VGG_{cfg}"',
            'layer { name: "data" type: "Input" top: "data" top: "label" input_param { '
            f'shape {{ dim: {batch} dim: {channels} dim: {size} dim: {size} }} shape {{ dim: {batch} }} }} }}']
-    bottom, stage, idx = "data", 1, 1
-    for v in CFGS[cfg]:
-        if v == "M":
-            out.append(f'layer {{ name: "pool{stage}" type: "Pooling" bottom: "{bottom}" top: "pool{stage}" '
-                       'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }')
-            bottom, stage, idx = f"pool{stage}", stage + 1, 1
-            continue
-        name = f"conv{stage}_{idx}"
-        out.append(f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}" '
-                   f'convolution_param {{ num_output: {v // width_div} kernel_size: 3 pad: 1 '
-                   'weight_filler { type: "gaussian" std: 0.01 } bias_filler { type: "constant" value: 0 } } }')
-        out.append(f'layer {{ name: "relu{stage}_{idx}" type: "ReLU" bottom: "{name}" top: "{name}" }}')
-        bottom, idx = name, idx + 1
-    for i, n in ((6, fc), (7, fc), (8, classes)):
-        out.append(f'layer {{ name: "fc{i}" type: "InnerProduct" bottom: "{bottom}" top: "fc{i}" '
-                   f'inner_product_param {{ num_output: {n} weight_filler {{ type: "gaussian" std: 0.005 }} '
-                   'bias_filler { type: "constant" value: 0.1 } } }')
-        bottom = f"fc{i}"
-        if i < 8:
-            out.append(f'layer {{ name: "relu{i}" type: "ReLU" bottom: "fc{i}" top: "fc{i}" }}')
-            if dropout:
-                out.append(f'layer {{ name: "drop{i}" type: "Dropout" bottom: "fc{i}" top: "fc{i}" '
-                           'dropout_param { dropout_ratio: 0.5 } }')
-    out.append('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc8" bottom: "label" top: "loss" }')
-    return "\n".join(out) + "\n"
+    return "\n".join(out + vgg_layers(cfg, classes, width_div, fc, dropout)) + "\n"
 
 
 def macs(cfg, size):

@@ -11,6 +11,38 @@ CFGS = {
 NAMES = {"A": "VGG-11", "D": "VGG-16", "E": "VGG-19"}
 
 
+GAUSSIAN_FILLERS = ('weight_filler { type: "gaussian" std: 0.01 } bias_filler { type: "constant" value: 0 }',
+                    'weight_filler { type: "gaussian" std: 0.005 } bias_filler { type: "constant" value: 0.1 }')
+
+
+def vgg_layers(cfg, classes, width_div=1, fc=4096, dropout=True, fillers=GAUSSIAN_FILLERS):
+    """Caffe prototxt layers of configuration `cfg` from blob "data" to SoftmaxWithLoss on "label", with the
+    paper's layer names (conv1_1, ..., fc8); `fillers`: the (conv, fc) filler text."""
+    out, bottom, stage, idx = [], "data", 1, 1
+    for v in CFGS[cfg]:
+        if v == "M":
+            out.append(f'layer {{ name: "pool{stage}" type: "Pooling" bottom: "{bottom}" top: "pool{stage}" '
+                       'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }')
+            bottom, stage, idx = f"pool{stage}", stage + 1, 1
+            continue
+        name = f"conv{stage}_{idx}"
+        out.append(f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}" '
+                   f'convolution_param {{ num_output: {v // width_div} kernel_size: 3 pad: 1 {fillers[0]} }} }}')
+        out.append(f'layer {{ name: "relu{stage}_{idx}" type: "ReLU" bottom: "{name}" top: "{name}" }}')
+        bottom, idx = name, idx + 1
+    for i, n in ((6, fc), (7, fc), (8, classes)):
+        out.append(f'layer {{ name: "fc{i}" type: "InnerProduct" bottom: "{bottom}" top: "fc{i}" '
+                   f'inner_product_param {{ num_output: {n} {fillers[1]} }} }}')
+        bottom = f"fc{i}"
+        if i < 8:
+            out.append(f'layer {{ name: "relu{i}" type: "ReLU" bottom: "fc{i}" top: "fc{i}" }}')
+            if dropout:
+                out.append(f'layer {{ name: "drop{i}" type: "Dropout" bottom: "fc{i}" top: "fc{i}" '
+                           'dropout_param { dropout_ratio: 0.5 } }')
+    out.append('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc8" bottom: "label" top: "loss" }')
+    return out
+
+
 def torch_vgg(nn, net, size, classes, width_div=1, fc=4096, channels=3, dropout=True):
     """torch.nn.Sequential of configuration `net`: 3x3/pad-1 convs + ReLU, 2x2/2 max pools, fc6-fc8 with
     dropout 0.5 (torchvision's layout without the adaptive pool), for a size x size input; `width_div`,
