@@ -11,6 +11,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* [lo, hi): the output columns ox < wo whose input column x0 + ox * sw lies inside [0, w) (im2col, col2im) */
+static void inside_columns(Py_ssize_t x0, Py_ssize_t w, Py_ssize_t sw, Py_ssize_t wo, Py_ssize_t *lo, Py_ssize_t *hi)
+{
+    *lo = x0 >= 0 ? 0 : (-x0 + sw - 1) / sw;
+    *hi = x0 >= w ? 0 : (w - 1 - x0) / sw + 1;
+    if (*hi > wo)
+        *hi = wo;
+    if (*lo > *hi)
+        *lo = *hi;
+}
+
 #define REAL float
 #define SUFFIX f32
 #include "_kernels_impl.h"

@@ -356,11 +356,8 @@ static void FN(im2col)(const REAL *src, Py_ssize_t n, Py_ssize_t c_all, Py_ssize
         for (Py_ssize_t i = 0; i < kh; i++)
             for (Py_ssize_t j = 0; j < kw; j++) {
                 const Py_ssize_t x0 = j * dw - pw;
-                /* output columns whose input column x0 + ox * sw lies inside [0, w) */
-                Py_ssize_t lo = x0 >= 0 ? 0 : (-x0 + sw - 1) / sw;
-                Py_ssize_t hi = x0 >= w ? 0 : (w - 1 - x0) / sw + 1;
-                if (hi > wo) hi = wo;
-                if (lo > hi) lo = hi;
+                Py_ssize_t lo, hi;
+                inside_columns(x0, w, sw, wo, &lo, &hi);
                 REAL *out = cols + ((c * kh + i) * kw + j) * n * ho * wo;
                 for (Py_ssize_t img = 0; img < n; img++) {
                     const REAL *s = src + (img * c_all + c) * h * w;
@@ -396,10 +393,8 @@ static void FN(col2im)(const REAL *cols, Py_ssize_t n, Py_ssize_t c_all, Py_ssiz
         for (Py_ssize_t i = 0; i < kh; i++)
             for (Py_ssize_t j = 0; j < kw; j++) {
                 const Py_ssize_t x0 = j * dw - pw;
-                Py_ssize_t lo = x0 >= 0 ? 0 : (-x0 + sw - 1) / sw;
-                Py_ssize_t hi = x0 >= w ? 0 : (w - 1 - x0) / sw + 1;
-                if (hi > wo) hi = wo;
-                if (lo > hi) lo = hi;
+                Py_ssize_t lo, hi;
+                inside_columns(x0, w, sw, wo, &lo, &hi);
                 const REAL *in = cols + ((c * kh + i) * kw + j) * n * ho * wo;
                 for (Py_ssize_t img = 0; img < n; img++) {
                     REAL *d = dst + (img * c_all + c) * h * w;
