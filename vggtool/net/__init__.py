@@ -163,14 +163,17 @@ class Net:
         return self.memory_pool is None or blob.name not in self.memory_pool.pooled_data \
             or self.blobs.get(blob.name) is not blob
 
+    def _not_kept(self, name, what, note=""):
+        return (f"net '{self.name}': the {what} of blob '{name}' is not kept after the pass{note}: this net shares "
+                "its memory (settings.share_memory; a Solver's train net and `vggtool time` do by default), so its "
+                "bytes hold other buffers once its last reader has run; build it with share_memory=off to read it")
+
     def _check_kept(self, names, what):
         for name in names:
             blob = self.blobs.get(name)
             kept = self.data_is_kept(blob) if what == "data" else self.diff_is_kept(blob)
             if blob is not None and not kept:
-                raise VggtoolError(f"net '{self.name}': the {what} of blob '{name}' is not kept after the pass: "
-                                   "this net shares its memory (settings.share_memory; a Solver's train net and "
-                                   "`vggtool time` do by default); build it with share_memory=off to read it")
+                raise VggtoolError(self._not_kept(name, what))
 
     def plan_memory_if_stale(self):
         """Re-plan the pool between steps when shapes changed or the workspace recorded new requests."""
@@ -197,10 +200,7 @@ class Net:
         """Mark pooled blobs whose last reader has run: reading them raises until they are written again."""
         for name in names:
             blob = self.blobs[name]
-            message = (f"net '{self.name}': the {what} of blob '{name}' is not kept after the pass (a new "
-                       "forward recomputes it): this net shares its memory (settings.share_memory; a Solver's "
-                       "train net and `vggtool time` do by default) and its bytes now hold other buffers; build it "
-                       "with share_memory=off to read it")
+            message = self._not_kept(name, what, " (a new forward recomputes it)")
             if what == "data":
                 blob.released = message
             else:

@@ -206,10 +206,9 @@ class MemoryPool:
                 layer = layers[key]
                 layer.forward_cache.use_storage(region.view(layer.dtype))
         self.pooled_diffs, self.pooled_data = pooled, released
-        n = len(net.layers)
-        self.forward_only_data = {name for name, (_, last) in spans.items() if last < n and name in released}
-        for name in pooled | released:  # re-planned: nothing is marked until the next pass
-            net.blobs[name].released = net.blobs[name].diff_released = None
+        self.forward_only_data = {name for name, (_, last) in spans.items() if last < len(net.layers)}
+        for blob in net.blobs.values():  # re-planned: nothing is marked until the next pass
+            blob.released = blob.diff_released = None
         for layer in net.layers:
             cache = getattr(layer, "forward_cache", None)
             if cache is not None:
