@@ -148,13 +148,73 @@ static void FN(wino_output_adjoint)(const REAL *dy, Py_ssize_t n, Py_ssize_t c_a
 /* ---- Winograd F(4x4, 3x3): 6x6 input tiles with stride 4, tiles (36, C, n, th, tw), xi = 6 * row + column.
  * B^T, G and A^T as in Lavin & Gray (2015) (interpolation points 0, 1, -1, 2, -2); see conv/winograd_transforms.py. */
 
+/* d[p * q1 + q] <- column 4q + p of row y of the plane s (h x w) zero-padded by pw on the left (zero outside
+ * the plane), for the 4 phases p and q < q1: a padded row split by column mod 4, so that the column pass
+ * of F(4x4) (stride-4 tiles) reads unit-stride arrays. */
+static void FN(deinterleaved_row)(const REAL *s, Py_ssize_t h, Py_ssize_t w, Py_ssize_t y, Py_ssize_t pw,
+                                  Py_ssize_t q1, REAL *d)
+{
+    if (y < 0 || y >= h) {
+        memset(d, 0, 4 * q1 * sizeof(REAL));
+        return;
+    }
+    const REAL *in = s + y * w;
+    for (int p = 0; p < 4; p++) {
+        REAL *o = d + p * q1;
+        Py_ssize_t lo, hi; /* q with 0 <= 4q + p - pw < w */
+        inside_columns(p - pw, w, 4, q1, &lo, &hi);
+        for (Py_ssize_t q = 0; q < lo; q++) o[q] = 0;
+        const REAL *col = in + p - pw;
+        for (Py_ssize_t q = lo; q < hi; q++) o[q] = col[4 * q];
+        for (Py_ssize_t q = hi; q < q1; q++) o[q] = 0;
+    }
+}
+
+/* The row pass of F(4x4)'s input transform: the six rows of B^T d, element-wise over `width` columns.
+ * (Separate functions with restrict parameters, so that the compiler may vectorise.) */
+static void FN(wino4_input_rows)(const REAL *RESTRICT d0, const REAL *RESTRICT d1, const REAL *RESTRICT d2,
+                                 const REAL *RESTRICT d3, const REAL *RESTRICT d4, const REAL *RESTRICT d5,
+                                 REAL *RESTRICT t0, REAL *RESTRICT t1, REAL *RESTRICT t2, REAL *RESTRICT t3,
+                                 REAL *RESTRICT t4, REAL *RESTRICT t5, Py_ssize_t width)
+{
+    for (Py_ssize_t j = 0; j < width; j++) {
+        REAL a0 = d0[j], a1 = d1[j], a2 = d2[j], a3 = d3[j], a4 = d4[j], a5 = d5[j];
+        t0[j] = 4 * a0 - 5 * a2 + a4;
+        t1[j] = -4 * (a1 + a2) + a3 + a4;
+        t2[j] = 4 * (a1 - a2) - a3 + a4;
+        t3[j] = 2 * (a3 - a1) - a2 + a4;
+        t4[j] = 2 * (a1 - a3) - a2 + a4;
+        t5[j] = 4 * a1 - 5 * a3 + a5;
+    }
+}
+
+/* The column pass: (B^T d) B for one row of B^T d split by column mod 4 (e_k[q] = column 4q + k), into
+ * the six output planes of that row, for tw tiles. */
+static void FN(wino4_input_columns)(const REAL *RESTRICT f0, const REAL *RESTRICT f1, const REAL *RESTRICT f2,
+                                    const REAL *RESTRICT f3, REAL *RESTRICT o0, REAL *RESTRICT o1,
+                                    REAL *RESTRICT o2, REAL *RESTRICT o3, REAL *RESTRICT o4, REAL *RESTRICT o5,
+                                    Py_ssize_t tw)
+{
+    for (Py_ssize_t q = 0; q < tw; q++) {
+        REAL e0 = f0[q], e1 = f1[q], e2 = f2[q], e3 = f3[q], e4 = f0[q + 1], e5 = f1[q + 1];
+        o0[q] = 4 * e0 - 5 * e2 + e4;
+        o1[q] = -4 * (e1 + e2) + e3 + e4;
+        o2[q] = 4 * (e1 - e2) - e3 + e4;
+        o3[q] = 2 * (e3 - e1) - e2 + e4;
+        o4[q] = 2 * (e1 - e3) - e2 + e4;
+        o5[q] = 4 * e1 - 5 * e3 + e5;
+    }
+}
+
 /* tiles <- B^T d B for each 6x6 input tile d (stride 4) of src zero-padded by (ph, pw). row: scratch of
- * 12 * (4 * tw + 2) elements. */
+ * 48 * (tw + 1) elements. Each tile row's six padded input rows are split by column mod 4
+ * (deinterleaved_row), so both passes run over unit-stride arrays; the arithmetic is that of the
+ * straightforward loops, in the same order. */
 static void FN(wino4_input)(const REAL *src, Py_ssize_t n, Py_ssize_t c_all, Py_ssize_t h, Py_ssize_t w,
                             Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t th, Py_ssize_t tw, Py_ssize_t c0,
                             Py_ssize_t c1, REAL *tiles, REAL *row)
 {
-    const Py_ssize_t width = 4 * tw + 2, plane = c_all * n * th * tw;
+    const Py_ssize_t q1 = tw + 1, width = 4 * q1, plane = c_all * n * th * tw;
     REAL *buf[6], *t[6];
     for (int k = 0; k < 6; k++) {
         buf[k] = row + k * width;
@@ -166,35 +226,32 @@ static void FN(wino4_input)(const REAL *src, Py_ssize_t n, Py_ssize_t c_all, Py_
             REAL *out = tiles + (c * n + img) * th * tw;
             for (Py_ssize_t r = 0; r < th; r++) {
                 for (int k = 0; k < 6; k++)
-                    FN(padded_row)(s, h, w, 4 * r - ph + k, pw, width, buf[k]);
-                /* row pass: the six rows of B^T d */
-                for (Py_ssize_t j = 0; j < width; j++) {
-                    REAL d0 = buf[0][j], d1 = buf[1][j], d2 = buf[2][j], d3 = buf[3][j], d4 = buf[4][j],
-                         d5 = buf[5][j];
-                    t[0][j] = 4 * d0 - 5 * d2 + d4;
-                    t[1][j] = -4 * (d1 + d2) + d3 + d4;
-                    t[2][j] = 4 * (d1 - d2) - d3 + d4;
-                    t[3][j] = 2 * (d3 - d1) - d2 + d4;
-                    t[4][j] = 2 * (d1 - d3) - d2 + d4;
-                    t[5][j] = 4 * d1 - 5 * d3 + d5;
-                }
-                /* column pass: (B^T d) B, one output plane per element of the 6x6 tile */
+                    FN(deinterleaved_row)(s, h, w, 4 * r - ph + k, pw, q1, buf[k]);
+                FN(wino4_input_rows)(buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], t[0], t[1], t[2], t[3], t[4],
+                                     t[5], width);
                 for (int a = 0; a < 6; a++) {
-                    const REAL *e = t[a];
                     REAL *o = out + (6 * a) * plane + r * tw;
-                    for (Py_ssize_t q = 0; q < tw; q++) {
-                        const REAL *f = e + 4 * q;
-                        REAL e0 = f[0], e1 = f[1], e2 = f[2], e3 = f[3], e4 = f[4], e5 = f[5];
-                        o[q] = 4 * e0 - 5 * e2 + e4;
-                        o[plane + q] = -4 * (e1 + e2) + e3 + e4;
-                        o[2 * plane + q] = 4 * (e1 - e2) - e3 + e4;
-                        o[3 * plane + q] = 2 * (e3 - e1) - e2 + e4;
-                        o[4 * plane + q] = 2 * (e1 - e3) - e2 + e4;
-                        o[5 * plane + q] = 4 * e1 - 5 * e3 + e5;
-                    }
+                    FN(wino4_input_columns)(t[a], t[a] + q1, t[a] + 2 * q1, t[a] + 3 * q1, o, o + plane,
+                                            o + 2 * plane, o + 3 * plane, o + 4 * plane, o + 5 * plane, tw);
                 }
             }
         }
+}
+
+/* The first pass of F(4x4)'s output transform: the four rows of A^T M over tw tiles, from the six planes
+ * p0..p5 of one column of the 6x6 tile. (A function with restrict parameters, so that it vectorises.) */
+static void FN(wino4_output_rows)(const REAL *RESTRICT p0, const REAL *RESTRICT p1, const REAL *RESTRICT p2,
+                                  const REAL *RESTRICT p3, const REAL *RESTRICT p4, const REAL *RESTRICT p5,
+                                  REAL *RESTRICT s0, REAL *RESTRICT s1, REAL *RESTRICT s2, REAL *RESTRICT s3,
+                                  Py_ssize_t tw)
+{
+    for (Py_ssize_t q = 0; q < tw; q++) {
+        REAL m1 = p1[q], m2 = p2[q], m3 = p3[q], m4 = p4[q];
+        s0[q] = p0[q] + m1 + m2 + m3 + m4;
+        s1[q] = m1 - m2 + 2 * (m3 - m4);
+        s2[q] = m1 + m2 + 4 * (m3 + m4);
+        s3[q] = m1 - m2 + 8 * (m3 - m4) + p5[q];
+    }
 }
 
 /* dst (n, C, ho, wo) <- A^T M A (+ bias[c]) for each tile of m (36, C, n, th, tw); outputs beyond ho x wo
@@ -213,16 +270,10 @@ static void FN(wino4_output)(const REAL *m, Py_ssize_t n, Py_ssize_t c_all, Py_s
             for (Py_ssize_t r = 0; r < th; r++) {
                 /* s[i][k] = row i of A^T M for tile column k, over the row of tiles */
                 for (int k = 0; k < 6; k++) {
-                    const REAL *p0 = in + k * plane + r * tw, *p1 = p0 + 6 * plane, *p2 = p1 + 6 * plane,
-                               *p3 = p2 + 6 * plane, *p4 = p3 + 6 * plane, *p5 = p4 + 6 * plane;
-                    REAL *s0 = row + k * tw, *s1 = s0 + 6 * tw, *s2 = s1 + 6 * tw, *s3 = s2 + 6 * tw;
-                    for (Py_ssize_t q = 0; q < tw; q++) {
-                        REAL m1 = p1[q], m2 = p2[q], m3 = p3[q], m4 = p4[q];
-                        s0[q] = p0[q] + m1 + m2 + m3 + m4;
-                        s1[q] = m1 - m2 + 2 * (m3 - m4);
-                        s2[q] = m1 + m2 + 4 * (m3 + m4);
-                        s3[q] = m1 - m2 + 8 * (m3 - m4) + p5[q];
-                    }
+                    const REAL *p = in + k * plane + r * tw;
+                    REAL *o = row + k * tw;
+                    FN(wino4_output_rows)(p, p + 6 * plane, p + 12 * plane, p + 18 * plane, p + 24 * plane,
+                                          p + 30 * plane, o, o + 6 * tw, o + 12 * tw, o + 18 * tw, tw);
                 }
                 for (int i = 0; i < 4 && 4 * r + i < ho; i++) {
                     const REAL *e0 = row + (6 * i) * tw, *e1 = e0 + tw, *e2 = e1 + tw, *e3 = e2 + tw,
@@ -250,8 +301,45 @@ static void FN(wino4_output)(const REAL *m, Py_ssize_t n, Py_ssize_t c_all, Py_s
     }
 }
 
+/* The adjoint's row pass: the six rows of A dY, element-wise over `width` columns, from the tile row's
+ * four dY rows g0..g3. */
+static void FN(wino4_adjoint_rows)(const REAL *RESTRICT g0, const REAL *RESTRICT g1, const REAL *RESTRICT g2,
+                                   const REAL *RESTRICT g3, REAL *RESTRICT t0, REAL *RESTRICT t1,
+                                   REAL *RESTRICT t2, REAL *RESTRICT t3, REAL *RESTRICT t4, REAL *RESTRICT t5,
+                                   Py_ssize_t width)
+{
+    for (Py_ssize_t j = 0; j < width; j++) {
+        REAL a0 = g0[j], a1 = g1[j], a2 = g2[j], a3 = g3[j];
+        t0[j] = a0;
+        t1[j] = a0 + a1 + a2 + a3;
+        t2[j] = a0 - a1 + a2 - a3;
+        t3[j] = a0 + 2 * a1 + 4 * a2 + 8 * a3;
+        t4[j] = a0 - 2 * a1 + 4 * a2 - 8 * a3;
+        t5[j] = a3;
+    }
+}
+
+/* The adjoint's column pass: (A dY) A^T for one row of A dY split by column mod 4 (f_k[q] = column 4q + k),
+ * into the six output planes of that row, for tw tiles. */
+static void FN(wino4_adjoint_columns)(const REAL *RESTRICT f0, const REAL *RESTRICT f1, const REAL *RESTRICT f2,
+                                      const REAL *RESTRICT f3, REAL *RESTRICT o0, REAL *RESTRICT o1,
+                                      REAL *RESTRICT o2, REAL *RESTRICT o3, REAL *RESTRICT o4, REAL *RESTRICT o5,
+                                      Py_ssize_t tw)
+{
+    for (Py_ssize_t q = 0; q < tw; q++) {
+        REAL e0 = f0[q], e1 = f1[q], e2 = f2[q], e3 = f3[q];
+        o0[q] = e0;
+        o1[q] = e0 + e1 + e2 + e3;
+        o2[q] = e0 - e1 + e2 - e3;
+        o3[q] = e0 + 2 * e1 + 4 * e2 + 8 * e3;
+        o4[q] = e0 - 2 * e1 + 4 * e2 - 8 * e3;
+        o5[q] = e3;
+    }
+}
+
 /* dm (36, C, n, th, tw) <- A dY A^T for each 4x4 tile of dy (n, C, ho, wo), zero beyond ho x wo (the
- * adjoint of wino4_output). row: scratch of 10 * 4 * tw elements. */
+ * adjoint of wino4_output). row: scratch of 10 * 4 * tw elements. dY's rows are split by column mod 4 as
+ * they are read (deinterleaved_row), so both passes run over unit-stride arrays. */
 static void FN(wino4_output_adjoint)(const REAL *dy, Py_ssize_t n, Py_ssize_t c_all, Py_ssize_t ho, Py_ssize_t wo,
                                      Py_ssize_t th, Py_ssize_t tw, REAL *dm, Py_ssize_t c0, Py_ssize_t c1,
                                      REAL *row)
@@ -267,34 +355,13 @@ static void FN(wino4_output_adjoint)(const REAL *dy, Py_ssize_t n, Py_ssize_t c_
             const REAL *src = dy + (img * c_all + c) * ho * wo;
             REAL *out = dm + (c * n + img) * th * tw;
             for (Py_ssize_t r = 0; r < th; r++) {
-                memset(row, 0, 4 * width * sizeof(REAL));
                 for (int k = 0; k < 4; k++)
-                    if (4 * r + k < ho)
-                        memcpy(g[k], src + (4 * r + k) * wo, wo * sizeof(REAL));
-                /* rows of A dY */
-                for (Py_ssize_t j = 0; j < width; j++) {
-                    REAL g0 = g[0][j], g1 = g[1][j], g2 = g[2][j], g3 = g[3][j];
-                    t[0][j] = g0;
-                    t[1][j] = g0 + g1 + g2 + g3;
-                    t[2][j] = g0 - g1 + g2 - g3;
-                    t[3][j] = g0 + 2 * g1 + 4 * g2 + 8 * g3;
-                    t[4][j] = g0 - 2 * g1 + 4 * g2 - 8 * g3;
-                    t[5][j] = g3;
-                }
-                /* (A dY) A^T, one output plane per element of the 6x6 tile */
+                    FN(deinterleaved_row)(src, ho, wo, 4 * r + k, 0, tw, g[k]);
+                FN(wino4_adjoint_rows)(g[0], g[1], g[2], g[3], t[0], t[1], t[2], t[3], t[4], t[5], width);
                 for (int a = 0; a < 6; a++) {
-                    const REAL *e = t[a];
                     REAL *o = out + (6 * a) * plane + r * tw;
-                    for (Py_ssize_t q = 0; q < tw; q++) {
-                        const REAL *f = e + 4 * q;
-                        REAL e0 = f[0], e1 = f[1], e2 = f[2], e3 = f[3];
-                        o[q] = e0;
-                        o[plane + q] = e0 + e1 + e2 + e3;
-                        o[2 * plane + q] = e0 - e1 + e2 - e3;
-                        o[3 * plane + q] = e0 + 2 * e1 + 4 * e2 + 8 * e3;
-                        o[4 * plane + q] = e0 - 2 * e1 + 4 * e2 - 8 * e3;
-                        o[5 * plane + q] = e3;
-                    }
+                    FN(wino4_adjoint_columns)(t[a], t[a] + tw, t[a] + 2 * tw, t[a] + 3 * tw, o, o + plane,
+                                              o + 2 * plane, o + 3 * plane, o + 4 * plane, o + 5 * plane, tw);
                 }
             }
         }
