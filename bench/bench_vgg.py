@@ -5,10 +5,14 @@ Builds VGG configuration A, D or E (3x3/pad-1 conv + in-place ReLU, 2x2/2 max po
 dropout, SoftmaxWithLoss) as prototxt text, runs it with vggtool on the CPU in float32 and times
   * forward (net.forward_from_to), TRAIN phase net, median of --reps runs
   * forward + backward (net.forward_backward, no solver update)
+  * inference: the forward of the same net built in the TEST phase (nothing kept for a backward)
 then prints per-layer forward/backward ms (and the convolution layer's internal sections), and, when
 `import torch` works, times the same network in PyTorch (forward: eval + no_grad; forward+backward:
 train mode, loss.backward(), no optimizer step) in a subprocess with the same thread count, so the
-two thread pools never spin against each other. Ratio = vggtool time / PyTorch time (<= 1 is the goal).
+two thread pools never spin against each other, in each of --torch-modes: fp32 (NCHW), fp32
+channels_last, and bf16 autocast + channels_last (PyTorch's fastest CPU mode where the CPU has bf16
+instructions; vggtool stays in fp32). Ratio = vggtool time / PyTorch time (<= 1 is the goal); the
+inference ratio is vggtool's TEST forward against the fastest mode's forward.
 
 Before each case the script waits for a quiet machine (bench/cpu_guard.py, or /work/shared/bench) and
 reports the CPU load of other processes seen during the case.
@@ -30,6 +34,9 @@ import time
 from vgg_configs import CFGS, NAMES, torch_vgg, vgg_layers  # noqa: E402 - bench/ is the script's folder
 
 
+TORCH_MODES = ("fp32", "channels_last", "bf16_channels_last")
+
+
 def parse():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--net", default="D", choices=sorted(CFGS))
@@ -40,6 +47,8 @@ def parse():
     ap.add_argument("--threads", type=int, help="OpenBLAS / torch threads (default 2; --mini: 1)")
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    ap.add_argument("--torch-modes", default="fp32,channels_last,bf16_channels_last",
+                    help="PyTorch modes to time, comma-separated, from " + ", ".join(TORCH_MODES))
     ap.add_argument("--no-layers", action="store_true", help="skip the per-layer profile")
     ap.add_argument("--guard", type=float, default=0.15,
                     help="foreign CPU load (cores) tolerated during a case; a disturbed case is retried")
@@ -61,6 +70,10 @@ def parse():
     a.threads = a.threads or (1 if a.mini else 2)
     if a.size % 32:
         ap.error("--size must be a multiple of 32 (five 2x2 poolings)")
+    a.torch_modes = [m.strip() for m in a.torch_modes.split(",") if m.strip()]
+    bad = [m for m in a.torch_modes if m not in TORCH_MODES]
+    if bad or not a.torch_modes:
+        ap.error(f"--torch-modes: unknown mode(s) {bad}; choose from {', '.join(TORCH_MODES)}")
     return a
 
 
@@ -128,6 +141,9 @@ def time_runs(fn, warmup, reps):
 
 # -- PyTorch (run in a subprocess) -------------------------------------------------------------------------
 def torch_part():
+    """Times every --torch-modes mode; prints one JSON line {version, threads, modes: {mode: {...}}}."""
+    import contextlib
+
     import torch
     import torch.nn as nn
 
@@ -138,28 +154,41 @@ def torch_part():
     x = torch.randn(A.batch, A.channels, A.size, A.size)
     y = torch.randint(0, A.classes, (A.batch,))
     lossf = nn.CrossEntropyLoss()
+    modes = {}
+    for mode in A.torch_modes:
+        layout = torch.channels_last if "channels_last" in mode else torch.contiguous_format
+        model = model.to(memory_format=layout)
+        xm = x.contiguous(memory_format=layout)
 
-    def fwd():
-        with torch.no_grad():
-            model(x)
+        def autocast():
+            if mode.startswith("bf16"):
+                return torch.autocast("cpu", dtype=torch.bfloat16)
+            return contextlib.nullcontext()
 
-    def fwd_bwd():
-        model.zero_grad(set_to_none=False)
-        lossf(model(x), y).backward()
+        def fwd():
+            with torch.no_grad(), autocast():
+                model(xm)
 
-    model.eval()
-    t_f = time_runs(fwd, A.warmup, A.reps)
-    load_f = LAST_LOAD["foreign"]
-    model.train()
-    t_fb = time_runs(fwd_bwd, A.warmup, A.reps)
-    print(json.dumps(dict(version=torch.__version__, threads=torch.get_num_threads(), fwd=t_f, fwd_bwd=t_fb,
-                          load_fwd=load_f, load_fwd_bwd=LAST_LOAD["foreign"])))
+        def fwd_bwd():
+            model.zero_grad(set_to_none=False)
+            with autocast():
+                loss = lossf(model(xm), y)
+            loss.backward()
+
+        model.eval()
+        t_f = time_runs(fwd, A.warmup, A.reps)
+        load_f = LAST_LOAD["foreign"]
+        model.train()
+        t_fb = time_runs(fwd_bwd, A.warmup, A.reps)
+        modes[mode] = dict(fwd=t_f, fwd_bwd=t_fb, load_fwd=load_f, load_fwd_bwd=LAST_LOAD["foreign"])
+    print(json.dumps(dict(version=torch.__version__, threads=torch.get_num_threads(), modes=modes)))
 
 
 def run_torch():
     cmd = [sys.executable, os.path.abspath(__file__), "--torch-only", "--net", A.net, "--batch", str(A.batch),
            "--size", str(A.size), "--reps", str(A.reps), "--warmup", str(A.warmup), "--threads", str(A.threads),
-           "--classes", str(A.classes), "--guard", str(A.guard), "--guard-wait", str(A.guard_wait)]
+           "--classes", str(A.classes), "--guard", str(A.guard), "--guard-wait", str(A.guard_wait),
+           "--torch-modes", ",".join(A.torch_modes)]
     if A.mini:
         cmd.append("--mini")
     try:
@@ -178,16 +207,18 @@ def run_torch():
 
 
 # -- vggtool -----------------------------------------------------------------------------------------------
-def build_net():
+def build_net(phase="TRAIN"):
     from vggtool.net import Net
     from vggtool.io.prototxt import parse_net_text
 
     text = vgg_prototxt(A.net, A.batch, A.size, A.classes, A.width_div, A.fc, A.channels, A.dropout)
-    net = Net(parse_net_text(text, f"<VGG {A.net}>"), phase="TRAIN", dtype=np.float32, seed=0)
-    net.share_memory()  # as a Solver's train net (vggtool.net.pool; VGGTOOL_SHARE_MEMORY=off: no pool)
+    net = Net(parse_net_text(text, f"<VGG {A.net}>"), phase=phase, dtype=np.float32, seed=0)
+    if phase == "TRAIN":
+        net.share_memory()  # as a Solver's train net (vggtool.net.pool; VGGTOOL_SHARE_MEMORY=off: no pool)
     rng = np.random.default_rng(0)
     net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape, dtype=np.float32)
-    net.blobs["label"].data[...] = rng.integers(0, A.classes, A.batch)
+    if "label" in net.blobs:
+        net.blobs["label"].data[...] = rng.integers(0, A.classes, A.batch)
     return net
 
 
@@ -265,15 +296,32 @@ def main():
             print("convolution sections, all conv layers (ms per pass): "
                   + ", ".join(f"{k} {v:.0f}" for k, v in sorted(sections.items(), key=lambda kv: -kv[1])))
     del net
+    net = build_net("TEST")
+    t_inf = time_runs(net.forward_from_to, A.warmup, A.reps)
+    res["vggtool"].update(inference=t_inf, load_inference=LAST_LOAD["foreign"])
+    print(f"vggtool  inference (TEST)  median {med(t_inf) * 1e3:8.1f} ms  (min {min(t_inf) * 1e3:.1f}, "
+          f"max {max(t_inf) * 1e3:.1f}, n={len(t_inf)})  {flop / med(t_inf) / 1e9:6.1f} GFLOP/s  "
+          f"[foreign {LAST_LOAD['foreign']:.2f}]", flush=True)
+    del net
     if not A.no_torch:
         t = run_torch()
         if t:
             res["torch"] = t
-            tf, tfb = med(t["fwd"]), med(t["fwd_bwd"])
-            print(f"\nPyTorch {t['version']} ({t['threads']} threads)  forward {tf * 1e3:8.1f} ms "
-                  f"[foreign {t['load_fwd']:.2f}],  forward+backward {tfb * 1e3:8.1f} ms [foreign {t['load_fwd_bwd']:.2f}]")
-            res["ratio_fwd"], res["ratio_fwd_bwd"] = med(t_f) / tf, med(t_fb) / tfb
-            print(f"ratio vggtool / PyTorch:  forward {res['ratio_fwd']:.2f}   forward+backward {res['ratio_fwd_bwd']:.2f}")
+            print(f"\nPyTorch {t['version']} ({t['threads']} threads)      forward (eval, no_grad)   forward+backward")
+            for mode, r in t["modes"].items():
+                tf, tfb = med(r["fwd"]), med(r["fwd_bwd"])
+                r["ratio_fwd"], r["ratio_fwd_bwd"] = med(t_f) / tf, med(t_fb) / tfb
+                r["ratio_inference"] = med(t_inf) / tf
+                print(f"  {mode:<20s} {tf * 1e3:9.1f} ms [foreign {r['load_fwd']:.2f}]  {tfb * 1e3:9.1f} ms "
+                      f"[foreign {r['load_fwd_bwd']:.2f}]   ratio vggtool/PyTorch: forward {r['ratio_fwd']:.2f} "
+                      f"(TEST {r['ratio_inference']:.2f}), forward+backward {r['ratio_fwd_bwd']:.2f}")
+            if "fp32" in t["modes"]:  # the fp32 ratios under their old names
+                res["ratio_fwd"], res["ratio_fwd_bwd"] = t["modes"]["fp32"]["ratio_fwd"], t["modes"]["fp32"]["ratio_fwd_bwd"]
+            fastest = min(t["modes"], key=lambda k: med(t["modes"][k]["fwd"]))
+            res["fastest_torch_forward"] = fastest
+            res["ratio_inference_vs_fastest"] = t["modes"][fastest]["ratio_inference"]
+            print(f"PyTorch's fastest forward here: {fastest}; vggtool fp32 TEST forward / it = "
+                  f"{res['ratio_inference_vs_fastest']:.2f} (#16's forward row: < 1 is the target)")
     if A.json:
         with open(A.json, "w") as f:
             json.dump(res, f, indent=1)
