@@ -27,6 +27,7 @@ def test_environment_gives_the_defaults():
     d = config.Settings.from_environ({"VGGTOOL_NO_CKERNELS": "0", "VGGTOOL_CONV_ALGO": ""})
     assert d.c_kernels and d.conv_algorithm == "auto"  # 0 keeps them on; empty means unset
     assert config.Settings.from_environ({}) == config.Settings()
+    assert config.Settings().fuse_relu and not config.Settings.from_environ({"VGGTOOL_FUSE_RELU": "off"}).fuse_relu
 
 
 @pytest.mark.parametrize("var, value, message", [
@@ -36,6 +37,7 @@ def test_environment_gives_the_defaults():
     ("VGGTOOL_CONV_CACHE_MB", "-1", "VGGTOOL_CONV_CACHE_MB='-1' must be at least 0"),
     ("VGGTOOL_NO_CKERNELS", "maybe", "VGGTOOL_NO_CKERNELS='maybe' is not a boolean"),
     ("VGGTOOL_NO_CBLAS", "2", "VGGTOOL_NO_CBLAS='2' is not a boolean"),
+    ("VGGTOOL_FUSE_RELU", "sometimes", "VGGTOOL_FUSE_RELU='sometimes' is not a boolean"),
     ("VGGTOOL_CONV_ALGO", "fft", "VGGTOOL_CONV_ALGO: unknown convolution algorithm 'fft'"),
 ])
 def test_bad_environment_values_name_the_variable(var, value, message):

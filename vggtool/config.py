@@ -79,6 +79,7 @@ class Settings:
     cblas: bool = True  # process: call OpenBLAS's cblas_?gemm directly for in-place accumulation
     share_memory: str = "auto"  # net: pool diffs, caches and workspace (auto: Solver and `time` nets; on; off)
     release_data: bool = True  # net: a net sharing its memory pools intermediate blob data too
+    fuse_relu: bool = True  # net: a convolution followed by an in-place ReLU applies it in its output pass
 
     def __post_init__(self):
         # values given in code are checked as strictly as those from the environment
@@ -87,7 +88,7 @@ class Settings:
         for name, minimum in (("conv_cache_mb", 0), ("data_threads", 1), ("num_threads", 1)):
             set_(self, name, _count(getattr(self, name), name, minimum))
         set_(self, "share_memory", share_memory_mode(self.share_memory, "share_memory"))
-        for name in ("c_kernels", "cblas", "release_data"):
+        for name in ("c_kernels", "cblas", "release_data", "fuse_relu"):
             value = getattr(self, name)
             set_(self, name, value if isinstance(value, bool) else _boolean(value, name))
 
@@ -123,6 +124,7 @@ _ENVIRONMENT = {
     "cblas": ("VGGTOOL_NO_CBLAS", lambda v, var: not _boolean(v, var)),
     "share_memory": ("VGGTOOL_SHARE_MEMORY", lambda v, var: share_memory_mode(v.strip() or "auto", var)),
     "release_data": ("VGGTOOL_RELEASE_DATA", _boolean),
+    "fuse_relu": ("VGGTOOL_FUSE_RELU", _boolean),
 }
 KEYS = tuple(f.name for f in dataclasses.fields(Settings))
 

@@ -64,11 +64,19 @@ static void FN(wino_input)(const REAL *src, Py_ssize_t n, Py_ssize_t c_all, Py_s
         }
 }
 
+/* row[0, len) <- max(row, 0) (NaN stays NaN, as NumPy's maximum keeps it): the fused ReLU of a convolution's
+ * output, applied to a row just written, while it is in cache. */
+static void FN(rectify_row)(REAL *RESTRICT row, Py_ssize_t len)
+{
+    for (Py_ssize_t j = 0; j < len; j++)
+        row[j] = row[j] < 0 ? 0 : row[j];
+}
+
 /* dst (n, C, ho, wo) <- A^T M A (+ bias[c]) for each tile of m (16, C, n, th, tw); outputs beyond ho x wo
- * (odd sizes) are dropped. bias may be NULL. */
+ * (odd sizes) are dropped. bias may be NULL; rectify: max(., 0) after the bias (a fused ReLU). */
 static void FN(wino_output)(const REAL *m, Py_ssize_t n, Py_ssize_t c_all, Py_ssize_t th, Py_ssize_t tw,
-                            REAL *dst, Py_ssize_t ho, Py_ssize_t wo, const REAL *bias, Py_ssize_t c0,
-                            Py_ssize_t c1)
+                            REAL *dst, Py_ssize_t ho, Py_ssize_t wo, const REAL *bias, int rectify,
+                            Py_ssize_t c0, Py_ssize_t c1)
 {
     const Py_ssize_t plane = c_all * n * th * tw;
     for (Py_ssize_t c = c0; c < c1; c++) {
@@ -98,6 +106,8 @@ static void FN(wino_output)(const REAL *m, Py_ssize_t n, Py_ssize_t c_all, Py_ss
                             d[(y0 + 1) * wo + x0 + 1] = s1[1] - s1[2] - s1[3] + b;
                     }
                 }
+                if (rectify)
+                    FN(rectify_row)(d + y0 * wo, (second_row ? 2 : 1) * wo);
             }
         }
     }
@@ -255,11 +265,11 @@ static void FN(wino4_output_rows)(const REAL *RESTRICT p0, const REAL *RESTRICT 
 }
 
 /* dst (n, C, ho, wo) <- A^T M A (+ bias[c]) for each tile of m (36, C, n, th, tw); outputs beyond ho x wo
- * are dropped. bias may be NULL. row: scratch of 24 * tw elements. A row of tiles at a time, so every
+ * are dropped. bias may be NULL; rectify: max(., 0) after the bias. row: scratch of 24 * tw elements. A row of tiles at a time, so every
  * pass reads the 36 planes with unit stride. */
 static void FN(wino4_output)(const REAL *m, Py_ssize_t n, Py_ssize_t c_all, Py_ssize_t th, Py_ssize_t tw,
-                             REAL *dst, Py_ssize_t ho, Py_ssize_t wo, const REAL *bias, Py_ssize_t c0,
-                             Py_ssize_t c1, REAL *row)
+                             REAL *dst, Py_ssize_t ho, Py_ssize_t wo, const REAL *bias, int rectify,
+                             Py_ssize_t c0, Py_ssize_t c1, REAL *row)
 {
     const Py_ssize_t plane = c_all * n * th * tw;
     for (Py_ssize_t c = c0; c < c1; c++) {
@@ -295,6 +305,8 @@ static void FN(wino4_output)(const REAL *m, Py_ssize_t n, Py_ssize_t c_all, Py_s
                         for (Py_ssize_t j = 0; j < wo - 4 * q; j++)
                             drow[4 * q + j] = o[j] + b;
                     }
+                    if (rectify)
+                        FN(rectify_row)(drow, wo);
                 }
             }
         }

@@ -56,14 +56,15 @@ def wino_input(src, pad, tiles):
                                            _ptr(tiles)), c, tiles.size)
 
 
-def wino_output(m, dst, bias=None):
-    """dst (n, C, Ho, Wo) <- A^T M A (+ bias) of every tile of m ((m+2)^2, C, n, th, tw)."""
+def wino_output(m, dst, bias=None, rectify=False):
+    """dst (n, C, Ho, Wo) <- A^T M A (+ bias) of every tile of m ((m+2)^2, C, n, th, tw); rectify: then
+    max(., 0), a ReLU fused into the same pass."""
     n, c, ho, wo = dst.shape
     th, tw = m.shape[3], m.shape[4]
     tile = output_tile(m.shape[0])
     bias_ptr = 0 if bias is None else _ptr(bias)
     split_run(lambda c0, c1: _k.wino_output(tile, m.itemsize, _ptr(m), n, c, th, tw, _ptr(dst), ho, wo, bias_ptr,
-                                            c0, c1), c, m.size)
+                                            bool(rectify), c0, c1), c, m.size)
 
 
 def wino_output_adjoint(dy, dm):

@@ -19,6 +19,9 @@ class NeuronLayer(Layer):
 @register_layer("ReLU")
 class ReLULayer(NeuronLayer):
     keep_mask = False  # set by a pooled net: backward reads the mask of positive outputs, not the data
+    # Set by the net when the convolution before this in-place ReLU has just written max(., 0) itself
+    # (Net.layer_forward, settings.fuse_relu): the forward has only the mask left to make. One forward only.
+    input_rectified = False
 
     def layer_setup(self, bottom, top):
         self.slope = self.param.relu_param.negative_slope
@@ -29,6 +32,9 @@ class ReLULayer(NeuronLayer):
     def forward(self, bottom, top):
         xp = self.xp
         x, y = bottom[0].data, top[0].data
+        rectified, self.input_rectified = self.input_rectified and bottom[0] is top[0] and self.slope == 0, False
+        if rectified and not self.keep_mask:
+            return  # in place, and the convolution already wrote max(x, 0)
         if self.slope == 0 and self.keep_mask:
             xf, yf = x.reshape(-1), y.reshape(-1)
             mask = getattr(self, "positive", None)
@@ -37,7 +43,8 @@ class ReLULayer(NeuronLayer):
                     mask = self.positive = xp.empty(xf.size, dtype=bool)
 
             def part(i0, i1):
-                xp.maximum(xf[i0:i1], 0, out=yf[i0:i1])
+                if not rectified:
+                    xp.maximum(xf[i0:i1], 0, out=yf[i0:i1])
                 xp.greater(yf[i0:i1], 0, out=mask[i0:i1])  # y > 0 exactly where x > 0
 
             split_run(part, xf.size, 2 * xf.size, xp)

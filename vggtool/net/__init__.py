@@ -20,6 +20,7 @@ from ..io.upgrade import upgrade_net
 from ..layers.base import Workspace
 from ..layers.conv.policy import CacheBudget
 from .build import NetBuilder, layer_context
+from .fusion import fusable_relus
 from .graph import filter_net, insert_splits, phase_value
 from .pool import MemoryPool
 from ..proto import caffe_pb2
@@ -116,6 +117,7 @@ class Net:
         self.learnable_params = built.learnable_params
         self._param_owner = built.param_owner  # ParamSpec name -> (layer name, index, blob, lr_mult, decay_mult)
         self.layer_dict = OrderedDict(zip(self._index, self.layers))
+        self._fused_relus = fusable_relus(self)  # conv index -> the in-place ReLU its output pass applies
         self.params = OrderedDict((n, l.blobs) for n, l in zip(self._index, self.layers) if l.blobs)
 
     # -- randomness ---------------------------------------------------------------------------------------
@@ -180,13 +182,21 @@ class Net:
         if self.memory_pool is not None and self.memory_pool.stale():
             self.memory_pool.plan()
 
-    def layer_forward(self, i):
-        """Layer i's forward on its blobs (the net's loops and `vggtool time` run layers through these)."""
+    def layer_forward(self, i, fuse=True):
+        """Layer i's forward on its blobs (the net's loops and `vggtool time` run layers through these).
+        fuse: the caller runs layer i + 1 next, so a convolution may apply that in-place ReLU itself
+        (vggtool.net.fusion)."""
         if self.memory_pool is not None:
             self._workspace.at(i)
             for top in self.top_vecs[i]:  # written now: readable again
                 top.released = None
+        relu = self._fused_relus.get(i)
+        fused = relu is not None and fuse and not self.debug_info
+        if relu is not None:
+            self.layers[i].rectify_output = fused
         self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
+        if relu is not None:
+            relu.input_rectified = fused
 
     def layer_backward(self, i):
         """Layer i's backward, propagating to the bottoms the net's need-backward analysis chose."""
@@ -222,7 +232,7 @@ class Net:
             if start == 0:
                 self.plan_memory_if_stale()  # between steps: new shapes or recorded workspace
             for i in range(start, end + 1):
-                self.layer_forward(i)
+                self.layer_forward(i, fuse=i < end)
                 loss = loss + self._layer_loss(i)
                 if self.debug_info:
                     net_debug_info.forward(self, i)

@@ -117,8 +117,9 @@ def pad_channel_major(xp, x, padded, ph, pw):
     split_run(part, padded.shape[0], padded.size, xp)
 
 
-def write_output(xp, out, y, bias):
-    """y (n, Co, Ho, Wo) <- out (Co, n, Ho, Wo) (+ bias), split over threads by channel."""
+def write_output(xp, out, y, bias, rectify=False):
+    """y (n, Co, Ho, Wo) <- out (Co, n, Ho, Wo) (+ bias; rectify: then max(., 0), a fused ReLU, on the
+    channels just written), split over threads by channel."""
     out4 = out.transpose(1, 0, 2, 3)
 
     def part(c0, c1):
@@ -126,6 +127,8 @@ def write_output(xp, out, y, bias):
             xp.add(out4[:, c0:c1], bias[c0:c1].reshape(1, -1, 1, 1), out=y[:, c0:c1])
         else:
             y[:, c0:c1] = out4[:, c0:c1]
+        if rectify:
+            xp.maximum(y[:, c0:c1], 0, out=y[:, c0:c1])
 
     split_run(part, out.shape[0], out.size, xp)
 

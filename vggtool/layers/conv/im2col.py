@@ -41,9 +41,9 @@ def columns(conv, x, n0, n1, ho, wo, geom=None, out=None):
     return cols.reshape(c * g.kh * g.kw, n * ho * wo)
 
 
-def correlate(conv, x, y, geom, weight, bias, section="im2col", keep=False):
-    """y (N, Co, Ho, Wo) <- x (N, C, H, W) correlated with weight (groups, Co/g, C/g*kh*kw) (+ bias);
-    `keep`: build the columns in the layer's forward cache, for backward."""
+def correlate(conv, x, y, geom, weight, bias, section="im2col", keep=False, rectify=False):
+    """y (N, Co, Ho, Wo) <- x (N, C, H, W) correlated with weight (groups, Co/g, C/g*kh*kw) (+ bias;
+    rectify: then max(., 0)); `keep`: build the columns in the layer's forward cache, for backward."""
     groups, cog, cg = weight.shape
     co = groups * cog
     ho, wo = y.shape[2], y.shape[3]
@@ -56,13 +56,13 @@ def correlate(conv, x, y, geom, weight, bias, section="im2col", keep=False):
             for gi in range(groups):
                 conv.xp.matmul(weight[gi], cols[gi * cg:(gi + 1) * cg], out=og[gi])
         with conv.profiler.section(section + "_out_transpose"):
-            write_output(conv.xp, out.reshape(co, n1 - n0, ho, wo), y[n0:n1], bias)
+            write_output(conv.xp, out.reshape(co, n1 - n0, ho, wo), y[n0:n1], bias, rectify)
 
 
 def forward(conv, x, y, keep):
     weight = conv.blobs[0].data.reshape(conv.group, conv.num_output // conv.group, -1)
     bias = conv.blobs[1].data if conv.bias_term else None
-    correlate(conv, x, y, conv.geom, weight, bias, keep=keep)
+    correlate(conv, x, y, conv.geom, weight, bias, keep=keep, rectify=conv.rectify_output)
 
 
 def transposed_geometry(conv):

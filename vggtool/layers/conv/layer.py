@@ -21,6 +21,9 @@ class ConvolutionLayer(Layer):
 
     min_bottoms = 1
     bottom_shape = None  # (N, C, H, W) of the last reshape: 'auto' picks the algorithm by input size
+    # Set by the net for one forward (Net.layer_forward): the in-place ReLU that follows will run in the
+    # same pass, so the output pass applies max(., 0) itself and that ReLU skips its own pass.
+    rectify_output = False
 
     def layer_setup(self, bottom, top):
         p = self.param.convolution_param
