@@ -146,9 +146,20 @@ class Config:
 
     def release(self):
         """Free the solver's memory, keeping what the table prints."""
-        self.params, self.lane_count = self.solver.net.num_params(), self.lanes()
+        self.params, self.lane_count, self.arena_mib = self.solver.net.num_params(), self.lanes(), self.pool_mib()
         self.solver = None
         gc.collect()
+
+    def pool_mib(self):
+        """MiB of the memory-pool arenas the train nets hold (replicas of one lane share one)."""
+        if self.solver is None:
+            return self.arena_mib
+        arenas = {}
+        for net in getattr(self.solver, "replicas", [self.solver.net]):
+            pool = net.memory_pool
+            if pool is not None and pool.arena is not None:
+                arenas[pool.arena.ctypes.data if hasattr(pool.arena, "ctypes") else id(pool.arena)] = pool.arena.nbytes
+        return sum(arenas.values()) / 2 ** 20
 
     def lanes(self):
         if self.solver is None:
@@ -217,15 +228,15 @@ def main():
                 c.release()
                 configs.append(c)
         print(f"{'replicas':>8} {'mode':>10} {'lanes':>5} {'s/iter':>8} {'speed':>6} {'exchange s/iter':>15} "
-              f"{'exchange %':>10}")
+              f"{'exchange %':>10} {'pool MiB':>9}")
         base = configs[0].best()[0]
         for c in configs:
             per_iter, exchange = c.best()
             print(f"{c.replicas:>8} {c.mode:>10} {c.lanes():>5} {per_iter:8.3f} {base / per_iter:5.2f}x "
-                  f"{exchange:15.4f} {100 * exchange / per_iter:9.1f}%")
+                  f"{exchange:15.4f} {100 * exchange / per_iter:9.1f}% {c.pool_mib():9.0f}")
         params = configs[0].params if configs[0].solver is None else configs[0].solver.net.num_params()
-        print(f"({params:,} parameters exchanged per iteration; speed: against "
-              f"the first row; {machine().rsplit(', ', 1)[1]} at the end)")
+        print(f"({params:,} parameters exchanged per iteration; speed: against the first row; pool MiB: the "
+              f"train nets' memory-pool arenas, one per lane of CPU replicas; {machine().rsplit(', ', 1)[1]} at the end)")
 
 
 def sleep_until_all_arrive(comm):

@@ -175,6 +175,29 @@ def test_replicas_of_a_lane_accumulate_into_one_set_of_diffs(db, tmp_path, lanes
         assert_close_to_scale(b.blob.diff, a.blob.diff, TRAIN_TERMS, eps=F64_EPS, err_msg=f"param {i}")
 
 
+def test_the_replicas_of_a_lane_share_one_memory_arena(db, tmp_path):
+    """Replicas run one after another within a lane, so they plan their pooled buffers into one arena
+    (vggtool.net.pool.SharedArena); lanes that run at the same time keep arenas of their own. The
+    gradients stay the whole batch's, bit for bit the same as with an arena per replica."""
+    path = write_solver(tmp_path, db)
+    four = ParallelSolver(path, devices=[CPU] * 4, lanes=2, log=GLog(stream=False), dtype=np.float64)
+    for _ in range(3):  # the first step records the workspace; the second re-plans with it
+        four.compute_gradients()
+    pools = [rep.memory_pool for rep in four.replicas]
+    assert all(p is not None for p in pools)
+    assert pools[0].arena is pools[1].arena and pools[2].arena is pools[3].arena
+    assert not np.shares_memory(pools[0].arena, pools[2].arena)
+    assert pools[0].arena.size == max(p.arena_bytes for p in pools[:2])
+    own = ParallelSolver(path, devices=[CPU] * 4, lanes=2, log=GLog(stream=False), dtype=np.float64)
+    for rep in own.replicas:
+        rep.memory_pool.shared = None  # an arena per replica, as before lanes shared them
+    for _ in range(3):
+        own.compute_gradients()
+    assert not np.shares_memory(own.replicas[0].memory_pool.arena, own.replicas[1].memory_pool.arena)
+    for i, (a, b) in enumerate(zip(own.net.learnable_params, four.net.learnable_params)):
+        assert np.array_equal(a.blob.diff, b.blob.diff), f"param {i}"
+
+
 def test_concurrent_cpu_lanes_share_the_blas_threads(db, tmp_path, monkeypatch):
     """While 2 CPU lanes run, OpenBLAS and the split passes have half their threads each (the lanes never
     outnumber the cores); after the passes they have them all again."""

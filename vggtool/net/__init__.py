@@ -137,7 +137,7 @@ class Net:
         return np.random.Generator(np.random.Philox(np.random.SeedSequence(key)))
 
     # -- memory -------------------------------------------------------------------------------------------
-    def share_memory(self):
+    def share_memory(self, arena=None):
         """Pool the blob diffs, the convolutions' forward caches, the layers' workspace and (settings.release_data)
         the intermediate blobs' data (vggtool.net.pool): buffers live at different moments of a step share
         bytes, so the peak is the largest live set. Afterwards an intermediate blob's diff is valid only
@@ -145,13 +145,18 @@ class Net:
         data from its producer's forward to its last reader; parameters, inputs, outputs and loss tops stay.
         The Solver's train net and `vggtool time` call it (as PyTorch frees non-leaf gradients); a plain
         Net keeps every diff, as pycaffe's. settings.share_memory: 'auto' (this), 'on' (every Net at
-        construction), 'off' (never; this call does nothing). Returns whether the memory is pooled."""
+        construction), 'off' (never; this call does nothing). Returns whether the memory is pooled.
+        arena: a vggtool.net.pool.SharedArena to plan into (nets whose steps never overlap, such as the CPU
+        replicas of one lane), given at the first call or later: the net re-plans into it before its next
+        forward."""
         if self.settings.share_memory == "off":
             return False
         if self.memory_pool is None:
-            self.memory_pool = MemoryPool(self)
+            self.memory_pool = MemoryPool(self, shared=arena)
             self._workspace.pooled = True
             self.reshape()  # the caches are re-planned for the pool's budget, then the pool itself
+        elif arena is not None:
+            self.memory_pool.shared = arena  # stale now: the next forward re-plans into it
         return True
 
     def diff_is_kept(self, blob):

@@ -16,6 +16,11 @@ pooled buffer is live over an interval of slots:
 `plan_offsets` places the intervals in the arena (largest first, each at the lowest offset clear of the
 placed intervals that are live at the same time), so the arena is about the largest live set, not the sum.
 
+Nets whose steps never overlap may share one arena (SharedArena): the CPU replicas of one lane of a
+ParallelSolver run one after another, and nothing of a step is left in the arena that the next replica's
+step would need (their parameter diffs, outputs and losses are kept out of the pool), so a lane holds one
+arena instead of one per replica.
+
 Kept out of the pool, with buffers of their own: parameters (the solver reads their diffs), what a layer
 without bottoms produces (inputs: set before the forward; Net.backward returns their diffs), net outputs and loss-weighted tops, data or
 diffs that blobs share (split tops view their bottom's data; Reshape and Flatten tops their bottom's data
@@ -131,11 +136,29 @@ def poolable_diffs(net):
     return result
 
 
-class MemoryPool:
-    """The arena of one net and where each pooled buffer lives in it, for the shapes of the last plan."""
+class SharedArena:
+    """One arena for several nets whose steps never overlap (see the module docstring): the largest any of
+    them has asked for. When one needs more, a larger buffer replaces it and the others re-plan into it
+    before their next forward (MemoryPool.stale); the old one goes once no net views it."""
 
-    def __init__(self, net):
+    def __init__(self, device):
+        self.device = device
+        self.buffer = None
+
+    def at_least(self, nbytes):
+        if self.buffer is None or self.buffer.size < nbytes:
+            self.buffer = None
+            self.buffer = _aligned_bytes(self.device, nbytes)
+        return self.buffer
+
+
+class MemoryPool:
+    """The arena of one net and where each pooled buffer lives in it, for the shapes of the last plan.
+    `shared`: a SharedArena to take the arena from, instead of a buffer of its own."""
+
+    def __init__(self, net, shared=None):
         self.net = net
+        self.shared = shared
         self.arena = None  # the flat uint8 buffer (aligned view), or None before the first plan
         self.placed = []  # [Placed] of the last plan
         self.arena_bytes = 0  # bytes the last plan needs
@@ -152,7 +175,8 @@ class MemoryPool:
     def stale(self):
         """Whether shapes changed since the plan, or the workspace met a request the plan lacks."""
         ws = getattr(self.net, "_workspace", None)
-        return self.signature != self.shape_signature() or (ws is not None and ws.needs_plan)
+        moved = self.shared is not None and self.arena is not self.shared.buffer  # another net grew it
+        return self.signature != self.shape_signature() or (ws is not None and ws.needs_plan) or moved
 
     def intervals(self):
         """Diffs, caches and workspace (the forward caches as the layers planned them at reshape)."""
@@ -184,7 +208,10 @@ class MemoryPool:
         self.placed, self.arena_bytes = plan_offsets(intervals)
         self.sum_bytes = sum(_aligned(iv.nbytes) for iv in intervals)
         self.signature = self.shape_signature()
-        if self.arena is None or self.arena.size < self.arena_bytes:
+        if self.shared is not None:
+            self.arena = None
+            self.arena = self.shared.at_least(self.arena_bytes)
+        elif self.arena is None or self.arena.size < self.arena_bytes:
             self.arena = None  # the old arena goes once nothing views it
             self.arena = _aligned_bytes(net.device, self.arena_bytes)
         regions = {}

@@ -53,6 +53,7 @@ from ..errors import VggtoolError
 from ..layers.data import PrefetchingDataLayer
 from ..proto import caffe_pb2
 from .exchange import MpiExchange, local_exchange, scale_diffs
+from ..net.pool import SharedArena
 from .glog import GLog
 from .lanes import cores_per_lane, cpu_cores, plan_lanes, ranks_on_this_host, share_host_between_ranks
 from .solver import NONE, Solver
@@ -166,6 +167,7 @@ class ParallelSolver(Solver):
             nets.append(super()._init_train_net(dtype))
         self.device = self.devices[0]
         self.replicas = nets
+        self._share_lane_arenas(nets)
         share = self._share(nets[0])
         first = self.rank * len(nets)
         self.offsets = [(first + r) * share for r in range(len(nets))]
@@ -176,6 +178,16 @@ class ParallelSolver(Solver):
             self.log.info("parallel.py:1", f"{self.host_ranks} ranks on this host: {self.blas_threads} BLAS "
                                            f"thread(s) per rank")
         return nets[0]
+
+    def _share_lane_arenas(self, nets):
+        """The pooled CPU replicas of one lane run one after another: they plan into one arena (the
+        lane's), not one each (vggtool.net.pool.SharedArena)."""
+        for lane in self.lanes:
+            pooled = [nets[r] for r in lane if nets[r].memory_pool is not None and not self.devices[r].is_gpu]
+            if len(pooled) > 1:
+                arena = SharedArena(pooled[0].device)
+                for net in pooled:
+                    net.share_memory(arena)
 
     def _share(self, net):
         sizes = {layer.name: layer.local_batch for layer in net.layers if isinstance(layer, PrefetchingDataLayer)}
