@@ -31,16 +31,25 @@ static void inside_columns(Py_ssize_t x0, Py_ssize_t w, Py_ssize_t sw, Py_ssize_
         *lo = *hi;
 }
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#include <xmmintrin.h>
+#endif
+
 #define REAL float
+#define REAL_IS_FLOAT 1
 #define SUFFIX f32
 #include "_kernels_impl.h"
 #undef REAL
+#undef REAL_IS_FLOAT
 #undef SUFFIX
 
 #define REAL double
+#define REAL_IS_FLOAT 0
 #define SUFFIX f64
 #include "_kernels_impl.h"
 #undef REAL
+#undef REAL_IS_FLOAT
 #undef SUFFIX
 
 static int check_itemsize(Py_ssize_t itemsize)

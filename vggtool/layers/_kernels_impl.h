@@ -160,7 +160,8 @@ static void FN(wino_output_adjoint)(const REAL *dy, Py_ssize_t n, Py_ssize_t c_a
 
 /* d[p * q1 + q] <- column 4q + p of row y of the plane s (h x w) zero-padded by pw on the left (zero outside
  * the plane), for the 4 phases p and q < q1: a padded row split by column mod 4, so that the column pass
- * of F(4x4) (stride-4 tiles) reads unit-stride arrays. */
+ * of F(4x4) (stride-4 tiles) reads unit-stride arrays. Where four columns 4q - pw .. 4q - pw + 3 lie inside
+ * the row, four q at a time are one 4x4 transpose of 16 consecutive pixels (SSE, float32). */
 static void FN(deinterleaved_row)(const REAL *s, Py_ssize_t h, Py_ssize_t w, Py_ssize_t y, Py_ssize_t pw,
                                   Py_ssize_t q1, REAL *d)
 {
@@ -169,14 +170,34 @@ static void FN(deinterleaved_row)(const REAL *s, Py_ssize_t h, Py_ssize_t w, Py_
         return;
     }
     const REAL *in = s + y * w;
+    Py_ssize_t a = (pw + 3) / 4, b = w + pw >= 4 ? (w + pw - 4) / 4 + 1 : 0; /* [a, b): all four inside */
+    if (b > q1)
+        b = q1;
+    if (b < a)
+        b = a;
+    Py_ssize_t mid = a;
+#if REAL_IS_FLOAT && defined(__SSE2__)
+    for (; mid + 4 <= b; mid += 4) {
+        const float *src = in + 4 * mid - pw;
+        __m128 r0 = _mm_loadu_ps(src), r1 = _mm_loadu_ps(src + 4), r2 = _mm_loadu_ps(src + 8),
+               r3 = _mm_loadu_ps(src + 12);
+        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+        _mm_storeu_ps(d + mid, r0);
+        _mm_storeu_ps(d + q1 + mid, r1);
+        _mm_storeu_ps(d + 2 * q1 + mid, r2);
+        _mm_storeu_ps(d + 3 * q1 + mid, r3);
+    }
+#endif
     for (int p = 0; p < 4; p++) {
         REAL *o = d + p * q1;
-        Py_ssize_t lo, hi; /* q with 0 <= 4q + p - pw < w */
-        inside_columns(p - pw, w, 4, q1, &lo, &hi);
-        for (Py_ssize_t q = 0; q < lo; q++) o[q] = 0;
-        const REAL *col = in + p - pw;
-        for (Py_ssize_t q = lo; q < hi; q++) o[q] = col[4 * q];
-        for (Py_ssize_t q = hi; q < q1; q++) o[q] = 0;
+        for (Py_ssize_t q = 0; q < q1; q++) {
+            if (q == a)
+                q = mid; /* [a, mid) is done */
+            if (q >= q1)
+                break;
+            Py_ssize_t x = 4 * q + p - pw;
+            o[q] = (x >= 0 && x < w) ? in[x] : 0;
+        }
     }
 }
 
@@ -235,7 +256,14 @@ static void FN(wino4_input)(const REAL *src, Py_ssize_t n, Py_ssize_t c_all, Py_
             const REAL *s = src + (img * c_all + c) * h * w;
             REAL *out = tiles + (c * n + img) * th * tw;
             for (Py_ssize_t r = 0; r < th; r++) {
-                for (int k = 0; k < 6; k++)
+                /* rows 4r + 4 and 4r + 5 of a tile row are rows 0 and 1 of the next: split once */
+                int fresh = 0;
+                if (r > 0) {
+                    REAL *free0 = buf[0], *free1 = buf[1], *free2 = buf[2], *free3 = buf[3];
+                    buf[0] = buf[4], buf[1] = buf[5], buf[2] = free0, buf[3] = free1, buf[4] = free2, buf[5] = free3;
+                    fresh = 2;
+                }
+                for (int k = fresh; k < 6; k++)
                     FN(deinterleaved_row)(s, h, w, 4 * r - ph + k, pw, q1, buf[k]);
                 FN(wino4_input_rows)(buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], t[0], t[1], t[2], t[3], t[4],
                                      t[5], width);
