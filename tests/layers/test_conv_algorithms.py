@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from numerics import assert_close_to_scale
+from numerics import F32_EPS, assert_close_to_scale
 
 from vggtool import config
 from vggtool.errors import VggtoolError
@@ -485,40 +485,43 @@ WINO4_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0
                     dtype=np.float64)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("h, w, pad", [(37, 45, 1), (64, 64, 0), (29, 70, 2), (5, 3, 1)])
-def test_c_winograd4_transforms_equal_their_matrix_form(rng, h, w, pad):
+def test_c_winograd4_transforms_equal_their_matrix_form(rng, h, w, pad, dtype):
     """The C F(4x4) input transform (B^T d B per 6x6 tile, stride 4), output transform (A^T M A + bias) and
-    its adjoint (A dY A^T) against the matrices above, tile by tile, in float64, on rows wide enough for
-    the kernels' vectorised loops and on sizes that are not multiples of the tile."""
+    its adjoint (A dY A^T) against the matrices above, tile by tile, computed in float64, on rows wide
+    enough for the kernels' vectorised loops (float32 has its own) and on sizes that are not multiples of
+    the tile."""
     if not kernels.built():
         pytest.skip("the C kernels were not built (no C compiler at install time)")
+    eps = F64_EPS if dtype == np.float64 else F32_EPS
     n, c = 2, 3
     ho, wo = h + 2 * pad - 2, w + 2 * pad - 2
     th, tw = winograd_transforms.tiles(ho, wo, 4)
-    x = rng.standard_normal((n, c, h, w))
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
     padded = np.zeros((n, c, 4 * th + 2, 4 * tw + 2))
     padded[:, :, pad:pad + h, pad:pad + w] = x[:, :, :4 * th + 2 - pad, :4 * tw + 2 - pad]
     d = np.stack([np.stack([padded[:, :, 4 * r:4 * r + 6, 4 * q:4 * q + 6] for q in range(tw)], 2)
                   for r in range(th)], 2)  # (n, c, th, tw, 6, 6)
     want_v = np.einsum("ai,nctqij,bj->abcntq", WINO4_BT, d, WINO4_BT).reshape(36, c, n, th, tw)
-    got_v = np.full((36, c, n, th, tw), np.nan)
+    got_v = np.full((36, c, n, th, tw), np.nan, dtype)
     kernels.wino_input(x, (pad, pad), got_v)
-    assert_close_to_scale(got_v, want_v, k_terms=36, eps=F64_EPS)
+    assert_close_to_scale(got_v, want_v, k_terms=36, eps=eps)
 
-    m = rng.standard_normal((36, c, n, th, tw))
-    bias = rng.standard_normal(c)
+    m = rng.standard_normal((36, c, n, th, tw)).astype(dtype)
+    bias = rng.standard_normal(c).astype(dtype)
     tiles_out = np.einsum("ai,ijcntq,bj->ntaqbc", WINO4_AT, m.reshape(6, 6, c, n, th, tw), WINO4_AT)
     want_y = (tiles_out.reshape(n, 4 * th, 4 * tw, c).transpose(0, 3, 1, 2)[:, :, :ho, :wo]
               + bias.reshape(1, c, 1, 1))
-    got_y = np.full((n, c, ho, wo), np.nan)
+    got_y = np.full((n, c, ho, wo), np.nan, dtype)
     kernels.wino_output(m, got_y, bias)
-    assert_close_to_scale(got_y, want_y, k_terms=36, eps=F64_EPS)
+    assert_close_to_scale(got_y, want_y, k_terms=36, eps=eps)
 
-    dy = rng.standard_normal((n, c, ho, wo))
+    dy = rng.standard_normal((n, c, ho, wo)).astype(dtype)
     full = np.zeros((n, c, 4 * th, 4 * tw))
     full[:, :, :ho, :wo] = dy
     g = full.reshape(n, c, th, 4, tw, 4)
     want_dm = np.einsum("ai,nctaqb,bj->ijcntq", WINO4_AT, g, WINO4_AT).reshape(36, c, n, th, tw)
-    got_dm = np.full((36, c, n, th, tw), np.nan)
+    got_dm = np.full((36, c, n, th, tw), np.nan, dtype)
     kernels.wino_output_adjoint(dy, got_dm)
-    assert_close_to_scale(got_dm, want_dm, k_terms=36, eps=F64_EPS)
+    assert_close_to_scale(got_dm, want_dm, k_terms=36, eps=eps)
