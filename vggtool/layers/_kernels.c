@@ -9,6 +9,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 
 /* The kernels' pointers into distinct arrays never alias: saying so lets the compiler vectorise their loops

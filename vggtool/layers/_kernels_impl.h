@@ -292,6 +292,23 @@ static void FN(wino4_output_rows)(const REAL *RESTRICT p0, const REAL *RESTRICT 
     }
 }
 
+/* The second pass of F(4x4)'s output transform: one output row of `full` whole tiles from the row i of
+ * A^T M (e0..e5 over the tiles), + b, then clamped below by lo (0: a fused ReLU; -inf: none). */
+static void FN(wino4_output_columns)(const REAL *RESTRICT e0, const REAL *RESTRICT e1, const REAL *RESTRICT e2,
+                                     const REAL *RESTRICT e3, const REAL *RESTRICT e4, const REAL *RESTRICT e5,
+                                     REAL *RESTRICT drow, Py_ssize_t full, REAL b, REAL lo)
+{
+    for (Py_ssize_t q = 0; q < full; q++) {
+        REAL v1 = e1[q], v2 = e2[q], v3 = e3[q], v4 = e4[q];
+        REAL o0 = e0[q] + v1 + v2 + v3 + v4 + b, o1 = v1 - v2 + 2 * (v3 - v4) + b,
+             o2 = v1 + v2 + 4 * (v3 + v4) + b, o3 = v1 - v2 + 8 * (v3 - v4) + e5[q] + b;
+        drow[4 * q] = o0 < lo ? lo : o0;
+        drow[4 * q + 1] = o1 < lo ? lo : o1;
+        drow[4 * q + 2] = o2 < lo ? lo : o2;
+        drow[4 * q + 3] = o3 < lo ? lo : o3;
+    }
+}
+
 /* dst (n, C, ho, wo) <- A^T M A (+ bias[c]) for each tile of m (36, C, n, th, tw); outputs beyond ho x wo
  * are dropped. bias may be NULL; rectify: max(., 0) after the bias. row: scratch of 24 * tw elements. A row of tiles at a time, so every
  * pass reads the 36 planes with unit stride. */
@@ -300,6 +317,7 @@ static void FN(wino4_output)(const REAL *m, Py_ssize_t n, Py_ssize_t c_all, Py_s
                              Py_ssize_t c0, Py_ssize_t c1, REAL *row)
 {
     const Py_ssize_t plane = c_all * n * th * tw;
+    const REAL lo = rectify ? 0 : -(REAL)INFINITY; /* v < lo ? lo : v is max(v, 0) or v itself (NaN stays) */
     for (Py_ssize_t c = c0; c < c1; c++) {
         REAL b = bias ? bias[c] : 0;
         for (Py_ssize_t img = 0; img < n; img++) {
@@ -318,23 +336,17 @@ static void FN(wino4_output)(const REAL *m, Py_ssize_t n, Py_ssize_t c_all, Py_s
                                *e4 = e3 + tw, *e5 = e4 + tw;
                     REAL *drow = d + (4 * r + i) * wo;
                     Py_ssize_t full = wo / 4; /* tiles whose 4 columns all lie inside the output */
-                    for (Py_ssize_t q = 0; q < full; q++) {
-                        REAL v1 = e1[q], v2 = e2[q], v3 = e3[q], v4 = e4[q];
-                        drow[4 * q] = e0[q] + v1 + v2 + v3 + v4 + b;
-                        drow[4 * q + 1] = v1 - v2 + 2 * (v3 - v4) + b;
-                        drow[4 * q + 2] = v1 + v2 + 4 * (v3 + v4) + b;
-                        drow[4 * q + 3] = v1 - v2 + 8 * (v3 - v4) + e5[q] + b;
-                    }
+                    FN(wino4_output_columns)(e0, e1, e2, e3, e4, e5, drow, full, b, lo);
                     if (full < tw) {
                         Py_ssize_t q = full;
                         REAL v1 = e1[q], v2 = e2[q], v3 = e3[q], v4 = e4[q];
                         REAL o[4] = {e0[q] + v1 + v2 + v3 + v4, v1 - v2 + 2 * (v3 - v4), v1 + v2 + 4 * (v3 + v4),
                                      v1 - v2 + 8 * (v3 - v4) + e5[q]};
-                        for (Py_ssize_t j = 0; j < wo - 4 * q; j++)
-                            drow[4 * q + j] = o[j] + b;
+                        for (Py_ssize_t j = 0; j < wo - 4 * q; j++) {
+                            REAL v = o[j] + b;
+                            drow[4 * q + j] = v < lo ? lo : v;
+                        }
                     }
-                    if (rectify)
-                        FN(rectify_row)(drow, wo);
                 }
             }
         }
