@@ -130,7 +130,7 @@ class Config:
         self.solver.step(1)  # warm-up: buffers, prefetch
         self.rounds = []
 
-    def time(self, iters):
+    def time(self, iters, detail=False):
         s = self.solver
         seconds = getattr(s, "seconds", None)
         if seconds is not None:
@@ -140,6 +140,10 @@ class Config:
         per_iter = (time.perf_counter() - t0) / iters
         exchange = s.seconds["exchange"] / iters if seconds is not None else 0.0
         self.rounds.append((per_iter, exchange))
+        if detail:  # where an iteration's seconds went, per rank (ParallelSolver.seconds)
+            print(f"[rank {getattr(s, 'rank', 0)}] {self.replicas} replica(s) {self.mode}: {per_iter:.3f} s/iter"
+                  + "".join(f", {k} {v / iters:.3f}" for k, v in (s.seconds if seconds is not None else {}).items()),
+                  flush=True)
 
     def best(self):
         return min(self.rounds)
@@ -187,7 +191,7 @@ def devices_for(args, n):
 def timed_rounds(configs, args):
     for _ in range(args.rounds):
         for c in configs:
-            c.time(args.iters)
+            c.time(args.iters, args.detail)
 
 
 def main():
@@ -202,6 +206,8 @@ def main():
     ap.add_argument("--modes", default=None, help="CPU modes for N > 1 replicas, of lanes, sequential, threads "
                                                   "(default: all three small, lanes vgg16)")
     ap.add_argument("--devices", choices=("cpu", "gpu"), default="cpu")
+    ap.add_argument("--detail", action="store_true",
+                    help="print every timed round: seconds per iteration in gradients, exchange and update, per rank")
     args = ap.parse_args()
     small = args.net == "small"
     for name, a, b in (("batch", 64, 8), ("iters", 4, 1), ("rounds", 3, 1), ("size", 64, 224),
