@@ -525,3 +525,38 @@ def test_c_winograd4_transforms_equal_their_matrix_form(rng, h, w, pad, dtype):
     got_dm = np.full((36, c, n, th, tw), np.nan, dtype)
     kernels.wino_output_adjoint(dy, got_dm)
     assert_close_to_scale(got_dm, want_dm, k_terms=36, eps=eps)
+
+
+def test_independent_gemms_split_over_single_threaded_blas_and_restore_its_count(monkeypatch):
+    """Winograd's per-position GEMMs run in threads of one BLAS thread each, every GEMM once, with the same
+    products as one after another; the process's BLAS thread count is put back after, also on an error."""
+    before = gemm.blas_threads()
+    if before is None:
+        pytest.skip("OpenBLAS's thread count cannot be read here")
+    monkeypatch.setattr(split_threads, "MIN_ELEMENTS", 0)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((6, 5, 7)), rng.standard_normal((6, 7, 9))
+    out = np.zeros((6, 5, 9))
+    seen, counts = [], []
+
+    def positions(x0, x1):
+        counts.append(gemm.blas_threads())
+        for i in range(x0, x1):
+            seen.append(i)
+            gemm.gemm(a[i], b[i], out[i], beta=0.0)
+
+    gemm.set_blas_threads(2)
+    try:
+        gemm.independent_gemms(positions, 6, out.size)
+        assert sorted(seen) == list(range(6)) and set(counts) == {1} and len(counts) == 2
+        assert gemm.blas_threads() == 2
+        np.testing.assert_allclose(out, np.matmul(a, b), rtol=1e-12, atol=1e-12)
+        with pytest.raises(ZeroDivisionError):
+            gemm.independent_gemms(lambda x0, x1: 1 / 0, 6, out.size)
+        assert gemm.blas_threads() == 2
+        gemm.set_blas_threads(1)  # as inside concurrent CPU lanes: the caller runs them all, as they are
+        seen.clear(), counts.clear()
+        gemm.independent_gemms(positions, 6, out.size)
+        assert counts == [1] and sorted(seen) == list(range(6))
+    finally:
+        gemm.set_blas_threads(before)

@@ -13,10 +13,12 @@ import ctypes
 import functools
 import glob
 import os
+import threading
 
 import numpy as np
 
 from ..config import defaults
+from .threads import split_run
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
@@ -84,6 +86,28 @@ def set_blas_threads(count):
         return False
     control[1](int(count))
     return True
+
+
+_ONE_BLAS_THREAD = threading.Lock()  # one caller at a time lowers and restores the process-wide count
+
+
+def independent_gemms(fn, count, elements):
+    """fn(lo, hi) runs GEMMs lo..hi-1 of `count` that write distinct outputs (Winograd's per-position
+    GEMMs): split over OpenBLAS's threads, each running its share single-threaded, instead of every GEMM
+    split over them. Many mid-sized GEMMs then pay no hand-off between BLAS threads per call (VGG-16's
+    Winograd layers: 3-11% faster on 2 cores). Runs fn(0, count) as is where BLAS has one thread already
+    (CPU lanes running at the same time, MPI ranks sharing a host) or its count cannot be set.
+    elements: the elements the GEMMs touch (small calls stay in the caller)."""
+    threads = blas_threads()
+    if not threads or threads < 2 or count < 2 or not _ONE_BLAS_THREAD.acquire(blocking=False):
+        fn(0, count)
+        return
+    try:
+        set_blas_threads(1)
+        split_run(fn, count, elements, threads=threads)
+    finally:
+        set_blas_threads(threads)
+        _ONE_BLAS_THREAD.release()
 
 
 def _operand(x):

@@ -26,30 +26,31 @@ def num_threads():
 
 class _SplitPool:
     """The worker threads, created at first use, re-created after a fork (a forked child inherits the pool
-    object but not its threads) or when num_threads changes."""
+    object but not its threads) or when a caller needs more of them than it has (callers submit at most
+    threads - 1 tasks, so a larger pool serves a smaller count)."""
 
     def __init__(self):
-        self._key, self._executor = None, None
+        self._pid, self._workers, self._executor = None, 0, None
         self._lock = threading.Lock()
 
     def executor(self, threads):
-        key = (os.getpid(), threads)
         with self._lock:
-            if self._key != key:
+            if self._pid != os.getpid() or self._workers < threads - 1:
                 self._executor = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="vggtool-split")
-                self._key = key
+                self._pid, self._workers = os.getpid(), threads - 1
             return self._executor
 
 
 _POOL = _SplitPool()
 
 
-def split_run(fn, length, elements, xp=np):
+def split_run(fn, length, elements, xp=np, threads=None):
     """Call fn(lo, hi) for consecutive slices covering range(length), in parallel when worth it.
 
-    elements: the total number of array elements the call touches (decides whether to split).
+    elements: the total number of array elements the call touches (decides whether to split);
+    threads: how many slices at most (default: the num_threads setting).
     """
-    threads = num_threads()
+    threads = num_threads() if threads is None else threads
     parts = min(threads, length)
     if parts <= 1 or xp is not np or elements < MIN_ELEMENTS:
         fn(0, length)

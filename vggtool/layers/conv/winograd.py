@@ -9,7 +9,7 @@ as the same correlation of dY padded by 2 - pad with the flipped, transposed ker
 import numpy as np
 
 from .. import kernels
-from ..gemm import gemm
+from ..gemm import gemm, independent_gemms
 from ..threads import split_run
 from . import policy
 from . import winograd_transforms as wg
@@ -91,8 +91,11 @@ def correlate(conv, src, pad, u, dst, bias=None, keep=None, rectify=False):
         m = conv.workspace("wino_m", (a2, co, src.shape[0], th, tw))
         vm, mm = v.reshape(a2, ci, -1), m.reshape(a2, co, -1)
         if xp is np:  # straight cblas calls: faster than NumPy's batched matmul on these shapes
-            for xi in range(a2):
-                gemm(u[xi], vm[xi], mm[xi], beta=0.0)
+            def positions(x0, x1):
+                for xi in range(x0, x1):
+                    gemm(u[xi], vm[xi], mm[xi], beta=0.0)
+
+            independent_gemms(positions, a2, u.size + vm.size + mm.size)
         else:
             xp.matmul(u, vm, out=mm)
     with conv.profiler.section("wino_out_transform"):
@@ -154,6 +157,13 @@ def backward_weights(conv, x, dy_all, m):
             _output_adjoint(conv, dy_all[n0:n1], dm, th, tw)
         with conv.profiler.section("wino_bw_gemm_dw"):
             vm, dmm = v.reshape(a2, c, -1), dm.reshape(a2, cout, -1)
-            for xi in range(a2):
-                gemm(dmm[xi], vm[xi].T, du[xi])
+
+            def positions(x0, x1):
+                for xi in range(x0, x1):
+                    gemm(dmm[xi], vm[xi].T, du[xi])
+
+            if conv.xp is np:
+                independent_gemms(positions, a2, du.size + vm.size + dmm.size)
+            else:
+                positions(0, a2)
     wg.add_weight_grad(conv.xp, du, conv.blobs[0].diff, m)
