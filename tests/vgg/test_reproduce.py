@@ -238,6 +238,21 @@ def test_quick_run_writes_the_report_tables_and_plots(tmp_path, capsys):
     assert main(["reproduce", "--out", str(out), "--quick", "--seeds", "2", "--jobs", "1"]) == 0
     assert "trained" not in capsys.readouterr().out
     assert (out / "costs.json").read_text() == before
+    # --report-only writes the report again from the stored results and adds no session to the elapsed time
+    sessions = json.loads((out / "elapsed.json").read_text())["sessions"]
+    assert [s["command"] for s in sessions][-1].endswith("--jobs 1")
+    (out / "REPORT.md").unlink()
+    assert main(["reproduce", "--out", str(out), "--quick", "--seeds", "2", "--report-only"]) == 0
+    assert "nothing trained or scored" in capsys.readouterr().out
+    assert json.loads((out / "elapsed.json").read_text())["sessions"] == sessions
+    again = (out / "REPORT.md").read_text()
+    assert "command: `" + sessions[-1]["command"] + "`" in again and "2 session(s)" in again
+    assert (out / "costs.json").read_text() == before
+    assert main(["reproduce", "--out", str(tmp_path / "empty"), "--quick", "--report-only"]) == 1
+    assert "holds no run" in capsys.readouterr().err and not (tmp_path / "empty").exists()
+    (out / "models" / f"{plan.cells(2)[-1].name}.json").rename(out / "last.json")  # as if stopped before the end
+    assert main(["reproduce", "--out", str(out), "--quick", "--seeds", "2", "--report-only"]) == 1
+    assert "needs a finished run, and 1 of" in capsys.readouterr().err
     # a run of another size in the same folder is refused
     assert main(["reproduce", "--out", str(out)]) == 1
     assert "another size" in capsys.readouterr().err

@@ -226,9 +226,37 @@ class Run:
         """Elapsed seconds of the whole run: earlier sessions' (elapsed.json) plus this one's, kept."""
         path = self.out / "elapsed.json"
         before = json.loads(path.read_text()) if path.exists() else {"sessions": []}
-        before["sessions"].append({"elapsed_s": session_s, "jobs": self.jobs})
+        before["sessions"].append({"elapsed_s": session_s, "jobs": self.jobs, "command": self.command})
         atomic_files.atomic_write_bytes(str(path), json.dumps(before, indent=1).encode())
         return before["sessions"]
+
+    def report_only(self):
+        """REPORT.md, its plots and results.json written again from a finished run's stored records and
+        scores (at this checkout's report code): nothing is trained, scored or timed, and no session is
+        added to elapsed.json. A run with cells left to train or score is an error naming the first."""
+        cells = plan.cells(self.seeds)
+        untrained = [c.name for c in cells if not self.record_path(c).exists()]
+        if untrained:
+            raise VggtoolError(f"{self.out}: --report-only needs a finished run, and {len(untrained)} of {len(cells)} "
+                               f"cell(s) have not trained (the first: {untrained[0]}); run `vggtool reproduce "
+                               f"--out {self.out}` without --report-only to finish them")
+        for cell in cells:
+            self.records[cell.name] = training.load_record(self.record_path(cell))
+        unscored = [c.name for c in cells if self.records[c.name].get("status") == "ok"
+                    and any(not self.score_path(c, m, q).exists() for m, q, _ in score_plan(c))]
+        if unscored:
+            raise VggtoolError(f"{self.out}: --report-only needs a finished run, and {len(unscored)} trained cell(s) "
+                               f"are not scored yet (the first: {unscored[0]}); run without --report-only")
+        self.load_inputs()
+        path = self.out / "elapsed.json"
+        self.sessions = json.loads(path.read_text())["sessions"] if path.exists() else []
+        commands = [s["command"] for s in self.sessions if s.get("command")]
+        self.command = commands[-1] if commands else \
+            f"vggtool reproduce --out {self.out} (the command that ran it was not recorded)"
+        from . import report
+        path = report.write(self)
+        self.say(f"wrote {path} from the stored results of {len(cells)} cells (nothing trained or scored)")
+        return path
 
     def run(self):
         start = time.perf_counter()
