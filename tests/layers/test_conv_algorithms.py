@@ -150,6 +150,8 @@ def test_algorithm_choice_is_overridable(rng, monkeypatch, use_settings):
     monkeypatch.setattr(policy, "WINOGRAD_MIN_GEMM_SHARE", 1 << 62)
     assert layer.chosen_algorithm() == "im2col"  # auto, with Winograd off for every channel count
     monkeypatch.setattr(policy, "WINOGRAD_MIN_GEMM_SHARE", 3)  # 32 * 4 / (32 + 4) = 3.6
+    assert policy.WINOGRAD_MIN_SIZE > 6 and layer.chosen_algorithm() == "im2col"  # a 6x6 output is too small
+    monkeypatch.setattr(policy, "WINOGRAD_MIN_SIZE", 6)
     if kernels.built():
         assert layer.chosen_algorithm() == "winograd2"  # auto: eligible, enough GEMM work, C transforms
         monkeypatch.setattr(policy, "WINOGRAD4_MIN_SIZE", 6)

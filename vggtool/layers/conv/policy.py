@@ -26,6 +26,11 @@ WINOGRAD_MIN_GEMM_SHARE = 32
 WINOGRAD_NUMPY_MIN_GEMM_SHARE = 160
 # ... as F(4x4) where the output is at least this many pixels on each side (4x4 tiles pad small maps).
 WINOGRAD4_MIN_SIZE = 28
+# ... and not at all where the output is smaller than this on a side: there the transforms' and the 16
+# GEMMs' per-call costs outweigh the multiplications saved (the laptop-scale D of `vggtool reproduce`,
+# batch 32, ms forward+backward F(2x2) vs im2col: 2x2 outputs 2.7 vs 1.4, 4x4 about 4.2 vs 3.2 and 1.9
+# vs 1.7, 8x8 3.0-3.7 vs 3.6, 16x16 3.2 vs 4.7; VGG-16's conv5_1 at 14x14, batch 8: 55 vs 78).
+WINOGRAD_MIN_SIZE = 8
 # 'auto' takes the shifted GEMMs from this many input channels (with K = C per GEMM, fewer leave the
 # GEMMs memory-bound on the output) and this input area (the per-tap GEMMs are too small below it).
 SHIFTED_MIN_CHANNELS = 16
@@ -74,10 +79,11 @@ def _auto(layer):
     geom, shape, c, co = layer.geom, layer.bottom_shape, layer.channels, layer.num_output
     share = c * co / (c + co)  # GEMM work per transformed value
     cpu = layer.xp is np  # the thresholds were measured on the CPU: on a GPU 'auto' keeps im2col
-    if winograd_applicable(geom, layer.group) and cpu and layer.dtype == np.float32:
+    out = geom.output_shape(shape[2], shape[3]) if shape is not None else None
+    large_enough = out is None or min(out) >= WINOGRAD_MIN_SIZE
+    if winograd_applicable(geom, layer.group) and cpu and layer.dtype == np.float32 and large_enough:
         if c_kernels_usable(layer) and share >= WINOGRAD_MIN_GEMM_SHARE:
-            out = geom.output_shape(shape[2], shape[3]) if shape is not None else (0, 0)
-            return "winograd4" if min(out) >= WINOGRAD4_MIN_SIZE else "winograd2"
+            return "winograd4" if out is not None and min(out) >= WINOGRAD4_MIN_SIZE else "winograd2"
         if not c_kernels_usable(layer) and share >= WINOGRAD_NUMPY_MIN_GEMM_SHARE:
             return "winograd2"
     if (cpu and shifted_applicable(geom) and c >= SHIFTED_MIN_CHANNELS and shape is not None
