@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Peak resident memory of one VGG training step (forward + backward, no update), vggtool against PyTorch.
+"""Peak resident memory of one VGG training step (forward + backward; with --update, also SGD's update with
+momentum and weight decay), vggtool against PyTorch.
 
 Each side runs in its own subprocess, so neither sees the other's allocations:
   * vggtool: netdefs/vgg_<cfg>/deploy.prototxt with the batch and size asked for, a label input and
@@ -9,6 +10,9 @@ Each side runs in its own subprocess, so neither sees the other's allocations:
     calls of net.forward_backward();
   * PyTorch: the same layers in torch.nn (in-place ReLU, dropout 0.5, CrossEntropyLoss), train mode,
     `--steps` rounds of zero_grad + loss.backward().
+With --update, each side trains instead: vggtool a Solver (SGD, momentum 0.9, weight decay 5e-4, lr 0.01,
+`--steps` iterations of solver.step: its train net pooled, the momentum history, the update's chunked
+scratch), PyTorch torch.optim.SGD with the same settings (its momentum buffers) after each backward.
 Each subprocess reads /proc/self/status: VmRSS right after its imports ("after imports") and VmHWM, the
 peak resident set, after the steps ("peak"). "net" = peak - after imports: the bytes the model, its
 inputs and the step cost beyond the libraries. The ratio vggtool / PyTorch is printed for both; the
@@ -43,6 +47,8 @@ def parse(argv=None):
     ap.add_argument("--size", type=int, default=224, help="input height = width (a multiple of 32)")
     ap.add_argument("--threads", type=int, default=2, help="OpenBLAS / torch threads in each subprocess")
     ap.add_argument("--steps", type=int, default=2, help="forward+backward steps before the peak is read")
+    ap.add_argument("--update", action="store_true",
+                    help="whole training steps: SGD with momentum 0.9 and weight decay after each backward")
     ap.add_argument("--rows", type=int, default=8, help="largest rows of vggtool's memory report to print")
     ap.add_argument("--torch-python", default=sys.executable, help="the Python that runs the PyTorch half")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch half")
@@ -76,14 +82,30 @@ def vggtool_part(a):
     from vggtool.net.memory import memory_report
 
     after_imports = proc_status("VmRSS")
-    net = Net(training_param(prototxt, a), phase="TRAIN", seed=0)
-    net.share_memory()  # as the Solver's train net does (settings.share_memory; VGGTOOL_SHARE_MEMORY=off: none)
+    solver = None
+    if a.update:
+        from vggtool.proto import caffe_pb2
+        from vggtool.solvers import Solver
+        from vggtool.solvers.glog import GLog
+
+        sp = prototxt.parse_text('base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed" '
+                                 'max_iter: 1000 random_seed: 0 snapshot_after_train: false',
+                                 caffe_pb2.SolverParameter())
+        sp.net_param.CopyFrom(training_param(prototxt, a))
+        solver = Solver(sp, log=GLog(stream=False))
+        net = solver.net  # pooled, as every Solver's train net
+    else:
+        net = Net(training_param(prototxt, a), phase="TRAIN", seed=0)
+        net.share_memory()  # as the Solver's train net does (settings.share_memory; VGGTOOL_SHARE_MEMORY=off: none)
     rng = np.random.default_rng(0)
     net.blobs["data"].data = rng.standard_normal(net.blobs["data"].shape, dtype=np.float32)
     net.blobs["label"].data = rng.integers(0, 1000, a.batch)
     built = proc_status("VmRSS")
-    for _ in range(a.steps):
-        net.forward_backward()
+    if solver is not None:
+        solver.step(a.steps)
+    else:
+        for _ in range(a.steps):
+            net.forward_backward()
     report = memory_report(net)
     largest = sorted(report.rows, key=lambda r: -(r.data_bytes + (r.diff_bytes or 0)))[:a.rows]
     return dict(after_imports=after_imports, built=built, peak=proc_status("VmHWM"),
@@ -127,10 +149,13 @@ def torch_part(a):
     x = torch.randn(a.batch, 3, a.size, a.size)
     y = torch.randint(0, 1000, (a.batch,))
     loss_fn = nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4) if a.update else None
     built = proc_status("VmRSS")
     for _ in range(a.steps):
         model.zero_grad(set_to_none=False)
         loss_fn(model(x), y).backward()
+        if opt is not None:
+            opt.step()
     return dict(after_imports=after_imports, built=built, peak=proc_status("VmHWM"), version=torch.__version__)
 
 
@@ -138,6 +163,8 @@ def torch_part(a):
 def run_part(a, part, python):
     cmd = [python, os.path.abspath(__file__), "--part", part, "--net", a.net, "--batch", str(a.batch),
            "--size", str(a.size), "--threads", str(a.threads), "--steps", str(a.steps), "--rows", str(a.rows)]
+    if a.update:
+        cmd.append("--update")
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads),
                MKL_NUM_THREADS=str(a.threads))
     env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as the CLI sets it (vggtool.config)
@@ -156,9 +183,10 @@ def main():
     if a.part:
         print(json.dumps(vggtool_part(a) if a.part == "vggtool" else torch_part(a)))
         return
-    print(f"{NAMES[a.net]} (config {a.net}) TRAIN forward+backward, batch {a.batch}, {a.size}x{a.size}, fp32, "
+    what = "training step (forward+backward+SGD update)" if a.update else "forward+backward"
+    print(f"{NAMES[a.net]} (config {a.net}) TRAIN {what}, batch {a.batch}, {a.size}x{a.size}, fp32, "
           f"{a.threads} threads, peak after {a.steps} step(s); each side in its own process", flush=True)
-    res = dict(net=a.net, batch=a.batch, size=a.size, threads=a.threads, steps=a.steps)
+    res = dict(net=a.net, batch=a.batch, size=a.size, threads=a.threads, steps=a.steps, update=a.update)
     v = res["vggtool"] = run_part(a, "vggtool", sys.executable)
     if "skipped" in v:
         sys.exit(v["skipped"])
