@@ -185,17 +185,19 @@ class DataTransformer:
         self.mean), times scale; in `out` (float32, N x C x H x W) if given. crops: geometry's crops,
         a host (N, 3) array (needed for a mean image). Each element gets the same float32 operations, in
         the same order, as one sample alone: a batch equals its samples bit for bit."""
-        if out is None:
-            out = pixels.astype(xp.float32)
-        else:
-            out[...] = pixels
-        # The colour shift and a per-channel mean are one offset per channel: one pass over the pixels.
+        # The colour shift and a per-channel mean are one offset per channel; the conversion and the
+        # subtraction are one pass (float32(pixel) - offset, as two passes would compute it).
         offset = shifts
         if self.mean is not None:
             region = self._mean_regions(xp, self.mean if mean is None else mean, pixels.shape, crops)
             offset = region if offset is None else offset + region
+        if out is None:
+            out = xp.empty(pixels.shape, dtype=xp.float32)
         if offset is not None:
-            out -= offset
+            # in the offset's precision where it is float64, as `out -= offset` computed it
+            xp.subtract(pixels, offset, out=out, dtype=np.result_type(np.float32, offset.dtype))
+        else:
+            out[...] = pixels
         if self.scale != 1:
             out *= np.float32(self.scale)
         return out
