@@ -42,14 +42,15 @@ NET = "\n".join([
 ])
 
 
-def build(dtype, fuse, pooled):
+def build(dtype, fuse, pooled, device=None):
     with config.override(fuse_relu=fuse):
-        net = Net(parse_net_text(NET, "<fusion>"), phase="TRAIN", dtype=dtype, seed=3)
+        net = Net(parse_net_text(NET, "<fusion>"), phase="TRAIN", dtype=dtype, seed=3,
+                  **({} if device is None else {"device": device}))
     if pooled:
         net.share_memory()
     rng = np.random.default_rng(0)
-    net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
-    net.blobs["label"].data[...] = [0, 2]
+    net.blobs["data"].data[...] = net.xp.asarray(rng.standard_normal(net.blobs["data"].shape))
+    net.blobs["label"].data[...] = net.xp.asarray([0, 2])
     return net
 
 
@@ -113,3 +114,21 @@ def test_debug_info_turns_fusion_off():
     net.debug_info = True
     net.forward_from_to()
     assert not any(net.layers[i].rectify_output for i in net._fused_relus)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pooled", [False, True], ids=["plain", "pooled"])
+def test_fused_net_on_the_gpu_equals_the_unfused_one_and_the_cpu(pooled):
+    """On CuPy the fused output pass is xp.maximum after the bias (im2col, shifted, NumPy-twin Winograd):
+    fused and unfused agree bit for bit there too, and with the CPU to float64 rounding."""
+    from vggtool.backend import gpu, to_numpy
+
+    results = {}
+    for where, fuse in (("gpu", True), ("gpu", False), ("cpu", True)):
+        net = build(np.float64, fuse, pooled, device=gpu(0) if where == "gpu" else None)
+        loss = float(net.forward_backward())
+        results[where, fuse] = loss, [to_numpy(p.blob.diff) for p in net.learnable_params]
+    assert results["gpu", True][0] == results["gpu", False][0]
+    for a, b, c in zip(results["gpu", True][1], results["gpu", False][1], results["cpu", True][1]):
+        assert np.array_equal(a, b)
+        np.testing.assert_allclose(a, c, rtol=1e-9, atol=1e-9 * np.abs(c).max())
