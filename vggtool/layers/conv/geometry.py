@@ -123,12 +123,15 @@ def write_output(xp, out, y, bias, rectify=False):
     out4 = out.transpose(1, 0, 2, 3)
 
     def part(c0, c1):
-        if bias is not None:
-            xp.add(out4[:, c0:c1], bias[c0:c1].reshape(1, -1, 1, 1), out=y[:, c0:c1])
-        else:
-            y[:, c0:c1] = out4[:, c0:c1]
-        if rectify:
-            xp.maximum(y[:, c0:c1], 0, out=y[:, c0:c1])
+        # image by image when rectifying, so that max(., 0) finds the values just written still in cache
+        for i0, i1 in ([(i, i + 1) for i in range(y.shape[0])] if rectify else [(0, y.shape[0])]):
+            dst = y[i0:i1, c0:c1]
+            if bias is not None:
+                xp.add(out4[i0:i1, c0:c1], bias[c0:c1].reshape(1, -1, 1, 1), out=dst)
+            else:
+                dst[...] = out4[i0:i1, c0:c1]
+            if rectify:
+                xp.maximum(dst, 0, out=dst)
 
     split_run(part, out.shape[0], out.size, xp)
 
