@@ -201,14 +201,15 @@ static void FN(deinterleaved_row)(const REAL *s, Py_ssize_t h, Py_ssize_t w, Py_
     }
 }
 
-/* The row pass of F(4x4)'s input transform: the six rows of B^T d, element-wise over `width` columns.
- * (Separate functions with restrict parameters, so that the compiler may vectorise.) */
-static void FN(wino4_input_rows)(const REAL *RESTRICT d0, const REAL *RESTRICT d1, const REAL *RESTRICT d2,
-                                 const REAL *RESTRICT d3, const REAL *RESTRICT d4, const REAL *RESTRICT d5,
-                                 REAL *RESTRICT t0, REAL *RESTRICT t1, REAL *RESTRICT t2, REAL *RESTRICT t3,
-                                 REAL *RESTRICT t4, REAL *RESTRICT t5, Py_ssize_t width)
+/* F(4x4)'s 1-d input transform B^T, element-wise over n positions: t_k[j] from the six inputs d_0..d_5[j].
+ * Both passes use it: over the rows of a tile row (d_k: the six image rows) and over its columns (d_k:
+ * columns 4q + k, from the rows split by column mod 4). (Restrict parameters, so that it vectorises.) */
+static void FN(wino4_input_1d)(const REAL *RESTRICT d0, const REAL *RESTRICT d1, const REAL *RESTRICT d2,
+                               const REAL *RESTRICT d3, const REAL *RESTRICT d4, const REAL *RESTRICT d5,
+                               REAL *RESTRICT t0, REAL *RESTRICT t1, REAL *RESTRICT t2, REAL *RESTRICT t3,
+                               REAL *RESTRICT t4, REAL *RESTRICT t5, Py_ssize_t n)
 {
-    for (Py_ssize_t j = 0; j < width; j++) {
+    for (Py_ssize_t j = 0; j < n; j++) {
         REAL a0 = d0[j], a1 = d1[j], a2 = d2[j], a3 = d3[j], a4 = d4[j], a5 = d5[j];
         t0[j] = 4 * a0 - 5 * a2 + a4;
         t1[j] = -4 * (a1 + a2) + a3 + a4;
@@ -216,24 +217,6 @@ static void FN(wino4_input_rows)(const REAL *RESTRICT d0, const REAL *RESTRICT d
         t3[j] = 2 * (a3 - a1) - a2 + a4;
         t4[j] = 2 * (a1 - a3) - a2 + a4;
         t5[j] = 4 * a1 - 5 * a3 + a5;
-    }
-}
-
-/* The column pass: (B^T d) B for one row of B^T d split by column mod 4 (e_k[q] = column 4q + k), into
- * the six output planes of that row, for tw tiles. */
-static void FN(wino4_input_columns)(const REAL *RESTRICT f0, const REAL *RESTRICT f1, const REAL *RESTRICT f2,
-                                    const REAL *RESTRICT f3, REAL *RESTRICT o0, REAL *RESTRICT o1,
-                                    REAL *RESTRICT o2, REAL *RESTRICT o3, REAL *RESTRICT o4, REAL *RESTRICT o5,
-                                    Py_ssize_t tw)
-{
-    for (Py_ssize_t q = 0; q < tw; q++) {
-        REAL e0 = f0[q], e1 = f1[q], e2 = f2[q], e3 = f3[q], e4 = f0[q + 1], e5 = f1[q + 1];
-        o0[q] = 4 * e0 - 5 * e2 + e4;
-        o1[q] = -4 * (e1 + e2) + e3 + e4;
-        o2[q] = 4 * (e1 - e2) - e3 + e4;
-        o3[q] = 2 * (e3 - e1) - e2 + e4;
-        o4[q] = 2 * (e1 - e3) - e2 + e4;
-        o5[q] = 4 * e1 - 5 * e3 + e5;
     }
 }
 
@@ -265,12 +248,13 @@ static void FN(wino4_input)(const REAL *src, Py_ssize_t n, Py_ssize_t c_all, Py_
                 }
                 for (int k = fresh; k < 6; k++)
                     FN(deinterleaved_row)(s, h, w, 4 * r - ph + k, pw, q1, buf[k]);
-                FN(wino4_input_rows)(buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], t[0], t[1], t[2], t[3], t[4],
-                                     t[5], width);
-                for (int a = 0; a < 6; a++) {
+                FN(wino4_input_1d)(buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], t[0], t[1], t[2], t[3], t[4], t[5],
+                                   width); /* B^T d, element-wise: the column order does not matter */
+                for (int a = 0; a < 6; a++) { /* (B^T d) B: columns 4q + k of row a are e_{k mod 4}[q + k / 4] */
+                    const REAL *e = t[a];
                     REAL *o = out + (6 * a) * plane + r * tw;
-                    FN(wino4_input_columns)(t[a], t[a] + q1, t[a] + 2 * q1, t[a] + 3 * q1, o, o + plane,
-                                            o + 2 * plane, o + 3 * plane, o + 4 * plane, o + 5 * plane, tw);
+                    FN(wino4_input_1d)(e, e + q1, e + 2 * q1, e + 3 * q1, e + 1, e + q1 + 1, o, o + plane, o + 2 * plane,
+                                       o + 3 * plane, o + 4 * plane, o + 5 * plane, tw);
                 }
             }
         }
@@ -353,14 +337,14 @@ static void FN(wino4_output)(const REAL *m, Py_ssize_t n, Py_ssize_t c_all, Py_s
     }
 }
 
-/* The adjoint's row pass: the six rows of A dY, element-wise over `width` columns, from the tile row's
- * four dY rows g0..g3. */
-static void FN(wino4_adjoint_rows)(const REAL *RESTRICT g0, const REAL *RESTRICT g1, const REAL *RESTRICT g2,
-                                   const REAL *RESTRICT g3, REAL *RESTRICT t0, REAL *RESTRICT t1,
-                                   REAL *RESTRICT t2, REAL *RESTRICT t3, REAL *RESTRICT t4, REAL *RESTRICT t5,
-                                   Py_ssize_t width)
+/* F(4x4)'s 1-d output adjoint A, element-wise over n positions: t_k[j] from the four inputs g_0..g_3[j].
+ * Both passes of wino4_output_adjoint use it: over the rows of a tile row and over its columns (split by
+ * column mod 4). */
+static void FN(wino4_adjoint_1d)(const REAL *RESTRICT g0, const REAL *RESTRICT g1, const REAL *RESTRICT g2,
+                                 const REAL *RESTRICT g3, REAL *RESTRICT t0, REAL *RESTRICT t1, REAL *RESTRICT t2,
+                                 REAL *RESTRICT t3, REAL *RESTRICT t4, REAL *RESTRICT t5, Py_ssize_t n)
 {
-    for (Py_ssize_t j = 0; j < width; j++) {
+    for (Py_ssize_t j = 0; j < n; j++) {
         REAL a0 = g0[j], a1 = g1[j], a2 = g2[j], a3 = g3[j];
         t0[j] = a0;
         t1[j] = a0 + a1 + a2 + a3;
@@ -368,24 +352,6 @@ static void FN(wino4_adjoint_rows)(const REAL *RESTRICT g0, const REAL *RESTRICT
         t3[j] = a0 + 2 * a1 + 4 * a2 + 8 * a3;
         t4[j] = a0 - 2 * a1 + 4 * a2 - 8 * a3;
         t5[j] = a3;
-    }
-}
-
-/* The adjoint's column pass: (A dY) A^T for one row of A dY split by column mod 4 (f_k[q] = column 4q + k),
- * into the six output planes of that row, for tw tiles. */
-static void FN(wino4_adjoint_columns)(const REAL *RESTRICT f0, const REAL *RESTRICT f1, const REAL *RESTRICT f2,
-                                      const REAL *RESTRICT f3, REAL *RESTRICT o0, REAL *RESTRICT o1,
-                                      REAL *RESTRICT o2, REAL *RESTRICT o3, REAL *RESTRICT o4, REAL *RESTRICT o5,
-                                      Py_ssize_t tw)
-{
-    for (Py_ssize_t q = 0; q < tw; q++) {
-        REAL e0 = f0[q], e1 = f1[q], e2 = f2[q], e3 = f3[q];
-        o0[q] = e0;
-        o1[q] = e0 + e1 + e2 + e3;
-        o2[q] = e0 - e1 + e2 - e3;
-        o3[q] = e0 + 2 * e1 + 4 * e2 + 8 * e3;
-        o4[q] = e0 - 2 * e1 + 4 * e2 - 8 * e3;
-        o5[q] = e3;
     }
 }
 
@@ -409,11 +375,11 @@ static void FN(wino4_output_adjoint)(const REAL *dy, Py_ssize_t n, Py_ssize_t c_
             for (Py_ssize_t r = 0; r < th; r++) {
                 for (int k = 0; k < 4; k++)
                     FN(deinterleaved_row)(src, ho, wo, 4 * r + k, 0, tw, g[k]);
-                FN(wino4_adjoint_rows)(g[0], g[1], g[2], g[3], t[0], t[1], t[2], t[3], t[4], t[5], width);
+                FN(wino4_adjoint_1d)(g[0], g[1], g[2], g[3], t[0], t[1], t[2], t[3], t[4], t[5], width);
                 for (int a = 0; a < 6; a++) {
                     REAL *o = out + (6 * a) * plane + r * tw;
-                    FN(wino4_adjoint_columns)(t[a], t[a] + tw, t[a] + 2 * tw, t[a] + 3 * tw, o, o + plane,
-                                              o + 2 * plane, o + 3 * plane, o + 4 * plane, o + 5 * plane, tw);
+                    FN(wino4_adjoint_1d)(t[a], t[a] + tw, t[a] + 2 * tw, t[a] + 3 * tw, o, o + plane, o + 2 * plane,
+                                         o + 3 * plane, o + 4 * plane, o + 5 * plane, tw);
                 }
             }
         }
