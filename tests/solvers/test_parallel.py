@@ -198,6 +198,15 @@ def test_the_replicas_of_a_lane_share_one_memory_arena(db, tmp_path):
         assert np.array_equal(a.blob.diff, b.blob.diff), f"param {i}"
 
 
+def test_more_cpu_replicas_than_lanes_is_a_warning_that_names_the_faster_setting(db, tmp_path):
+    path = write_solver(tmp_path, db)
+    for devices, lanes, warned in ((4, 2, True), (2, 2, False)):
+        log = tmp_path / f"log_{devices}.txt"
+        ParallelSolver(path, devices=[CPU] * devices, lanes=lanes, log=GLog(str(log), stream=False))
+        text = log.read_text()
+        assert ("2 CPU replicas share a lane" in text and "--devices cpu:2" in text) == warned, text
+
+
 def test_concurrent_cpu_lanes_share_the_blas_threads(db, tmp_path, monkeypatch):
     """While 2 CPU lanes run, OpenBLAS and the split passes have half their threads each (the lanes never
     outnumber the cores); after the passes they have them all again."""

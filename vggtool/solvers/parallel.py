@@ -174,6 +174,13 @@ class ParallelSolver(Solver):
         where = f"{self.ranks} rank(s) x {len(nets)} device(s) [{', '.join(d.name for d in self.devices)}]"
         self.log.info("parallel.py:1", f"Data parallel: {self.replica_count} replicas ({where}), {share} "
                                        f"samples of each batch per replica, {len(self.lanes)} lane(s) running at once")
+        shared = max((sum(1 for r in lane if not self.devices[r].is_gpu) for lane in self.lanes), default=0)
+        if shared > 1:
+            self.log.warning("parallel.py:1", f"{shared} CPU replicas share a lane (one core): they run one after "
+                                              f"another, and each pays the per-pass costs again (the fully connected "
+                                              f"layers read and write all their weights per replica); one replica per "
+                                              f"core (--devices cpu:{len(self.lanes)}) computes the same averaged "
+                                              f"gradient for per-sample-normalised losses, faster")
         if self.host_ranks > 1 and self.blas_threads is not None:
             self.log.info("parallel.py:1", f"{self.host_ranks} ranks on this host: {self.blas_threads} BLAS "
                                            f"thread(s) per rank")
