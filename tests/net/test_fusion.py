@@ -68,6 +68,12 @@ def test_fused_net_equals_unfused_bit_for_bit(kernel_code, dtype, pooled):
     assert sorted(nets[True]._fused_relus) == [1, 3, 5, 7]  # c1..c4; not r5 (not in place), not r6 (leaky)
     assert nets[False]._fused_relus == {}
     results = {}
+    entered = []  # (ReLU, whether the convolution had rectified its input and made its mask in the same pass)
+    for relu in (layer for layer in nets[True].layers if layer.type == "ReLU"):
+        def spy(bottom, top, relu=relu, forward=relu.forward):
+            entered.append((relu.name, relu.input_rectified, relu.mask_made))
+            forward(bottom, top)
+        relu.forward = spy
     for fuse, net in nets.items():
         loss = float(net.forward_backward())
         kept = {name: b.data.copy() for name, b in net.blobs.items() if net.data_is_kept(b)}
@@ -79,6 +85,10 @@ def test_fused_net_equals_unfused_bit_for_bit(kernel_code, dtype, pooled):
         assert np.array_equal(results[True][1][name], results[False][1][name]), name
     for a, b in zip(results[True][2], results[False][2]):
         assert np.array_equal(a, b)
+    fused = {name: (rectified, made) for name, rectified, made in entered}
+    assert fused["r5"] == fused["r6"] == (False, False)  # not fused: they run their own pass
+    for name in ("r1", "r2", "r3", "r4"):  # the pooled net's ReLUs keep masks, which their convolutions made
+        assert fused[name] == (True, pooled and nets[True].layer_dict[name].keep_mask), name
     if not pooled:
         assert (results[True][1]["c2"] >= 0).all() and (results[True][1]["c2"] == 0).any()
 

@@ -94,10 +94,10 @@ static PyObject *py_wino_input(PyObject *self, PyObject *args)
 
 static PyObject *py_wino_output(PyObject *self, PyObject *args)
 {
-    Py_ssize_t tile, isz, m, n, c, th, tw, dst, ho, wo, bias, c0, c1;
+    Py_ssize_t tile, isz, m, n, c, th, tw, dst, ho, wo, bias, mask, c0, c1;
     int rectify;
-    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnpnn", &tile, &isz, &m, &n, &c, &th, &tw, &dst, &ho, &wo, &bias, &rectify,
-                          &c0, &c1)
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnpnnn", &tile, &isz, &m, &n, &c, &th, &tw, &dst, &ho, &wo, &bias, &rectify,
+                          &mask, &c0, &c1)
         || !check_itemsize(isz) || !check_tile(tile))
         return NULL;
     void *row = malloc(24 * tw * isz);
@@ -105,16 +105,17 @@ static PyObject *py_wino_output(PyObject *self, PyObject *args)
         return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS
     if (tile == 2 && isz == 4)
-        wino_output_f32((const float *)m, n, c, th, tw, (float *)dst, ho, wo, (const float *)bias, rectify, c0, c1);
+        wino_output_f32((const float *)m, n, c, th, tw, (float *)dst, ho, wo, (const float *)bias, rectify,
+                        (unsigned char *)mask, c0, c1);
     else if (tile == 2)
-        wino_output_f64((const double *)m, n, c, th, tw, (double *)dst, ho, wo, (const double *)bias, rectify, c0,
-                        c1);
+        wino_output_f64((const double *)m, n, c, th, tw, (double *)dst, ho, wo, (const double *)bias, rectify,
+                        (unsigned char *)mask, c0, c1);
     else if (isz == 4)
-        wino4_output_f32((const float *)m, n, c, th, tw, (float *)dst, ho, wo, (const float *)bias, rectify, c0, c1,
-                         row);
+        wino4_output_f32((const float *)m, n, c, th, tw, (float *)dst, ho, wo, (const float *)bias, rectify,
+                         (unsigned char *)mask, c0, c1, row);
     else
-        wino4_output_f64((const double *)m, n, c, th, tw, (double *)dst, ho, wo, (const double *)bias, rectify, c0,
-                         c1, row);
+        wino4_output_f64((const double *)m, n, c, th, tw, (double *)dst, ho, wo, (const double *)bias, rectify,
+                         (unsigned char *)mask, c0, c1, row);
     Py_END_ALLOW_THREADS
     free(row);
     Py_RETURN_NONE;
@@ -198,7 +199,7 @@ static PyMethodDef methods[] = {
     {"wino_input", py_wino_input, METH_VARARGS,
      "wino_input(tile, itemsize, src, n, C, H, W, ph, pw, th, tw, c0, c1, tiles); tile: 2 (F(2x2,3x3)) or 4"},
     {"wino_output", py_wino_output, METH_VARARGS,
-     "wino_output(tile, itemsize, m, n, C, th, tw, dst, ho, wo, bias_or_0, rectify, c0, c1)"},
+     "wino_output(tile, itemsize, m, n, C, th, tw, dst, ho, wo, bias_or_0, rectify, mask_or_0, c0, c1)"},
     {"wino_output_adjoint", py_wino_output_adjoint, METH_VARARGS,
      "wino_output_adjoint(tile, itemsize, dy, n, C, ho, wo, th, tw, dm, c0, c1)"},
     {"max_pool_2x2", py_max_pool_2x2, METH_VARARGS, "max_pool_2x2(itemsize, x, h, w, y, mask, p0, p1)"},

@@ -72,11 +72,19 @@ static void FN(rectify_row)(REAL *RESTRICT row, Py_ssize_t len)
         row[j] = row[j] < 0 ? 0 : row[j];
 }
 
+/* mask[0, len) <- row > 0, the fused ReLU's mask of positive outputs (its backward's), while the row is in cache */
+static void FN(mask_row)(const REAL *RESTRICT row, unsigned char *RESTRICT mask, Py_ssize_t len)
+{
+    for (Py_ssize_t j = 0; j < len; j++)
+        mask[j] = row[j] > 0;
+}
+
 /* dst (n, C, ho, wo) <- A^T M A (+ bias[c]) for each tile of m (16, C, n, th, tw); outputs beyond ho x wo
- * (odd sizes) are dropped. bias may be NULL; rectify: max(., 0) after the bias (a fused ReLU). */
+ * (odd sizes) are dropped. bias may be NULL; rectify: max(., 0) after the bias (a fused ReLU); mask, if not
+ * NULL (same layout as dst): where the output is positive, for that ReLU's backward. */
 static void FN(wino_output)(const REAL *m, Py_ssize_t n, Py_ssize_t c_all, Py_ssize_t th, Py_ssize_t tw,
                             REAL *dst, Py_ssize_t ho, Py_ssize_t wo, const REAL *bias, int rectify,
-                            Py_ssize_t c0, Py_ssize_t c1)
+                            unsigned char *mask, Py_ssize_t c0, Py_ssize_t c1)
 {
     const Py_ssize_t plane = c_all * n * th * tw;
     for (Py_ssize_t c = c0; c < c1; c++) {
@@ -108,6 +116,8 @@ static void FN(wino_output)(const REAL *m, Py_ssize_t n, Py_ssize_t c_all, Py_ss
                 }
                 if (rectify)
                     FN(rectify_row)(d + y0 * wo, (second_row ? 2 : 1) * wo);
+                if (mask)
+                    FN(mask_row)(d + y0 * wo, mask + (d - dst) + y0 * wo, (second_row ? 2 : 1) * wo);
             }
         }
     }
@@ -294,11 +304,12 @@ static void FN(wino4_output_columns)(const REAL *RESTRICT e0, const REAL *RESTRI
 }
 
 /* dst (n, C, ho, wo) <- A^T M A (+ bias[c]) for each tile of m (36, C, n, th, tw); outputs beyond ho x wo
- * are dropped. bias may be NULL; rectify: max(., 0) after the bias. row: scratch of 24 * tw elements. A row of tiles at a time, so every
+ * are dropped. bias may be NULL; rectify: max(., 0) after the bias; mask (NULL or dst's layout): output > 0.
+ * row: scratch of 24 * tw elements. A row of tiles at a time, so every
  * pass reads the 36 planes with unit stride. */
 static void FN(wino4_output)(const REAL *m, Py_ssize_t n, Py_ssize_t c_all, Py_ssize_t th, Py_ssize_t tw,
                              REAL *dst, Py_ssize_t ho, Py_ssize_t wo, const REAL *bias, int rectify,
-                             Py_ssize_t c0, Py_ssize_t c1, REAL *row)
+                             unsigned char *mask, Py_ssize_t c0, Py_ssize_t c1, REAL *row)
 {
     const Py_ssize_t plane = c_all * n * th * tw;
     const REAL lo = rectify ? 0 : -(REAL)INFINITY; /* v < lo ? lo : v is max(v, 0) or v itself (NaN stays) */
@@ -331,6 +342,8 @@ static void FN(wino4_output)(const REAL *m, Py_ssize_t n, Py_ssize_t c_all, Py_s
                             drow[4 * q + j] = v < lo ? lo : v;
                         }
                     }
+                    if (mask)
+                        FN(mask_row)(drow, mask + (drow - dst), wo);
                 }
             }
         }

@@ -56,15 +56,19 @@ def wino_input(src, pad, tiles):
                                            _ptr(tiles)), c, tiles.size)
 
 
-def wino_output(m, dst, bias=None, rectify=False):
+def wino_output(m, dst, bias=None, rectify=False, mask=None):
     """dst (n, C, Ho, Wo) <- A^T M A (+ bias) of every tile of m ((m+2)^2, C, n, th, tw); rectify: then
-    max(., 0), a ReLU fused into the same pass."""
+    max(., 0), a ReLU fused into the same pass; mask (a C-contiguous one-byte array of dst's shape, or None):
+    where the output is positive, that ReLU's mask."""
     n, c, ho, wo = dst.shape
     th, tw = m.shape[3], m.shape[4]
     tile = output_tile(m.shape[0])
     bias_ptr = 0 if bias is None else _ptr(bias)
+    if mask is not None and not (mask.shape == dst.shape and mask.itemsize == 1 and mask.flags.c_contiguous):
+        raise ValueError(f"mask {mask.shape} {mask.dtype} is not a contiguous one-byte array of shape {dst.shape}")
+    mask_ptr = 0 if mask is None else _ptr(mask)
     split_run(lambda c0, c1: _k.wino_output(tile, m.itemsize, _ptr(m), n, c, th, tw, _ptr(dst), ho, wo, bias_ptr,
-                                            bool(rectify), c0, c1), c, m.size)
+                                            bool(rectify), mask_ptr, c0, c1), c, m.size)
 
 
 def wino_output_adjoint(dy, dm):

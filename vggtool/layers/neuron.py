@@ -22,6 +22,15 @@ class ReLULayer(NeuronLayer):
     # Set by the net when the convolution before this in-place ReLU has just written max(., 0) itself
     # (Net.layer_forward, settings.fuse_relu): the forward has only the mask left to make. One forward only.
     input_rectified = False
+    mask_made = False  # ... and the convolution filled this layer's mask (mask_buffer) in the same pass
+
+    def mask_buffer(self, size):
+        """The flat boolean mask of positive outputs (keep_mask), made or remade for `size` elements."""
+        mask = getattr(self, "positive", None)
+        if mask is None or mask.size != size:
+            with self.device:
+                mask = self.positive = self.xp.empty(size, dtype=bool)
+        return mask
 
     def layer_setup(self, bottom, top):
         self.slope = self.param.relu_param.negative_slope
@@ -33,14 +42,12 @@ class ReLULayer(NeuronLayer):
         xp = self.xp
         x, y = bottom[0].data, top[0].data
         rectified, self.input_rectified = self.input_rectified and bottom[0] is top[0] and self.slope == 0, False
-        if rectified and not self.keep_mask:
-            return  # in place, and the convolution already wrote max(x, 0)
+        mask_made, self.mask_made = self.mask_made and rectified and self.keep_mask, False
+        if rectified and (mask_made or not self.keep_mask):
+            return  # in place, and the convolution already wrote max(x, 0) (and the mask)
         if self.slope == 0 and self.keep_mask:
             xf, yf = x.reshape(-1), y.reshape(-1)
-            mask = getattr(self, "positive", None)
-            if mask is None or mask.size != xf.size:
-                with self.device:
-                    mask = self.positive = xp.empty(xf.size, dtype=bool)
+            mask = self.mask_buffer(xf.size)
 
             def part(i0, i1):
                 if not rectified:

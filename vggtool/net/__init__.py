@@ -198,10 +198,14 @@ class Net:
         relu = self._fused_relus.get(i)
         fused = relu is not None and fuse and not self.debug_info
         if relu is not None:
-            self.layers[i].rectify_output = fused
+            conv, out = self.layers[i], self.top_vecs[i][0]
+            conv.rectify_output = fused
+            # a pooled net's ReLU keeps a mask for its backward: the convolution fills it in the same pass
+            mask = relu.mask_buffer(out.count).reshape(out.shape) if fused and relu.keep_mask else None
+            conv.rectify_mask = mask
         self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
         if relu is not None:
-            relu.input_rectified = fused
+            relu.input_rectified, relu.mask_made = fused, mask is not None
 
     def layer_backward(self, i):
         """Layer i's backward, propagating to the bottoms the net's need-backward analysis chose."""

@@ -117,9 +117,9 @@ def pad_channel_major(xp, x, padded, ph, pw):
     split_run(part, padded.shape[0], padded.size, xp)
 
 
-def write_output(xp, out, y, bias, rectify=False):
+def write_output(xp, out, y, bias, rectify=False, mask=None):
     """y (n, Co, Ho, Wo) <- out (Co, n, Ho, Wo) (+ bias; rectify: then max(., 0), a fused ReLU, on the
-    channels just written), split over threads by channel."""
+    channels just written; mask, y's shape: then y > 0, that ReLU's mask), split over threads by channel."""
     out4 = out.transpose(1, 0, 2, 3)
 
     def part(c0, c1):
@@ -132,6 +132,8 @@ def write_output(xp, out, y, bias, rectify=False):
                 dst[...] = out4[i0:i1, c0:c1]
             if rectify:
                 xp.maximum(dst, 0, out=dst)
+            if mask is not None:
+                xp.greater(dst, 0, out=mask[i0:i1, c0:c1])
 
     split_run(part, out.shape[0], out.size, xp)
 

@@ -41,7 +41,7 @@ def columns(conv, x, n0, n1, ho, wo, geom=None, out=None):
     return cols.reshape(c * g.kh * g.kw, n * ho * wo)
 
 
-def correlate(conv, x, y, geom, weight, bias, section="im2col", keep=False, rectify=False):
+def correlate(conv, x, y, geom, weight, bias, section="im2col", keep=False, rectify=False, mask=None):
     """y (N, Co, Ho, Wo) <- x (N, C, H, W) correlated with weight (groups, Co/g, C/g*kh*kw) (+ bias;
     rectify: then max(., 0)); `keep`: build the columns in the layer's forward cache, for backward."""
     groups, cog, cg = weight.shape
@@ -56,13 +56,14 @@ def correlate(conv, x, y, geom, weight, bias, section="im2col", keep=False, rect
             for gi in range(groups):
                 conv.xp.matmul(weight[gi], cols[gi * cg:(gi + 1) * cg], out=og[gi])
         with conv.profiler.section(section + "_out_transpose"):
-            write_output(conv.xp, out.reshape(co, n1 - n0, ho, wo), y[n0:n1], bias, rectify)
+            write_output(conv.xp, out.reshape(co, n1 - n0, ho, wo), y[n0:n1], bias, rectify,
+                         None if mask is None else mask[n0:n1])
 
 
 def forward(conv, x, y, keep):
     weight = conv.blobs[0].data.reshape(conv.group, conv.num_output // conv.group, -1)
     bias = conv.blobs[1].data if conv.bias_term else None
-    correlate(conv, x, y, conv.geom, weight, bias, keep=keep, rectify=conv.rectify_output)
+    correlate(conv, x, y, conv.geom, weight, bias, keep=keep, rectify=conv.rectify_output, mask=conv.rectify_mask)
 
 
 def transposed_geometry(conv):

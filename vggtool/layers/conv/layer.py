@@ -24,6 +24,7 @@ class ConvolutionLayer(Layer):
     # Set by the net for one forward (Net.layer_forward): the in-place ReLU that follows will run in the
     # same pass, so the output pass applies max(., 0) itself and that ReLU skips its own pass.
     rectify_output = False
+    rectify_mask = None  # ... and where that ReLU keeps a mask of positive outputs: it, to fill in the same pass
 
     def layer_setup(self, bottom, top):
         p = self.param.convolution_param

@@ -39,7 +39,7 @@ def _taps(geom, wp, length):
     return taps, length - taps[-1][2]
 
 
-def correlate(conv, x, y, geom, weight, bias, section="shifted", rectify=False):
+def correlate(conv, x, y, geom, weight, bias, section="shifted", rectify=False, mask=None):
     """y (N, Co, Ho, Wo) <- stride-1 correlation of x (N, C, H, W) with weight (groups, Co/g, C/g, kh, kw)
     (+ bias; rectify: then max(., 0))."""
     groups, cog, cg = weight.shape[:3]
@@ -58,12 +58,13 @@ def correlate(conv, x, y, geom, weight, bias, section="shifted", rectify=False):
                 for t, (i, j, s) in enumerate(taps):
                     gemm(wk[gi, i, j], xs[:, s:s + valid], os_, beta=0.0 if t == 0 else 1.0)
         with conv.profiler.section(section + "_out_copy"):
-            write_output(conv.xp, out.reshape(co, n1 - n0, hp, wp)[:, :, :ho, :wo], y[n0:n1], bias, rectify)
+            write_output(conv.xp, out.reshape(co, n1 - n0, hp, wp)[:, :, :ho, :wo], y[n0:n1], bias, rectify,
+                         None if mask is None else mask[n0:n1])
 
 
 def forward(conv, x, y):
     correlate(conv, x, y, conv.geom, grouped_weight(conv), conv.blobs[1].data if conv.bias_term else None,
-              rectify=conv.rectify_output)
+              rectify=conv.rectify_output, mask=conv.rectify_mask)
 
 
 def backward_data(conv, dy, dx):

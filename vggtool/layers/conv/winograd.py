@@ -52,13 +52,13 @@ def input_tiles(conv, src, pad, th, tw, m, out=None):
     return v
 
 
-def _output_tiles(conv, m, dst, bias, th, tw, rectify=False):
+def _output_tiles(conv, m, dst, bias, th, tw, rectify=False, mask=None):
     """dst (n, Co, Ho, Wo) <- A^T M A (+ bias) of the tiles m ((m+2)^2, Co, n, th, tw); rectify: then
-    max(., 0) (a fused ReLU)."""
+    max(., 0) (a fused ReLU); mask (dst's shape, or None): then where dst > 0 (that ReLU's mask)."""
     xp = conv.xp
     tile = kernels.output_tile(m.shape[0])
     if c_transforms(conv, tile, m, dst, *([] if bias is None else [bias])):
-        kernels.wino_output(m, dst, bias, rectify)
+        kernels.wino_output(m, dst, bias, rectify, mask)
         return
     co, n, ho, wo = dst.shape[1], dst.shape[0], dst.shape[2], dst.shape[3]
     out = dst.transpose(1, 0, 2, 3)
@@ -73,13 +73,15 @@ def _output_tiles(conv, m, dst, bias, th, tw, rectify=False):
             out[c0:c1] = full[c0:c1, :, :ho, :wo]
         if rectify:
             xp.maximum(out[c0:c1], 0, out=out[c0:c1])
+        if mask is not None:
+            xp.greater(out[c0:c1], 0, out=mask.transpose(1, 0, 2, 3)[c0:c1])
 
     split_run(part, co, m.size, xp)
 
 
-def correlate(conv, src, pad, u, dst, bias=None, keep=None, rectify=False):
+def correlate(conv, src, pad, u, dst, bias=None, keep=None, rectify=False, mask=None):
     """dst (n, Co, Ho, Wo) <- 3x3 correlation of src (n, Ci, H, W) zero-padded by pad, u = ((m+2)^2, Co, Ci)
-    (+ bias; rectify: then max(., 0))."""
+    (+ bias; rectify: then max(., 0); mask: then dst > 0)."""
     xp = conv.xp
     ci = src.shape[1]
     co, ho, wo = dst.shape[1], dst.shape[2], dst.shape[3]
@@ -99,7 +101,7 @@ def correlate(conv, src, pad, u, dst, bias=None, keep=None, rectify=False):
         else:
             xp.matmul(u, vm, out=mm)
     with conv.profiler.section("wino_out_transform"):
-        _output_tiles(conv, m, dst, bias, th, tw, rectify)
+        _output_tiles(conv, m, dst, bias, th, tw, rectify, mask)
 
 
 def forward(conv, x, y, m, keep):
@@ -109,7 +111,8 @@ def forward(conv, x, y, m, keep):
     bias = conv.blobs[1].data if conv.bias_term else None
     for n0, n1 in plan(conv, x.shape, y.shape, m):
         store = conv.forward_cache.images(conv, n0, n1, x.shape[0]) if keep else None
-        correlate(conv, x[n0:n1], (g.ph, g.pw), u, y[n0:n1], bias, keep=store, rectify=conv.rectify_output)
+        mask = None if conv.rectify_mask is None else conv.rectify_mask[n0:n1]
+        correlate(conv, x[n0:n1], (g.ph, g.pw), u, y[n0:n1], bias, keep=store, rectify=conv.rectify_output, mask=mask)
 
 
 def backward_data(conv, x_shape, dy_all, dx_all, m):
