@@ -205,6 +205,7 @@ class Net:
             conv.rectify_mask = mask
         self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
         if relu is not None:
+            conv.rectify_mask = None  # the ReLU's own array: only lent for this forward
             relu.input_rectified, relu.mask_made = fused, mask is not None
 
     def layer_backward(self, i):
