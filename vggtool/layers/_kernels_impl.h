@@ -64,14 +64,6 @@ static void FN(wino_input)(const REAL *src, Py_ssize_t n, Py_ssize_t c_all, Py_s
         }
 }
 
-/* row[0, len) <- max(row, 0) (NaN stays NaN, as NumPy's maximum keeps it): the fused ReLU of a convolution's
- * output, applied to a row just written, while it is in cache. */
-static void FN(rectify_row)(REAL *RESTRICT row, Py_ssize_t len)
-{
-    for (Py_ssize_t j = 0; j < len; j++)
-        row[j] = row[j] < 0 ? 0 : row[j];
-}
-
 /* mask[0, len) <- row > 0, the fused ReLU's mask of positive outputs (its backward's), while the row is in cache */
 static void FN(mask_row)(const REAL *RESTRICT row, unsigned char *RESTRICT mask, Py_ssize_t len)
 {
@@ -87,6 +79,7 @@ static void FN(wino_output)(const REAL *m, Py_ssize_t n, Py_ssize_t c_all, Py_ss
                             unsigned char *mask, Py_ssize_t c0, Py_ssize_t c1)
 {
     const Py_ssize_t plane = c_all * n * th * tw;
+    const REAL lo = rectify ? 0 : -(REAL)INFINITY; /* CLAMP_BELOW: max(v, 0) or v itself */
     for (Py_ssize_t c = c0; c < c1; c++) {
         REAL b = bias ? bias[c] : 0;
         for (Py_ssize_t img = 0; img < n; img++) {
@@ -105,17 +98,17 @@ static void FN(wino_output)(const REAL *m, Py_ssize_t n, Py_ssize_t c_all, Py_ss
                         s1[k] = m1 - m2 - m3;
                     }
                     Py_ssize_t x0 = 2 * q;
-                    d[y0 * wo + x0] = s0[0] + s0[1] + s0[2] + b;
+                    REAL v00 = s0[0] + s0[1] + s0[2] + b, v01 = s0[1] - s0[2] - s0[3] + b,
+                         v10 = s1[0] + s1[1] + s1[2] + b, v11 = s1[1] - s1[2] - s1[3] + b;
+                    d[y0 * wo + x0] = CLAMP_BELOW(v00, lo);
                     if (x0 + 1 < wo)
-                        d[y0 * wo + x0 + 1] = s0[1] - s0[2] - s0[3] + b;
+                        d[y0 * wo + x0 + 1] = CLAMP_BELOW(v01, lo);
                     if (second_row) {
-                        d[(y0 + 1) * wo + x0] = s1[0] + s1[1] + s1[2] + b;
+                        d[(y0 + 1) * wo + x0] = CLAMP_BELOW(v10, lo);
                         if (x0 + 1 < wo)
-                            d[(y0 + 1) * wo + x0 + 1] = s1[1] - s1[2] - s1[3] + b;
+                            d[(y0 + 1) * wo + x0 + 1] = CLAMP_BELOW(v11, lo);
                     }
                 }
-                if (rectify)
-                    FN(rectify_row)(d + y0 * wo, (second_row ? 2 : 1) * wo);
                 if (mask)
                     FN(mask_row)(d + y0 * wo, mask + (d - dst) + y0 * wo, (second_row ? 2 : 1) * wo);
             }
@@ -168,6 +161,12 @@ static void FN(wino_output_adjoint)(const REAL *dy, Py_ssize_t n, Py_ssize_t c_a
 /* ---- Winograd F(4x4, 3x3): 6x6 input tiles with stride 4, tiles (36, C, n, th, tw), xi = 6 * row + column.
  * B^T, G and A^T as in Lavin & Gray (2015) (interpolation points 0, 1, -1, 2, -2); see conv/winograd_transforms.py. */
 
+/* in[x], or 0 outside [0, w) */
+static REAL FN(pixel_or_zero)(const REAL *in, Py_ssize_t w, Py_ssize_t x)
+{
+    return (x >= 0 && x < w) ? in[x] : 0;
+}
+
 /* d[p * q1 + q] <- column 4q + p of row y of the plane s (h x w) zero-padded by pw on the left (zero outside
  * the plane), for the 4 phases p and q < q1: a padded row split by column mod 4, so that the column pass
  * of F(4x4) (stride-4 tiles) reads unit-stride arrays. Where four columns 4q - pw .. 4q - pw + 3 lie inside
@@ -198,16 +197,12 @@ static void FN(deinterleaved_row)(const REAL *s, Py_ssize_t h, Py_ssize_t w, Py_
         _mm_storeu_ps(d + 3 * q1 + mid, r3);
     }
 #endif
-    for (int p = 0; p < 4; p++) {
+    for (int p = 0; p < 4; p++) { /* the rest, [0, a) and [mid, q1), one pixel at a time */
         REAL *o = d + p * q1;
-        for (Py_ssize_t q = 0; q < q1; q++) {
-            if (q == a)
-                q = mid; /* [a, mid) is done */
-            if (q >= q1)
-                break;
-            Py_ssize_t x = 4 * q + p - pw;
-            o[q] = (x >= 0 && x < w) ? in[x] : 0;
-        }
+        for (Py_ssize_t q = 0; q < a; q++)
+            o[q] = FN(pixel_or_zero)(in, w, 4 * q + p - pw);
+        for (Py_ssize_t q = mid; q < q1; q++)
+            o[q] = FN(pixel_or_zero)(in, w, 4 * q + p - pw);
     }
 }
 
@@ -296,10 +291,10 @@ static void FN(wino4_output_columns)(const REAL *RESTRICT e0, const REAL *RESTRI
         REAL v1 = e1[q], v2 = e2[q], v3 = e3[q], v4 = e4[q];
         REAL o0 = e0[q] + v1 + v2 + v3 + v4 + b, o1 = v1 - v2 + 2 * (v3 - v4) + b,
              o2 = v1 + v2 + 4 * (v3 + v4) + b, o3 = v1 - v2 + 8 * (v3 - v4) + e5[q] + b;
-        drow[4 * q] = o0 < lo ? lo : o0;
-        drow[4 * q + 1] = o1 < lo ? lo : o1;
-        drow[4 * q + 2] = o2 < lo ? lo : o2;
-        drow[4 * q + 3] = o3 < lo ? lo : o3;
+        drow[4 * q] = CLAMP_BELOW(o0, lo);
+        drow[4 * q + 1] = CLAMP_BELOW(o1, lo);
+        drow[4 * q + 2] = CLAMP_BELOW(o2, lo);
+        drow[4 * q + 3] = CLAMP_BELOW(o3, lo);
     }
 }
 
@@ -312,7 +307,7 @@ static void FN(wino4_output)(const REAL *m, Py_ssize_t n, Py_ssize_t c_all, Py_s
                              unsigned char *mask, Py_ssize_t c0, Py_ssize_t c1, REAL *row)
 {
     const Py_ssize_t plane = c_all * n * th * tw;
-    const REAL lo = rectify ? 0 : -(REAL)INFINITY; /* v < lo ? lo : v is max(v, 0) or v itself (NaN stays) */
+    const REAL lo = rectify ? 0 : -(REAL)INFINITY; /* CLAMP_BELOW: max(v, 0) or v itself */
     for (Py_ssize_t c = c0; c < c1; c++) {
         REAL b = bias ? bias[c] : 0;
         for (Py_ssize_t img = 0; img < n; img++) {
@@ -339,7 +334,7 @@ static void FN(wino4_output)(const REAL *m, Py_ssize_t n, Py_ssize_t c_all, Py_s
                                      v1 - v2 + 8 * (v3 - v4) + e5[q]};
                         for (Py_ssize_t j = 0; j < wo - 4 * q; j++) {
                             REAL v = o[j] + b;
-                            drow[4 * q + j] = v < lo ? lo : v;
+                            drow[4 * q + j] = CLAMP_BELOW(v, lo);
                         }
                     }
                     if (mask)
