@@ -71,7 +71,9 @@ def test_fused_net_equals_unfused_bit_for_bit(kernel_code, dtype, pooled):
     entered = []  # (ReLU, whether the convolution had rectified its input and made its mask in the same pass)
     for relu in (layer for layer in nets[True].layers if layer.type == "ReLU"):
         def spy(bottom, top, relu=relu, forward=relu.forward):
-            entered.append((relu.name, relu.input_rectified, relu.mask_made))
+            mask = getattr(relu, "positive", None)
+            made = relu.keep_mask and mask is not None and bool(np.array_equal(mask, bottom[0].data.reshape(-1) > 0))
+            entered.append((relu.name, relu.input_rectified, made))
             forward(bottom, top)
         relu.forward = spy
     for fuse, net in nets.items():

@@ -19,10 +19,10 @@ class NeuronLayer(Layer):
 @register_layer("ReLU")
 class ReLULayer(NeuronLayer):
     keep_mask = False  # set by a pooled net: backward reads the mask of positive outputs, not the data
-    # Set by the net when the convolution before this in-place ReLU has just written max(., 0) itself
-    # (Net.layer_forward, settings.fuse_relu): the forward has only the mask left to make. One forward only.
+    # Set by the net when the convolution before this in-place ReLU has just written max(., 0) itself, and
+    # filled this layer's mask (mask_buffer) where it keeps one (Net.layer_forward, settings.fuse_relu):
+    # the forward has nothing left to do. One forward only.
     input_rectified = False
-    mask_made = False  # ... and the convolution filled this layer's mask (mask_buffer) in the same pass
 
     def mask_buffer(self, size):
         """The flat boolean mask of positive outputs (keep_mask), made or remade for `size` elements."""
@@ -42,16 +42,14 @@ class ReLULayer(NeuronLayer):
         xp = self.xp
         x, y = bottom[0].data, top[0].data
         rectified, self.input_rectified = self.input_rectified and bottom[0] is top[0] and self.slope == 0, False
-        mask_made, self.mask_made = self.mask_made and rectified and self.keep_mask, False
-        if rectified and (mask_made or not self.keep_mask):
+        if rectified:
             return  # in place, and the convolution already wrote max(x, 0) (and the mask)
         if self.slope == 0 and self.keep_mask:
             xf, yf = x.reshape(-1), y.reshape(-1)
             mask = self.mask_buffer(xf.size)
 
             def part(i0, i1):
-                if not rectified:
-                    xp.maximum(xf[i0:i1], 0, out=yf[i0:i1])
+                xp.maximum(xf[i0:i1], 0, out=yf[i0:i1])
                 xp.greater(yf[i0:i1], 0, out=mask[i0:i1])  # y > 0 exactly where x > 0
 
             split_run(part, xf.size, 2 * xf.size, xp)

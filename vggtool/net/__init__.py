@@ -206,7 +206,7 @@ class Net:
         self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
         if relu is not None:
             conv.rectify_mask = None  # the ReLU's own array: only lent for this forward
-            relu.input_rectified, relu.mask_made = fused, mask is not None
+            relu.input_rectified = fused
 
     def layer_backward(self, i):
         """Layer i's backward, propagating to the bottoms the net's need-backward analysis chose."""
