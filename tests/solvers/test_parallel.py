@@ -18,6 +18,7 @@ from vggtool.io import prototxt
 from vggtool.backend import CPU
 from vggtool.cli import main as vggtool_main
 from vggtool.errors import VggtoolError
+from vggtool.net.pool import SharedArena
 from vggtool.solvers.parallel import ParallelSolver, ReplicaFailed
 from vggtool.proto import caffe_pb2
 from vggtool.solvers import Solver
@@ -190,7 +191,7 @@ def test_the_replicas_of_a_lane_share_one_memory_arena(db, tmp_path):
     assert pools[0].arena.size == max(p.arena_bytes for p in pools[:2])
     own = ParallelSolver(path, devices=[CPU] * 4, lanes=2, log=GLog(stream=False), dtype=np.float64)
     for rep in own.replicas:
-        rep.memory_pool.shared = None  # an arena per replica, as before lanes shared them
+        rep.memory_pool.arena_source = SharedArena(CPU)  # an arena per replica, as before lanes shared them
     for _ in range(3):
         own.compute_gradients()
     assert not np.shares_memory(own.replicas[0].memory_pool.arena, own.replicas[1].memory_pool.arena)

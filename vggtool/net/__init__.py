@@ -156,7 +156,7 @@ class Net:
             self._workspace.pooled = True
             self.reshape()  # the caches are re-planned for the pool's budget, then the pool itself
         elif arena is not None:
-            self.memory_pool.shared = arena  # stale now: the next forward re-plans into it
+            self.memory_pool.arena_source = arena  # stale now: the next forward re-plans into it
         return True
 
     def diff_is_kept(self, blob):

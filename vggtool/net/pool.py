@@ -137,9 +137,10 @@ def poolable_diffs(net):
 
 
 class SharedArena:
-    """One arena for several nets whose steps never overlap (see the module docstring): the largest any of
-    them has asked for. When one needs more, a larger buffer replaces it and the others re-plan into it
-    before their next forward (MemoryPool.stale); the old one goes once no net views it."""
+    """The arena a net's pool plans into, the largest it has asked for; several nets whose steps never
+    overlap may plan into one (see the module docstring). When one needs more, a larger buffer replaces it
+    and the others re-plan into it before their next forward (MemoryPool.stale); the old one goes once no
+    net views it."""
 
     def __init__(self, device):
         self.device = device
@@ -154,11 +155,11 @@ class SharedArena:
 
 class MemoryPool:
     """The arena of one net and where each pooled buffer lives in it, for the shapes of the last plan.
-    `shared`: a SharedArena to take the arena from, instead of a buffer of its own."""
+    `shared`: a SharedArena that other nets plan into too; without one the pool has one of its own."""
 
     def __init__(self, net, shared=None):
         self.net = net
-        self.shared = shared
+        self.arena_source = shared if shared is not None else SharedArena(net.device)
         self.arena = None  # the flat uint8 buffer (aligned view), or None before the first plan
         self.placed = []  # [Placed] of the last plan
         self.arena_bytes = 0  # bytes the last plan needs
@@ -175,7 +176,7 @@ class MemoryPool:
     def stale(self):
         """Whether shapes changed since the plan, or the workspace met a request the plan lacks."""
         ws = getattr(self.net, "_workspace", None)
-        moved = self.shared is not None and self.arena is not self.shared.buffer  # another net grew it
+        moved = self.arena is not self.arena_source.buffer  # a net sharing it grew it
         return self.signature != self.shape_signature() or (ws is not None and ws.needs_plan) or moved
 
     def intervals(self):
@@ -208,12 +209,8 @@ class MemoryPool:
         self.placed, self.arena_bytes = plan_offsets(intervals)
         self.sum_bytes = sum(_aligned(iv.nbytes) for iv in intervals)
         self.signature = self.shape_signature()
-        if self.shared is not None:
-            self.arena = None
-            self.arena = self.shared.at_least(self.arena_bytes)
-        elif self.arena is None or self.arena.size < self.arena_bytes:
-            self.arena = None  # the old arena goes once nothing views it
-            self.arena = _aligned_bytes(net.device, self.arena_bytes)
+        self.arena = None  # the old arena goes once nothing views it (when the source must grow)
+        self.arena = self.arena_source.at_least(self.arena_bytes)
         regions = {}
         for p in self.placed:
             iv = p.interval
