@@ -162,7 +162,7 @@ class Config:
         for net in getattr(self.solver, "replicas", [self.solver.net]):
             pool = net.memory_pool
             if pool is not None and pool.arena is not None:
-                arenas[pool.arena.ctypes.data if hasattr(pool.arena, "ctypes") else id(pool.arena)] = pool.arena.nbytes
+                arenas[id(pool.arena_source)] = pool.arena_source.buffer.nbytes  # replicas of a lane share one
         return sum(arenas.values()) / 2 ** 20
 
     def lanes(self):
