@@ -6,8 +6,9 @@ whole batch, and the time spent exchanging gradients and weights
                                                 [--devices cpu|gpu] [--size 64] [--net small|vgg16]
 
 CPU replicas (`cpu`) show the machinery's overhead and how the lanes share the cores (vggtool.solvers.lanes):
-`lanes` is what `--devices cpu:N` does (one lane per core, the replicas of a lane one after another,
-BLAS threads split between the lanes), `sequential` runs every replica in one lane on all the cores,
+`lanes` is what `--devices cpu:N` does (one lane per core, BLAS threads split between the lanes; the
+replicas of a lane run as one pass over their shares where that is exact), `apart` the same lanes with
+each replica a pass of its own, one after another, `sequential` runs every replica in one lane on all the cores,
 `threads` one lane per replica. GPU replicas (`gpu`: GPUs 0..N-1) show the real speed-up. Every
 configuration trains the same net on the same batches from a generated LMDB; the first iteration (warm-up)
 is not timed. The configurations are timed in turn, --rounds times, and each one's fastest round is
@@ -44,6 +45,7 @@ from vggtool.proto import caffe_pb2  # noqa: E402
 from vggtool.solvers import Solver  # noqa: E402
 from vggtool.solvers.glog import GLog  # noqa: E402
 from vggtool.solvers.parallel import ParallelSolver, mpi_comm  # noqa: E402
+from vggtool.solvers.lanes import cpu_cores  # noqa: E402
 
 DATA = """
 name: "bench"
@@ -125,8 +127,9 @@ class Config:
         if mode == "single" and comm is None:
             self.solver = Solver(param, device=devices[0], log=log)
         else:
-            threads = {"sequential": False, "threads": True}.get(mode)  # lanes: the default
-            self.solver = ParallelSolver(param, devices=devices, threads=threads, log=log, comm=comm)
+            threads = {"sequential": False, "threads": True}.get(mode)  # lanes, apart: the default lanes
+            self.solver = ParallelSolver(param, devices=devices, threads=threads, log=log, comm=comm,
+                                         merge_lane_replicas=mode != "apart")
         self.solver.step(1)  # warm-up: buffers, prefetch
         self.rounds = []
 
@@ -180,7 +183,8 @@ def configurations(args):
         elif args.devices == "gpu":
             out.append((n, "lanes"))
         else:
-            out += [(n, m) for m in args.modes.split(",")]
+            # apart differs from lanes only where a lane holds several replicas
+            out += [(n, m) for m in args.modes.split(",") if m != "apart" or n > cpu_cores()]
     return out
 
 
@@ -203,15 +207,18 @@ def main():
     ap.add_argument("--rounds", type=int, default=None, help="rounds over the configurations (default 3 small, 1 vgg16)")
     ap.add_argument("--size", type=int, default=None, help="crop side (images are 4 pixels larger; default 64 "
                                                            "small, 224 vgg16)")
-    ap.add_argument("--modes", default=None, help="CPU modes for N > 1 replicas, of lanes, sequential, threads "
-                                                  "(default: all three small, lanes vgg16)")
+    ap.add_argument("--modes", default=None, help="CPU modes for N > 1 replicas, of lanes, apart, sequential, threads "
+                                                  "(default: all four small, lanes,apart vgg16)")
     ap.add_argument("--devices", choices=("cpu", "gpu"), default="cpu")
+    ap.add_argument("--interleave", action="store_true",
+                    help="vgg16: keep every configuration's solver and time them in turn in each round, as for the "
+                         "small net (a few GB each), so that a drift in the machine's speed falls on all of them")
     ap.add_argument("--detail", action="store_true",
                     help="print every timed round: seconds per iteration in gradients, exchange and update, per rank")
     args = ap.parse_args()
     small = args.net == "small"
     for name, a, b in (("batch", 64, 8), ("iters", 4, 1), ("rounds", 3, 1), ("size", 64, 224),
-                       ("modes", "lanes,sequential,threads", "lanes")):
+                       ("modes", "lanes,apart,sequential,threads", "lanes,apart")):
         if getattr(args, name) is None:
             setattr(args, name, a if small else b)
     comm = mpi_comm()
@@ -223,7 +230,7 @@ def main():
         print(f"net {args.net}, batch {args.batch} (the whole batch, split over the replicas), {args.size}x"
               f"{args.size} crops, {args.rounds} round(s) of {args.iters} timed iteration(s) per configuration, "
               f"the fastest round shown")
-        if small:  # every solver kept: the rounds go over the configurations in turn
+        if small or args.interleave:  # every solver kept: the rounds go over the configurations in turn
             configs = [Config(param, devices_for(args, n), mode) for n, mode in configurations(args)]
             timed_rounds(configs, args)
         else:  # VGG-16 takes GBs per configuration: one at a time, freed before the next is built

@@ -221,3 +221,46 @@ def test_euclidean_matches_loop_and_gradients(engine):
 def test_euclidean_shape_mismatch():
     with pytest.raises(VggtoolError, match="same number of values"):
         run(EUCLID, {"a": np.zeros((2, 3)), "b": np.zeros((2, 4))})
+
+
+# -- a batch of several replicas' shares (a lane run as one pass: vggtool.solvers.parallel) ---------------
+SHARED_BATCH_LAYERS = {
+    "softmax VALID": swl_text("normalization: VALID"),
+    "softmax BATCH_SIZE": swl_text("normalization: BATCH_SIZE"),
+    "softmax FULL": swl_text("normalization: FULL"),
+    "softmax NONE": swl_text("normalization: NONE"),
+    "euclidean": 'layer { name: "l" type: "EuclideanLoss" bottom: "x" bottom: "t" top: "loss" }',
+    "box": 'layer { name: "l" type: "BoxRegressionLoss" bottom: "b" bottom: "t" bottom: "label" top: "loss" }',
+    "accuracy": 'layer { name: "l" type: "Accuracy" bottom: "x" bottom: "label" top: "loss" }',
+}
+
+
+@pytest.mark.parametrize("kind", list(SHARED_BATCH_LAYERS))
+def test_a_batch_of_shares_gives_the_sum_of_the_shares_values_and_gradients(kind):
+    """With net.batch_shares = 2 a loss or accuracy is normalised by one share's count: over a batch of two
+    shares it is the sum of the two shares' values, and its gradient the two shares' gradients side by side."""
+    rng = np.random.default_rng(7)
+    x = {"x": rng.standard_normal((6, 3, 2, 2)), "label": rng.integers(0, 3, (6, 2, 2)).astype(float)}
+    if kind == "euclidean":
+        x = {"x": x["x"], "t": rng.standard_normal((6, 3, 2, 2))}
+    elif kind == "box":
+        x = {"b": rng.standard_normal((6, 12)), "t": rng.standard_normal((6, 4)),
+             "label": rng.integers(0, 3, 6).astype(float)}
+    text = SHARED_BATCH_LAYERS[kind]
+
+    def value_and_gradient(inputs, shares):
+        net = layer_net(text, inputs)
+        net.batch_shares = shares
+        net.forward(**inputs)
+        value = float(net.blobs["loss"].data)
+        if kind == "accuracy":
+            return value, None
+        net.backward()
+        return value, net.blobs["x" if "x" in inputs else "b"].diff.copy()
+
+    whole, whole_grad = value_and_gradient(x, 2)
+    parts = [value_and_gradient({k: v[s] for k, v in x.items()}, 1) for s in (slice(0, 3), slice(3, 6))]
+    assert whole == pytest.approx(parts[0][0] + parts[1][0], rel=1e-12)
+    assert abs(whole) > 0.1
+    if whole_grad is not None:
+        np.testing.assert_allclose(whole_grad, np.concatenate([parts[0][1], parts[1][1]]), rtol=1e-12, atol=1e-15)

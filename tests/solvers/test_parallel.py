@@ -101,12 +101,13 @@ F64_EPS = float(np.finfo(np.float64).eps)
 TRAIN_TERMS = BATCH * (27 + 64 + 16)
 
 
-def train(solver_path, devices=1, threads=None, iters=None, dtype=np.float32, share=True, lanes=None):
+def train(solver_path, devices=1, threads=None, iters=None, dtype=np.float32, share=True, lanes=None,
+          merge=True):
     if devices == 1:
         s = Solver(solver_path, log=GLog(stream=False), dtype=dtype)
     else:
         s = ParallelSolver(solver_path, devices=[CPU] * devices, threads=threads, log=GLog(stream=False),
-                           dtype=dtype, share_cpu_weights=share, lanes=lanes)
+                           dtype=dtype, share_cpu_weights=share, lanes=lanes, merge_lane_replicas=merge)
     s.step(s.param.max_iter if iters is None else iters)
     return s
 
@@ -126,9 +127,14 @@ def test_replicas_train_like_one_device(db, tmp_path, iter_size):
     start = Net(prototxt.read_solver_param(path).net_param, phase="TRAIN", seed=5)
     moved = max(float(np.abs(w - w0).max()) for w, w0 in zip(weights(one.net), weights(start)))
     assert moved > 1e-3  # training did change the weights
-    for n, threads, lanes in ((2, True, None), (4, False, None), (4, None, 2)):
-        many = train(path, n, threads, dtype=np.float64, lanes=lanes)
-        assert many.replica_count == n and many.offsets == [r * BATCH // n for r in range(n)]
+    plans = ((2, True, None, True), (4, False, None, True), (4, None, 2, True), (4, None, 2, False))
+    for n, threads, lanes, merge in plans:
+        many = train(path, n, threads, dtype=np.float64, lanes=lanes, merge=merge)
+        # a lane of k replicas runs as one net over their k shares, unless merging is turned off
+        lane = (n if threads is False else n // lanes if lanes else 1) if merge else 1
+        assert many.replica_count == n and len(many.replicas) == n // lane
+        assert many.net_replicas == [list(range(i, i + lane)) for i in range(0, n, lane)]
+        assert many.offsets == [i * BATCH // n for i in range(0, n, lane)]
         assert_same(weights(many.net), weights(one.net), eps=F64_EPS)
         for rep in many.replicas[1:]:  # every replica reads replica 0's weight arrays
             for a, b in zip(many.net.learnable_params, rep.learnable_params):
@@ -156,10 +162,12 @@ def test_averaged_gradient_is_the_whole_batch_gradient(db, tmp_path, norm, facto
 def test_replicas_of_a_lane_accumulate_into_one_set_of_diffs(db, tmp_path, lanes, summed):
     """CPU replicas run in turn within a lane and add their gradients into its first replica's diffs (no
     copy, no sum); only the lanes' first replicas are summed into replica 0. The gradient is the whole
-    batch's for every plan (float64: the rule is tested, not one CPU's rounding)."""
+    batch's for every plan (float64: the rule is tested, not one CPU's rounding). Run one by one: where a
+    lane's replicas run as one pass there is nothing to accumulate."""
     path = write_solver(tmp_path, db)
     one = Solver(path, log=GLog(stream=False), dtype=np.float64)
-    four = ParallelSolver(path, devices=[CPU] * 4, lanes=lanes, log=GLog(stream=False), dtype=np.float64)
+    four = ParallelSolver(path, devices=[CPU] * 4, lanes=lanes, log=GLog(stream=False), dtype=np.float64,
+                          merge_lane_replicas=False)
     assert len(four.lanes) == lanes and four.exchange.summed == summed
     owners = four.exchange.diff_owner
     for r, rep in enumerate(four.replicas):
@@ -181,7 +189,8 @@ def test_the_replicas_of_a_lane_share_one_memory_arena(db, tmp_path):
     (vggtool.net.pool.SharedArena); lanes that run at the same time keep arenas of their own. The
     gradients stay the whole batch's, bit for bit the same as with an arena per replica."""
     path = write_solver(tmp_path, db)
-    four = ParallelSolver(path, devices=[CPU] * 4, lanes=2, log=GLog(stream=False), dtype=np.float64)
+    four = ParallelSolver(path, devices=[CPU] * 4, lanes=2, log=GLog(stream=False), dtype=np.float64,
+                          merge_lane_replicas=False)
     for _ in range(3):  # the first step records the workspace; the second re-plans with it
         four.compute_gradients()
     pools = [rep.memory_pool for rep in four.replicas]
@@ -189,7 +198,8 @@ def test_the_replicas_of_a_lane_share_one_memory_arena(db, tmp_path):
     assert pools[0].arena is pools[1].arena and pools[2].arena is pools[3].arena
     assert not np.shares_memory(pools[0].arena, pools[2].arena)
     assert pools[0].arena.size == max(p.arena_bytes for p in pools[:2])
-    own = ParallelSolver(path, devices=[CPU] * 4, lanes=2, log=GLog(stream=False), dtype=np.float64)
+    own = ParallelSolver(path, devices=[CPU] * 4, lanes=2, log=GLog(stream=False), dtype=np.float64,
+                         merge_lane_replicas=False)
     for rep in own.replicas:
         rep.memory_pool.arena_source = SharedArena(CPU)  # an arena per replica, as before lanes shared them
     for _ in range(3):
@@ -199,13 +209,24 @@ def test_the_replicas_of_a_lane_share_one_memory_arena(db, tmp_path):
         assert np.array_equal(a.blob.diff, b.blob.diff), f"param {i}"
 
 
-def test_more_cpu_replicas_than_lanes_is_a_warning_that_names_the_faster_setting(db, tmp_path):
-    path = write_solver(tmp_path, db)
-    for devices, lanes, warned in ((4, 2, True), (2, 2, False)):
-        log = tmp_path / f"log_{devices}.txt"
-        ParallelSolver(path, devices=[CPU] * devices, lanes=lanes, log=GLog(str(log), stream=False))
+def test_cpu_replicas_run_one_by_one_in_a_lane_is_a_warning_that_names_the_faster_setting(db, tmp_path):
+    """Only where a lane's replicas cannot run as one pass: an ignore_label under VALID normalisation
+    divides each share's loss by its own count of labels; the log says so, naming the layer."""
+    merged = write_solver(tmp_path, db)
+    (tmp_path / "ignore").mkdir()
+    apart = write_solver(tmp_path / "ignore", db, loss="loss_param { ignore_label: 2 }")
+    for path, devices, merge, warned in ((merged, 4, True, False), (merged, 4, False, True), (apart, 4, True, True),
+                                         (merged, 2, True, False)):
+        log = tmp_path / "log.txt"
+        s = ParallelSolver(path, devices=[CPU] * devices, lanes=2, log=GLog(str(log), stream=False),
+                           merge_lane_replicas=merge)
         text = log.read_text()
         assert ("2 CPU replicas share a lane" in text and "--devices cpu:2" in text) == warned, text
+        assert ("Each lane runs its 2 replicas as one pass over their 4 samples" in text) == (len(s.replicas) == 2
+                                                                                              and devices == 4)
+        assert ("layer 'loss' (SoftmaxWithLoss): its normalizer, the count of labels not ignored" in text) == \
+               (path == apart)
+        log.unlink()
 
 
 def test_concurrent_cpu_lanes_share_the_blas_threads(db, tmp_path, monkeypatch):
@@ -219,7 +240,8 @@ def test_concurrent_cpu_lanes_share_the_blas_threads(db, tmp_path, monkeypatch):
     gemm.set_blas_threads(4)
     try:
         with config.override(num_threads=4):
-            s = ParallelSolver(write_solver(tmp_path, db), devices=[CPU] * 4, lanes=2, log=GLog(stream=False))
+            s = ParallelSolver(write_solver(tmp_path, db), devices=[CPU] * 4, lanes=2, log=GLog(stream=False),
+                               merge_lane_replicas=False)
             seen = []
             passes = s._passes
             monkeypatch.setattr(s, "_passes", lambda r, k: seen.append(
@@ -229,7 +251,7 @@ def test_concurrent_cpu_lanes_share_the_blas_threads(db, tmp_path, monkeypatch):
             assert gemm.blas_threads() == 4 and config.defaults().num_threads == 4
             seen.clear()
             sequential = ParallelSolver(write_solver(tmp_path, db), devices=[CPU] * 2, lanes=1,
-                                        log=GLog(stream=False))
+                                        log=GLog(stream=False), merge_lane_replicas=False)
             passes1 = sequential._passes
             monkeypatch.setattr(sequential, "_passes", lambda r, k: seen.append(
                 (r, gemm.blas_threads(), config.defaults().num_threads)) or passes1(r, k))
@@ -237,6 +259,83 @@ def test_concurrent_cpu_lanes_share_the_blas_threads(db, tmp_path, monkeypatch):
             assert seen == [(0, 4, 4), (1, 4, 4)]  # one lane: every thread for each replica in turn
     finally:
         gemm.set_blas_threads(before)
+
+
+ACCURACY = ('layer { name: "acc" type: "Accuracy" bottom: "fc2" bottom: "label" top: "acc" '
+            'include { phase: TRAIN } }')
+
+
+@pytest.mark.parametrize("norm", ["VALID", "BATCH_SIZE", "FULL", "NONE"])
+def test_a_lane_run_as_one_pass_gives_what_its_replicas_give_apart(db, tmp_path, norm):
+    """4 replicas in 2 lanes: one pass per lane over its 2 shares, or 2 passes each. The losses and
+    accuracies of a pass are normalised by one share's count, so the pass computes the sum of its shares'
+    gradients, losses and accuracies, whatever the normalisation (float64, tight: the rule is tested)."""
+    path = write_solver(tmp_path, db, loss=f"loss_param {{ normalization: {norm} }}")
+    param = prototxt.read_solver_param(path)
+    param.net_param.layer.add().CopyFrom(prototxt.parse_net_text(ACCURACY).layer[0])
+    prototxt.write_text_proto(path, param)
+    apart, merged = (ParallelSolver(path, devices=[CPU] * 4, lanes=2, log=GLog(stream=False), dtype=np.float64,
+                                    merge_lane_replicas=merge) for merge in (False, True))
+    assert len(apart.replicas) == 4 and len(merged.replicas) == 2
+    assert [r.blobs["data"].shape[0] for r in merged.replicas] == [4, 4] and merged.offsets == [0, 4]
+    for step in range(2):  # a second batch: other samples, crops and dropout bits
+        losses = [s.compute_gradients() for s in (apart, merged)]
+        assert losses[1] == pytest.approx(losses[0], rel=1e-12)
+        for i, (a, b) in enumerate(zip(apart.net.learnable_params, merged.net.learnable_params)):
+            assert np.abs(a.blob.diff).max() > 1e-4
+            assert_close_to_scale(b.blob.diff, a.blob.diff, TRAIN_TERMS, eps=F64_EPS, err_msg=f"step {step}, param {i}")
+        shown = [s._train_outputs for s in (apart, merged)]
+        assert set(shown[1]) == {"acc", "loss"}
+        for name in shown[0]:
+            np.testing.assert_allclose(shown[1][name], shown[0][name], rtol=1e-12, err_msg=name)
+        assert 0 < shown[1]["acc"][0] < 1
+        apart.apply_update()
+        merged.apply_update()
+
+
+def test_what_stops_a_lane_running_as_one_pass(db):
+    """Net.merge_obstacle names the first layer or output that would make one pass over several shares
+    differ from the shares' own passes; a net of per-sample layers, losses and accuracies has none."""
+    head = (f'layer {{ name: "data" type: "Data" top: "x" top: "y" data_param {{ source: "{db}" batch_size: 4 '
+            f'backend: LMDB }} transform_param {{ crop_size: 8 }} }} ')
+    ok = ('layer { name: "conv" type: "Convolution" bottom: "x" top: "c" convolution_param { num_output: 2 '
+          'kernel_size: 3 pad: 1 } } layer { name: "relu" type: "ReLU" bottom: "c" top: "c" } '
+          'layer { name: "pool" type: "Pooling" bottom: "c" top: "p" pooling_param { pool: MAX kernel_size: 2 '
+          'stride: 2 } } layer { name: "flat" type: "Flatten" bottom: "p" top: "f" } '
+          'layer { name: "fc" type: "InnerProduct" bottom: "f" top: "s" inner_product_param { num_output: 3 } } '
+          'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "s" bottom: "y" top: "loss" } '
+          'layer { name: "acc" type: "Accuracy" bottom: "s" bottom: "y" top: "acc" } ')
+
+    def obstacle(text):
+        return Net(prototxt.parse_net_text(head + text), phase="TRAIN").merge_obstacle()
+
+    assert obstacle(ok) is None
+    # a Reshape that copies the batch axis keeps the samples apart
+    assert obstacle(ok + 'layer { name: "r" type: "Reshape" bottom: "p" top: "r" reshape_param { shape { dim: 0 '
+                         'dim: -1 } } } layer { name: "quiet" type: "Silence" bottom: "r" }') is None
+    quiet = ' layer { name: "quiet" type: "Silence" bottom: "r" }'
+    cases = {
+        ok.replace('top: "acc" }', 'top: "acc" accuracy_param { ignore_label: 1 } }'):
+            "layer 'acc' (Accuracy): its count of labels not ignored may differ between shares",
+        ok.replace('top: "acc" }', 'top: "acc" top: "per_class" }'):
+            "layer 'acc' (Accuracy): its per-class accuracies are not sums over shares",
+        ok.replace('top: "loss" }', 'top: "loss" loss_param { ignore_label: 1 } }'):
+            "layer 'loss' (SoftmaxWithLoss): its normalizer, the count of labels not ignored, may differ",
+        ok + 'layer { name: "cut" type: "Slice" bottom: "c" top: "c1" top: "c2" slice_param { axis: 0 } } '
+             'layer { name: "quiet" type: "Silence" bottom: "c1" bottom: "c2" }':
+            "layer 'cut' (Slice): it works along axis 0, the batch",
+        ok + 'layer { name: "f0" type: "Flatten" bottom: "p" top: "r" flatten_param { axis: 0 end_axis: 1 } }' + quiet:
+            "layer 'f0' (Flatten): it works along axis 0, the batch",
+        ok + 'layer { name: "r" type: "Reshape" bottom: "p" top: "r" reshape_param { shape { dim: -1 dim: 8 } } }'
+             + quiet: "layer 'r' (Reshape): its new shape does not copy axis 0, the batch",
+        ok + 'layer { name: "z" type: "DummyData" top: "z" dummy_data_param { shape { dim: 4 } } } '
+             'layer { name: "quiet" type: "Silence" bottom: "z" }': "layer 'z' (DummyData): it may combine samples",
+        ok + 'layer { name: "prob" type: "Softmax" bottom: "s" top: "prob" }':
+            "output 'prob' is not a loss or an accuracy",
+    }
+    for text, expected in cases.items():
+        why = obstacle(text)
+        assert why is not None and why.startswith(expected), (why, expected)
 
 
 def test_shares_are_the_single_device_batch(db, tmp_path):
@@ -280,10 +379,10 @@ def test_failing_replica_stops_the_run(tmp_path):
     # record 5 is 16x16, the others 12x12 and there is no crop: only the replica holding sample 5 fails
     db = make_db(tmp_path, "bad", [(12, 12)] * 5 + [(16, 16)] + [(12, 12)] * 2)
     path = write_solver(tmp_path, db, transform="")
-    for threads in (True, False):
+    for threads, which in ((True, r"replica 1 of 2 \(cpu\)"), (False, r"replicas 0-1 of 2 \(cpu, in one pass\)")):
         s = ParallelSolver(path, devices=[CPU] * 2, threads=threads, log=GLog(stream=False))
-        with pytest.raises(ReplicaFailed, match=r"replica 1 of 2 \(cpu\) failed at iteration 0: layer 'data'"
-                                                r".*5\.png.* gives a \(3, 16, 16\) input"):
+        with pytest.raises(ReplicaFailed, match=which + r" failed at iteration 0: layer 'data'"
+                                                        r".*5\.png.* gives a \(3, 16, 16\) input"):
             s.step(1)
 
 
@@ -387,8 +486,8 @@ def test_cpu_replicas_with_their_own_weights_receive_copies(db, tmp_path, thread
     """The copy path (GPU replicas' and mixed GPU/CPU lists'), run with CPU replicas that own their weights:
     after every update and after a resume the copies must reach them, or they compute other gradients."""
     path = write_solver(tmp_path, db, iters=4)
-    shared = train(path, 4, threads)
-    copied = train(path, 4, threads, share=False)
+    shared = train(path, 4, threads, merge=False)
+    copied = train(path, 4, threads, share=False, merge=False)
     assert copied.exchange.copied == [1, 2, 3]
     for rep in copied.replicas[1:]:
         for a, b in zip(copied.net.learnable_params, rep.learnable_params):
@@ -491,7 +590,8 @@ class TwinRanks:
         return types.SimpleNamespace(Get_size=lambda: 2, Free=lambda: None)
 
 
-def test_mpi_sums_cpu_gradients_in_the_allreduce_buffer_itself(db, tmp_path, monkeypatch):
+@pytest.mark.parametrize("merge", [False, True])
+def test_mpi_sums_cpu_gradients_in_the_allreduce_buffer_itself(db, tmp_path, monkeypatch, merge):
     """On the CPU, replica 0's diffs (and its lane mates', which share them) live in the Allreduce buffer:
     no copy in or out. The result is the mean over all replicas of all ranks, bit for bit (x2 then x1/4 is
     x1/2 exactly): here rank 0's two shares of a batch of 8, against one process with a batch of 4."""
@@ -499,15 +599,16 @@ def test_mpi_sums_cpu_gradients_in_the_allreduce_buffer_itself(db, tmp_path, mon
     fake.MPI = TwinRanks
     monkeypatch.setitem(sys.modules, "mpi4py", fake)
     twin = ParallelSolver(write_solver(tmp_path, db), devices=[CPU] * 2, lanes=1, comm=TwinRanks(),
-                          log=GLog(stream=False), dtype=np.float64)
-    assert twin.mpi.in_place and twin.offsets == [0, 2]
+                          log=GLog(stream=False), dtype=np.float64, merge_lane_replicas=merge)
+    offsets = [0] if merge else [0, 2]  # one pass over rank 0's two shares, or a pass each
+    assert twin.mpi.in_place and twin.offsets == offsets
     for rep in twin.replicas:
         for lp in rep.learnable_params:
             assert np.shares_memory(lp.blob.diff, twin.mpi.buf)
     (tmp_path / "alone").mkdir()
     alone = ParallelSolver(write_solver(tmp_path / "alone", db, batch=BATCH // 2), devices=[CPU] * 2, lanes=1,
-                           log=GLog(stream=False), dtype=np.float64)
-    assert alone.offsets == [0, 2]
+                           log=GLog(stream=False), dtype=np.float64, merge_lane_replicas=merge)
+    assert alone.offsets == offsets
     twin.compute_gradients()
     alone.compute_gradients()
     for i, (a, b) in enumerate(zip(alone.net.learnable_params, twin.net.learnable_params)):

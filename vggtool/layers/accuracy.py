@@ -3,7 +3,8 @@
 Caffe's rule (accuracy_layer.cpp/.cu), vggtool.ranking's topk_hits: a prediction is correct when fewer
 than top_k OTHER classes score >= the true class, so a tie with another class counts against it (and a
 NaN true score, which Caffe would count, is a miss). Ignored labels count nowhere;
-the optional second top is the accuracy per true class (0 for a class with no samples)."""
+the optional second top is the accuracy per true class (0 for a class with no samples). A net whose batch
+holds several replicas' shares (Layer.shares) gives the sum of the shares' accuracies."""
 import numpy as np
 
 from ..ranking import topk_hits
@@ -15,12 +16,21 @@ class AccuracyLayer(Layer):
     exact_bottoms = 2
     min_tops = 1
     max_tops = 2
+    is_metric = True
 
     def layer_setup(self, bottom, top):
         p = self.param.accuracy_param
         self.top_k = p.top_k
         self.axis = bottom[0].canonical_axis(p.axis)
         self.ignore_label = p.ignore_label if p.HasField("ignore_label") else None
+        self.per_class = len(top) == 2
+
+    def merge_obstacle(self):
+        if self.ignore_label is not None:
+            return "its count of labels not ignored may differ between shares"
+        if self.per_class:
+            return "its per-class accuracies are not sums over shares"
+        return self.batch_axis_obstacle(self.axis)
 
     def reshape(self, bottom, top):
         shape = bottom[0].shape
@@ -47,7 +57,10 @@ class AccuracyLayer(Layer):
         elif (valid & ((safe < 0) | (safe >= self.classes))).any():
             raise self.error(f"a label is outside [0, {self.classes})")
         correct = topk_hits(scores, safe, self.top_k, axis=1, xp=xp) & valid
-        top[0].data[...] = correct.sum() / xp.maximum(valid.sum(), 1)  # stays on the device; 0 with no label
+        if self.shares > 1:  # the sum of the shares' accuracies (merge_obstacle: none is ignored)
+            top[0].data[...] = correct.sum() / (self.outer * self.inner // self.shares)
+        else:
+            top[0].data[...] = correct.sum() / xp.maximum(valid.sum(), 1)  # stays on the device; 0 with no label
         if len(top) == 2:
             # One bincount each instead of a loop over (possibly 1000) classes; weights, not masks (no sync).
             totals = xp.bincount(safe.ravel(), weights=valid.ravel().astype(np.float64), minlength=self.classes)

@@ -126,6 +126,11 @@ class Layer:
     max_tops = None
     # Loss layers: the default loss_weight of top 0 is 1 (Caffe's *Loss layers).
     is_loss = False
+    # A scalar measure of the batch that is shown, never backpropagated (Accuracy).
+    is_metric = False
+    # Each sample's tops depend on that sample alone (axis 0 is the batch): a pass over several replicas'
+    # shares of a batch computes what the shares would have computed apart (see merge_obstacle).
+    per_sample = False
     # Data layers (no bottoms) are told the net's iteration for their per-sample randomness.
 
     def __init__(self, param, net=None, device=None, dtype=np.float32):
@@ -176,6 +181,23 @@ class Layer:
 
     def allow_force_backward(self, bottom_index):
         return True
+
+    def merge_obstacle(self):
+        """Why this layer, run once over several replicas' shares of a batch, would not give what they give
+        apart (a phrase for a log line), or None. The parallel solver runs a lane's CPU replicas as one pass
+        only where no layer has a reason (vggtool.solvers.parallel). Layers that average over the batch
+        (losses, Accuracy) divide by one share's count instead (`shares`) and return None where that is
+        exact."""
+        return None if self.per_sample else "it may combine samples"
+
+    def batch_axis_obstacle(self, axis):
+        """merge_obstacle of a layer that works along `axis`: a reason when that is axis 0, the batch."""
+        return f"it works along axis {axis}, the batch" if axis == 0 else None
+
+    @property
+    def shares(self):
+        """How many replicas' shares of the batch this net's batch holds (net.batch_shares; 1 alone)."""
+        return int(getattr(self.net, "batch_shares", 1) or 1)
 
     def backward_reads_data(self, bottom, top):
         """The blobs (of `bottom` and `top`) whose data this layer's backward reads. A net whose memory is

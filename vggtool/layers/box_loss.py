@@ -3,9 +3,10 @@
 Bottoms: pred (N, 4 * K) -- the last FC, 4 box parameters per class --, target (N, 4) -- the ground-truth
 box (cx, cy, w, h), e.g. the Data layer's third top --, label (N) -- the ground-truth class. Only the
 4 outputs of the ground-truth class enter the loss:
-    loss = sum_n || pred[n, 4 l_n : 4 l_n + 4] - target[n] ||^2 / (2 N),
-so the gradient reaches those 4 outputs only; the other classes' outputs get zero. With just two
-bottoms and 4 outputs (single-class regression, SCR) it equals EuclideanLoss. No gradient to label.
+    loss = sum_n || pred[n, 4 l_n : 4 l_n + 4] - target[n] ||^2 / (2 N)
+(N: one replica share's when the net's batch holds several, Layer.shares), so the gradient reaches those 4
+outputs only; the other classes' outputs get zero. With just two bottoms and 4 outputs (single-class
+regression, SCR) it equals EuclideanLoss. No gradient to label.
 """
 import numpy as np
 
@@ -18,6 +19,7 @@ class BoxRegressionLossLayer(Layer):
     max_bottoms = 3
     exact_tops = 1
     is_loss = True
+    per_sample = True  # a mean over the batch, taken over one share (Layer.shares)
 
     def reshape(self, bottom, top):
         pred, target = bottom[0], bottom[1]
@@ -55,11 +57,11 @@ class BoxRegressionLossLayer(Layer):
         self.labels = labels
         chosen = pred[xp.arange(self.num), labels]
         self.delta = chosen - bottom[1].data.reshape(self.num, 4)
-        top[0].data[...] = (self.delta * self.delta).sum() / (2 * max(self.num, 1))
+        top[0].data[...] = (self.delta * self.delta).sum() / (2 * max(self.num // self.shares, 1))
 
     def backward(self, top, propagate_down, bottom):
         xp = self.xp
-        scale = top[0].diff.reshape(-1)[0] / max(self.num, 1)
+        scale = top[0].diff.reshape(-1)[0] / max(self.num // self.shares, 1)
         if propagate_down[0]:
             diff = bottom[0].diff.reshape(self.num, self.classes, 4)
             diff[...] = 0

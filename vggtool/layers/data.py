@@ -69,6 +69,7 @@ class CorruptRecord(Exception):
 
 
 class PrefetchingDataLayer(Layer):
+    per_sample = True
     exact_bottoms = 0
     min_tops = 1
     max_tops = 3

@@ -13,6 +13,7 @@ PROD, SUM, MAX = 0, 1, 2
 
 @register_layer("Eltwise")
 class EltwiseLayer(Layer):
+    per_sample = True
     min_bottoms = 2
     exact_tops = 1
 

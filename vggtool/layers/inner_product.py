@@ -9,6 +9,9 @@ class InnerProductLayer(Layer):
     exact_bottoms = 1
     exact_tops = 1
 
+    def merge_obstacle(self):
+        return self.batch_axis_obstacle(self.axis)
+
     def layer_setup(self, bottom, top):
         p = self.param.inner_product_param
         if p.num_output <= 0:

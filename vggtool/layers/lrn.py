@@ -37,6 +37,7 @@ def neg_power(xp, s, beta):
 
 @register_layer("LRN")
 class LRNLayer(Layer):
+    per_sample = True
     exact_bottoms = 1
     exact_tops = 1
 

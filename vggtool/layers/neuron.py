@@ -9,6 +9,7 @@ from .threads import split_run
 
 
 class NeuronLayer(Layer):
+    per_sample = True
     exact_bottoms = 1
     exact_tops = 1
 

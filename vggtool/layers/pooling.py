@@ -39,6 +39,7 @@ def pooled_size(size, kernel, stride, pad, round_mode=CEIL, any_pad=None):
 
 @register_layer("Pooling")
 class PoolingLayer(Layer):
+    per_sample = True
     exact_bottoms = 1
     min_tops = 1
     max_tops = 2

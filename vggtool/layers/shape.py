@@ -43,9 +43,12 @@ class _ViewLayer(Layer):
 
 @register_layer("Flatten")
 class FlattenLayer(_ViewLayer):
+    def merge_obstacle(self):
+        return self.batch_axis_obstacle(self.start)
+
     def top_shape(self, b):
         p = self.param.flatten_param
-        start = b.canonical_axis(p.axis)
+        start = self.start = b.canonical_axis(p.axis)
         end = b.canonical_axis(p.end_axis)
         if end < start:
             raise self.error(f"end_axis {p.end_axis} comes before axis {p.axis} for a bottom of shape {b.shape}")
@@ -68,10 +71,15 @@ class ReshapeLayer(_ViewLayer):
             raise self.error(f"reshape_param.shape dims must be >= -1, got {dims}")
         self.inferred = inferred[0] if inferred else None
 
+    def merge_obstacle(self):
+        if self.start == 0 and self.dims[:1] != [0]:
+            return "its new shape does not copy axis 0, the batch"
+        return None
+
     def top_shape(self, b):
         p = self.param.reshape_param
         n = b.num_axes
-        start = p.axis if p.axis >= 0 else n + p.axis + 1
+        start = self.start = p.axis if p.axis >= 0 else n + p.axis + 1
         if not 0 <= start <= n:
             raise self.error(f"axis {p.axis} out of range for a bottom of shape {b.shape}")
         if p.num_axes < -1:
@@ -117,6 +125,9 @@ class ConcatLayer(Layer):
     min_bottoms = 1
     exact_tops = 1
 
+    def merge_obstacle(self):
+        return self.batch_axis_obstacle(self.axis)
+
     def reshape(self, bottom, top):
         p = self.param.concat_param
         self.axis = _legacy_axis(self, bottom[0], "concat_dim", p)
@@ -153,6 +164,9 @@ class ConcatLayer(Layer):
 class SliceLayer(Layer):
     exact_bottoms = 1
     min_tops = 1
+
+    def merge_obstacle(self):
+        return self.batch_axis_obstacle(self.axis)
 
     def reshape(self, bottom, top):
         p = self.param.slice_param

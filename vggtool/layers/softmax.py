@@ -25,6 +25,9 @@ class SoftmaxLayer(Layer):
     exact_bottoms = 1
     exact_tops = 1
 
+    def merge_obstacle(self):
+        return self.batch_axis_obstacle(self.axis)
+
     def layer_setup(self, bottom, top):
         self.axis = bottom[0].canonical_axis(self.param.softmax_param.axis)
 
@@ -77,6 +80,11 @@ class SoftmaxWithLossLayer(Layer):
         self.mode = normalization_mode(lp)
         self.prob = None
 
+    def merge_obstacle(self):
+        if self.mode == VALID and self.ignore_label is not None:
+            return "its normalizer, the count of labels not ignored, may differ between shares"
+        return self.batch_axis_obstacle(self.axis)
+
     def reshape(self, bottom, top):
         shape = bottom[0].shape
         self.outer = bottom[0].count_range(0, self.axis)
@@ -116,7 +124,8 @@ class SoftmaxWithLossLayer(Layer):
         if self.mode == VALID and self.ignore_label is not None:  # counted on the device: no sync
             self.normalizer = xp.maximum(valid.sum(), 1).astype(self.dtype)
         else:
-            self.normalizer = loss_normalizer(self.mode, self.outer, self.inner, -1)
+            # one share's count: the loss of several shares is the sum of theirs (merge_obstacle)
+            self.normalizer = loss_normalizer(self.mode, self.outer // self.shares, self.inner, -1)
         top[0].data[...] = logs.sum() / self.normalizer
         if len(top) == 2:
             top[1].data[...] = self.prob

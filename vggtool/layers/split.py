@@ -4,6 +4,7 @@ from .base import Layer, register_layer
 
 @register_layer("Split")
 class SplitLayer(Layer):
+    per_sample = True
     exact_bottoms = 1
     min_tops = 1
 
@@ -30,6 +31,7 @@ class SplitLayer(Layer):
 @register_layer("Silence")
 class SilenceLayer(Layer):
     """Consumes blobs so they are not net outputs; passes zero gradients back."""
+    per_sample = True
 
     min_bottoms = 1
     exact_tops = 0

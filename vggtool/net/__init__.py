@@ -60,7 +60,8 @@ class Net:
     """
 
     def __init__(self, model, *args, weights=None, phase=None, stages=(), level=0, device=CPU,
-                 dtype=np.float32, seed=None, source=None, batch_divisor=1, log=None, settings=None):
+                 dtype=np.float32, seed=None, source=None, batch_divisor=1, batch_shares=1, log=None,
+                 settings=None):
         weights, phase = _weights_and_phase(args, weights, phase)
         if isinstance(model, caffe_pb2.NetParameter):
             net_param = caffe_pb2.NetParameter()
@@ -80,6 +81,9 @@ class Net:
         self.iteration = 0  # set by the solver: drives per-sample randomness
         self.sample_offset = 0  # global index of this replica's first sample in the whole batch
         self.batch_divisor = int(batch_divisor)  # replicas sharing each batch (read by data layers at setup)
+        # replicas' shares this net's batch holds (a lane's replicas run as one pass): the losses and
+        # accuracies, means over one share, sum over the shares (Layer.shares, merge_obstacle)
+        self.batch_shares = int(batch_shares)
         self.log = log  # a GLog: Caffe's set-up lines (Top shape, Memory required for data) while building
         self.weights_param = None  # the NetParameter of the last weights copied in (see copy_from)
         self.settings = settings if settings is not None else default_settings()  # vggtool.config.Settings
@@ -405,6 +409,20 @@ class Net:
         """{blob name: position of the last layer writing it} over the net's computed blobs (an in-place
         top is written by several layers; its value after the last one is the one the net ends with)."""
         return {top: i for i, name in enumerate(self.layer_names) for top in self.top_names[name]}
+
+    def merge_obstacle(self):
+        """Why one pass of this net over several replicas' shares of a batch would not give the sum of
+        their passes (losses, gradients, outputs), naming the layer or output; None when it would."""
+        for layer in self.layers:
+            why = layer.merge_obstacle()
+            if why:
+                return f"layer '{layer.name}' ({layer.type}): {why}"
+        writers = self.last_writers()
+        for name in self.outputs:
+            layer = self.layers[writers[name]] if name in writers else None
+            if layer is None or self.blobs[name].count != 1 or not (layer.is_loss or layer.is_metric):
+                return f"output '{name}' is not a loss or an accuracy, which the shares would sum"
+        return None
 
     def layer(self, name):
         """The layer named `name` (pycaffe: net.layer_dict[name]), an error naming it when there is none."""

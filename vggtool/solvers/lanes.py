@@ -6,6 +6,8 @@ A lane is a list of replicas run one after another by one thread; lanes run at t
 - CPU replicas: as many lanes as cores (never more than replicas), consecutive replicas per lane. The
   replicas of one lane accumulate into one set of parameter diffs, as Caffe's iter_size passes do
   (vggtool.solvers.exchange.share_diffs): nothing to sum or copy between them, one set of diffs per lane.
+  Where every lane holds k > 1 replicas and the net allows it, the solver runs each lane's replicas as one
+  pass over their k shares instead (vggtool.solvers.parallel, Net.merge_obstacle).
 - A list mixing GPUs and CPUs: one lane (as before lanes existed).
 While several CPU lanes run, OpenBLAS and vggtool's split passes (config num_threads) get 1/lanes of their
 threads each, so the threads never outnumber the cores. OpenBLAS's count is process-wide (its pthreads

@@ -37,10 +37,11 @@ def net_from(solver, kind, dtype, phase, state):
     merged.MergeFrom(state)
     merged.phase = phase
     net_param.state.CopyFrom(merged)
-    divisor = solver.train_batch_divisor if phase == caffe_pb2.TRAIN else 1
+    train = phase == caffe_pb2.TRAIN
     return solver.net_class(net_param, phase=phase, stages=tuple(merged.stage), level=merged.level,
                             device=solver.device, dtype=dtype, seed=solver.seed, source=label,
-                            batch_divisor=divisor, log=solver.log)
+                            batch_divisor=solver.train_batch_divisor if train else 1,
+                            batch_shares=solver.train_batch_shares if train else 1, log=solver.log)
 
 
 def build_train_net(solver, dtype):

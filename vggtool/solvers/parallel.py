@@ -8,8 +8,9 @@ per-sample randomness is keyed by the global sample index, so the split changes 
 
 One iteration:
   each local replica runs iter_size forward/backward passes in its lane (vggtool.solvers.lanes: one thread
-  per GPU; on the CPU one thread per core, each running its replicas one after another on its share of the
-  cores and accumulating them into one set of diffs) -> local sum of the lanes into replica 0 (NCCL on
+  per GPU; on the CPU one thread per core, each running its replicas on its share of the cores: as one
+  pass over their consecutive shares where that is exact (_init_train_net), else one after another,
+  accumulating them into one set of diffs) -> local sum of the lanes into replica 0 (NCCL on
   GPUs when available, else device-to-device copies; in memory on the CPU) -> MPI Allreduce of one flat buffer (the diffs and the
   loss) -> divide by the replica count -> EVERY rank applies the same solver update to its replica 0, as
   Caffe's multi-GPU (NCCL) solver does: the ranks start from the same weights and solver state and see
@@ -117,11 +118,14 @@ class ParallelSolver(Solver):
     process's devices (a list of vggtool.backend.Device; CPU repeated for CPU replicas); `comm`: an mpi4py
     communicator of several ranks or None; `threads`: True runs every local replica in its own thread, False
     all in one; `lanes`: this many threads (vggtool.solvers.lanes; default: one per GPU, one per core for
-    CPU replicas); `share_cpu_weights`: CPU replicas read replica 0's weights (default) or hold copies."""
+    CPU replicas); `share_cpu_weights`: CPU replicas read replica 0's weights (default) or hold copies;
+    `merge_lane_replicas`: the CPU replicas of one lane run as one pass over their shares where that gives
+    the same losses and gradients (default; see _init_train_net)."""
 
     def __init__(self, param, *, devices, comm=None, threads=None, lanes=None, log=None, seed=None,
-                 share_cpu_weights=True, **kwargs):
+                 share_cpu_weights=True, merge_lane_replicas=True, **kwargs):
         self.devices = list(devices) or [CPU]
+        self.merge_lane_replicas = merge_lane_replicas
         self.comm = comm if comm is not None and comm.Get_size() > 1 else None
         self.rank = self.comm.Get_rank() if self.comm else 0
         self.ranks = self.comm.Get_size() if self.comm else 1
@@ -160,20 +164,47 @@ class ParallelSolver(Solver):
             weakref.finalize(self, self.pool.shutdown, wait=False)
 
     def _init_train_net(self, dtype):
-        """Build one train net per local device (each reads its own share of every batch)."""
+        """Build the train nets: one per local replica, each reading its own share of every batch; or, where
+        every lane holds k > 1 CPU replicas, one per lane reading its k consecutive shares in one pass.
+
+        A lane's replicas run one after another and sum their gradients, so one pass over their k shares
+        computes the same sum when no layer mixes samples and the losses and accuracies normalise by one
+        share's count (net.batch_shares, Net.merge_obstacle). It pays the per-pass costs once instead of k
+        times: the fully connected layers read and write all their weights once per pass."""
+        local = len(self.devices)
+        first = self.rank * local
+        shares = self._lane_size_to_merge()
         nets = []
-        for dev in self.devices:
-            self.device = dev
-            nets.append(super()._init_train_net(dtype))
+        if shares > 1:
+            self.train_batch_divisor, self.train_batch_shares = self.replica_count // shares, shares
+            nets = [self._build_replica(CPU, dtype)]
+            obstacle = nets[0].merge_obstacle()
+            if obstacle is None and self._share(nets[0]) % shares:  # built apart, the nets say why
+                obstacle = f"the batch does not divide over {self.replica_count} replicas"
+            if obstacle is None:
+                nets += [self._build_replica(CPU, dtype) for _ in self.lanes[1:]]
+                self.net_replicas = [[first + r for r in lane] for lane in self.lanes]
+                self.lanes = [[i] for i in range(len(nets))]
+            else:
+                self.log.info("parallel.py:1", f"The CPU replicas of a lane run one by one: one pass over their "
+                                               f"shares would change the results ({obstacle})")
+                self.train_batch_divisor, self.train_batch_shares, nets = self.replica_count, 1, []
+        if not nets:
+            nets = [self._build_replica(dev, dtype) for dev in self.devices]
+            self.net_replicas = [[first + r] for r in range(local)]
         self.device = self.devices[0]
         self.replicas = nets
         self._share_lane_arenas(nets)
-        share = self._share(nets[0])
-        first = self.rank * len(nets)
-        self.offsets = [(first + r) * share for r in range(len(nets))]
-        where = f"{self.ranks} rank(s) x {len(nets)} device(s) [{', '.join(d.name for d in self.devices)}]"
+        share = self._share(nets[0]) // self.train_batch_shares
+        self.offsets = [group[0] * share for group in self.net_replicas]
+        where = f"{self.ranks} rank(s) x {local} device(s) [{', '.join(d.name for d in self.devices)}]"
         self.log.info("parallel.py:1", f"Data parallel: {self.replica_count} replicas ({where}), {share} "
                                        f"samples of each batch per replica, {len(self.lanes)} lane(s) running at once")
+        if self.train_batch_shares > 1:
+            self.devices = [CPU] * len(nets)  # the devices of the nets, one per lane now
+            self.log.info("parallel.py:1", f"Each lane runs its {self.train_batch_shares} replicas as one pass "
+                                           f"over their {self.train_batch_shares * share} samples (the same "
+                                           f"losses and gradients, the per-pass costs paid once)")
         shared = max((sum(1 for r in lane if not self.devices[r].is_gpu) for lane in self.lanes), default=0)
         if shared > 1:
             self.log.warning("parallel.py:1", f"{shared} CPU replicas share a lane (one core): they run one after "
@@ -185,6 +216,17 @@ class ParallelSolver(Solver):
             self.log.info("parallel.py:1", f"{self.host_ranks} ranks on this host: {self.blas_threads} BLAS "
                                            f"thread(s) per rank")
         return nets[0]
+
+    def _build_replica(self, device, dtype):
+        self.device = device
+        return super()._init_train_net(dtype)
+
+    def _lane_size_to_merge(self):
+        """k when every lane holds k > 1 CPU replicas and merging is allowed, else 1."""
+        sizes = {len(lane) for lane in self.lanes}
+        if not self.merge_lane_replicas or len(sizes) != 1 or any(d.is_gpu for d in self.devices):
+            return 1
+        return sizes.pop()
 
     def _share_lane_arenas(self, nets):
         """The pooled CPU replicas of one lane run one after another: they plan into one arena (the
@@ -235,11 +277,13 @@ class ParallelSolver(Solver):
         failed = [(r, e) for r, (ok, e) in enumerate(outcomes) if not ok]
         if failed:
             r, e = failed[0]
-            g = self.rank * n + r
+            group = self.net_replicas[r]
+            which = f"replica {group[0]}" if len(group) == 1 else f"replicas {group[0]}-{group[-1]}"
+            how = "" if len(group) == 1 else ", in one pass"
             rank = f", rank {self.rank}" if self.comm else ""
             more = f" ({len(failed) - 1} other replica(s) failed too)" if len(failed) > 1 else ""
             text = str(e) if isinstance(e, VggtoolError) else f"{type(e).__name__}: {e}"
-            raise ReplicaFailed(f"replica {g} of {self.replica_count} ({self.devices[r].name}{rank}) failed at "
+            raise ReplicaFailed(f"{which} of {self.replica_count} ({self.devices[r].name}{rank}{how}) failed at "
                                 f"iteration {self.iter}: {text}{more}") from e
         return [v for _, v in outcomes]
 

@@ -62,6 +62,7 @@ class Solver:
     `.restore(path)`."""
 
     train_batch_divisor = 1  # replicas sharing each train batch (vggtool.solvers.parallel sets it)
+    train_batch_shares = 1  # replicas' shares in each train net's batch (a lane run as one pass: parallel)
     net_class = Net  # the class of the train and test nets (vggtool.pycaffe builds its own Net)
     # the train net shares its memory (settings.share_memory 'auto'; vggtool.net.pool): after a step an
     # intermediate blob's data and diff are not kept. pycaffe's solvers turn this off (Caffe keeps them).

@@ -18,6 +18,7 @@ class ConvolutionLayer(Layer):
     """Caffe's Convolution: 2-d, any kernel/stride/pad/dilation/group. Algorithms: 'im2col' (any shape),
     'shifted' (stride 1, pad <= dilation * (kernel - 1), not 1x1), 'winograd2' / 'winograd4' (3x3,
     stride 1, dilation 1, group 1, pad <= 2); a layer asked for one its shape does not allow takes im2col."""
+    per_sample = True
 
     min_bottoms = 1
     bottom_shape = None  # (N, C, H, W) of the last reshape: 'auto' picks the algorithm by input size
