@@ -24,6 +24,8 @@
 /* v clamped below by lo: max(v, 0) for lo = 0 (a fused ReLU), v itself for lo = -inf; NaN stays NaN, as
  * NumPy's maximum keeps it (the comparison is false) */
 #define CLAMP_BELOW(v, lo) ((v) < (lo) ? (lo) : (v))
+/* im2col's output width below which it copies through a zero-bordered plane (im2col_small) */
+#define IM2COL_SMALL_WIDTH 16
 
 /* [lo, hi): the output columns ox < wo whose input column x0 + ox * sw lies inside [0, w) (im2col, col2im) */
 static void inside_columns(Py_ssize_t x0, Py_ssize_t w, Py_ssize_t sw, Py_ssize_t wo, Py_ssize_t *lo, Py_ssize_t *hi)

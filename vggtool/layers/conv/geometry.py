@@ -117,14 +117,22 @@ def pad_channel_major(xp, x, padded, ph, pw):
     split_run(part, padded.shape[0], padded.size, xp)
 
 
+RECTIFY_BLOCK_BYTES = 1 << 18  # a block of write_output's fused max(., 0): well inside a core's L2
+
+
 def write_output(xp, out, y, bias, rectify=False, mask=None):
     """y (n, Co, Ho, Wo) <- out (Co, n, Ho, Wo) (+ bias; rectify: then max(., 0), a fused ReLU, on the
     channels just written; mask, y's shape: then y > 0, that ReLU's mask), split over threads by channel."""
     out4 = out.transpose(1, 0, 2, 3)
+    n = y.shape[0]
 
     def part(c0, c1):
-        # image by image when rectifying, so that max(., 0) finds the values just written still in cache
-        for i0, i1 in ([(i, i + 1) for i in range(y.shape[0])] if rectify else [(0, y.shape[0])]):
+        # in blocks of images when rectifying, so that max(., 0) finds the values just written still in
+        # cache; blocks of about RECTIFY_BLOCK_BYTES, not single images, so small maps make few calls
+        block = (c1 - c0) * y.shape[2] * y.shape[3] * y.itemsize  # bytes per image
+        step = max(1, RECTIFY_BLOCK_BYTES // max(1, block)) if rectify else max(1, n)
+        for i0 in range(0, n, step):
+            i1 = min(n, i0 + step)
             dst = y[i0:i1, c0:c1]
             if bias is not None:
                 xp.add(out4[i0:i1, c0:c1], bias[c0:c1].reshape(1, -1, 1, 1), out=dst)

@@ -115,7 +115,13 @@ def backward_weights(conv, x, dyg, n0, n1, ho, wo):
         cols = columns(conv, x, n0, n1, ho, wo)
     with conv.profiler.section("im2col_bw_gemm_dw"):
         for gi in range(groups):
-            gemm(dyg[gi], cols[gi * cg:(gi + 1) * cg].T, wdiff[gi])
+            col = cols[gi * cg:(gi + 1) * cg]
+            if policy.weight_gradient_transposed(conv.xp, cg, col.shape[1]):
+                wt = conv.workspace("conv_dw", (cg, wdiff.shape[1]))
+                conv.xp.matmul(col, dyg[gi].T, out=wt)
+                wdiff[gi] += wt.T
+            else:
+                gemm(dyg[gi], col.T, wdiff[gi])
 
 
 def backward_data(conv, dyg, dxc, ho, wo):

@@ -38,6 +38,18 @@ SHIFTED_MIN_AREA = 28 * 28
 
 WINOGRAD_TILE = {"winograd2": 2, "winograd4": 4}  # output tile m of F(m x m, 3 x 3)
 
+# im2col's weight gradient dW (Co, K) = dY (Co, L) @ col^T (L, K) is computed as dW^T = col @ dY^T and
+# added transposed where the reduction L is at least this many times K: OpenBLAS ran that orientation in
+# 0.53-0.94x the time for the laptop-scale nets' layers and VGG-16's conv1_1 (1 and 2 threads), and in
+# 1.05-1.44x where L < K / 2 (VGG-16 conv5-like 512 x 4608 x 1568; 64 x 576 x 128).
+DW_TRANSPOSED_MIN_REDUCTION = 0.5
+
+
+def weight_gradient_transposed(xp, k, reduction):
+    """Compute im2col's dW as (col @ dY^T)^T (see DW_TRANSPOSED_MIN_REDUCTION); NumPy only (not measured
+    on a GPU)."""
+    return xp is np and reduction >= DW_TRANSPOSED_MIN_REDUCTION * k
+
 
 def plan_chunks(n, bytes_per_image, budget):
     """Consecutive (n0, n1) ranges covering n images, each needing at most `budget` scratch bytes (at
