@@ -230,8 +230,9 @@ def test_cpu_replicas_run_one_by_one_in_a_lane_is_a_warning_that_names_the_faste
 
 
 def test_concurrent_cpu_lanes_share_the_blas_threads(db, tmp_path, monkeypatch):
-    """While 2 CPU lanes run, OpenBLAS and the split passes have half their threads each (the lanes never
-    outnumber the cores); after the passes they have them all again."""
+    """While 2 CPU lanes run, the GEMMs (OpenBLAS's, or vggtool's split of them while a net's pass holds
+    OpenBLAS at one thread) and the split passes have half their threads each (the lanes never outnumber
+    the cores); after the passes they have them all again."""
     from vggtool import config
     from vggtool.layers import gemm
     if gemm.blas_threads() is None:
@@ -245,7 +246,7 @@ def test_concurrent_cpu_lanes_share_the_blas_threads(db, tmp_path, monkeypatch):
             seen = []
             passes = s._passes
             monkeypatch.setattr(s, "_passes", lambda r, k: seen.append(
-                (r, gemm.blas_threads(), config.defaults().num_threads)) or passes(r, k))
+                (r, gemm.gemm_threads(), config.defaults().num_threads)) or passes(r, k))
             s.step(1)
             assert sorted(seen) == [(r, 2, 2) for r in range(4)]
             assert gemm.blas_threads() == 4 and config.defaults().num_threads == 4
@@ -254,7 +255,7 @@ def test_concurrent_cpu_lanes_share_the_blas_threads(db, tmp_path, monkeypatch):
                                         log=GLog(stream=False), merge_lane_replicas=False)
             passes1 = sequential._passes
             monkeypatch.setattr(sequential, "_passes", lambda r, k: seen.append(
-                (r, gemm.blas_threads(), config.defaults().num_threads)) or passes1(r, k))
+                (r, gemm.gemm_threads(), config.defaults().num_threads)) or passes1(r, k))
             sequential.step(1)
             assert seen == [(0, 4, 4), (1, 4, 4)]  # one lane: every thread for each replica in turn
     finally:

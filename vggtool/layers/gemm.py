@@ -9,6 +9,7 @@ result. CuPy arrays go to cuBLAS through cupy.cublas.gemm, which takes beta too.
 looked up once per process, at the first call (`_cblas()`): it is the process's OpenBLAS, shared by
 every net.
 """
+import contextlib
 import ctypes
 import functools
 import glob
@@ -90,6 +91,61 @@ def set_blas_threads(count):
 
 _ONE_BLAS_THREAD = threading.Lock()  # one caller at a time lowers and restores the process-wide count
 
+# blas_on_one_thread's state: how many blocks are inside it (lanes run nets at the same time) and the
+# thread count OpenBLAS had when the first one entered (None: nobody is inside)
+_HOLD_LOCK = threading.Lock()
+_hold = {"depth": 0, "threads": None}
+# a GEMM (or a GEMM slice) smaller than this many multiply-adds runs in its caller: a hand-off to a
+# thread costs tens of microseconds
+MIN_SPLIT_MACS = 1 << 22
+
+
+@contextlib.contextmanager
+def blas_on_one_thread():
+    """Within the block OpenBLAS runs single-threaded and vggtool splits GEMMs over its own threads
+    instead (gemm, independent_gemms: as many as OpenBLAS had, at most the num_threads setting); the
+    count is put back when the last block leaves. Net passes run inside one.
+
+    Why: after a call OpenBLAS's idle threads spin for about 2^28 cycles waiting for the next one, unless
+    OPENBLAS_THREAD_TIMEOUT was set before NumPy loaded it (the CLI sets it; a library user importing NumPy
+    first does not), and a change of the thread count wakes them. Spinning, they took the cores from the
+    threaded passes between the GEMMs: VGG-16's TEST forward took 1.52 s instead of 0.94 s. With OpenBLAS
+    on one thread there is nobody to spin. Re-entrant and shared by threads; a no-op where the count
+    cannot be read."""
+    with _HOLD_LOCK:
+        if _hold["depth"] == 0:
+            threads = blas_threads()
+            if threads is not None and threads > 1:
+                set_blas_threads(1)
+            _hold["threads"] = threads
+        _hold["depth"] += 1
+    try:
+        yield
+    finally:
+        with _HOLD_LOCK:
+            _hold["depth"] -= 1
+            if _hold["depth"] == 0:
+                threads, _hold["threads"] = _hold["threads"], None
+                if threads is not None and threads > 1:
+                    set_blas_threads(threads)
+
+
+def gemm_threads():
+    """The threads a GEMM started now runs on: vggtool's split inside blas_on_one_thread (also when
+    another thread's block holds OpenBLAS at one), else OpenBLAS's own count (None: unknown)."""
+    threads = _hold["threads"]
+    if _hold["depth"] and threads is not None:
+        return max(1, min(threads, defaults().num_threads))
+    return blas_threads()
+
+
+def held_threads():
+    """Inside blas_on_one_thread: the threads vggtool splits GEMMs over (1: none); outside: None."""
+    threads = _hold["threads"]
+    if _hold["depth"] == 0 or threads is None:
+        return None
+    return max(1, min(threads, defaults().num_threads))
+
 
 def independent_gemms(fn, count, elements):
     """fn(lo, hi) runs GEMMs lo..hi-1 of `count` that write distinct outputs (Winograd's per-position
@@ -98,6 +154,10 @@ def independent_gemms(fn, count, elements):
     Winograd layers: 3-11% faster on 2 cores). Runs fn(0, count) as is where BLAS has one thread already
     (CPU lanes running at the same time, MPI ranks sharing a host) or its count cannot be set.
     elements: the elements the GEMMs touch (small calls stay in the caller)."""
+    held = held_threads()
+    if held is not None:  # OpenBLAS is on one thread already (blas_on_one_thread)
+        split_run(fn, count, elements, threads=held)
+        return
     threads = blas_threads()
     if not threads or threads < 2 or count < 2 or not _ONE_BLAS_THREAD.acquire(blocking=False):
         fn(0, count)
@@ -132,8 +192,35 @@ def _cublas_gemm(a, b, c, alpha, beta):
     return True
 
 
+def matmul(a, b, out):
+    """out[...] = a @ b for 2-d arrays: gemm for NumPy arrays (split over vggtool's threads inside
+    blas_on_one_thread), xp.matmul for others."""
+    if not isinstance(out, np.ndarray):
+        import cupy
+
+        return cupy.matmul(a, b, out=out)
+    return gemm(a, b, out, beta=0.0)
+
+
 def gemm(a, b, c, alpha=1.0, beta=1.0):
-    """c[...] = alpha * (a @ b) + beta * c for 2-d arrays; returns c."""
+    """c[...] = alpha * (a @ b) + beta * c for 2-d arrays; returns c. Inside blas_on_one_thread a large
+    one on NumPy arrays is split along the longer axis of c over vggtool's threads, each slice one
+    single-threaded call that sums the whole K for its outputs."""
+    held = held_threads()
+    m, n = c.shape
+    k = a.shape[1] if a.ndim == 2 else 0
+    macs = m * n * k
+    if held and held > 1 and type(c) is np.ndarray and macs >= 2 * MIN_SPLIT_MACS:
+        parts = min(held, macs // MIN_SPLIT_MACS)  # split_run's own size test sees the multiply-adds
+        if m >= n:
+            split_run(lambda lo, hi: _gemm(a[lo:hi], b, c[lo:hi], alpha, beta), m, macs, threads=parts)
+        else:
+            split_run(lambda lo, hi: _gemm(a, b[:, lo:hi], c[:, lo:hi], alpha, beta), n, macs, threads=parts)
+        return c
+    return _gemm(a, b, c, alpha, beta)
+
+
+def _gemm(a, b, c, alpha, beta):
     lib = _cblas()
     m, k = a.shape
     n = b.shape[1]

@@ -1,7 +1,7 @@
 """InnerProduct (fully connected): top = bottom (M x K) @ W^T + b, with Caffe's axis and transpose."""
 from ..fillers import fill
 from .base import Layer, register_layer
-from .gemm import gemm
+from .gemm import gemm, matmul
 
 
 @register_layer("InnerProduct")
@@ -42,7 +42,7 @@ class InnerProductLayer(Layer):
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.m, self.k)
         y = top[0].data.reshape(self.m, self.num_output)
-        self.xp.matmul(x, self._w_as_kn(), out=y)
+        matmul(x, self._w_as_kn(), y)
         if self.bias_term:
             y += self.blobs[1].data
 
@@ -58,4 +58,4 @@ class InnerProductLayer(Layer):
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:
-            self.xp.matmul(dy, self._w_as_kn().T, out=bottom[0].diff.reshape(self.m, self.k))
+            matmul(dy, self._w_as_kn().T, bottom[0].diff.reshape(self.m, self.k))

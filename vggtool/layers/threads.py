@@ -42,6 +42,7 @@ class _SplitPool:
 
 
 _POOL = _SplitPool()
+_INSIDE = threading.local()  # set while this thread runs a slice: a split_run within it runs inline
 
 
 def split_run(fn, length, elements, xp=np, threads=None):
@@ -52,12 +53,22 @@ def split_run(fn, length, elements, xp=np, threads=None):
     """
     threads = num_threads() if threads is None else threads
     parts = min(threads, length)
-    if parts <= 1 or xp is not np or elements < MIN_ELEMENTS:
-        fn(0, length)
+    if parts <= 1 or xp is not np or elements < MIN_ELEMENTS or getattr(_INSIDE, "active", False):
+        fn(0, length)  # also within a slice (a GEMM inside Winograd's split GEMMs): the cores are taken
         return
     pool = _POOL.executor(threads)
     bounds = [length * i // parts for i in range(parts + 1)]
-    futures = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
-    fn(bounds[0], bounds[1])
-    for f in futures:
-        f.result()
+    futures = [pool.submit(_slice, fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    try:
+        _slice(fn, bounds[0], bounds[1])
+    finally:
+        for f in futures:
+            f.result()
+
+
+def _slice(fn, lo, hi):
+    _INSIDE.active = True
+    try:
+        fn(lo, hi)
+    finally:
+        _INSIDE.active = False

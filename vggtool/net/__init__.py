@@ -5,6 +5,7 @@ where one top feeds several bottoms (vggtool.net.graph), wire in-place tops, set
 parameters by ParamSpec name, and work out which layers need backward (from the losses down, with
 propagate_down and force_backward). Weights in and out: vggtool.net.weights and vggtool.io.wire.
 """
+import contextlib
 import zlib
 from collections import OrderedDict
 
@@ -17,6 +18,7 @@ from ..config import defaults as default_settings
 from ..errors import VggtoolError
 from ..io import prototxt, wire
 from ..io.upgrade import upgrade_net
+from ..layers import gemm
 from ..layers.base import Workspace
 from ..layers.conv.policy import CacheBudget
 from .build import NetBuilder, layer_context
@@ -242,7 +244,7 @@ class Net:
         """Run layers start..end (inclusive); return the weighted loss (a device scalar, no sync)."""
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
-        with self.device:
+        with self.device, self.blas_on_one_thread():
             if start == 0:
                 self.plan_memory_if_stale()  # between steps: new shapes or recorded workspace
             for i in range(start, end + 1):
@@ -254,6 +256,12 @@ class Net:
             if self.memory_pool is not None and end == len(self.layers) - 1:
                 self._release(self.memory_pool.forward_only_data, "data")
         return loss
+
+    def blas_on_one_thread(self):
+        """A CPU net's passes run OpenBLAS on one thread and split their GEMMs themselves
+        (vggtool.layers.gemm.blas_on_one_thread: OpenBLAS's spinning idle threads would take the cores
+        from the threaded passes between GEMMs)."""
+        return gemm.blas_on_one_thread() if self.xp is np else contextlib.nullcontext()
 
     def _layer_loss(self, i):
         loss = 0.0
@@ -268,7 +276,7 @@ class Net:
         if self.memory_pool is not None:  # layers may look at a released input's shape in backward
             for name in self.memory_pool.forward_only_data:
                 self.blobs[name].released = None
-        with self.device:
+        with self.device, self.blas_on_one_thread():
             for i in range(start, end - 1, -1):
                 if self.layer_need_backward[i]:
                     self.layer_backward(i)
@@ -321,8 +329,9 @@ class Net:
         return {n: self.blobs[n].diff for n in names}
 
     def forward_backward(self):
-        loss = self.forward_from_to()
-        self.backward_from_to()
+        with self.blas_on_one_thread():  # one hold for both passes: no count restored in between
+            loss = self.forward_from_to()
+            self.backward_from_to()
         return loss
 
     def reshape(self):

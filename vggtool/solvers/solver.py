@@ -245,40 +245,41 @@ class Solver:
         losses = []
         last_display, timer = self.iter, time.perf_counter()
         snapshot_due = False
-        while self.iter < stop_iter:
-            if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
-                self.raise_if_diverged()
-                self.test_all()
-                if self.requested_early_exit:
+        with self.net.blas_on_one_thread():  # the whole iteration: tests, passes and update
+            while self.iter < stop_iter:
+                if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
+                    self.raise_if_diverged()
+                    self.test_all()
+                    if self.requested_early_exit:
+                        break
+                display = p.display and self.iter % p.display == 0
+                self.net.debug_info = bool(display and p.debug_info)  # Caffe's Step: the displayed iterations
+                with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf are reported by check_finite
+                    loss = self.compute_gradients()
+                self.check_finite(loss)
+                if snapshot_due or display:
+                    self.raise_if_diverged()
+                if snapshot_due:
+                    self.snapshot()
+                    snapshot_due = False
+                losses.append(loss)  # device scalars: read only for a display (Caffe's smoothed loss)
+                losses = losses[-p.average_loss:]
+                if display:
+                    lapse = time.perf_counter() - timer
+                    per_s = (self.iter - last_display) / (lapse or 1)
+                    smoothed = host_float(sum(losses) / len(losses))
+                    self.log.info("solver.cpp:239", f"Iteration {self.iter} ({fmt(per_s)} iter/s, {fmt(lapse)}s/"
+                                                    f"{p.display} iters), loss = {fmt(smoothed)}")
+                    timer, last_display = time.perf_counter(), self.iter
+                    self._log_outputs(self.net, "Train", {})
+                with np.errstate(over="ignore", invalid="ignore"):  # overflowing weights: caught next iteration
+                    self.apply_update()
+                self.iter += 1
+                action, self.requested_action = self.requested_action, NONE
+                snapshot_due = bool(p.snapshot and self.iter % p.snapshot == 0) or action == SNAPSHOT
+                if action == STOP:
+                    self.requested_early_exit = True
                     break
-            display = p.display and self.iter % p.display == 0
-            self.net.debug_info = bool(display and p.debug_info)  # Caffe's Step: the displayed iterations
-            with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf are reported by check_finite
-                loss = self.compute_gradients()
-            self.check_finite(loss)
-            if snapshot_due or display:
-                self.raise_if_diverged()
-            if snapshot_due:
-                self.snapshot()
-                snapshot_due = False
-            losses.append(loss)  # device scalars: read only for a display (Caffe's smoothed loss)
-            losses = losses[-p.average_loss:]
-            if display:
-                lapse = time.perf_counter() - timer
-                per_s = (self.iter - last_display) / (lapse or 1)
-                smoothed = host_float(sum(losses) / len(losses))
-                self.log.info("solver.cpp:239", f"Iteration {self.iter} ({fmt(per_s)} iter/s, {fmt(lapse)}s/"
-                                                f"{p.display} iters), loss = {fmt(smoothed)}")
-                timer, last_display = time.perf_counter(), self.iter
-                self._log_outputs(self.net, "Train", {})
-            with np.errstate(over="ignore", invalid="ignore"):  # overflowing weights: caught next iteration
-                self.apply_update()
-            self.iter += 1
-            action, self.requested_action = self.requested_action, NONE
-            snapshot_due = bool(p.snapshot and self.iter % p.snapshot == 0) or action == SNAPSHOT
-            if action == STOP:
-                self.requested_early_exit = True
-                break
         self.raise_if_diverged()
         self.smoothed_loss = host_float(sum(losses) / len(losses)) if losses else None
         if snapshot_due:

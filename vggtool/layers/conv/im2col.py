@@ -6,7 +6,7 @@ col2im of W^T dY, or, for stride-1 ungrouped layers with no more outputs than in
 correlation of dY with the flipped, transposed kernel (copies instead of col2im's scattered adds).
 """
 from .. import kernels
-from ..gemm import gemm
+from ..gemm import gemm, matmul
 from ..threads import split_run
 from . import policy
 from .geometry import pad_channel_major, to_channel_major, write_output
@@ -54,7 +54,7 @@ def correlate(conv, x, y, geom, weight, bias, section="im2col", keep=False, rect
         og = out.reshape(groups, cog, -1)
         with conv.profiler.section(section + "_gemm"):
             for gi in range(groups):
-                conv.xp.matmul(weight[gi], cols[gi * cg:(gi + 1) * cg], out=og[gi])
+                matmul(weight[gi], cols[gi * cg:(gi + 1) * cg], og[gi])
         with conv.profiler.section(section + "_out_transpose"):
             write_output(conv.xp, out.reshape(co, n1 - n0, ho, wo), y[n0:n1], bias, rectify,
                          None if mask is None else mask[n0:n1])
@@ -118,7 +118,7 @@ def backward_weights(conv, x, dyg, n0, n1, ho, wo):
             col = cols[gi * cg:(gi + 1) * cg]
             if policy.weight_gradient_transposed(conv.xp, cg, col.shape[1]):
                 wt = conv.workspace("conv_dw", (cg, wdiff.shape[1]))
-                conv.xp.matmul(col, dyg[gi].T, out=wt)
+                matmul(col, dyg[gi].T, wt)
                 wdiff[gi] += wt.T
             else:
                 gemm(dyg[gi], col.T, wdiff[gi])
@@ -134,7 +134,7 @@ def backward_data(conv, dyg, dxc, ho, wo):
     with conv.profiler.section("im2col_bw_gemm_dx"):
         dcols = conv.workspace("conv_col", (c * g.kh * g.kw, n * ho * wo))
         for gi in range(groups):
-            xp.matmul(weight[gi].T, dyg[gi], out=dcols[gi * cg:(gi + 1) * cg])
+            matmul(weight[gi].T, dyg[gi], dcols[gi * cg:(gi + 1) * cg])
     if g.is_pointwise():
         dxc[...] = dcols.reshape(c, n, h, w).transpose(1, 0, 2, 3)
         return
