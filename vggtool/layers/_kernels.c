@@ -197,6 +197,36 @@ static PyObject *im2col_call(PyObject *args, int adjoint)
     Py_RETURN_NONE;
 }
 
+static PyObject *py_sgd_update(PyObject *self, PyObject *args)
+{
+    Py_ssize_t isz, w, g, h, lo, hi;
+    int scaled, decayed;
+    double scale, decay, momentum, rate;
+    if (!PyArg_ParseTuple(args, "nnnnnnpdpddd", &isz, &w, &g, &h, &lo, &hi, &scaled, &scale, &decayed, &decay,
+                          &momentum, &rate) || !check_itemsize(isz))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (isz == 4)  /* the factors rounded to float32 first, as NumPy rounds a Python float for a float32 array */
+        sgd_update_f32((float *)w, (float *)g, (float *)h, lo, hi, scaled, (float)scale, decayed, (float)decay,
+                       (float)momentum, (float)rate);
+    else
+        sgd_update_f64((double *)w, (double *)g, (double *)h, lo, hi, scaled, scale, decayed, decay, momentum, rate);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_all_finite(PyObject *self, PyObject *args)
+{
+    Py_ssize_t isz, x, lo, hi;
+    int ok;
+    if (!PyArg_ParseTuple(args, "nnnn", &isz, &x, &lo, &hi) || !check_itemsize(isz))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    ok = isz == 4 ? all_finite_f32((const float *)x, lo, hi) : all_finite_f64((const double *)x, lo, hi);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(ok);
+}
+
 static PyObject *py_im2col(PyObject *self, PyObject *args) { return im2col_call(args, 0); }
 
 static PyObject *py_col2im(PyObject *self, PyObject *args) { return im2col_call(args, 1); }
@@ -215,6 +245,9 @@ static PyMethodDef methods[] = {
      "im2col(itemsize, src, n, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, c0, c1, cols)"},
     {"col2im", py_col2im, METH_VARARGS,
      "col2im(itemsize, cols, n, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, c0, c1, dst)"},
+    {"sgd_update", py_sgd_update, METH_VARARGS,
+     "sgd_update(itemsize, w, g, h, lo, hi, scaled, scale, decayed, decay, momentum, rate)"},
+    {"all_finite", py_all_finite, METH_VARARGS, "all_finite(itemsize, x, lo, hi) -> bool"},
     {NULL, NULL, 0, NULL},
 };
 

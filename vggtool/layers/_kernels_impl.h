@@ -548,6 +548,38 @@ static void FN(col2im)(const REAL *cols, Py_ssize_t n, Py_ssize_t c_all, Py_ssiz
             }
 }
 
+/* Caffe's SGD step on elements [lo, hi) of one parameter: g = g * scale (iter_size > 1), g += w * decay (L2),
+ * h = h * momentum + g * rate, g = h (the update value, as Caffe leaves it in the diff), w -= g. The same
+ * operations in the same order and precision as the NumPy update (vggtool.solvers.sgd), so the results are
+ * the same bits; one pass over the arrays instead of one per operation. */
+static void FN(sgd_update)(REAL *RESTRICT w, REAL *RESTRICT g, REAL *RESTRICT h, Py_ssize_t lo, Py_ssize_t hi,
+                           int scaled, REAL scale, int decayed, REAL decay, REAL momentum, REAL rate)
+{
+    for (Py_ssize_t i = lo; i < hi; i++) {
+        REAL gi = g[i];
+        if (scaled)
+            gi = gi * scale;
+        if (decayed)
+            gi = gi + w[i] * decay;
+        REAL hv = h[i] * momentum;
+        hv = hv + gi * rate;
+        h[i] = hv;
+        g[i] = hv;
+        w[i] = w[i] - hv;
+    }
+}
+
+/* 1 when every element of x[lo, hi) is finite (v - v is NaN exactly for an infinity or a NaN), else 0. */
+static int FN(all_finite)(const REAL *x, Py_ssize_t lo, Py_ssize_t hi)
+{
+    int bad = 0;
+    for (Py_ssize_t i = lo; i < hi; i++) {
+        const REAL d = x[i] - x[i];
+        bad |= d != d;
+    }
+    return !bad;
+}
+
 #undef FN
 #undef FN1
 #undef FN2

@@ -1,5 +1,5 @@
 """The optional C kernels (_kernels.c): Winograd transforms, 2x2 max pooling, im2col and col2im in one pass
-each.
+each; the solver's SGD step and its finiteness check in one pass over a parameter.
 
 `usable(...)` says whether a call can take them: the extension was built (pip builds it when a C
 compiler is present), it is not switched off (setting c_kernels, VGGTOOL_NO_CKERNELS=1; see
@@ -112,3 +112,20 @@ def col2im(cols, geom, dst):
     ho, wo = cols.shape[4], cols.shape[5]
     args = _geometry_args(geom, ho, wo)
     split_run(lambda c0, c1: _k.col2im(dst.itemsize, _ptr(cols), n, c, h, w, *args, c0, c1, _ptr(dst)), c, cols.size)
+
+
+def sgd_update(w, g, h, *, scale, decay, momentum, rate):
+    """Caffe's SGD step on one parameter in one pass (w, g = its diff, h = its history; flat, C-contiguous,
+    one dtype): g = g * scale (None: no scaling), g += decay * w (None: no decay), h = momentum * h +
+    rate * g, g = h, w -= g; the bits of the NumPy update. Split over threads by element range."""
+    args = (w.itemsize, _ptr(w), _ptr(g), _ptr(h))
+    tail = (scale is not None, 1.0 if scale is None else float(scale), decay is not None,
+            0.0 if decay is None else float(decay), float(momentum), float(rate))
+    split_run(lambda lo, hi: _k.sgd_update(*args, lo, hi, *tail), w.size, 3 * w.size)
+
+
+def all_finite(x):
+    """True when every element of the C-contiguous array x is finite; one pass, split over threads."""
+    seen = []
+    split_run(lambda lo, hi: seen.append(_k.all_finite(x.itemsize, _ptr(x), lo, hi)), x.size, x.size)
+    return all(seen)

@@ -2,11 +2,14 @@
 
 Each rule turns a parameter's (clipped, normalised, regularised) gradient `g` = blob.diff into the update
 value, in place in blob.diff, keeping its history arrays; the solver then applies w -= diff. All math is
-`xp` code on the parameter's device. `rate` is the global rate; local_rate = rate * lr_mult.
+`xp` code on the parameter's device. `rate` is the global rate; local_rate = rate * lr_mult. On the CPU,
+SGD with L2 (or no) weight decay runs as one C pass per parameter (vggtool.layers.kernels.sgd_update,
+the same bits), where the C kernels are built.
 """
 import math
 
 from ..errors import VggtoolError
+from ..layers import kernels
 
 RULES = {}
 
@@ -53,6 +56,11 @@ def update_in_chunks(xp, rule, w, g, hists, *, decay, l1, iter_size, local_rate,
     (`scratch(shape)` -> two work arrays) is two chunks, not two copies of the largest parameter (fc6 of
     VGG-16: 2 x 392 MiB); the values are those of the whole-array operations."""
     g_all, w_all, hist_all = _flat(g), _flat(w), [_flat(h) for h in hists]
+    if type(rule) is SGD and not l1 and kernels.usable(w_all, g_all, *hist_all):
+        # one pass instead of seven over 16 MiB chunks (VGG-16's 138 M parameters: see README, Speed)
+        kernels.sgd_update(w_all, g_all, hist_all[0], scale=1.0 / iter_size if iter_size > 1 else None,
+                           decay=decay or None, momentum=rule.param.momentum, rate=local_rate)
+        return
     for lo in range(0, g_all.size, UPDATE_CHUNK):
         hi = min(lo + UPDATE_CHUNK, g_all.size)
         gc, wc = g_all[lo:hi], w_all[lo:hi]

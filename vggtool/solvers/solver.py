@@ -19,6 +19,7 @@ from ..backend import CPU, host_float, to_numpy
 from ..errors import VggtoolError
 from ..io import prototxt
 from ..io.upgrade import upgrade_solver
+from ..layers import kernels
 from ..net import Net
 from ..proto import caffe_pb2
 from . import lr_policy, nets, scoring, snapshot
@@ -168,11 +169,15 @@ class Solver:
         finite; raise_if_diverged reads that note where the loop reads the device anyway (display), before a
         snapshot, a test and at the end of a step, so the weights that diverged are never saved."""
         xp = self.net.xp
+        diffs = [lp.blob.diff for lp in self.net.learnable_params]
         with self.device:
             loss64 = xp.asarray(loss, dtype=np.float64)
-            total = loss64
-            for lp in self.net.learnable_params:
-                total = total + xp.sum(lp.blob.diff, dtype=np.float64)
+            if diffs and kernels.usable(*diffs):  # one C pass per diff, no float64 sum (CPU)
+                total = loss64 if all(kernels.all_finite(d) for d in diffs) else np.float64(np.nan)
+            else:  # the sum is finite exactly when every value is: it stays on the device
+                total = loss64
+                for d in diffs:
+                    total = total + xp.sum(d, dtype=np.float64)
             note = xp.stack([xp.asarray(self.iter, dtype=np.int64), (~xp.isfinite(loss64)).astype(np.int64)])
             first = getattr(self, "_divergence", None)
             fresh = ~xp.isfinite(total) if first is None else (~xp.isfinite(total)) & (first[0] < 0)
