@@ -18,7 +18,8 @@ peak resident set, after the steps ("peak"). "net" = peak - after imports: the b
 inputs and the step cost beyond the libraries. The ratio vggtool / PyTorch is printed for both; the
 issue's target (#16) reads the peak. For vggtool the memory report (vggtool.net.memory) is printed
 beside the peak: its totals and largest rows show where the bytes go; what the peak holds beyond them
-is temporaries, BLAS buffers and the allocator's slack.
+is temporaries, BLAS buffers and the allocator's slack. Each step is timed too; with --steps > 1 the
+median seconds of steps 2.. of each side and their ratio are printed (the first step allocates).
 
 The PyTorch half runs with --torch-python (default: this Python) and is skipped, saying so, when
 `import torch` fails there.
@@ -30,8 +31,10 @@ Usage:  python bench/bench_memory.py [--net D] [--batch 8] [--size 224] [--threa
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 
 from vgg_configs import CFGS, NAMES, torch_vgg  # bench/, the script's own folder
 
@@ -101,14 +104,14 @@ def vggtool_part(a):
     net.blobs["data"].data = rng.standard_normal(net.blobs["data"].shape, dtype=np.float32)
     net.blobs["label"].data = rng.integers(0, 1000, a.batch)
     built = proc_status("VmRSS")
-    if solver is not None:
-        solver.step(a.steps)
-    else:
-        for _ in range(a.steps):
-            net.forward_backward()
+    seconds = []
+    for _ in range(a.steps):
+        t0 = time.perf_counter()
+        solver.step(1) if solver is not None else net.forward_backward()
+        seconds.append(time.perf_counter() - t0)
     report = memory_report(net)
     largest = sorted(report.rows, key=lambda r: -(r.data_bytes + (r.diff_bytes or 0)))[:a.rows]
-    return dict(after_imports=after_imports, built=built, peak=proc_status("VmHWM"),
+    return dict(after_imports=after_imports, built=built, peak=proc_status("VmHWM"), seconds=seconds,
                 totals=report.totals(), caffe_data_bytes=report.caffe_data_bytes,
                 pool=report.pool._asdict() if report.pool is not None else None,
                 share_memory=net.settings.share_memory, release_data=net.settings.release_data,
@@ -151,12 +154,16 @@ def torch_part(a):
     loss_fn = nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4) if a.update else None
     built = proc_status("VmRSS")
+    seconds = []
     for _ in range(a.steps):
+        t0 = time.perf_counter()
         model.zero_grad(set_to_none=False)
         loss_fn(model(x), y).backward()
         if opt is not None:
             opt.step()
-    return dict(after_imports=after_imports, built=built, peak=proc_status("VmHWM"), version=torch.__version__)
+        seconds.append(time.perf_counter() - t0)
+    return dict(after_imports=after_imports, built=built, peak=proc_status("VmHWM"), version=torch.__version__,
+                seconds=seconds)
 
 
 # -- the driver ----------------------------------------------------------------------------------------------
@@ -220,6 +227,11 @@ def main():
             res["ratio_net"] = (v["peak"] - v["after_imports"]) / (t["peak"] - t["after_imports"])
             print(f"ratio vggtool / PyTorch:  peak {res['ratio_peak']:.2f}   net {res['ratio_net']:.2f}   "
                   f"(target: peak <= 1.0)")
+            if a.steps > 1:  # the first step pays the allocations and the pool's planning: not timed
+                vs, ts = statistics.median(v["seconds"][1:]), statistics.median(t["seconds"][1:])
+                res["ratio_step_time"] = vs / ts
+                print(f"seconds per {what} (median of steps 2..{a.steps}): vggtool {vs:.2f}, PyTorch {ts:.2f}, "
+                      f"ratio {vs / ts:.2f}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)
