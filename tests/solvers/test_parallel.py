@@ -363,9 +363,10 @@ def test_display_averages_over_replicas(db, tmp_path):
 
 
 def test_batch_that_does_not_divide(db, tmp_path):
-    path = write_solver(tmp_path, db, batch=6)
-    with pytest.raises(VggtoolError, match=r"layer 'data' \(Data\): batch_size 6 .* does not divide over 4"):
-        ParallelSolver(path, devices=[CPU] * 4, log=GLog(stream=False))
+    for batch in (6, 5):  # 6: one pass per lane would take 3 = 1.5 shares; 5 does not divide over 2 lanes either
+        path = write_solver(tmp_path, db, batch=batch)
+        with pytest.raises(VggtoolError, match=rf"layer 'data' \(Data\): batch_size {batch} .* does not divide over 4"):
+            ParallelSolver(path, devices=[CPU] * 4, lanes=2, log=GLog(stream=False))
     param = prototxt.read_solver_param(path)
     param.net_param.CopyFrom(prototxt.parse_net_text(
         'layer { name: "x" type: "DummyData" top: "x" top: "y" dummy_data_param { shape { dim: 4 dim: 3 } '

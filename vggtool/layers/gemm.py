@@ -130,21 +130,20 @@ def blas_on_one_thread():
                     set_blas_threads(threads)
 
 
-def gemm_threads():
-    """The threads a GEMM started now runs on: vggtool's split inside blas_on_one_thread (also when
-    another thread's block holds OpenBLAS at one), else OpenBLAS's own count (None: unknown)."""
-    threads = _hold["threads"]
-    if _hold["depth"] and threads is not None:
-        return max(1, min(threads, defaults().num_threads))
-    return blas_threads()
-
-
 def held_threads():
-    """Inside blas_on_one_thread: the threads vggtool splits GEMMs over (1: none); outside: None."""
+    """While a blas_on_one_thread block runs (in any thread): the threads vggtool splits GEMMs over (1:
+    none); else None."""
     threads = _hold["threads"]
     if _hold["depth"] == 0 or threads is None:
         return None
     return max(1, min(threads, defaults().num_threads))
+
+
+def gemm_threads():
+    """The threads a GEMM started now runs on: held_threads() while OpenBLAS is held at one, else
+    OpenBLAS's own count (None: unknown)."""
+    held = held_threads()
+    return held if held is not None else blas_threads()
 
 
 def independent_gemms(fn, count, elements):

@@ -177,8 +177,11 @@ class ParallelSolver(Solver):
         nets = []
         if shares > 1:
             self.train_batch_divisor, self.train_batch_shares = self.replica_count // shares, shares
-            nets = [self._build_replica(CPU, dtype)]
-            obstacle = nets[0].merge_obstacle()
+            try:
+                nets = [self._build_replica(CPU, dtype)]
+                obstacle = nets[0].merge_obstacle()
+            except VggtoolError:  # built apart below, whose error counts the replicas as the user does
+                nets, obstacle = [], "the net cannot be built for one pass per lane"
             if obstacle is None and self._share(nets[0]) % shares:  # built apart, the nets say why
                 obstacle = f"the batch does not divide over {self.replica_count} replicas"
             if obstacle is None:
