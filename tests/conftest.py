@@ -28,6 +28,26 @@ def use_settings():
         yield lambda **changes: stack.enter_context(vggtool_config.override(**changes))
 
 
+@pytest.fixture
+def blas_thread_count():
+    """set(n): OpenBLAS's process-wide thread count for the rest of the test (the test is skipped where
+    it cannot be read); the count it had is put back after."""
+    from vggtool.layers import gemm
+
+    before = gemm.blas_threads()
+    if before is None:
+        pytest.skip("NumPy's OpenBLAS thread count cannot be read here")
+
+    def set_count(n):
+        gemm.set_blas_threads(n)
+        assert gemm.blas_threads() == n
+
+    try:
+        yield set_count
+    finally:
+        gemm.set_blas_threads(before)
+
+
 # (device, dtype) a layer test runs on: the CPU in both precisions, and the GPU (skipped without one).
 ENGINES = [pytest.param(("cpu", np.float64), id="cpu-float64"), pytest.param(("cpu", np.float32), id="cpu-float32"),
            pytest.param(("gpu", np.float64), id="gpu-float64", marks=pytest.mark.gpu),

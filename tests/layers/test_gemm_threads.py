@@ -13,15 +13,8 @@ from vggtool.testing import layer_net
 
 
 @pytest.fixture
-def two_blas_threads():
-    before = gemm.blas_threads()
-    if before is None:
-        pytest.skip("OpenBLAS's thread count cannot be read here")
-    gemm.set_blas_threads(2)
-    try:
-        yield
-    finally:
-        gemm.set_blas_threads(before)
+def two_blas_threads(blas_thread_count):
+    blas_thread_count(2)
 
 
 def test_blas_is_held_at_one_thread_until_the_last_block_leaves(two_blas_threads):

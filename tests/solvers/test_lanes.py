@@ -36,17 +36,10 @@ def test_threads_and_lanes_override_the_default():
 
 
 @pytest.fixture
-def four_blas_threads():
-    before = gemm.blas_threads()
-    if before is None:
-        pytest.skip("NumPy's OpenBLAS thread count cannot be read here")
-    gemm.set_blas_threads(4)
-    assert gemm.blas_threads() == 4
-    try:
-        with config.override(num_threads=6):
-            yield
-    finally:
-        gemm.set_blas_threads(before)
+def four_blas_threads(blas_thread_count):
+    blas_thread_count(4)
+    with config.override(num_threads=6):
+        yield
 
 
 def test_concurrent_lanes_split_the_threads_and_give_them_back(four_blas_threads):
