@@ -37,3 +37,13 @@ def test_publish_refuses_unfinished_run_or_missing_plot(tmp_path):
     other.mkdir()
     with pytest.raises(SystemExit, match="b.png: the report links it but it is missing"):
         publish(str(_run(other, plots=("a.png",))), str(tmp_path / "docs2"))
+
+
+def test_publish_under_another_name_leaves_the_main_page(tmp_path):
+    docs = tmp_path / "docs"
+    publish(str(_run(tmp_path)), str(docs))
+    (tmp_path / "second").mkdir()
+    publish(str(_run(tmp_path / "second", plots=("a.png", "b.png"))), str(docs), name="reproduction_rerun")
+    text = (docs / "reproduction_rerun.md").read_text(encoding="utf-8")
+    assert "![curves](reproduction_rerun/a.png)" in text
+    assert (docs / "reproduction_rerun" / "a.png").exists() and (docs / "reproduction.md").exists()
