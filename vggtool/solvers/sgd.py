@@ -39,6 +39,12 @@ class UpdateRule:
         tmp: two scratch arrays of g's shape (kept by the solver: no large temporaries per iteration)."""
         raise NotImplementedError
 
+    def update_in_one_pass(self, w, g, hist, *, scale, decay, rate):
+        """The whole step (g * scale, + decay * w with L2 decay, the rule, w -= update) on flat arrays in
+        one pass, with the bits of the chunked one; False where the rule has no such pass or the arrays
+        cannot take it (then update_in_chunks runs the chunks)."""
+        return False
+
 
 UPDATE_CHUNK = 1 << 22  # elements per chunk of a parameter's update (16 MiB of float32)
 
@@ -56,10 +62,8 @@ def update_in_chunks(xp, rule, w, g, hists, *, decay, l1, iter_size, local_rate,
     (`scratch(shape)` -> two work arrays) is two chunks, not two copies of the largest parameter (fc6 of
     VGG-16: 2 x 392 MiB); the values are those of the whole-array operations."""
     g_all, w_all, hist_all = _flat(g), _flat(w), [_flat(h) for h in hists]
-    if type(rule) is SGD and not l1 and kernels.usable(w_all, g_all, *hist_all):
-        # one pass instead of seven over 16 MiB chunks (VGG-16's 138 M parameters: see README, Speed)
-        kernels.sgd_update(w_all, g_all, hist_all[0], scale=1.0 / iter_size if iter_size > 1 else None,
-                           decay=decay or None, momentum=rule.param.momentum, rate=local_rate)
+    if not l1 and rule.update_in_one_pass(w_all, g_all, hist_all, scale=1.0 / iter_size if iter_size > 1 else None,
+                                          decay=decay or None, rate=local_rate):
         return
     for lo in range(0, g_all.size, UPDATE_CHUNK):
         hi = min(lo + UPDATE_CHUNK, g_all.size)
@@ -81,6 +85,13 @@ def update_in_chunks(xp, rule, w, g, hists, *, decay, l1, iter_size, local_rate,
 @rule("SGD")
 class SGD(UpdateRule):
     # h = momentum * h + local_rate * g; update = h
+    def update_in_one_pass(self, w, g, hist, *, scale, decay, rate):
+        # one C pass instead of seven over 16 MiB chunks (VGG-16's 138 M parameters: see README, Speed)
+        if not kernels.usable(w, g, *hist):
+            return False
+        kernels.sgd_update(w, g, hist[0], scale=scale, decay=decay, momentum=self.param.momentum, rate=rate)
+        return True
+
     def update(self, g, hist, local_rate, it, tmp):
         xp, h = _xp(g), hist[0]
         h *= self.param.momentum
