@@ -18,6 +18,7 @@ import threading
 
 import numpy as np
 
+from ..backend import get_array_module
 from ..config import defaults
 from .threads import split_run
 
@@ -195,9 +196,7 @@ def matmul(a, b, out):
     """out[...] = a @ b for 2-d arrays: gemm for NumPy arrays (split over vggtool's threads inside
     blas_on_one_thread), xp.matmul for others."""
     if not isinstance(out, np.ndarray):
-        import cupy
-
-        return cupy.matmul(a, b, out=out)
+        return get_array_module(out).matmul(a, b, out=out)
     return gemm(a, b, out, beta=0.0)
 
 
