@@ -222,13 +222,17 @@ class Run:
 
         self.mean = load_mean(mean_file=str(data / MEAN_FILE), channels=1)
 
+    def stored_sessions(self):
+        """The sessions elapsed.json holds (earlier runs of this DIR), [] before the first."""
+        path = self.out / "elapsed.json"
+        return json.loads(path.read_text())["sessions"] if path.exists() else []
+
     def elapsed(self, session_s):
         """Elapsed seconds of the whole run: earlier sessions' (elapsed.json) plus this one's, kept."""
-        path = self.out / "elapsed.json"
-        before = json.loads(path.read_text()) if path.exists() else {"sessions": []}
-        before["sessions"].append({"elapsed_s": session_s, "jobs": self.jobs, "command": self.command})
-        atomic_files.atomic_write_bytes(str(path), json.dumps(before, indent=1).encode())
-        return before["sessions"]
+        sessions = self.stored_sessions() + [{"elapsed_s": session_s, "jobs": self.jobs, "command": self.command}]
+        atomic_files.atomic_write_bytes(str(self.out / "elapsed.json"),
+                                        json.dumps({"sessions": sessions}, indent=1).encode())
+        return sessions
 
     def report_only(self):
         """REPORT.md, its plots and results.json written again from a finished run's stored records and
@@ -248,8 +252,7 @@ class Run:
             raise VggtoolError(f"{self.out}: --report-only needs a finished run, and {len(unscored)} trained cell(s) "
                                f"are not scored yet (the first: {unscored[0]}); run without --report-only")
         self.load_inputs()
-        path = self.out / "elapsed.json"
-        self.sessions = json.loads(path.read_text())["sessions"] if path.exists() else []
+        self.sessions = self.stored_sessions()
         commands = [s["command"] for s in self.sessions if s.get("command")]
         self.command = commands[-1] if commands else \
             f"vggtool reproduce --out {self.out} (the command that ran it was not recorded)"
