@@ -11,8 +11,8 @@ Each side runs in its own subprocess, so neither sees the other's allocations:
   * PyTorch: the same layers in torch.nn (in-place ReLU, dropout 0.5, CrossEntropyLoss), train mode,
     `--steps` rounds of zero_grad + loss.backward().
 With --update, each side trains instead: vggtool a Solver (SGD, momentum 0.9, weight decay 5e-4, lr 0.01,
-`--steps` iterations of solver.step: its train net pooled, the momentum history, the update's chunked
-scratch), PyTorch torch.optim.SGD with the same settings (its momentum buffers) after each backward.
+`--steps` iterations of solver.step: its train net pooled, the momentum history, and for rules without a
+one-pass C update the update's chunked scratch), PyTorch torch.optim.SGD with the same settings (its momentum buffers) after each backward.
 Each subprocess reads /proc/self/status: VmRSS right after its imports ("after imports") and VmHWM, the
 peak resident set, after the steps ("peak"). "net" = peak - after imports: the bytes the model, its
 inputs and the step cost beyond the libraries. The ratio vggtool / PyTorch is printed for both; the
@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 
-from vgg_configs import CFGS, NAMES, torch_vgg  # bench/, the script's own folder
+from vgg_configs import CFGS, NAMES, sgd_solver_text, torch_vgg  # bench/, the script's own folder
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -91,9 +91,7 @@ def vggtool_part(a):
         from vggtool.solvers import Solver
         from vggtool.solvers.glog import GLog
 
-        sp = prototxt.parse_text('base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed" '
-                                 'max_iter: 1000 random_seed: 0 snapshot_after_train: false',
-                                 caffe_pb2.SolverParameter())
+        sp = prototxt.parse_text(sgd_solver_text(seed=0), caffe_pb2.SolverParameter())
         sp.net_param.CopyFrom(training_param(prototxt, a))
         solver = Solver(sp, log=GLog(stream=False))
         net = solver.net  # pooled, as every Solver's train net

@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from data_prep.cli import main as data_prep  # noqa: E402
-from vgg_configs import vgg_layers  # noqa: E402
+from vgg_configs import sgd_solver_text, vgg_layers  # noqa: E402
 from vggtool import backend  # noqa: E402
 from vggtool.io import prototxt  # noqa: E402
 from vggtool.proto import caffe_pb2  # noqa: E402
@@ -111,9 +111,7 @@ def make_db(folder, count, side):
 
 
 def solver_param(db, batch, crop, net="small"):
-    param = prototxt.parse_text('base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed" '
-                               'max_iter: 1000 random_seed: 1 snapshot_after_train: false',
-                               caffe_pb2.SolverParameter())
+    param = prototxt.parse_text(sgd_solver_text(seed=1), caffe_pb2.SolverParameter())
     param.net_param.CopyFrom(prototxt.parse_net_text(NETS[net].format(db=db, batch=batch, crop=crop)))
     return param
 

@@ -11,6 +11,13 @@ CFGS = {
 NAMES = {"A": "VGG-11", "D": "VGG-16", "E": "VGG-19"}
 
 
+# The paper's SGD settings (§3.1: lr 1e-2, momentum 0.9, weight decay 5e-4) at a fixed rate, as solver
+# prototxt text for the benchmarks that train.
+def sgd_solver_text(seed):
+    return (f'base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed" max_iter: 1000 '
+            f'random_seed: {seed} snapshot_after_train: false')
+
+
 GAUSSIAN_FILLERS = ('weight_filler { type: "gaussian" std: 0.01 } bias_filler { type: "constant" value: 0 }',
                     'weight_filler { type: "gaussian" std: 0.005 } bias_filler { type: "constant" value: 0.1 }')
 
