@@ -1,4 +1,6 @@
 """InnerProduct (fully connected): top = bottom (M x K) @ W^T + b, with Caffe's axis and transpose."""
+import numpy as np
+
 from ..fillers import fill
 from .base import Layer, register_layer
 from .gemm import gemm, matmul
@@ -42,7 +44,14 @@ class InnerProductLayer(Layer):
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.m, self.k)
         y = top[0].data.reshape(self.m, self.num_output)
-        matmul(x, self._w_as_kn(), y)
+        if self.transpose or type(x) is not np.ndarray:
+            matmul(x, self._w_as_kn(), y)
+        else:
+            # As (W @ x^T)^T: OpenBLAS streams a row-major (N, K) W faster as the left operand (fc6 at
+            # batch 8-256: 0.7-0.94x the time; a (K, N) W, `transpose: true`, is faster as it was).
+            y_t = self.workspace("inner_product_top_t", (self.num_output, self.m))
+            matmul(self.blobs[0].data, x.T, y_t)
+            y[...] = y_t.T
         if self.bias_term:
             y += self.blobs[1].data
 
