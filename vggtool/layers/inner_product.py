@@ -49,7 +49,7 @@ class InnerProductLayer(Layer):
         else:
             # As (W @ x^T)^T: OpenBLAS streams a row-major (N, K) W faster as the left operand (fc6 at
             # batch 8-256: 0.7-0.94x the time; a (K, N) W, `transpose: true`, is faster as it was).
-            y_t = self.workspace("inner_product_top_t", (self.num_output, self.m))
+            y_t = self.workspace("ip_top_t", (self.num_output, self.m))
             matmul(self.blobs[0].data, x.T, y_t)
             y[...] = y_t.T
         if self.bias_term:
