@@ -128,6 +128,114 @@ def test_winograd_equals_im2col_and_direct_loops(rng, threads, kernel_code, algo
     assert np.abs(wino[3] - bias).max() < tol * 10 * np.abs(dy).sum(axis=(0, 2, 3)).max()
 
 
+WINO4_PATHS = {"chunked": None, "fused, whole images": policy.WINOGRAD_FUSED_MIN_TILES, "fused, 1-3 tile rows": 5}
+
+
+def use_winograd4_path(monkeypatch, path):
+    """F(4x4) chunked (every layer), or fused with blocks of whole images (the default rows for small maps)
+    or of a few tile rows (partial last blocks; rows = ceil(5 / tw))."""
+    rows_tiles = WINO4_PATHS[path]
+    limit = 0 if rows_tiles is None else 1 << 62
+    monkeypatch.setattr(policy, "WINOGRAD_FUSED_MAX_WEIGHT_BYTES", limit)
+    monkeypatch.setattr(policy, "WINOGRAD_FUSED_KEEP_MAX_WEIGHT_BYTES", limit)
+    if rows_tiles is not None:
+        monkeypatch.setattr(policy, "WINOGRAD_FUSED_MIN_TILES", rows_tiles)
+    calls = []
+    fused = kernels.wino4_fused
+    monkeypatch.setattr(kernels, "wino4_fused", lambda *a: (calls.append(a[-2:]), fused(*a))[1])
+    return calls
+
+
+def fused_blocks(ho, wo, min_tiles):
+    """Blocks per image of a fused F(4x4) correlation with an ho x wo output."""
+    th, tw = -(-ho // 4), -(-wo // 4)
+    return -(-th // min(th, -(-min_tiles // tw)))
+
+
+FUSED_SHAPES = [(2, 3, 4, 13, 11, 1), (3, 5, 2, 17, 10, 0), (1, 4, 6, 9, 30, 2), (2, 2, 3, 5, 7, 1), (1, 3, 2, 4, 4, 1)]
+
+
+@pytest.mark.parametrize("shape", FUSED_SHAPES, ids=[f"n{s[0]}c{s[1]}o{s[2]}_{s[3]}x{s[4]}p{s[5]}" for s in FUSED_SHAPES])
+@pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
+@pytest.mark.parametrize("path", list(WINO4_PATHS))
+def test_winograd4_fused_blocks_equal_the_chunked_path_and_direct_loops(rng, monkeypatch, use_settings, threads, path,
+                                                                         phase, shape):
+    """Conv + in-place ReLU (the net fuses the ReLU into the convolution's output pass and keeps its mask),
+    F(4x4): the fused blocks (input transform, 36 GEMMs and output transform per block of tile rows; in TRAIN
+    the transformed input also kept for dW) against the chunked path and float64 loops: output, input and
+    weight gradients, the ReLU mask's effect; each block computed exactly once."""
+    if not kernels.built():
+        pytest.skip("F(4x4) needs the C kernels")
+    use_settings(c_kernels=True)
+    n, c, co, h, w, pad = shape
+    ho, wo = h + 2 * pad - 2, w + 2 * pad - 2
+    x = rng.standard_normal((n, c, h, w))
+    dy = rng.standard_normal((n, co, ho, wo))
+    text = conv_text(co, pad, algorithm="winograd4") + ' layer { name: "r" type: "ReLU" bottom: "y" top: "y" }'
+    results = {}
+    for which in ("chunked", path):
+        with monkeypatch.context() as m:
+            calls = use_winograd4_path(m, which)
+            net = layer_net(text, {"x": x}, phase=phase, dtype=np.float64, seed=2)
+            conv = net.layer_dict["c"]
+            net.blobs["x"].data[...] = x
+            net.forward()
+            assert conv.rectify_output  # the ReLU ran inside the convolution's output pass
+            assert conv.forward_cache.valid == (phase == "TRAIN")
+            y = net.blobs["y"].data.copy()
+            net.blobs["y"].diff[...] = dy
+            for p in conv.blobs:
+                p.diff[...] = 0
+            net.backward()
+            results[which] = [y, net.blobs["x"].diff.copy(), conv.blobs[0].diff.copy(), conv.blobs[1].diff.copy()]
+            if which == "chunked":
+                assert not calls
+            else:  # the forward's blocks (output tiles) and the input gradient's (input-sized tiles)
+                want = n * fused_blocks(ho, wo, WINO4_PATHS[which]) + n * fused_blocks(h, w, WINO4_PATHS[which])
+                assert sum(b1 - b0 for b0, b1 in calls) == want, "every block computed once"
+    w64, b64 = conv.blobs[0].data, conv.blobs[1].data
+    pre = direct_conv(x, w64, b64, pad)
+    want_y = np.maximum(pre, 0)
+    dpre = dy * (pre > 0)
+    got = results[path]
+    for a, b, what in zip(got, results["chunked"], ["top", "bottom diff", "weight diff", "bias diff"]):
+        assert np.abs(a - b).max() <= 1e-12 * max(np.abs(b).max(), 1e-300), what
+    np.testing.assert_allclose(got[0], want_y, rtol=0, atol=1e-12 * np.abs(want_y).max())
+    np.testing.assert_allclose(got[3], dpre.sum(axis=(0, 2, 3)), rtol=0, atol=1e-12 * np.abs(dpre).sum())
+    lin = direct_conv(x, w64, 0 * b64, pad)  # <dpre, conv(x)> = <dX, x> = <dW, w>
+    assert abs(np.sum(dpre * lin) - np.sum(got[1] * x)) < 1e-11 * np.sum(np.abs(got[1] * x))
+    assert abs(np.sum(dpre * lin) - np.sum(got[2] * w64)) < 1e-11 * np.sum(np.abs(got[2] * w64))
+
+
+def test_winograd4_runs_fused_only_where_the_policy_says(rng, monkeypatch, use_settings):
+    """Small-channel F(4x4) layers take the fused blocks; over the weight limit (or in TRAIN, over the keep
+    limit) they run chunked; float32 results of the two paths agree to rounding."""
+    if not kernels.built():
+        pytest.skip("F(4x4) needs the C kernels")
+    use_settings(c_kernels=True)
+    x = rng.standard_normal((2, 8, 12, 12)).astype(np.float32)
+    text = conv_text(8, 1, algorithm="winograd4")
+    calls = []
+    fused = kernels.wino4_fused
+    monkeypatch.setattr(kernels, "wino4_fused", lambda *a: (calls.append(1), fused(*a))[1])
+    ys = {}
+    for phase, limit, keep_limit, expect in [("TEST", 1 << 30, 0, True), ("TEST", 36 * 8 * 8 * 4 - 1, 1 << 30, False),
+                                             ("TRAIN", 1 << 30, 36 * 8 * 8 * 4, True),
+                                             ("TRAIN", 1 << 30, 36 * 8 * 8 * 4 - 1, False)]:
+        monkeypatch.setattr(policy, "WINOGRAD_FUSED_MAX_WEIGHT_BYTES", limit)
+        monkeypatch.setattr(policy, "WINOGRAD_FUSED_KEEP_MAX_WEIGHT_BYTES", keep_limit)
+        calls.clear()
+        net = layer_net(text, {"x": x}, phase=phase, dtype=np.float32, seed=4)
+        net.blobs["x"].data[...] = x
+        net.forward()
+        assert bool(calls) == expect, (phase, limit, keep_limit)
+        ys[(phase, expect)] = net.blobs["y"].data.copy()
+    for phase in ("TEST", "TRAIN"):
+        assert_close_to_scale(ys[(phase, True)], ys[(phase, False)], 8 * 9)
+    assert policy.winograd_fused_rows(np, 2, 8, 8, 3, 3, 4) == 0  # F(2x2) never
+    assert policy.winograd_fused_rows(np, 4, 8, 8, 40, 56, 4) == 3  # ceil(160 / 56) rows of 56 tiles
+
+
 @pytest.mark.parametrize("algo", ["winograd2", "winograd4"])
 def test_winograd_gradients_numerically(rng, kernel_code, algo):
     check_gradients(conv_text(3, 1, algorithm=algo), {"x": rng.standard_normal((2, 2, 5, 4))})
@@ -286,10 +394,14 @@ def test_split_run_covers_the_range_once_and_survives_fork(monkeypatch, use_sett
     assert os.WEXITSTATUS(status) == 0
 
 
-@pytest.mark.parametrize("algo", ["im2col", "winograd2", "winograd4"])
+@pytest.mark.parametrize("algo", ["im2col", "winograd2", "winograd4", "winograd4 chunked"])
 def test_cached_forward_columns_give_the_same_weight_gradient(monkeypatch, use_settings, kernel_code, algo):
-    """In TRAIN the forward column matrices (im2col) or transformed input tiles (Winograd) are kept for
-    backward (within the setting conv_cache_mb); the gradients equal those of recomputing them in backward."""
+    """In TRAIN the forward column matrices (im2col) or transformed input tiles (Winograd; F(4x4) fused or
+    chunked) are kept for backward (within the setting conv_cache_mb); the gradients equal those of
+    recomputing them in backward."""
+    if algo == "winograd4 chunked":
+        use_winograd4_path(monkeypatch, "chunked")
+        algo = "winograd4"
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 3, 9, 7)).astype(np.float32)
     stride = 2 if algo == "im2col" else 1
@@ -434,15 +546,19 @@ def test_winograd_float32_rounding_on_a_realistic_layer(rng, use_settings, algo,
 
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 3), c=st.integers(1, 5), co=st.integers(1, 5), h=st.integers(1, 14), w=st.integers(1, 14),
-       pad=st.integers(0, 2), algo=st.sampled_from(["winograd2", "winograd4"]), seed=st.integers(0, 2 ** 16))
-def test_winograd_matches_im2col_on_any_shape(n, c, co, h, w, pad, algo, seed):
+       pad=st.integers(0, 2), algo=st.sampled_from(["winograd2", "winograd4"]), seed=st.integers(0, 2 ** 16),
+       path=st.sampled_from(list(WINO4_PATHS)))
+def test_winograd_matches_im2col_on_any_shape(n, c, co, h, w, pad, algo, seed, path):
     """Forward, input gradient and weight gradient of both Winograd tilings (with whatever transforms this
-    install has) against im2col, in float64, on shapes whose outputs are not multiples of the tile."""
+    install has; F(4x4) chunked or fused) against im2col, in float64, on shapes whose outputs are not
+    multiples of the tile."""
     assume(h + 2 * pad >= 3 and w + 2 * pad >= 3)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c, h, w))
     dy = rng.standard_normal((n, co, h + 2 * pad - 2, w + 2 * pad - 2))
-    _, got = run_conv(algo, conv_text(co, pad), x, dy, np.float64)
+    with pytest.MonkeyPatch.context() as m:
+        use_winograd4_path(m, path)
+        _, got = run_conv(algo, conv_text(co, pad), x, dy, np.float64)
     _, want = run_conv("im2col", conv_text(co, pad), x, dy, np.float64)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)

@@ -150,6 +150,38 @@ static PyObject *py_wino_output_adjoint(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *py_wino4_fused(PyObject *self, PyObject *args)
+{
+    Py_ssize_t isz, gemm, src, n, ci, h, w, ph, pw, th, tw, u, co, dst, ho, wo, bias, mask, rows, b0, b1, keep;
+    int wide, rectify;
+    if (!PyArg_ParseTuple(args, "nnpnnnnnnnnnnnnnnnpnnnnn", &isz, &gemm, &wide, &src, &n, &ci, &h, &w, &ph, &pw, &th,
+                          &tw, &u, &co, &dst, &ho, &wo, &bias, &rectify, &mask, &rows, &b0, &b1, &keep)
+        || !check_itemsize(isz))
+        return NULL;
+    if (!gemm || rows < 1) {
+        PyErr_SetString(PyExc_ValueError, "wino4_fused needs a GEMM function and at least one tile row per block");
+        return NULL;
+    }
+    size_t tb = (size_t)rows * tw;
+    void *v = malloc(36 * ci * tb * isz), *mbuf = malloc(36 * co * tb * isz), *row = malloc(48 * (tw + 1) * isz);
+    if (!v || !mbuf || !row) {
+        free(v), free(mbuf), free(row);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (isz == 4)
+        wino4_fused_f32((void *)gemm, wide, (const float *)src, n, ci, h, w, ph, pw, th, tw, (const float *)u, co,
+                        (float *)dst, ho, wo, (const float *)bias, rectify, (unsigned char *)mask, rows, b0, b1,
+                        (float *)keep, v, mbuf, row);
+    else
+        wino4_fused_f64((void *)gemm, wide, (const double *)src, n, ci, h, w, ph, pw, th, tw, (const double *)u, co,
+                        (double *)dst, ho, wo, (const double *)bias, rectify, (unsigned char *)mask, rows, b0, b1,
+                        (double *)keep, v, mbuf, row);
+    Py_END_ALLOW_THREADS
+    free(v), free(mbuf), free(row);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_max_pool_2x2(PyObject *self, PyObject *args)
 {
     Py_ssize_t isz, x, h, w, y, mask, p0, p1;
@@ -238,6 +270,9 @@ static PyMethodDef methods[] = {
      "wino_output(tile, itemsize, m, n, C, th, tw, dst, ho, wo, bias_or_0, rectify, mask_or_0, c0, c1)"},
     {"wino_output_adjoint", py_wino_output_adjoint, METH_VARARGS,
      "wino_output_adjoint(tile, itemsize, dy, n, C, ho, wo, th, tw, dm, c0, c1)"},
+    {"wino4_fused", py_wino4_fused, METH_VARARGS,
+     "wino4_fused(itemsize, gemm, wide, src, n, Ci, H, W, ph, pw, th, tw, u, Co, dst, ho, wo, bias_or_0, rectify, "
+     "mask_or_0, rows, b0, b1, keep_or_0)"},
     {"max_pool_2x2", py_max_pool_2x2, METH_VARARGS, "max_pool_2x2(itemsize, x, h, w, y, mask, p0, p1)"},
     {"max_pool_2x2_backward", py_max_pool_2x2_backward, METH_VARARGS,
      "max_pool_2x2_backward(itemsize, dy, mask, h, w, dx, p0, p1)"},

@@ -225,49 +225,61 @@ static void FN(wino4_input_1d)(const REAL *RESTRICT d0, const REAL *RESTRICT d1,
     }
 }
 
-/* tiles <- B^T d B for each 6x6 input tile d (stride 4) of src zero-padded by (ph, pw). row: scratch of
- * 48 * (tw + 1) elements. Each tile row's six padded input rows are split by column mod 4
- * (deinterleaved_row), so both passes run over unit-stride arrays; the arithmetic is that of the
- * straightforward loops, in the same order. */
+/* B^T d B for the 6x6 input tiles d (stride 4) of tile rows [r0, r1) of one image plane set: channels
+ * [c0, c1) of img (C_all, h, w), zero-padded by (ph, pw). Tile (xi, c, r, q) goes to
+ * out[xi * plane + c * cstride + (r - r0) * tw + q]: the whole-chunk layout (36, C, n, th, tw) or one block's
+ * (36, C, rows * tw). row: scratch of 48 * (tw + 1) elements. Each tile row's six padded input rows are split
+ * by column mod 4 (deinterleaved_row), so both passes run over unit-stride arrays; the arithmetic is that
+ * of the straightforward loops, in the same order. */
+static void FN(wino4_input_rows)(const REAL *img, Py_ssize_t h, Py_ssize_t w, Py_ssize_t ph, Py_ssize_t pw,
+                                 Py_ssize_t tw, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t r0, Py_ssize_t r1,
+                                 REAL *out, Py_ssize_t plane, Py_ssize_t cstride, REAL *row)
+{
+    const Py_ssize_t q1 = tw + 1, width = 4 * q1;
+    REAL *buf[6], *t[6];
+    for (int k = 0; k < 6; k++)
+        t[k] = row + (6 + k) * width;
+    for (Py_ssize_t c = c0; c < c1; c++) {
+        const REAL *s = img + c * h * w;
+        REAL *oc = out + c * cstride - r0 * tw;
+        for (int k = 0; k < 6; k++)
+            buf[k] = row + k * width;
+        for (Py_ssize_t r = r0; r < r1; r++) {
+            /* rows 4r + 4 and 4r + 5 of a tile row are rows 0 and 1 of the next: split once */
+            int fresh = 0;
+            if (r > r0) {
+                REAL *free0 = buf[0], *free1 = buf[1], *free2 = buf[2], *free3 = buf[3];
+                buf[0] = buf[4], buf[1] = buf[5], buf[2] = free0, buf[3] = free1, buf[4] = free2, buf[5] = free3;
+                fresh = 2;
+            }
+            for (int k = fresh; k < 6; k++)
+                FN(deinterleaved_row)(s, h, w, 4 * r - ph + k, pw, q1, buf[k]);
+            FN(wino4_input_1d)(buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], t[0], t[1], t[2], t[3], t[4], t[5],
+                               width); /* B^T d, element-wise: the column order does not matter */
+            for (int a = 0; a < 6; a++) { /* (B^T d) B: columns 4q + k of row a are e_{k mod 4}[q + k / 4] */
+                const REAL *e = t[a];
+                REAL *o = oc + (6 * a) * plane + r * tw;
+                FN(wino4_input_1d)(e, e + q1, e + 2 * q1, e + 3 * q1, e + 1, e + q1 + 1, o, o + plane, o + 2 * plane,
+                                   o + 3 * plane, o + 4 * plane, o + 5 * plane, tw);
+            }
+        }
+    }
+}
+
+/* tiles (36, C, n, th, tw) <- B^T d B for each 6x6 input tile d (stride 4) of src zero-padded by (ph, pw),
+ * channels [c0, c1). row: scratch of 48 * (tw + 1) elements. */
 static void FN(wino4_input)(const REAL *src, Py_ssize_t n, Py_ssize_t c_all, Py_ssize_t h, Py_ssize_t w,
                             Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t th, Py_ssize_t tw, Py_ssize_t c0,
                             Py_ssize_t c1, REAL *tiles, REAL *row)
 {
-    const Py_ssize_t q1 = tw + 1, width = 4 * q1, plane = c_all * n * th * tw;
-    REAL *buf[6], *t[6];
-    for (int k = 0; k < 6; k++) {
-        buf[k] = row + k * width;
-        t[k] = row + (6 + k) * width;
-    }
-    for (Py_ssize_t c = c0; c < c1; c++)
-        for (Py_ssize_t img = 0; img < n; img++) {
-            const REAL *s = src + (img * c_all + c) * h * w;
-            REAL *out = tiles + (c * n + img) * th * tw;
-            for (Py_ssize_t r = 0; r < th; r++) {
-                /* rows 4r + 4 and 4r + 5 of a tile row are rows 0 and 1 of the next: split once */
-                int fresh = 0;
-                if (r > 0) {
-                    REAL *free0 = buf[0], *free1 = buf[1], *free2 = buf[2], *free3 = buf[3];
-                    buf[0] = buf[4], buf[1] = buf[5], buf[2] = free0, buf[3] = free1, buf[4] = free2, buf[5] = free3;
-                    fresh = 2;
-                }
-                for (int k = fresh; k < 6; k++)
-                    FN(deinterleaved_row)(s, h, w, 4 * r - ph + k, pw, q1, buf[k]);
-                FN(wino4_input_1d)(buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], t[0], t[1], t[2], t[3], t[4], t[5],
-                                   width); /* B^T d, element-wise: the column order does not matter */
-                for (int a = 0; a < 6; a++) { /* (B^T d) B: columns 4q + k of row a are e_{k mod 4}[q + k / 4] */
-                    const REAL *e = t[a];
-                    REAL *o = out + (6 * a) * plane + r * tw;
-                    FN(wino4_input_1d)(e, e + q1, e + 2 * q1, e + 3 * q1, e + 1, e + q1 + 1, o, o + plane, o + 2 * plane,
-                                       o + 3 * plane, o + 4 * plane, o + 5 * plane, tw);
-                }
-            }
-        }
+    for (Py_ssize_t img = 0; img < n; img++)
+        FN(wino4_input_rows)(src + img * c_all * h * w, h, w, ph, pw, tw, c0, c1, 0, th, tiles + img * th * tw,
+                             c_all * n * th * tw, n * th * tw, row);
 }
 
-/* The first pass of F(4x4)'s output transform: the four rows of A^T M over tw tiles, from the six planes
+/* The first pass of F(4x4)'s output transform (pass1): the four rows of A^T M over tw tiles, from the six planes
  * p0..p5 of one column of the 6x6 tile. (A function with restrict parameters, so that it vectorises.) */
-static void FN(wino4_output_rows)(const REAL *RESTRICT p0, const REAL *RESTRICT p1, const REAL *RESTRICT p2,
+static void FN(wino4_output_pass1)(const REAL *RESTRICT p0, const REAL *RESTRICT p1, const REAL *RESTRICT p2,
                                   const REAL *RESTRICT p3, const REAL *RESTRICT p4, const REAL *RESTRICT p5,
                                   REAL *RESTRICT s0, REAL *RESTRICT s1, REAL *RESTRICT s2, REAL *RESTRICT s3,
                                   Py_ssize_t tw)
@@ -298,50 +310,107 @@ static void FN(wino4_output_columns)(const REAL *RESTRICT e0, const REAL *RESTRI
     }
 }
 
-/* dst (n, C, ho, wo) <- A^T M A (+ bias[c]) for each tile of m (36, C, n, th, tw); outputs beyond ho x wo
- * are dropped. bias may be NULL; rectify: max(., 0) after the bias; mask (NULL or dst's layout): output > 0.
- * row: scratch of 24 * tw elements. A row of tiles at a time, so every
- * pass reads the 36 planes with unit stride. */
+/* A^T M A (+ bias[c]) of the tiles of tile rows [r0, r1), channels [c0, c1), into one image's planes
+ * d (C_all, ho, wo); tile (xi, c, r, q) is m[xi * plane + c * cstride + (r - r0) * tw + q] (the whole-chunk
+ * layout or one block's, as in wino4_input_rows); outputs beyond ho x wo are dropped. bias may be NULL;
+ * lo: 0 for a fused ReLU, -inf for none; mask (NULL or d's layout): output > 0. row: scratch of 24 * tw
+ * elements. A row of tiles at a time, so every pass reads the 36 planes with unit stride. */
+static void FN(wino4_output_rows)(const REAL *m, Py_ssize_t plane, Py_ssize_t cstride, Py_ssize_t tw,
+                                  Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t r0, Py_ssize_t r1, REAL *d,
+                                  Py_ssize_t ho, Py_ssize_t wo, const REAL *bias, REAL lo, unsigned char *mask,
+                                  REAL *row)
+{
+    for (Py_ssize_t c = c0; c < c1; c++) {
+        REAL b = bias ? bias[c] : 0;
+        const REAL *in = m + c * cstride - r0 * tw;
+        REAL *dc = d + c * ho * wo;
+        for (Py_ssize_t r = r0; r < r1; r++) {
+            /* s[i][k] = row i of A^T M for tile column k, over the row of tiles */
+            for (int k = 0; k < 6; k++) {
+                const REAL *p = in + k * plane + r * tw;
+                REAL *o = row + k * tw;
+                FN(wino4_output_pass1)(p, p + 6 * plane, p + 12 * plane, p + 18 * plane, p + 24 * plane,
+                                       p + 30 * plane, o, o + 6 * tw, o + 12 * tw, o + 18 * tw, tw);
+            }
+            for (int i = 0; i < 4 && 4 * r + i < ho; i++) {
+                const REAL *e0 = row + (6 * i) * tw, *e1 = e0 + tw, *e2 = e1 + tw, *e3 = e2 + tw,
+                           *e4 = e3 + tw, *e5 = e4 + tw;
+                REAL *drow = dc + (4 * r + i) * wo;
+                Py_ssize_t full = wo / 4; /* tiles whose 4 columns all lie inside the output */
+                FN(wino4_output_columns)(e0, e1, e2, e3, e4, e5, drow, full, b, lo);
+                if (full < tw) {
+                    Py_ssize_t q = full;
+                    REAL v1 = e1[q], v2 = e2[q], v3 = e3[q], v4 = e4[q];
+                    REAL o[4] = {e0[q] + v1 + v2 + v3 + v4, v1 - v2 + 2 * (v3 - v4), v1 + v2 + 4 * (v3 + v4),
+                                 v1 - v2 + 8 * (v3 - v4) + e5[q]};
+                    for (Py_ssize_t j = 0; j < wo - 4 * q; j++) {
+                        REAL v = o[j] + b;
+                        drow[4 * q + j] = CLAMP_BELOW(v, lo);
+                    }
+                }
+                if (mask)
+                    FN(mask_row)(drow, mask + (drow - d), wo);
+            }
+        }
+    }
+}
+
+/* dst (n, C, ho, wo) <- A^T M A (+ bias[c]) for each tile of m (36, C, n, th, tw), channels [c0, c1);
+ * outputs beyond ho x wo are dropped. bias may be NULL; rectify: max(., 0) after the bias; mask (NULL or
+ * dst's layout): output > 0. row: scratch of 24 * tw elements. */
 static void FN(wino4_output)(const REAL *m, Py_ssize_t n, Py_ssize_t c_all, Py_ssize_t th, Py_ssize_t tw,
                              REAL *dst, Py_ssize_t ho, Py_ssize_t wo, const REAL *bias, int rectify,
                              unsigned char *mask, Py_ssize_t c0, Py_ssize_t c1, REAL *row)
 {
-    const Py_ssize_t plane = c_all * n * th * tw;
     const REAL lo = rectify ? 0 : -(REAL)INFINITY; /* CLAMP_BELOW: max(v, 0) or v itself */
-    for (Py_ssize_t c = c0; c < c1; c++) {
-        REAL b = bias ? bias[c] : 0;
-        for (Py_ssize_t img = 0; img < n; img++) {
-            const REAL *in = m + (c * n + img) * th * tw;
-            REAL *d = dst + (img * c_all + c) * ho * wo;
-            for (Py_ssize_t r = 0; r < th; r++) {
-                /* s[i][k] = row i of A^T M for tile column k, over the row of tiles */
-                for (int k = 0; k < 6; k++) {
-                    const REAL *p = in + k * plane + r * tw;
-                    REAL *o = row + k * tw;
-                    FN(wino4_output_rows)(p, p + 6 * plane, p + 12 * plane, p + 18 * plane, p + 24 * plane,
-                                          p + 30 * plane, o, o + 6 * tw, o + 12 * tw, o + 18 * tw, tw);
-                }
-                for (int i = 0; i < 4 && 4 * r + i < ho; i++) {
-                    const REAL *e0 = row + (6 * i) * tw, *e1 = e0 + tw, *e2 = e1 + tw, *e3 = e2 + tw,
-                               *e4 = e3 + tw, *e5 = e4 + tw;
-                    REAL *drow = d + (4 * r + i) * wo;
-                    Py_ssize_t full = wo / 4; /* tiles whose 4 columns all lie inside the output */
-                    FN(wino4_output_columns)(e0, e1, e2, e3, e4, e5, drow, full, b, lo);
-                    if (full < tw) {
-                        Py_ssize_t q = full;
-                        REAL v1 = e1[q], v2 = e2[q], v3 = e3[q], v4 = e4[q];
-                        REAL o[4] = {e0[q] + v1 + v2 + v3 + v4, v1 - v2 + 2 * (v3 - v4), v1 + v2 + 4 * (v3 + v4),
-                                     v1 - v2 + 8 * (v3 - v4) + e5[q]};
-                        for (Py_ssize_t j = 0; j < wo - 4 * q; j++) {
-                            REAL v = o[j] + b;
-                            drow[4 * q + j] = CLAMP_BELOW(v, lo);
-                        }
-                    }
-                    if (mask)
-                        FN(mask_row)(drow, mask + (drow - dst), wo);
-                }
-            }
-        }
+    for (Py_ssize_t img = 0; img < n; img++)
+        FN(wino4_output_rows)(m + img * th * tw, c_all * n * th * tw, n * th * tw, tw, c0, c1, 0, th,
+                              dst + img * c_all * ho * wo, ho, wo, bias, lo,
+                              mask ? mask + img * c_all * ho * wo : NULL, row);
+}
+
+/* GEMM through a CBLAS function pointer (NumPy's OpenBLAS, found by vggtool/layers/gemm.py): row-major
+ * c (m x n, ldc) <- a (m x k, lda) @ b (k x n, ldb); wide: the ILP64 interface (64-bit integers). */
+typedef void (*FN(gemm64_fn))(int, int, int, long long, long long, long long, REAL, const REAL *, long long,
+                               const REAL *, long long, REAL, REAL *, long long);
+typedef void (*FN(gemm32_fn))(int, int, int, int, int, int, REAL, const REAL *, int, const REAL *, int, REAL,
+                               REAL *, int);
+
+static void FN(gemm_nn)(void *fn, int wide, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const REAL *a,
+                        Py_ssize_t lda, const REAL *b, Py_ssize_t ldb, REAL *c, Py_ssize_t ldc)
+{
+    if (wide)
+        ((FN(gemm64_fn))fn)(101, 111, 111, m, n, k, 1, a, lda, b, ldb, 0, c, ldc);
+    else
+        ((FN(gemm32_fn))fn)(101, 111, 111, (int)m, (int)n, (int)k, 1, a, lda, b, ldb, 0, c, (int)ldc);
+}
+
+/* F(4x4) correlation of src (n, Ci, h, w) zero-padded by (ph, pw) with u (36, Co, Ci), block by block:
+ * block b is tile rows [r0, r0 + rows) of image b / per_image, and its transformed input, its 36 GEMMs and
+ * its output transform run while the block's tiles are in cache (the unfused path writes all of a chunk's
+ * tiles to memory and reads them back twice). Blocks [b0, b1). dst (n, Co, ho, wo), bias, rectify and mask
+ * as in wino4_output. v: 36 * Ci * rows * tw elements, the block's transformed input; keep (NULL or
+ * (36, Ci, n, th, tw)): it is also copied there (the forward cache of a TRAIN net) after the GEMMs. mbuf:
+ * 36 * Co * rows * tw elements; row: 48 * (tw + 1). */
+static void FN(wino4_fused)(void *gemm, int wide, const REAL *src, Py_ssize_t n, Py_ssize_t ci, Py_ssize_t h,
+                            Py_ssize_t w, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t th, Py_ssize_t tw,
+                            const REAL *u, Py_ssize_t co, REAL *dst, Py_ssize_t ho, Py_ssize_t wo,
+                            const REAL *bias, int rectify, unsigned char *mask, Py_ssize_t rows, Py_ssize_t b0,
+                            Py_ssize_t b1, REAL *keep, REAL *v, REAL *mbuf, REAL *row)
+{
+    const REAL lo = rectify ? 0 : -(REAL)INFINITY;
+    const Py_ssize_t per_image = (th + rows - 1) / rows;
+    for (Py_ssize_t b = b0; b < b1; b++) {
+        Py_ssize_t img = b / per_image, r0 = (b % per_image) * rows;
+        Py_ssize_t r1 = r0 + rows < th ? r0 + rows : th, tb = (r1 - r0) * tw;
+        FN(wino4_input_rows)(src + img * ci * h * w, h, w, ph, pw, tw, 0, ci, r0, r1, v, ci * tb, tb, row);
+        for (int xi = 0; xi < 36; xi++)
+            FN(gemm_nn)(gemm, wide, co, tb, ci, u + xi * co * ci, ci, v + xi * ci * tb, tb, mbuf + xi * co * tb, tb);
+        if (keep) /* the block's rows of tiles into the chunk's layout, from cache */
+            for (Py_ssize_t k = 0; k < 36 * ci; k++)
+                memcpy(keep + k * n * th * tw + img * th * tw + r0 * tw, v + k * tb, tb * sizeof(REAL));
+        FN(wino4_output_rows)(mbuf, co * tb, tb, tw, 0, co, r0, r1, dst + img * co * ho * wo, ho, wo, bias, lo,
+                              mask ? mask + img * co * ho * wo : NULL, row);
     }
 }
 

@@ -59,6 +59,16 @@ def _find_cblas():
     return False
 
 
+def cblas_address(dtype):
+    """(address of NumPy's OpenBLAS cblas_sgemm or cblas_dgemm for dtype, whether it takes 64-bit
+    integers) for C code to call (the fused Winograd blocks, kernels.py), or None (not found, or off)."""
+    fns = _cblas()
+    if not fns or np.dtype(dtype) not in (np.float32, np.float64):
+        return None
+    fn = fns[0] if np.dtype(dtype) == np.float32 else fns[1]
+    return ctypes.cast(fn, ctypes.c_void_p).value, fn.argtypes[3] is ctypes.c_int64
+
+
 @functools.lru_cache(maxsize=1)
 def _thread_control():
     """(get, set) of the number of threads of NumPy's OpenBLAS, or None (not found)."""

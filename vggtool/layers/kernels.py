@@ -71,6 +71,27 @@ def wino_output(m, dst, bias=None, rectify=False, mask=None):
                                             bool(rectify), mask_ptr, c0, c1), c, m.size)
 
 
+def wino4_fused(gemm, src, pad, u, dst, bias, rectify, mask, keep, rows, b0, b1):
+    """Blocks [b0, b1) of the F(4x4) correlation dst (n, Co, Ho, Wo) <- src (n, Ci, H, W) zero-padded by pad
+    with u (36, Co, Ci) (+ bias; rectify: then max(., 0); mask: then dst > 0), each block `rows` tile rows of
+    one image transformed, multiplied (36 GEMMs through `gemm`, gemm.cblas_address's pair) and transformed
+    back while in cache. keep (None, or a flat array of 36 * Ci * n * th * tw): the transformed input is
+    written there, in wino_input's layout. Not split here: the caller runs block ranges in threads."""
+    n, ci, h, w = src.shape
+    co, ho, wo = dst.shape[1], dst.shape[2], dst.shape[3]
+    th, tw = -(-ho // 4), -(-wo // 4)
+    for name, a in (("src", src), ("u", u), ("dst", dst), ("bias", bias), ("keep", keep)):
+        if a is not None and not (type(a) is np.ndarray and a.dtype == src.dtype and a.flags.c_contiguous):
+            raise ValueError(f"wino4_fused: {name} is not a C-contiguous {src.dtype} NumPy array")
+    if u.shape != (36, co, ci) or (keep is not None and keep.size < 36 * ci * n * th * tw):
+        raise ValueError(f"wino4_fused: u {u.shape} or keep does not fit src {src.shape} and dst {dst.shape}")
+    if mask is not None and not (mask.shape == dst.shape and mask.itemsize == 1 and mask.flags.c_contiguous):
+        raise ValueError(f"mask {mask.shape} {mask.dtype} is not a contiguous one-byte array of shape {dst.shape}")
+    _k.wino4_fused(src.itemsize, gemm[0], bool(gemm[1]), _ptr(src), n, ci, h, w, pad[0], pad[1], th, tw, _ptr(u), co,
+                   _ptr(dst), ho, wo, 0 if bias is None else _ptr(bias), bool(rectify),
+                   0 if mask is None else _ptr(mask), rows, b0, b1, 0 if keep is None else _ptr(keep))
+
+
 def wino_output_adjoint(dy, dm):
     """dm ((m+2)^2, C, n, th, tw) <- A dY A^T of every m x m tile of dy (n, C, Ho, Wo) (zero beyond Ho x Wo)."""
     n, c, ho, wo = dy.shape

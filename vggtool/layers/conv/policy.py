@@ -38,6 +38,31 @@ SHIFTED_MIN_AREA = 28 * 28
 
 WINOGRAD_TILE = {"winograd2": 2, "winograd4": 4}  # output tile m of F(m x m, 3 x 3)
 
+# F(4x4) layers with few channels run fused: per block of tile rows of one image, the input transform,
+# the 36 GEMMs and the output transform back to back while the block is in cache, the blocks split over
+# the threads. The chunked path writes a whole chunk's transformed tiles and GEMM outputs to memory and
+# reads them back, and with K = Ci small its GEMMs wait on memory. Fused where the transformed weights
+# (36 * Co * Ci values, read by every block) take at most this many bytes, and in a TRAIN forward, which
+# also copies each block's transformed input out to the forward cache, at most the second (VGG-16 batch 8,
+# TRAIN forward fused / chunked: conv1_2 0.88, conv2_1 0.95, conv2_2 1.00, conv3_x 1.02-1.13)...
+WINOGRAD_FUSED_MAX_WEIGHT_BYTES = 10 << 20
+WINOGRAD_FUSED_KEEP_MAX_WEIGHT_BYTES = 5 << 19
+# ... with blocks of enough tile rows for each GEMM to have at least this many columns (VGG-16 batch 8,
+# per layer, fused / chunked: conv1_2 0.68-0.72, conv2_1 0.77-0.86, conv2_2 0.82-0.85, conv3_x 0.86-0.96
+# with blocks of about this many tiles; blocks of 42 tiles made conv3_x 1.05x slower; conv4_x, 37.7 MB of
+# weights per block and 49 tiles per image, ran 1.1-1.6x slower fused).
+WINOGRAD_FUSED_MIN_TILES = 160
+
+
+def winograd_fused_rows(xp, tile, ci, co, th, tw, itemsize, keep=False):
+    """Tile rows per fused block for an F(tile x tile) correlation Ci -> Co with th x tw tiles per image
+    (keep: its transformed input is kept for the weight gradient), or 0 where it runs chunked (F(2x2),
+    CuPy, no C kernels, weights too large to reread per block)."""
+    limit = WINOGRAD_FUSED_KEEP_MAX_WEIGHT_BYTES if keep else WINOGRAD_FUSED_MAX_WEIGHT_BYTES
+    if tile != 4 or xp is not np or not kernels.enabled() or 36 * ci * co * itemsize > limit:
+        return 0
+    return min(th, -(-WINOGRAD_FUSED_MIN_TILES // tw))
+
 # im2col's weight gradient dW (Co, K) = dY (Co, L) @ col^T (L, K) is computed as dW^T = col @ dY^T and
 # added transposed where the reduction L is at least this many times K: OpenBLAS ran that orientation in
 # 0.53-0.94x the time for the laptop-scale nets' layers and VGG-16's conv1_1 (1 and 2 threads), and in

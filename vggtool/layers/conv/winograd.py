@@ -9,7 +9,7 @@ as the same correlation of dY padded by 2 - pad with the flipped, transposed ker
 import numpy as np
 
 from .. import kernels
-from ..gemm import gemm, independent_gemms
+from ..gemm import cblas_address, gemm, independent_gemms
 from ..threads import split_run
 from . import policy
 from . import winograd_transforms as wg
@@ -88,6 +88,8 @@ def correlate(conv, src, pad, u, dst, bias=None, keep=None, rectify=False, mask=
     a2 = u.shape[0]
     tile = kernels.output_tile(a2)
     th, tw = wg.tiles(ho, wo, tile)
+    if _fused(conv, src, pad, u, dst, bias, keep, rectify, mask, tile, th, tw):
+        return
     v = input_tiles(conv, src, pad, th, tw, tile, out=keep)
     with conv.profiler.section("wino_gemm"):
         m = conv.workspace("wino_m", (a2, co, src.shape[0], th, tw))
@@ -102,6 +104,21 @@ def correlate(conv, src, pad, u, dst, bias=None, keep=None, rectify=False, mask=
             xp.matmul(u, vm, out=mm)
     with conv.profiler.section("wino_out_transform"):
         _output_tiles(conv, m, dst, bias, th, tw, rectify, mask)
+
+
+def _fused(conv, src, pad, u, dst, bias, keep, rectify, mask, tile, th, tw):
+    """Run correlate as fused blocks of tile rows (policy.winograd_fused_rows), each block's GEMMs on one
+    thread and the blocks over the threads; False where that path does not apply."""
+    rows = policy.winograd_fused_rows(conv.xp, tile, src.shape[1], dst.shape[1], th, tw, src.dtype.itemsize,
+                                      keep is not None)
+    address = cblas_address(src.dtype) if rows else None
+    if not address or not kernels.usable(src, u, dst, *[a for a in (bias, keep) if a is not None]):
+        return False
+    blocks = src.shape[0] * -(-th // rows)
+    with conv.profiler.section("wino_fused"):
+        independent_gemms(lambda b0, b1: kernels.wino4_fused(address, src, pad, u, dst, bias, rectify, mask, keep,
+                                                             rows, b0, b1), blocks, src.size + dst.size)
+    return True
 
 
 def forward(conv, x, y, m, keep):
