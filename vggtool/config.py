@@ -76,6 +76,7 @@ class Settings:
     data_threads: int = dataclasses.field(default_factory=lambda: min(4, _cpus()))  # net: decode threads per data layer
     num_threads: int = dataclasses.field(default_factory=lambda: min(_cpus(), 8))  # process: slices of memory-bound passes
     c_kernels: bool = True  # process: use the C kernels (Winograd transforms, 2x2 max pooling) where built
+    cuda_kernels: bool = True  # process: use the named CUDA kernels (pooling, output pass, im2col) on a GPU
     cblas: bool = True  # process: call OpenBLAS's cblas_?gemm directly for in-place accumulation
     share_memory: str = "auto"  # net: pool diffs, caches and workspace (auto: Solver and `time` nets; on; off)
     release_data: bool = True  # net: a net sharing its memory pools intermediate blob data too
@@ -88,7 +89,7 @@ class Settings:
         for name, minimum in (("conv_cache_mb", 0), ("data_threads", 1), ("num_threads", 1)):
             set_(self, name, _count(getattr(self, name), name, minimum))
         set_(self, "share_memory", share_memory_mode(self.share_memory, "share_memory"))
-        for name in ("c_kernels", "cblas", "release_data", "fuse_relu"):
+        for name in ("c_kernels", "cuda_kernels", "cblas", "release_data", "fuse_relu"):
             value = getattr(self, name)
             set_(self, name, value if isinstance(value, bool) else _boolean(value, name))
 
@@ -121,6 +122,7 @@ _ENVIRONMENT = {
     "data_threads": ("VGGTOOL_DATA_THREADS", lambda v, var: _count(v, var, 1)),
     "num_threads": ("VGGTOOL_NUM_THREADS", lambda v, var: _count(v, var, 1)),
     "c_kernels": ("VGGTOOL_NO_CKERNELS", lambda v, var: not _boolean(v, var)),
+    "cuda_kernels": ("VGGTOOL_NO_CUDA_KERNELS", lambda v, var: not _boolean(v, var)),
     "cblas": ("VGGTOOL_NO_CBLAS", lambda v, var: not _boolean(v, var)),
     "share_memory": ("VGGTOOL_SHARE_MEMORY", lambda v, var: share_memory_mode(v.strip() or "auto", var)),
     "release_data": ("VGGTOOL_RELEASE_DATA", _boolean),

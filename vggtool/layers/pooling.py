@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from . import kernels
+from . import cuda_kernels, kernels
 from .base import Layer, register_layer
 from .threads import split_run
 
@@ -139,6 +139,9 @@ class PoolingLayer(Layer):
         if kernels.usable(x, y):
             kernels.max_pool_2x2(x, y, self.argmax)
             return
+        if cuda_kernels.usable(x, y, self.argmax):
+            cuda_kernels.max_pool_2x2(x, y, self.argmax)
+            return
         am = self.argmax.reshape(yf.shape)
         top_row = self.workspace("pool_m1", yf.shape)
         blocked = xp is np
@@ -164,6 +167,9 @@ class PoolingLayer(Layer):
         xp = self.xp
         if kernels.usable(dy, dx):
             kernels.max_pool_2x2_backward(dy, self.argmax, dx)
+            return
+        if cuda_kernels.usable(dy, dx, self.argmax):
+            cuda_kernels.max_pool_2x2_backward(dy, self.argmax, dx)
             return
         n, c, h, w = dx.shape
         q = dx.reshape(n * c, h // 2, 2, w // 2, 2)

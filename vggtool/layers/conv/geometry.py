@@ -5,6 +5,7 @@ Layout: the padded input of a chunk of n images is stored channel-major, (C, n, 
 column matrix is kh*kw strided slice copies and one GEMM covers all n images of the chunk; outputs are
 computed as (Co, n, Ho, Wo) and written back to (n, Co, Ho, Wo) by `write_output`.
 """
+from .. import cuda_kernels
 from ..threads import split_run
 
 
@@ -122,7 +123,11 @@ RECTIFY_BLOCK_BYTES = 1 << 18  # a block of write_output's fused max(., 0): well
 
 def write_output(xp, out, y, bias, rectify=False, mask=None):
     """y (n, Co, Ho, Wo) <- out (Co, n, Ho, Wo) (+ bias; rectify: then max(., 0), a fused ReLU, on the
-    channels just written; mask, y's shape: then y > 0, that ReLU's mask), split over threads by channel."""
+    channels just written; mask, y's shape: then y > 0, that ReLU's mask), split over threads by channel;
+    on a GPU one named kernel."""
+    if cuda_kernels.usable(out, y, *[a for a in (bias, mask) if a is not None]):
+        cuda_kernels.write_output(out, y, bias, rectify, mask)
+        return
     out4 = out.transpose(1, 0, 2, 3)
     n = y.shape[0]
 

@@ -5,7 +5,7 @@ per chunk of n images (geometry.py has the channel-major layout). Backward: dW =
 col2im of W^T dY, or, for stride-1 ungrouped layers with no more outputs than inputs, as the forward
 correlation of dY with the flipped, transposed kernel (copies instead of col2im's scattered adds).
 """
-from .. import kernels
+from .. import cuda_kernels, kernels
 from ..gemm import gemm, matmul
 from ..threads import split_run
 from . import policy
@@ -32,6 +32,10 @@ def columns(conv, x, n0, n1, ho, wo, geom=None, out=None):
     if kernels.usable(x, cols):  # one C pass from the images, no padded copy
         with conv.profiler.section("im2col"):
             kernels.im2col(x[n0:n1], g, cols)
+        return cols.reshape(c * g.kh * g.kw, n * ho * wo)
+    if cuda_kernels.usable(x, cols):  # the same pass as one named CUDA kernel
+        with conv.profiler.section("im2col"):
+            cuda_kernels.im2col(x[n0:n1], g, cols)
         return cols.reshape(c * g.kh * g.kw, n * ho * wo)
     with conv.profiler.section("im2col_pad"):
         padded = conv.workspace("conv_pad", (c, n, h + 2 * g.ph, w + 2 * g.pw))
@@ -141,6 +145,10 @@ def backward_data(conv, dyg, dxc, ho, wo):
     if kernels.usable(dcols, dxc):  # one C pass into dX, no padded buffer
         with conv.profiler.section("im2col_bw_col2im"):
             kernels.col2im(dcols.reshape(c, g.kh, g.kw, n, ho, wo), g, dxc)
+        return
+    if cuda_kernels.usable(dcols, dxc):
+        with conv.profiler.section("im2col_bw_col2im"):
+            cuda_kernels.col2im(dcols.reshape(c, g.kh, g.kw, n, ho, wo), g, dxc)
         return
     with conv.profiler.section("im2col_bw_col2im"):
         padded = conv.workspace("conv_pad", (c, n, h + 2 * g.ph, w + 2 * g.pw))

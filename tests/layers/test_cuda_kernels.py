@@ -1,0 +1,179 @@
+"""The named CUDA kernels (vggtool/layers/cuda_kernels.py): their source run on the CPU as C (cuda_twin.py)
+against the C kernels and the NumPy code; compiled by NVRTC where CuPy is installed; on a GPU, layers with
+them against the same layers without them."""
+import numpy as np
+import pytest
+from cuda_twin import run as run_twin
+from cuda_twin import twin
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from vggtool import backend, config
+from vggtool.layers import cuda_kernels, kernels
+from vggtool.layers.conv.geometry import ConvGeometry, write_output
+from vggtool.testing import layer_net
+
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.fixture(autouse=True)
+def needs_a_compiler():
+    if twin() is None:
+        pytest.skip("no C compiler to run the CUDA kernels' source on the CPU")
+
+
+def tied_values(rng, shape, dtype, nan=True):
+    """Small integers (many ties inside 2x2 windows), some NaN."""
+    x = rng.integers(-3, 4, shape).astype(dtype)
+    if nan:
+        x.reshape(-1)[rng.choice(x.size, max(1, x.size // 20), replace=False)] = np.nan
+    return x
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 6, 8), (1, 1, 2, 2), (3, 2, 10, 4)])
+def test_max_pool_2x2_kernels_equal_the_c_and_numpy_pooling(rng, dtype, shape):
+    """Forward (values and the first-maximum window index, ties and NaN as Caffe and the C kernel treat them)
+    and backward (dY routed to the recorded maximum)."""
+    x = tied_values(rng, shape, dtype)
+    n, c, h, w = shape
+    y, mask = np.full((n, c, h // 2, w // 2), 7, dtype), np.full((n, c, h // 2, w // 2), 9, np.uint8)
+    run_twin("max_pool_2x2_forward", dtype, x, y, mask, y.size, h, w)
+    q = x.reshape(n, c, h // 2, 2, w // 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2, w // 2, 4)
+    want_mask = np.zeros(y.shape, np.uint8)
+    want = q[..., 0].copy()
+    for k in (1, 2, 3):  # strictly greater replaces: the first maximum stays, NaN in front stays
+        better = q[..., k] > want
+        want = np.where(better, q[..., k], want)
+        want_mask = np.where(better, k, want_mask).astype(np.uint8)
+    np.testing.assert_array_equal(y, want)
+    np.testing.assert_array_equal(mask, want_mask)
+    if kernels.built():
+        yc, mc = np.empty_like(y), np.empty_like(mask)
+        kernels.max_pool_2x2(x, yc, mc)
+        np.testing.assert_array_equal(y, yc)
+        np.testing.assert_array_equal(mask, mc)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = np.full(x.shape, np.nan, dtype)
+    run_twin("max_pool_2x2_backward", dtype, dy, mask, dx, dx.size, h, w)
+    want_dx = np.zeros(x.shape, dtype)
+    ii, jj = np.meshgrid(np.arange(h // 2), np.arange(w // 2), indexing="ij")
+    for a in range(n):
+        for b in range(c):
+            want_dx[a, b, 2 * ii + mask[a, b] // 2, 2 * jj + mask[a, b] % 2] = dy[a, b]
+    np.testing.assert_array_equal(dx, want_dx)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias, rectify, with_mask", [(True, True, True), (True, False, False), (False, True, False),
+                                                      (False, False, True)])
+def test_output_pass_kernel_equals_write_output(rng, dtype, bias, rectify, with_mask):
+    """Channel-major GEMM output -> (n, C, H, W), + bias, max(., 0), the positive mask; NaN kept."""
+    n, c, h, w = 3, 4, 5, 6
+    out = rng.standard_normal((c, n, h, w)).astype(dtype)
+    out.reshape(-1)[::17] = np.nan
+    b = rng.standard_normal(c).astype(dtype) if bias else None
+    y, want = np.full((n, c, h, w), 5, dtype), np.empty((n, c, h, w), dtype)
+    mask, want_mask = np.full(y.shape, 9, np.uint8), np.zeros(y.shape, np.uint8)
+    run_twin("write_output", dtype, out, y, b if bias else y, mask if with_mask else y, y.size, n, c, h * w, bias,
+             rectify, with_mask)
+    with config.override(num_threads=1):
+        write_output(np, out, want, b, rectify, want_mask if with_mask else None)
+    np.testing.assert_array_equal(y, want)
+    if with_mask:
+        np.testing.assert_array_equal(mask, want_mask)
+    else:
+        assert (mask == 9).all()  # not written
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 2), c=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 11),
+       kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       pad=st.tuples(st.integers(0, 2), st.integers(0, 2)), dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2 ** 16))
+def test_im2col_and_col2im_kernels_equal_the_c_kernels(n, c, h, w, kernel, stride, pad, dilation, dtype, seed):
+    """im2col: the same columns as the C kernel (and the NumPy padded copies); col2im (a gather, one thread
+    per pixel): the C kernel's scatter-add to rounding, exactly the adjoint (<im2col x, z> = <x, col2im z>)."""
+    geom = ConvGeometry(kernel, stride, pad, dilation)
+    ho, wo = geom.output_shape(h, w)
+    assume(ho >= 1 and wo >= 1)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    cols = np.full((c, kernel[0], kernel[1], n, ho, wo), np.nan, dtype)
+    args = (n, c, h, w, *kernel, *stride, *pad, *dilation, ho, wo)
+    run_twin("im2col", dtype, x, cols, cols.size, *args)
+    padded = np.zeros((c, n, h + 2 * pad[0], w + 2 * pad[1]), dtype)
+    padded[:, :, pad[0]:pad[0] + h, pad[1]:pad[1] + w] = x.transpose(1, 0, 2, 3)
+    want = np.empty_like(cols)
+    with config.override(num_threads=1):
+        geom.im2col(np, padded, want, ho, wo)
+    np.testing.assert_array_equal(cols, want)
+    z = rng.standard_normal(cols.shape).astype(dtype)
+    back = np.full(x.shape, np.nan, dtype)
+    run_twin("col2im", dtype, z, back, back.size, *args)
+    if kernels.built():
+        want_back = np.full(x.shape, np.nan, dtype)
+        kernels.col2im(z, geom, want_back)
+        scale = np.abs(z).max() * kernel[0] * kernel[1]
+        eps = np.finfo(dtype).eps
+        np.testing.assert_allclose(back, want_back, rtol=0, atol=8 * eps * scale)
+    lhs = np.sum(cols.astype(np.float64) * z)
+    rhs = np.sum(x.astype(np.float64) * back.astype(np.float64))
+    assert abs(lhs - rhs) <= 1e-5 * np.sum(np.abs(cols.astype(np.float64) * z)) + 1e-300
+
+
+def test_the_kernels_compile_with_nvrtc():
+    """The CUDA text compiles for sm_80 where CuPy's NVRTC is installed (no GPU needed)."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+        program = nvrtc.createProgram(cuda_kernels.source(), "vggtool_kernels.cu", [], [])
+    except Exception as e:  # no CuPy, or no NVRTC library
+        pytest.skip(f"CuPy's NVRTC is not usable here: {type(e).__name__}: {e}")
+    try:
+        nvrtc.compileProgram(program, ["-arch=compute_80"])
+    except Exception:
+        pytest.fail("NVRTC rejected the kernels:\n" + nvrtc.getProgramLog(program))
+    assert len(nvrtc.getPTX(program)) > 1000
+
+
+def test_the_kernels_are_only_used_on_cupy_arrays_and_when_on():
+    x = np.zeros((1, 1, 2, 2), np.float32)
+    assert not cuda_kernels.usable(x)  # NumPy arrays never
+    with config.override(cuda_kernels=False):
+        assert not cuda_kernels.enabled()
+    assert config.Settings.from_environ({"VGGTOOL_NO_CUDA_KERNELS": "1"}).cuda_kernels is False
+    with pytest.raises(TypeError, match="max_pool_2x2_forward takes 6 arguments, got 2"):
+        cuda_kernels.launch("max_pool_2x2_forward", np.float32, x, x)
+
+
+POOL_CONV = """
+layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 5 kernel_size: 3 pad: 1
+        stride: 1 vggtool_algorithm: "im2col" weight_filler { type: "gaussian" std: 0.5 }
+        bias_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "r" type: "ReLU" bottom: "y" top: "y" }
+layer { name: "p" type: "Pooling" bottom: "y" top: "z" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "c2" type: "Convolution" bottom: "z" top: "u" convolution_param { num_output: 3 kernel_size: 3
+        stride: 2 pad: 1 vggtool_algorithm: "im2col" weight_filler { type: "gaussian" std: 0.5 } } }
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_on_a_gpu_the_kernels_give_the_generic_cupy_results(rng, dtype):
+    """Conv (im2col, fused bias + ReLU) -> 2x2 max pool -> strided conv (col2im) on the GPU, with the named
+    kernels and without them: the same outputs and gradients, and the CPU's."""
+    x = rng.standard_normal((2, 3, 8, 10))
+    results = {}
+    for name, device, on in (("cpu", backend.CPU, True), ("gpu", backend.gpu(0), True), ("gpu-generic", backend.gpu(0), False)):
+        with config.override(cuda_kernels=on):
+            net = layer_net(POOL_CONV, {"x": x}, device=device, dtype=dtype, seed=3)
+            net.blobs["x"].data[...] = device.asarray(x.astype(dtype))
+            net.forward()
+            net.blobs["u"].diff[...] = device.asarray(np.ones(net.blobs["u"].shape, dtype))
+            net.backward()
+            results[name] = [backend.to_numpy(a) for a in (net.blobs["u"].data, net.blobs["x"].diff,
+                                                          net.layer_dict["c"].blobs[0].diff)]
+    eps = np.finfo(dtype).eps
+    for a, b, c in zip(results["gpu"], results["gpu-generic"], results["cpu"]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=64 * eps * np.abs(b).max())
+        np.testing.assert_allclose(a, c, rtol=0, atol=64 * eps * np.abs(c).max())

@@ -1,0 +1,194 @@
+"""Named CUDA kernels for the CuPy engine: 2x2 max pooling forward and backward, the convolution's output
+pass (channel-major GEMM output -> (n, C, H, W), + bias, fused ReLU and its mask) and im2col / col2im.
+
+Without them each of these passes is several generic CuPy kernels and temporaries (the 2x2 max pool
+about seven). Each kernel is one CUDA C function over a grid-stride loop whose body is also plain C:
+`KERNELS` holds the parameters and the body, `source()` writes the CUDA (NVRTC compiles it through
+`cupy.RawModule`), and the tests compile the very same text with a C compiler and run it over a small
+emulated grid on the CPU, against the C kernels and the NumPy code (tests/layers/cuda_twin.py).
+
+`usable(...)` says whether a call can take them: CuPy arrays, C-contiguous, one float dtype, and the
+setting cuda_kernels on (VGGTOOL_NO_CUDA_KERNELS=1 turns them off, the generic CuPy code then runs).
+"""
+import math
+import string
+
+import numpy as np
+
+from ..backend import get_array_module
+from ..config import defaults
+
+BLOCK = 256  # threads per block
+MAX_BLOCKS = 4096  # the grid-stride loops cover the rest
+
+# A parameter: (kind, name). Kinds: "in" (const REAL *), "out" (REAL *), "in_u8" / "out_u8" (unsigned
+# char *), "i64" (long long). Bodies see REAL; `i` runs over range(count), count being the first i64.
+KERNELS = {
+    "max_pool_2x2_forward": ([("in", "x"), ("out", "y"), ("out_u8", "mask"), ("i64", "count"), ("i64", "h"),
+                              ("i64", "w")], r"""
+        long long ho = h / 2, wo = w / 2, p = i / (ho * wo), r = (i / wo) % ho, q = i % wo;
+        const REAL *a = x + (p * h + 2 * r) * w + 2 * q, *b = a + w;
+        REAL best = a[0];
+        unsigned char k = 0; /* the first maximum in window order wins, as in Caffe */
+        if (a[1] > best) { best = a[1]; k = 1; }
+        if (b[0] > best) { best = b[0]; k = 2; }
+        if (b[1] > best) { best = b[1]; k = 3; }
+        y[i] = best;
+        mask[i] = k;
+    """),
+    "max_pool_2x2_backward": ([("in", "dy"), ("in_u8", "mask"), ("out", "dx"), ("i64", "count"), ("i64", "h"),
+                               ("i64", "w")], r"""
+        long long ho = h / 2, wo = w / 2, p = i / (h * w), r = (i / w) % h, c = i % w;
+        long long window = (p * ho + r / 2) * wo + c / 2;
+        dx[i] = mask[window] == (r % 2) * 2 + c % 2 ? dy[window] : (REAL)0;
+    """),
+    "write_output": ([("in", "src"), ("out", "y"), ("in", "bias"), ("out_u8", "mask"), ("i64", "count"),
+                      ("i64", "n"), ("i64", "channels"), ("i64", "plane"), ("i64", "use_bias"), ("i64", "rectify"),
+                      ("i64", "use_mask")], r"""
+        long long img = i / (channels * plane), c = (i / plane) % channels, s = i % plane;
+        REAL v = src[(c * n + img) * plane + s];
+        if (use_bias)
+            v = v + bias[c];
+        if (rectify && v < 0) /* NaN stays NaN, as NumPy's maximum(v, 0) keeps it */
+            v = 0;
+        y[i] = v;
+        if (use_mask)
+            mask[i] = v > 0;
+    """),
+    "im2col": ([("in", "x"), ("out", "cols"), ("i64", "count"), ("i64", "n"), ("i64", "c"), ("i64", "h"),
+                ("i64", "w"), ("i64", "kh"), ("i64", "kw"), ("i64", "sh"), ("i64", "sw"), ("i64", "ph"),
+                ("i64", "pw"), ("i64", "dh"), ("i64", "dw"), ("i64", "ho"), ("i64", "wo")], r"""
+        /* cols (C, kh, kw, n, ho, wo) */
+        long long ox = i % wo, t = i / wo, oy = t % ho;
+        t /= ho;
+        long long img = t % n;
+        t /= n;
+        long long kj = t % kw;
+        t /= kw;
+        long long ki = t % kh, ch = t / kh;
+        long long yy = oy * sh - ph + ki * dh, xx = ox * sw - pw + kj * dw;
+        cols[i] = (yy >= 0 && yy < h && xx >= 0 && xx < w) ? x[((img * c + ch) * h + yy) * w + xx] : (REAL)0;
+    """),
+    "col2im": ([("in", "cols"), ("out", "x"), ("i64", "count"), ("i64", "n"), ("i64", "c"), ("i64", "h"),
+                ("i64", "w"), ("i64", "kh"), ("i64", "kw"), ("i64", "sh"), ("i64", "sw"), ("i64", "ph"),
+                ("i64", "pw"), ("i64", "dh"), ("i64", "dw"), ("i64", "ho"), ("i64", "wo")], r"""
+        /* x (n, C, h, w) <- the sum of the column entries that im2col copied from each pixel (a gather:
+           one thread per pixel, no atomics) */
+        long long xx = i % w, yy = (i / w) % h, ch = (i / (w * h)) % c, img = i / (w * h * c);
+        REAL sum = 0;
+        for (long long ki = 0; ki < kh; ki++) {
+            long long ty = yy + ph - ki * dh;
+            if (ty < 0 || ty % sh)
+                continue;
+            long long oy = ty / sh;
+            if (oy >= ho)
+                continue;
+            for (long long kj = 0; kj < kw; kj++) {
+                long long tx = xx + pw - kj * dw;
+                if (tx < 0 || tx % sw)
+                    continue;
+                long long ox = tx / sw;
+                if (ox < wo)
+                    sum += cols[(((ch * kh + ki) * kw + kj) * n + img) * ho * wo + oy * wo + ox];
+            }
+        }
+        x[i] = sum;
+    """),
+}
+
+_C_TYPES = {"in": "const REAL *", "out": "REAL *", "in_u8": "const unsigned char *", "out_u8": "unsigned char *",
+            "i64": "long long "}
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+_MASK_DTYPES = (np.dtype(np.uint8), np.dtype(np.bool_))  # one byte, written as 0 or 1
+_REAL = {"f32": "float", "f64": "double"}
+
+
+def kernel_name(name, dtype):
+    return f"{name}_{_SUFFIX[np.dtype(dtype)]}"
+
+
+def source(prefix='extern "C" __global__'):
+    """The kernels for float32 and float64 as one text: CUDA by default; the tests pass prefix '' for C."""
+    parts = []
+    template = string.Template("$prefix void ${name}_$suffix($params)\n{\n"
+                               "    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < count;\n"
+                               "         i += (long long)blockDim.x * gridDim.x) {\n$body    }\n}\n")
+    for suffix, real in _REAL.items():
+        for name, (params, body) in KERNELS.items():
+            decl = ", ".join(_C_TYPES[kind] + arg for kind, arg in params).replace("REAL", real)
+            parts.append(template.substitute(prefix=prefix, name=name, suffix=suffix, params=decl,
+                                             body=body.replace("REAL", real)))
+    return "\n".join(parts)
+
+
+def enabled():
+    return defaults().cuda_kernels
+
+
+def usable(*arrays):
+    """CuPy arrays, C-contiguous, all of the first one's float dtype (one-byte masks aside), kernels on."""
+    if not enabled() or get_array_module(arrays[0]) is np:
+        return False
+    dtype = arrays[0].dtype
+    return dtype in _SUFFIX and all(
+        get_array_module(a) is not np and a.flags.c_contiguous and (a.dtype == dtype or a.dtype in _MASK_DTYPES)
+        for a in arrays)
+
+
+_modules = {}  # CUDA device id -> cupy.RawModule of source()
+
+
+def _function(xp, name, dtype):
+    device = xp.cuda.Device().id
+    module = _modules.get(device)
+    if module is None:
+        module = _modules[device] = xp.RawModule(code=source())
+    return module.get_function(kernel_name(name, dtype))
+
+
+def launch(name, dtype, *args):
+    """Run kernel `name` for `dtype` with `args` in KERNELS' parameter order over range(count)."""
+    params = KERNELS[name][0]
+    if len(args) != len(params):
+        raise TypeError(f"{name} takes {len(params)} arguments, got {len(args)}")
+    count = next(int(a) for (kind, _), a in zip(params, args) if kind == "i64")
+    if count <= 0:
+        return
+    xp = next(get_array_module(a) for (kind, _), a in zip(params, args) if kind != "i64")
+    values = tuple(np.int64(a) if kind == "i64" else a for (kind, _), a in zip(params, args))
+    blocks = min(MAX_BLOCKS, math.ceil(count / BLOCK))
+    _function(xp, name, dtype)((blocks,), (BLOCK,), values)
+
+
+def max_pool_2x2(x, y, mask):
+    """y, mask (uint8 window index) <- 2x2 stride-2 max pooling of x (n, C, H, W), H and W even."""
+    launch("max_pool_2x2_forward", x.dtype, x, y, mask, y.size, x.shape[2], x.shape[3])
+
+
+def max_pool_2x2_backward(dy, mask, dx):
+    """dx <- dy routed to each window's maximum (mask from max_pool_2x2), zero elsewhere."""
+    launch("max_pool_2x2_backward", dy.dtype, dy, mask, dx, dx.size, dx.shape[2], dx.shape[3])
+
+
+def write_output(out, y, bias=None, rectify=False, mask=None):
+    """y (n, Co, Ho, Wo) <- out (Co, n, Ho, Wo) (+ bias; rectify: max(., 0); mask: then y > 0)."""
+    n, co = y.shape[0], y.shape[1]
+    plane = y.shape[2] * y.shape[3]
+    launch("write_output", y.dtype, out, y, y if bias is None else bias, y if mask is None else mask, y.size, n, co,
+           plane, bias is not None, bool(rectify), mask is not None)
+
+
+def im2col(x, geom, cols):
+    """cols (C, kh, kw, n, Ho, Wo) <- the receptive fields of x (n, C, H, W) for geom (zero outside)."""
+    n, c, h, w = x.shape
+    ho, wo = cols.shape[4], cols.shape[5]
+    launch("im2col", x.dtype, x, cols, cols.size, n, c, h, w, geom.kh, geom.kw, geom.sh, geom.sw, geom.ph, geom.pw,
+           geom.dh, geom.dw, ho, wo)
+
+
+def col2im(cols, geom, x):
+    """x (n, C, H, W) <- the adjoint of im2col: each pixel the sum of the entries copied from it."""
+    n, c, h, w = x.shape
+    ho, wo = cols.shape[4], cols.shape[5]
+    launch("col2im", x.dtype, cols, x, x.size, n, c, h, w, geom.kh, geom.kw, geom.sh, geom.sw, geom.ph, geom.pw,
+           geom.dh, geom.dw, ho, wo)
