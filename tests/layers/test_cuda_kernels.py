@@ -152,9 +152,56 @@ layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { n
         bias_filler { type: "gaussian" std: 0.5 } } }
 layer { name: "r" type: "ReLU" bottom: "y" top: "y" }
 layer { name: "p" type: "Pooling" bottom: "y" top: "z" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
-layer { name: "c2" type: "Convolution" bottom: "z" top: "u" convolution_param { num_output: 3 kernel_size: 3
-        stride: 2 pad: 1 vggtool_algorithm: "im2col" weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "c2" type: "Convolution" bottom: "z" top: "u" convolution_param { num_output: 3 kernel_h: 3
+        kernel_w: 2 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 0 vggtool_algorithm: "im2col"
+        weight_filler { type: "gaussian" std: 0.5 } } }
 """
+
+
+def emulate_the_kernels(monkeypatch, calls):
+    """The layers' GPU branches on NumPy arrays: cuda_kernels.usable accepts contiguous NumPy arrays, each
+    launch runs the kernel's C twin with exactly the arguments it would pass to CuPy, the C kernels off."""
+    monkeypatch.setattr(kernels, "usable", lambda *arrays: False)
+    monkeypatch.setattr(cuda_kernels, "usable",
+                        lambda *arrays: all(isinstance(a, np.ndarray) and a.flags.c_contiguous for a in arrays))
+
+    def function(xp, name, dtype):
+        def kernel(grid, block, values):
+            assert grid[0] >= 1 and block == (cuda_kernels.BLOCK,)
+            assert all(type(v) is np.int64 for (kind, _), v in zip(cuda_kernels.KERNELS[name][0], values)
+                       if kind == "i64"), "integers go to CuPy as int64, for the kernels' long long"
+            calls.append(name)
+            run_twin(name, dtype, *values)
+        return kernel
+
+    monkeypatch.setattr(cuda_kernels, "_function", function)
+
+
+@pytest.mark.parametrize("share", [False, True], ids=["own buffers", "pooled (ReLU mask in the output pass)"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_layers_gpu_branches_with_the_kernels_emulated_on_the_cpu(rng, monkeypatch, dtype, share):
+    """Conv (im2col, bias + fused ReLU) -> 2x2 max pool -> strided conv (col2im for dX): forward and backward
+    through the branches a GPU net takes, every kernel emulated, against the same net on the NumPy code."""
+    x = rng.standard_normal((2, 3, 8, 10))
+    results, calls = {}, []
+    for emulated in (False, True):
+        with monkeypatch.context() as m:
+            if emulated:
+                emulate_the_kernels(m, calls)
+            net = layer_net(POOL_CONV, {"x": x}, dtype=dtype, seed=3)
+            if share:
+                net.share_memory()
+            net.blobs["x"].data[...] = x
+            net.forward()
+            u = net.blobs["u"].data.copy()
+            net.blobs["u"].diff[...] = 1
+            net.backward()
+            results[emulated] = [u, net.blobs["x"].diff.copy(), net.layer_dict["c"].blobs[0].diff.copy(),
+                                 net.layer_dict["c2"].blobs[0].diff.copy()]
+    assert {"im2col", "write_output", "max_pool_2x2_forward", "max_pool_2x2_backward", "col2im"} <= set(calls)
+    eps = np.finfo(dtype).eps
+    for a, b, what in zip(results[True], results[False], ["output", "input gradient", "dW c", "dW c2"]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=32 * eps * np.abs(b).max(), err_msg=what)
 
 
 @pytest.mark.gpu
