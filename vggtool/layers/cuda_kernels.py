@@ -135,15 +135,20 @@ def usable(*arrays):
         for a in arrays)
 
 
-_modules = {}  # CUDA device id -> cupy.RawModule of source()
+_modules = {}  # CUDA device id -> cupy.RawModule of source() (NVRTC compiles it once per device)
+_functions = {}  # (device id, kernel name) -> its cupy function
 
 
 def _function(xp, name, dtype):
     device = xp.cuda.Device().id
-    module = _modules.get(device)
-    if module is None:
-        module = _modules[device] = xp.RawModule(code=source())
-    return module.get_function(kernel_name(name, dtype))
+    key = (device, kernel_name(name, dtype))
+    function = _functions.get(key)
+    if function is None:
+        module = _modules.get(device)
+        if module is None:
+            module = _modules[device] = xp.RawModule(code=source())
+        function = _functions[key] = module.get_function(key[1])
+    return function
 
 
 def launch(name, dtype, *args):
