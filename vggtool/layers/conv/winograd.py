@@ -3,6 +3,8 @@
 Per chunk of images: transform the input tiles (V), one GEMM per transformed position
 (M[xi] = U[xi] @ V[xi]), transform the outputs back (winograd_transforms.py has the mathematics). The
 transforms run in C where the kernels are built (kernels.py; F(4x4) has only the C code), else in NumPy.
+F(4x4) layers with few channels run the same steps as fused blocks of tile rows instead, in cache
+(kernels.wino4_fused; where: policy.winograd_fused_rows).
 Backward: dW via dU[xi] = dM[xi] @ V[xi]^T, V kept from the forward pass when the cache allows; dX
 as the same correlation of dY padded by 2 - pad with the flipped, transposed kernel.
 """
