@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check of issue 17: one run, no network, everything written under $OUT.
 #   tools/gpu_check.sh [--lmdb-wheel PATH] [--dry-run]
-# 1. the GPU-marked tests, then the layer suite (CPU and GPU halves); 2. 1 vs 2 replicas on one GPU;
+# 0. the named CUDA kernels (on failure the rest runs without them); 1. the GPU-marked tests, then the layer
+# suite (CPU and GPU halves); 2. 1 vs 2 replicas on one GPU;
 # 3. VGG-16 (batch 32 and 64, 224x224) forward and forward+backward, vggtool against PyTorch+cuDNN, fp32
 # and TF32, with peak memory (bench/bench_gpu.py); 4. per-layer `vggtool time --gpu 0`; 5. the demo
 # trained on the GPU (needs the lmdb module: --lmdb-wheel, or a wheel in .whl/, else the step is skipped
@@ -67,6 +68,14 @@ else
   GPU_FLAG="--gpu 0"; DEMO_DEV=gpu:0; ITERS=${DEMO_ITERS:-800}
 fi
 
+# The named CUDA kernels first: should they fail on the GPU, the steps after run the generic CuPy code
+# (VGGTOOL_NO_CUDA_KERNELS=1) so that one run still gives every figure, and the log says so.
+run "named CUDA kernels against the generic CuPy code" 60 $PY -m pytest -q -p no:cacheprovider \
+  tests/layers/test_cuda_kernels.py
+if [ "$DRY" = 0 ] && ! grep -q "named CUDA kernels against the generic CuPy code: exit 0" "$LOG"; then
+  export VGGTOOL_NO_CUDA_KERNELS=1
+  say "the named CUDA kernels failed: the steps below run with VGGTOOL_NO_CUDA_KERNELS=1"
+fi
 run "GPU-marked tests" 120 $PY -m pytest -q -rs -m gpu -p no:cacheprovider --continue-on-collection-errors tests \
   --junitxml="$OUT/pytest_gpu.xml"
 run "layer suite (CPU and GPU halves)" 90 $PY -m pytest -q -p no:cacheprovider tests/layers/test_layers_*.py \
