@@ -486,23 +486,29 @@ static void FN(max_pool_2x2)(const REAL *x, Py_ssize_t h, Py_ssize_t w, REAL *y,
 }
 
 /* dx (planes, h, w) <- dy routed to each window's maximum, zero elsewhere (planes [p0, p1)). */
+/* One output row pair of max_pool_2x2_backward: rows a and b of dx from the pooled row g and its window
+ * indices mo (restrict parameters, so that it vectorises). */
+static void FN(max_pool_2x2_backward_row)(const REAL *RESTRICT g, const unsigned char *RESTRICT mo,
+                                          REAL *RESTRICT a, REAL *RESTRICT b, Py_ssize_t wo)
+{
+    for (Py_ssize_t q = 0; q < wo; q++) {
+        unsigned char k = mo[q];
+        REAL v = g[q];
+        a[2 * q] = k == 0 ? v : 0;
+        a[2 * q + 1] = k == 1 ? v : 0;
+        b[2 * q] = k == 2 ? v : 0;
+        b[2 * q + 1] = k == 3 ? v : 0;
+    }
+}
+
 static void FN(max_pool_2x2_backward)(const REAL *dy, const unsigned char *mask, Py_ssize_t h, Py_ssize_t w,
                                       REAL *dx, Py_ssize_t p0, Py_ssize_t p1)
 {
     const Py_ssize_t ho = h / 2, wo = w / 2;
     for (Py_ssize_t p = p0; p < p1; p++)
         for (Py_ssize_t r = 0; r < ho; r++) {
-            REAL *a = dx + (p * h + 2 * r) * w, *b = a + w;
-            const REAL *g = dy + (p * ho + r) * wo;
-            const unsigned char *mo = mask + (p * ho + r) * wo;
-            for (Py_ssize_t q = 0; q < wo; q++) {
-                unsigned char k = mo[q];
-                REAL v = g[q];
-                a[2 * q] = k == 0 ? v : 0;
-                a[2 * q + 1] = k == 1 ? v : 0;
-                b[2 * q] = k == 2 ? v : 0;
-                b[2 * q + 1] = k == 3 ? v : 0;
-            }
+            REAL *a = dx + (p * h + 2 * r) * w;
+            FN(max_pool_2x2_backward_row)(dy + (p * ho + r) * wo, mask + (p * ho + r) * wo, a, a + w, wo);
         }
 }
 
