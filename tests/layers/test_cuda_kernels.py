@@ -122,6 +122,38 @@ def test_im2col_and_col2im_kernels_equal_the_c_kernels(n, c, h, w, kernel, strid
     assert abs(lhs - rhs) <= 1e-5 * np.sum(np.abs(cols.astype(np.float64) * z)) + 1e-300
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("h, w, pad", [(7, 9, 1), (8, 8, 0), (5, 3, 2), (1, 1, 1), (14, 14, 1)])
+def test_winograd2_kernels_give_the_c_kernels_bits(rng, dtype, h, w, pad):
+    """F(2x2)'s input transform, output transform (+ bias, fused ReLU, mask) and the output's adjoint: the
+    C kernels' arithmetic in their order, so the same bits, on outputs that are not multiples of the tile."""
+    if not kernels.built():
+        pytest.skip("the C kernels were not built (no C compiler at install time)")
+    n, c, co = 2, 3, 4
+    ho, wo = h + 2 * pad - 2, w + 2 * pad - 2
+    th, tw = -(-ho // 2), -(-wo // 2)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    v, want_v = np.full((16, c, n, th, tw), np.nan, dtype), np.full((16, c, n, th, tw), np.nan, dtype)
+    run_twin("wino2_input", dtype, x, v, c * n * th * tw, n, c, h, w, pad, pad, th, tw)
+    kernels.wino_input(x, (pad, pad), want_v)
+    np.testing.assert_array_equal(v, want_v)
+    m = rng.standard_normal((16, co, n, th, tw)).astype(dtype)
+    b = rng.standard_normal(co).astype(dtype)
+    for bias, rectify, with_mask in [(b, True, True), (None, False, False), (b, False, True)]:
+        y, want_y = np.full((n, co, ho, wo), np.nan, dtype), np.full((n, co, ho, wo), np.nan, dtype)
+        mask, want_mask = np.full(y.shape, 9, np.uint8), np.full(y.shape, 9, np.uint8)
+        run_twin("wino2_output", dtype, m, y, y if bias is None else bias, mask if with_mask else y, co * n * th * tw,
+                 n, co, th, tw, ho, wo, bias is not None, rectify, with_mask)
+        kernels.wino_output(m, want_y, bias, rectify, want_mask if with_mask else None)
+        np.testing.assert_array_equal(y, want_y)
+        np.testing.assert_array_equal(mask, want_mask)
+    dy = rng.standard_normal((n, co, ho, wo)).astype(dtype)
+    dm, want_dm = np.full(m.shape, np.nan, dtype), np.full(m.shape, np.nan, dtype)
+    run_twin("wino2_output_adjoint", dtype, dy, dm, co * n * th * tw, n, co, ho, wo, th, tw)
+    kernels.wino_output_adjoint(dy, want_dm)
+    np.testing.assert_array_equal(dm, want_dm)
+
+
 def test_the_kernels_compile_with_nvrtc():
     """The CUDA text compiles for sm_80 where CuPy's NVRTC is installed (no GPU needed)."""
     try:
@@ -155,6 +187,10 @@ layer { name: "p" type: "Pooling" bottom: "y" top: "z" pooling_param { pool: MAX
 layer { name: "c2" type: "Convolution" bottom: "z" top: "u" convolution_param { num_output: 3 kernel_h: 3
         kernel_w: 2 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 0 vggtool_algorithm: "im2col"
         weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "w" type: "Convolution" bottom: "z" top: "v" convolution_param { num_output: 4 kernel_size: 3 pad: 1
+        vggtool_algorithm: "winograd2" weight_filler { type: "gaussian" std: 0.5 }
+        bias_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "rw" type: "ReLU" bottom: "v" top: "v" }
 """
 
 
@@ -180,9 +216,11 @@ def emulate_the_kernels(monkeypatch, calls):
 @pytest.mark.parametrize("share", [False, True], ids=["own buffers", "pooled (ReLU mask in the output pass)"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_the_layers_gpu_branches_with_the_kernels_emulated_on_the_cpu(rng, monkeypatch, dtype, share):
-    """Conv (im2col, bias + fused ReLU) -> 2x2 max pool -> strided conv (col2im for dX): forward and backward
-    through the branches a GPU net takes, every kernel emulated, against the same net on the NumPy code."""
+    """Conv (im2col, bias + fused ReLU) -> 2x2 max pool -> a strided conv (col2im for dX) and an F(2x2)
+    Winograd conv + ReLU: forward and backward through the branches a GPU net takes, every kernel emulated,
+    against the same net on the NumPy code."""
     x = rng.standard_normal((2, 3, 8, 10))
+    dy_u, dy_v = rng.standard_normal((2, 3, 2, 4)), rng.standard_normal((2, 4, 4, 5))
     results, calls = {}, []
     for emulated in (False, True):
         with monkeypatch.context() as m:
@@ -193,22 +231,23 @@ def test_the_layers_gpu_branches_with_the_kernels_emulated_on_the_cpu(rng, monke
                 net.share_memory()
             net.blobs["x"].data[...] = x
             net.forward()
-            u = net.blobs["u"].data.copy()
-            net.blobs["u"].diff[...] = 1
+            u, v = net.blobs["u"].data.copy(), net.blobs["v"].data.copy()
+            net.blobs["u"].diff[...] = dy_u
+            net.blobs["v"].diff[...] = dy_v
             net.backward()
-            results[emulated] = [u, net.blobs["x"].diff.copy(), net.layer_dict["c"].blobs[0].diff.copy(),
-                                 net.layer_dict["c2"].blobs[0].diff.copy()]
-    assert {"im2col", "write_output", "max_pool_2x2_forward", "max_pool_2x2_backward", "col2im"} <= set(calls)
+            results[emulated] = [u, v, net.blobs["x"].diff.copy()] + [
+                net.layer_dict[name].blobs[0].diff.copy() for name in ("c", "c2", "w")]
+    assert set(cuda_kernels.KERNELS) == set(calls)  # every kernel ran
     eps = np.finfo(dtype).eps
-    for a, b, what in zip(results[True], results[False], ["output", "input gradient", "dW c", "dW c2"]):
+    for a, b, what in zip(results[True], results[False], ["u", "v", "input gradient", "dW c", "dW c2", "dW w"]):
         np.testing.assert_allclose(a, b, rtol=0, atol=32 * eps * np.abs(b).max(), err_msg=what)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_on_a_gpu_the_kernels_give_the_generic_cupy_results(rng, dtype):
-    """Conv (im2col, fused bias + ReLU) -> 2x2 max pool -> strided conv (col2im) on the GPU, with the named
-    kernels and without them: the same outputs and gradients, and the CPU's."""
+    """The net of the emulated test (im2col with fused bias + ReLU, 2x2 max pool, col2im, F(2x2) Winograd)
+    on the GPU, with the named kernels and without them: the same outputs and gradients, and the CPU's."""
     x = rng.standard_normal((2, 3, 8, 10))
     results = {}
     for name, device, on in (("cpu", backend.CPU, True), ("gpu", backend.gpu(0), True), ("gpu-generic", backend.gpu(0), False)):
@@ -216,10 +255,12 @@ def test_on_a_gpu_the_kernels_give_the_generic_cupy_results(rng, dtype):
             net = layer_net(POOL_CONV, {"x": x}, device=device, dtype=dtype, seed=3)
             net.blobs["x"].data[...] = device.asarray(x.astype(dtype))
             net.forward()
-            net.blobs["u"].diff[...] = device.asarray(np.ones(net.blobs["u"].shape, dtype))
+            for top in ("u", "v"):
+                net.blobs[top].diff[...] = device.asarray(np.ones(net.blobs[top].shape, dtype))
             net.backward()
-            results[name] = [backend.to_numpy(a) for a in (net.blobs["u"].data, net.blobs["x"].diff,
-                                                          net.layer_dict["c"].blobs[0].diff)]
+            results[name] = [backend.to_numpy(a) for a in (net.blobs["u"].data, net.blobs["v"].data,
+                                                          net.blobs["x"].diff, net.layer_dict["c"].blobs[0].diff,
+                                                          net.layer_dict["w"].blobs[0].diff)]
     eps = np.finfo(dtype).eps
     for a, b, c in zip(results["gpu"], results["gpu-generic"], results["cpu"]):
         np.testing.assert_allclose(a, b, rtol=0, atol=64 * eps * np.abs(b).max())

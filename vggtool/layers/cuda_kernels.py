@@ -1,5 +1,6 @@
 """Named CUDA kernels for the CuPy engine: 2x2 max pooling forward and backward, the convolution's output
-pass (channel-major GEMM output -> (n, C, H, W), + bias, fused ReLU and its mask) and im2col / col2im.
+pass (channel-major GEMM output -> (n, C, H, W), + bias, fused ReLU and its mask), im2col / col2im and the
+Winograd F(2x2, 3x3) transforms (input, output with bias and fused ReLU, and the output's adjoint).
 
 Without them each of these passes is several generic CuPy kernels and temporaries (the 2x2 max pool
 about seven). Each kernel is one CUDA C function over a grid-stride loop whose body is also plain C:
@@ -93,6 +94,83 @@ KERNELS = {
             }
         }
         x[i] = sum;
+    """),
+    # Winograd F(2x2, 3x3), one thread per tile, the arithmetic of the C kernels (_kernels_impl.h) in
+    # their order. Tiles (16, C, n, th, tw), xi = 4 * row + column; count = C * n * th * tw, so the tile
+    # (c, img, r, q) is element i of each of the 16 planes.
+    "wino2_input": ([("in", "src"), ("out", "tiles"), ("i64", "count"), ("i64", "n"), ("i64", "c_all"),
+                     ("i64", "h"), ("i64", "w"), ("i64", "ph"), ("i64", "pw"), ("i64", "th"), ("i64", "tw")], r"""
+        /* B^T d B of the 4x4 input tile (stride 2) of src zero-padded by (ph, pw) */
+        long long q = i % tw, r = (i / tw) % th, img = (i / (tw * th)) % n, c = i / (tw * th * n);
+        const REAL *s = src + (img * c_all + c) * h * w;
+        REAL d[4][4], t[4][4];
+        for (int k = 0; k < 4; k++)
+            for (int j = 0; j < 4; j++) {
+                long long y = 2 * r - ph + k, x = 2 * q - pw + j;
+                d[k][j] = (y >= 0 && y < h && x >= 0 && x < w) ? s[y * w + x] : (REAL)0;
+            }
+        for (int j = 0; j < 4; j++) {
+            t[0][j] = d[0][j] - d[2][j];
+            t[1][j] = d[1][j] + d[2][j];
+            t[2][j] = d[2][j] - d[1][j];
+            t[3][j] = d[1][j] - d[3][j];
+        }
+        for (int a = 0; a < 4; a++) {
+            REAL *o = tiles + (4 * a) * count + i;
+            o[0] = t[a][0] - t[a][2];
+            o[count] = t[a][1] + t[a][2];
+            o[2 * count] = t[a][2] - t[a][1];
+            o[3 * count] = t[a][1] - t[a][3];
+        }
+    """),
+    "wino2_output": ([("in", "m"), ("out", "dst"), ("in", "bias"), ("out_u8", "mask"), ("i64", "count"),
+                      ("i64", "n"), ("i64", "c_all"), ("i64", "th"), ("i64", "tw"), ("i64", "ho"), ("i64", "wo"),
+                      ("i64", "use_bias"), ("i64", "rectify"), ("i64", "use_mask")], r"""
+        /* A^T M A (+ bias) of the tile into dst (n, C, ho, wo), outputs beyond ho x wo dropped; rectify:
+           max(., 0); mask: output > 0 */
+        long long q = i % tw, r = (i / tw) % th, img = (i / (tw * th)) % n, c = i / (tw * th * n);
+        REAL b = use_bias ? bias[c] : (REAL)0, s0[4], s1[4];
+        for (int k = 0; k < 4; k++) {
+            REAL m0 = m[k * count + i], m1 = m[(4 + k) * count + i], m2 = m[(8 + k) * count + i],
+                 m3 = m[(12 + k) * count + i];
+            s0[k] = m0 + m1 + m2;
+            s1[k] = m1 - m2 - m3;
+        }
+        REAL v[4] = {s0[0] + s0[1] + s0[2] + b, s0[1] - s0[2] - s0[3] + b, s1[0] + s1[1] + s1[2] + b,
+                     s1[1] - s1[2] - s1[3] + b};
+        for (int k = 0; k < 4; k++) {
+            long long y = 2 * r + k / 2, x = 2 * q + k % 2;
+            if (y < ho && x < wo) {
+                REAL value = rectify && v[k] < 0 ? (REAL)0 : v[k];
+                long long at = ((img * c_all + c) * ho + y) * wo + x;
+                dst[at] = value;
+                if (use_mask)
+                    mask[at] = value > 0;
+            }
+        }
+    """),
+    "wino2_output_adjoint": ([("in", "dy"), ("out", "dm"), ("i64", "count"), ("i64", "n"), ("i64", "c_all"),
+                              ("i64", "ho"), ("i64", "wo"), ("i64", "th"), ("i64", "tw")], r"""
+        /* A dY A^T of the 2x2 tile of dy (n, C, ho, wo), zero beyond ho x wo: the adjoint of wino2_output */
+        long long q = i % tw, r = (i / tw) % th, img = (i / (tw * th)) % n, c = i / (tw * th * n);
+        const REAL *g = dy + (img * c_all + c) * ho * wo;
+        REAL g0[2], g1[2], t[4][2];
+        for (int j = 0; j < 2; j++) {
+            long long x = 2 * q + j;
+            g0[j] = x < wo ? g[2 * r * wo + x] : (REAL)0;
+            g1[j] = (x < wo && 2 * r + 1 < ho) ? g[(2 * r + 1) * wo + x] : (REAL)0;
+            t[0][j] = g0[j];
+            t[1][j] = g0[j] + g1[j];
+            t[2][j] = g0[j] - g1[j];
+            t[3][j] = -g1[j];
+        }
+        for (int a = 0; a < 4; a++) {
+            REAL *o = dm + (4 * a) * count + i;
+            o[0] = t[a][0];
+            o[count] = t[a][0] + t[a][1];
+            o[2 * count] = t[a][0] - t[a][1];
+            o[3 * count] = -t[a][1];
+        }
     """),
 }
 
@@ -189,6 +267,28 @@ def im2col(x, geom, cols):
     ho, wo = cols.shape[4], cols.shape[5]
     launch("im2col", x.dtype, x, cols, cols.size, n, c, h, w, geom.kh, geom.kw, geom.sh, geom.sw, geom.ph, geom.pw,
            geom.dh, geom.dw, ho, wo)
+
+
+def wino2_input(src, pad, tiles):
+    """tiles (16, C, n, th, tw) <- B^T d B of the 4x4 tiles (stride 2) of src (n, C, H, W) zero-padded by pad."""
+    n, c, h, w = src.shape
+    th, tw = tiles.shape[3], tiles.shape[4]
+    launch("wino2_input", src.dtype, src, tiles, c * n * th * tw, n, c, h, w, pad[0], pad[1], th, tw)
+
+
+def wino2_output(m, dst, bias=None, rectify=False, mask=None):
+    """dst (n, C, Ho, Wo) <- A^T M A (+ bias) of the tiles m (16, C, n, th, tw); rectify: max(., 0); mask: > 0."""
+    n, c, ho, wo = dst.shape
+    th, tw = m.shape[3], m.shape[4]
+    launch("wino2_output", dst.dtype, m, dst, dst if bias is None else bias, dst if mask is None else mask,
+           c * n * th * tw, n, c, th, tw, ho, wo, bias is not None, bool(rectify), mask is not None)
+
+
+def wino2_output_adjoint(dy, dm):
+    """dm (16, C, n, th, tw) <- A dY A^T of every 2x2 tile of dy (n, C, Ho, Wo), zero beyond Ho x Wo."""
+    n, c, ho, wo = dy.shape
+    th, tw = dm.shape[3], dm.shape[4]
+    launch("wino2_output_adjoint", dy.dtype, dy, dm, c * n * th * tw, n, c, ho, wo, th, tw)
 
 
 def col2im(cols, geom, x):

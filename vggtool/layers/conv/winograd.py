@@ -10,7 +10,7 @@ as the same correlation of dY padded by 2 - pad with the flipped, transposed ker
 """
 import numpy as np
 
-from .. import kernels
+from .. import cuda_kernels, kernels
 from ..gemm import cblas_address, gemm, independent_gemms
 from ..threads import split_run
 from . import policy
@@ -42,6 +42,10 @@ def input_tiles(conv, src, pad, th, tw, m, out=None):
         with conv.profiler.section("wino_pad_in_transform"):
             kernels.wino_input(src, pad, v)
         return v
+    if m == 2 and cuda_kernels.usable(src, v):
+        with conv.profiler.section("wino_pad_in_transform"):
+            cuda_kernels.wino2_input(src, pad, v)
+        return v
     planes = conv.workspace("conv_pad", (2, ci, n, 2 * th + 2, tw + 1))
     rows = conv.workspace("wino_rows", (2, 4, ci, n, th, tw + 1))
 
@@ -61,6 +65,9 @@ def _output_tiles(conv, m, dst, bias, th, tw, rectify=False, mask=None):
     tile = kernels.output_tile(m.shape[0])
     if c_transforms(conv, tile, m, dst, *([] if bias is None else [bias])):
         kernels.wino_output(m, dst, bias, rectify, mask)
+        return
+    if tile == 2 and cuda_kernels.usable(m, dst, *[a for a in (bias, mask) if a is not None]):
+        cuda_kernels.wino2_output(m, dst, bias, rectify, mask)
         return
     co, n, ho, wo = dst.shape[1], dst.shape[0], dst.shape[2], dst.shape[3]
     out = dst.transpose(1, 0, 2, 3)
@@ -147,6 +154,9 @@ def _output_adjoint(conv, dyc, dm, th, tw):
     m = kernels.output_tile(dm.shape[0])
     if c_transforms(conv, m, dyc, dm):
         kernels.wino_output_adjoint(dyc, dm)
+        return
+    if m == 2 and cuda_kernels.usable(dyc, dm):
+        cuda_kernels.wino2_output_adjoint(dyc, dm)
         return
     cout, n, ho, wo = dyc.shape[1], dyc.shape[0], dyc.shape[2], dyc.shape[3]
     dy = dyc.transpose(1, 0, 2, 3)
