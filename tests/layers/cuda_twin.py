@@ -1,6 +1,6 @@
 """The named CUDA kernels' source (vggtool/layers/cuda_kernels.py) compiled as C and run on the CPU.
 
-`twin()` compiles `cuda_kernels.source(prefix="")` with a prelude that declares blockIdx, blockDim,
+`twin()` compiles `cuda_kernels.source(cuda=False)` with a prelude that declares blockIdx, blockDim,
 threadIdx and gridDim as globals, plus one driver per kernel that loops over an emulated grid (a few
 blocks of a few threads, so the grid-stride loops wrap several times) and calls the kernel once per
 (block, thread). The same text NVRTC compiles for the GPU thus runs here, and its results can be compared
@@ -50,7 +50,7 @@ def twin():
     folder = tempfile.mkdtemp(prefix="vggtool-cuda-twin-")
     c_file, lib = os.path.join(folder, "twin.c"), os.path.join(folder, "twin.so")
     with open(c_file, "w") as f:
-        f.write(PRELUDE + cuda_kernels.source(prefix="") + _drivers())
+        f.write(PRELUDE + cuda_kernels.source(cuda=False) + _drivers())
     result = subprocess.run([compiler, "-O1", "-std=c99", "-Wall", "-Werror", "-shared", "-fPIC", c_file, "-o", lib],
                             capture_output=True, text=True)
     if result.returncode:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from vggtool import backend, config
 from vggtool.layers import cuda_kernels, kernels
+from vggtool.layers.conv import winograd as winograd_algo
 from vggtool.layers.conv.geometry import ConvGeometry, write_output
 from vggtool.testing import layer_net
 
@@ -123,33 +124,36 @@ def test_im2col_and_col2im_kernels_equal_the_c_kernels(n, c, h, w, kernel, strid
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("h, w, pad", [(7, 9, 1), (8, 8, 0), (5, 3, 2), (1, 1, 1), (14, 14, 1)])
-def test_winograd2_kernels_give_the_c_kernels_bits(rng, dtype, h, w, pad):
-    """F(2x2)'s input transform, output transform (+ bias, fused ReLU, mask) and the output's adjoint: the
-    C kernels' arithmetic in their order, so the same bits, on outputs that are not multiples of the tile."""
+@pytest.mark.parametrize("h, w, pad", [(7, 9, 1), (8, 8, 0), (5, 3, 2), (1, 1, 1), (14, 14, 1), (30, 13, 1)])
+@pytest.mark.parametrize("tile", [2, 4])
+def test_winograd_kernels_give_the_c_kernels_bits(rng, tile, dtype, h, w, pad):
+    """F(2x2)'s and F(4x4)'s input transform, output transform (+ bias, fused ReLU, mask) and the output's
+    adjoint: the C kernels' arithmetic in their order, so the same bits, on outputs that are not multiples
+    of the tile."""
     if not kernels.built():
         pytest.skip("the C kernels were not built (no C compiler at install time)")
     n, c, co = 2, 3, 4
     ho, wo = h + 2 * pad - 2, w + 2 * pad - 2
-    th, tw = -(-ho // 2), -(-wo // 2)
+    th, tw = -(-ho // tile), -(-wo // tile)
+    planes = (tile + 2) ** 2
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    v, want_v = np.full((16, c, n, th, tw), np.nan, dtype), np.full((16, c, n, th, tw), np.nan, dtype)
-    run_twin("wino2_input", dtype, x, v, c * n * th * tw, n, c, h, w, pad, pad, th, tw)
+    v, want_v = np.full((planes, c, n, th, tw), np.nan, dtype), np.full((planes, c, n, th, tw), np.nan, dtype)
+    run_twin(f"wino{tile}_input", dtype, x, v, c * n * th * tw, n, c, h, w, pad, pad, th, tw)
     kernels.wino_input(x, (pad, pad), want_v)
     np.testing.assert_array_equal(v, want_v)
-    m = rng.standard_normal((16, co, n, th, tw)).astype(dtype)
+    m = rng.standard_normal((planes, co, n, th, tw)).astype(dtype)
     b = rng.standard_normal(co).astype(dtype)
     for bias, rectify, with_mask in [(b, True, True), (None, False, False), (b, False, True)]:
         y, want_y = np.full((n, co, ho, wo), np.nan, dtype), np.full((n, co, ho, wo), np.nan, dtype)
         mask, want_mask = np.full(y.shape, 9, np.uint8), np.full(y.shape, 9, np.uint8)
-        run_twin("wino2_output", dtype, m, y, y if bias is None else bias, mask if with_mask else y, co * n * th * tw,
+        run_twin(f"wino{tile}_output", dtype, m, y, y if bias is None else bias, mask if with_mask else y, co * n * th * tw,
                  n, co, th, tw, ho, wo, bias is not None, rectify, with_mask)
         kernels.wino_output(m, want_y, bias, rectify, want_mask if with_mask else None)
         np.testing.assert_array_equal(y, want_y)
         np.testing.assert_array_equal(mask, want_mask)
     dy = rng.standard_normal((n, co, ho, wo)).astype(dtype)
     dm, want_dm = np.full(m.shape, np.nan, dtype), np.full(m.shape, np.nan, dtype)
-    run_twin("wino2_output_adjoint", dtype, dy, dm, co * n * th * tw, n, co, ho, wo, th, tw)
+    run_twin(f"wino{tile}_output_adjoint", dtype, dy, dm, co * n * th * tw, n, co, ho, wo, th, tw)
     kernels.wino_output_adjoint(dy, want_dm)
     np.testing.assert_array_equal(dm, want_dm)
 
@@ -191,6 +195,10 @@ layer { name: "w" type: "Convolution" bottom: "z" top: "v" convolution_param { n
         vggtool_algorithm: "winograd2" weight_filler { type: "gaussian" std: 0.5 }
         bias_filler { type: "gaussian" std: 0.5 } } }
 layer { name: "rw" type: "ReLU" bottom: "v" top: "v" }
+layer { name: "w4" type: "Convolution" bottom: "y" top: "t" convolution_param { num_output: 2 kernel_size: 3 pad: 1
+        vggtool_algorithm: "winograd4" weight_filler { type: "gaussian" std: 0.5 }
+        bias_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "rt" type: "ReLU" bottom: "t" top: "t" }
 """
 
 
@@ -198,6 +206,7 @@ def emulate_the_kernels(monkeypatch, calls):
     """The layers' GPU branches on NumPy arrays: cuda_kernels.usable accepts contiguous NumPy arrays, each
     launch runs the kernel's C twin with exactly the arguments it would pass to CuPy, the C kernels off."""
     monkeypatch.setattr(kernels, "usable", lambda *arrays: False)
+    monkeypatch.setattr(winograd_algo, "c_transforms", lambda conv, m, *arrays: False)  # F(4x4) too
     monkeypatch.setattr(cuda_kernels, "usable",
                         lambda *arrays: all(isinstance(a, np.ndarray) and a.flags.c_contiguous for a in arrays))
 
@@ -217,10 +226,11 @@ def emulate_the_kernels(monkeypatch, calls):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_the_layers_gpu_branches_with_the_kernels_emulated_on_the_cpu(rng, monkeypatch, dtype, share):
     """Conv (im2col, bias + fused ReLU) -> 2x2 max pool -> a strided conv (col2im for dX) and an F(2x2)
-    Winograd conv + ReLU: forward and backward through the branches a GPU net takes, every kernel emulated,
-    against the same net on the NumPy code."""
+    Winograd conv + ReLU, and an F(4x4) conv + ReLU on the first conv's output: forward and backward through
+    the branches a GPU net takes, every kernel emulated, against the same net on the C and NumPy code."""
     x = rng.standard_normal((2, 3, 8, 10))
-    dy_u, dy_v = rng.standard_normal((2, 3, 2, 4)), rng.standard_normal((2, 4, 4, 5))
+    dy = {"u": rng.standard_normal((2, 3, 2, 4)), "v": rng.standard_normal((2, 4, 4, 5)),
+          "t": rng.standard_normal((2, 2, 8, 10))}
     results, calls = {}, []
     for emulated in (False, True):
         with monkeypatch.context() as m:
@@ -231,15 +241,16 @@ def test_the_layers_gpu_branches_with_the_kernels_emulated_on_the_cpu(rng, monke
                 net.share_memory()
             net.blobs["x"].data[...] = x
             net.forward()
-            u, v = net.blobs["u"].data.copy(), net.blobs["v"].data.copy()
-            net.blobs["u"].diff[...] = dy_u
-            net.blobs["v"].diff[...] = dy_v
+            tops = [net.blobs[name].data.copy() for name in dy]
+            for name, diff in dy.items():
+                net.blobs[name].diff[...] = diff
             net.backward()
-            results[emulated] = [u, v, net.blobs["x"].diff.copy()] + [
-                net.layer_dict[name].blobs[0].diff.copy() for name in ("c", "c2", "w")]
+            results[emulated] = tops + [net.blobs["x"].diff.copy()] + [
+                net.layer_dict[name].blobs[0].diff.copy() for name in ("c", "c2", "w", "w4")]
     assert set(cuda_kernels.KERNELS) == set(calls)  # every kernel ran
     eps = np.finfo(dtype).eps
-    for a, b, what in zip(results[True], results[False], ["u", "v", "input gradient", "dW c", "dW c2", "dW w"]):
+    what = ["u", "v", "t", "input gradient", "dW c", "dW c2", "dW w", "dW w4"]
+    for a, b, what in zip(results[True], results[False], what):
         np.testing.assert_allclose(a, b, rtol=0, atol=32 * eps * np.abs(b).max(), err_msg=what)
 
 
@@ -255,12 +266,14 @@ def test_on_a_gpu_the_kernels_give_the_generic_cupy_results(rng, dtype):
             net = layer_net(POOL_CONV, {"x": x}, device=device, dtype=dtype, seed=3)
             net.blobs["x"].data[...] = device.asarray(x.astype(dtype))
             net.forward()
-            for top in ("u", "v"):
+            for top in ("u", "v", "t"):
                 net.blobs[top].diff[...] = device.asarray(np.ones(net.blobs[top].shape, dtype))
             net.backward()
             results[name] = [backend.to_numpy(a) for a in (net.blobs["u"].data, net.blobs["v"].data,
-                                                          net.blobs["x"].diff, net.layer_dict["c"].blobs[0].diff,
-                                                          net.layer_dict["w"].blobs[0].diff)]
+                                                          net.blobs["t"].data, net.blobs["x"].diff,
+                                                          net.layer_dict["c"].blobs[0].diff,
+                                                          net.layer_dict["w"].blobs[0].diff,
+                                                          net.layer_dict["w4"].blobs[0].diff)]
     eps = np.finfo(dtype).eps
     for a, b, c in zip(results["gpu"], results["gpu-generic"], results["cpu"]):
         np.testing.assert_allclose(a, b, rtol=0, atol=64 * eps * np.abs(b).max())

@@ -1,6 +1,7 @@
 """Named CUDA kernels for the CuPy engine: 2x2 max pooling forward and backward, the convolution's output
 pass (channel-major GEMM output -> (n, C, H, W), + bias, fused ReLU and its mask), im2col / col2im and the
-Winograd F(2x2, 3x3) transforms (input, output with bias and fused ReLU, and the output's adjoint).
+Winograd F(2x2, 3x3) and F(4x4, 3x3) transforms (input, output with bias and fused ReLU, and the output's
+adjoint).
 
 Without them each of these passes is several generic CuPy kernels and temporaries (the 2x2 max pool
 about seven). Each kernel is one CUDA C function over a grid-stride loop whose body is also plain C:
@@ -172,7 +173,112 @@ KERNELS = {
             o[3 * count] = -t[a][1];
         }
     """),
+    # Winograd F(4x4, 3x3): the same layout with 36 planes, xi = 6 * row + column (helpers below).
+    "wino4_input": ([("in", "src"), ("out", "tiles"), ("i64", "count"), ("i64", "n"), ("i64", "c_all"),
+                     ("i64", "h"), ("i64", "w"), ("i64", "ph"), ("i64", "pw"), ("i64", "th"), ("i64", "tw")], r"""
+        /* B^T d B of the 6x6 input tile (stride 4) of src zero-padded by (ph, pw) */
+        long long q = i % tw, r = (i / tw) % th, img = (i / (tw * th)) % n, c = i / (tw * th * n);
+        const REAL *s = src + (img * c_all + c) * h * w;
+        REAL in6[6], out6[6], bt[6][6];
+        for (int j = 0; j < 6; j++) { /* B^T d, column by column */
+            long long x = 4 * q - pw + j;
+            for (int k = 0; k < 6; k++) {
+                long long y = 4 * r - ph + k;
+                in6[k] = (y >= 0 && y < h && x >= 0 && x < w) ? s[y * w + x] : (REAL)0;
+            }
+            wino4_input_1d_SFX(in6, out6);
+            for (int k = 0; k < 6; k++)
+                bt[k][j] = out6[k];
+        }
+        for (int a = 0; a < 6; a++) { /* (B^T d) B, row by row */
+            wino4_input_1d_SFX(bt[a], out6);
+            for (int k = 0; k < 6; k++)
+                tiles[(6 * a + k) * count + i] = out6[k];
+        }
+    """),
+    "wino4_output": ([("in", "m"), ("out", "dst"), ("in", "bias"), ("out_u8", "mask"), ("i64", "count"),
+                      ("i64", "n"), ("i64", "c_all"), ("i64", "th"), ("i64", "tw"), ("i64", "ho"), ("i64", "wo"),
+                      ("i64", "use_bias"), ("i64", "rectify"), ("i64", "use_mask")], r"""
+        long long q = i % tw, r = (i / tw) % th, img = (i / (tw * th)) % n, c = i / (tw * th * n);
+        REAL b = use_bias ? bias[c] : (REAL)0, in6[6], out4[4], at[4][6];
+        for (int k = 0; k < 6; k++) { /* A^T M, column by column */
+            for (int j = 0; j < 6; j++)
+                in6[j] = m[(6 * j + k) * count + i];
+            wino4_output_1d_SFX(in6, out4);
+            for (int row = 0; row < 4; row++)
+                at[row][k] = out4[row];
+        }
+        for (int row = 0; row < 4; row++) { /* (A^T M) A, row by row */
+            wino4_output_1d_SFX(at[row], out4);
+            long long y = 4 * r + row;
+            for (int col = 0; col < 4; col++) {
+                long long x = 4 * q + col;
+                if (y < ho && x < wo) {
+                    REAL v = out4[col] + b;
+                    v = rectify && v < 0 ? (REAL)0 : v;
+                    long long at_ = ((img * c_all + c) * ho + y) * wo + x;
+                    dst[at_] = v;
+                    if (use_mask)
+                        mask[at_] = v > 0;
+                }
+            }
+        }
+    """),
+    "wino4_output_adjoint": ([("in", "dy"), ("out", "dm"), ("i64", "count"), ("i64", "n"), ("i64", "c_all"),
+                              ("i64", "ho"), ("i64", "wo"), ("i64", "th"), ("i64", "tw")], r"""
+        long long q = i % tw, r = (i / tw) % th, img = (i / (tw * th)) % n, c = i / (tw * th * n);
+        const REAL *g = dy + (img * c_all + c) * ho * wo;
+        REAL in4[4], out6[6], ta[6][4];
+        for (int p = 0; p < 4; p++) { /* A dY, column by column */
+            long long x = 4 * q + p;
+            for (int k = 0; k < 4; k++) {
+                long long y = 4 * r + k;
+                in4[k] = (y < ho && x < wo) ? g[y * wo + x] : (REAL)0;
+            }
+            wino4_adjoint_1d_SFX(in4, out6);
+            for (int a = 0; a < 6; a++)
+                ta[a][p] = out6[a];
+        }
+        for (int a = 0; a < 6; a++) { /* (A dY) A^T, row by row */
+            wino4_adjoint_1d_SFX(ta[a], out6);
+            for (int k = 0; k < 6; k++)
+                dm[(6 * a + k) * count + i] = out6[k];
+        }
+    """),
 }
+
+# F(4x4)'s 1-d transforms, the expressions of the C kernels' wino4_input_1d, wino4_output_pass1 (+ its
+# second pass) and wino4_adjoint_1d, so that both give the same bits.
+HELPERS = r"""
+HELPER void wino4_input_1d_SFX(const REAL *a, REAL *t)
+{
+    t[0] = 4 * a[0] - 5 * a[2] + a[4];
+    t[1] = -4 * (a[1] + a[2]) + a[3] + a[4];
+    t[2] = 4 * (a[1] - a[2]) - a[3] + a[4];
+    t[3] = 2 * (a[3] - a[1]) - a[2] + a[4];
+    t[4] = 2 * (a[1] - a[3]) - a[2] + a[4];
+    t[5] = 4 * a[1] - 5 * a[3] + a[5];
+}
+
+HELPER void wino4_output_1d_SFX(const REAL *p, REAL *s)
+{
+    REAL m1 = p[1], m2 = p[2], m3 = p[3], m4 = p[4];
+    s[0] = p[0] + m1 + m2 + m3 + m4;
+    s[1] = m1 - m2 + 2 * (m3 - m4);
+    s[2] = m1 + m2 + 4 * (m3 + m4);
+    s[3] = m1 - m2 + 8 * (m3 - m4) + p[5];
+}
+
+HELPER void wino4_adjoint_1d_SFX(const REAL *a, REAL *t)
+{
+    t[0] = a[0];
+    t[1] = a[0] + a[1] + a[2] + a[3];
+    t[2] = a[0] - a[1] + a[2] - a[3];
+    t[3] = a[0] + 2 * a[1] + 4 * a[2] + 8 * a[3];
+    t[4] = a[0] - 2 * a[1] + 4 * a[2] - 8 * a[3];
+    t[5] = a[3];
+}
+"""
 
 _C_TYPES = {"in": "const REAL *", "out": "REAL *", "in_u8": "const unsigned char *", "out_u8": "unsigned char *",
             "i64": "long long "}
@@ -185,17 +291,19 @@ def kernel_name(name, dtype):
     return f"{name}_{_SUFFIX[np.dtype(dtype)]}"
 
 
-def source(prefix='extern "C" __global__'):
-    """The kernels for float32 and float64 as one text: CUDA by default; the tests pass prefix '' for C."""
+def source(cuda=True):
+    """The kernels for float32 and float64 as one text: CUDA, or plain C (cuda=False, the tests' twin)."""
+    prefix, helper = ('extern "C" __global__', "__device__ static") if cuda else ("", "static")
     parts = []
     template = string.Template("$prefix void ${name}_$suffix($params)\n{\n"
                                "    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < count;\n"
                                "         i += (long long)blockDim.x * gridDim.x) {\n$body    }\n}\n")
     for suffix, real in _REAL.items():
+        parts.append(HELPERS.replace("HELPER", helper).replace("REAL", real).replace("SFX", suffix))
         for name, (params, body) in KERNELS.items():
             decl = ", ".join(_C_TYPES[kind] + arg for kind, arg in params).replace("REAL", real)
             parts.append(template.substitute(prefix=prefix, name=name, suffix=suffix, params=decl,
-                                             body=body.replace("REAL", real)))
+                                             body=body.replace("REAL", real).replace("SFX", suffix)))
     return "\n".join(parts)
 
 
@@ -269,26 +377,35 @@ def im2col(x, geom, cols):
            geom.dh, geom.dw, ho, wo)
 
 
-def wino2_input(src, pad, tiles):
-    """tiles (16, C, n, th, tw) <- B^T d B of the 4x4 tiles (stride 2) of src (n, C, H, W) zero-padded by pad."""
+def _tile(transformed):
+    """m of F(m x m, 3 x 3) from the (m + 2)^2 planes of its transformed tiles: 2 (16) or 4 (36)."""
+    return math.isqrt(transformed) - 2
+
+
+def wino_input(src, pad, tiles):
+    """tiles ((m+2)^2, C, n, th, tw) <- B^T d B of the (m+2)x(m+2) tiles (stride m) of src (n, C, H, W)
+    zero-padded by pad; m = 2 or 4, from the tiles' shape."""
     n, c, h, w = src.shape
     th, tw = tiles.shape[3], tiles.shape[4]
-    launch("wino2_input", src.dtype, src, tiles, c * n * th * tw, n, c, h, w, pad[0], pad[1], th, tw)
+    launch(f"wino{_tile(tiles.shape[0])}_input", src.dtype, src, tiles, c * n * th * tw, n, c, h, w, pad[0], pad[1],
+           th, tw)
 
 
-def wino2_output(m, dst, bias=None, rectify=False, mask=None):
-    """dst (n, C, Ho, Wo) <- A^T M A (+ bias) of the tiles m (16, C, n, th, tw); rectify: max(., 0); mask: > 0."""
+def wino_output(m, dst, bias=None, rectify=False, mask=None):
+    """dst (n, C, Ho, Wo) <- A^T M A (+ bias) of the tiles m ((m+2)^2, C, n, th, tw); rectify: max(., 0);
+    mask: then dst > 0."""
     n, c, ho, wo = dst.shape
     th, tw = m.shape[3], m.shape[4]
-    launch("wino2_output", dst.dtype, m, dst, dst if bias is None else bias, dst if mask is None else mask,
-           c * n * th * tw, n, c, th, tw, ho, wo, bias is not None, bool(rectify), mask is not None)
+    launch(f"wino{_tile(m.shape[0])}_output", dst.dtype, m, dst, dst if bias is None else bias,
+           dst if mask is None else mask, c * n * th * tw, n, c, th, tw, ho, wo, bias is not None, bool(rectify),
+           mask is not None)
 
 
-def wino2_output_adjoint(dy, dm):
-    """dm (16, C, n, th, tw) <- A dY A^T of every 2x2 tile of dy (n, C, Ho, Wo), zero beyond Ho x Wo."""
+def wino_output_adjoint(dy, dm):
+    """dm ((m+2)^2, C, n, th, tw) <- A dY A^T of every m x m tile of dy (n, C, Ho, Wo), zero beyond Ho x Wo."""
     n, c, ho, wo = dy.shape
     th, tw = dm.shape[3], dm.shape[4]
-    launch("wino2_output_adjoint", dy.dtype, dy, dm, c * n * th * tw, n, c, ho, wo, th, tw)
+    launch(f"wino{_tile(dm.shape[0])}_output_adjoint", dy.dtype, dy, dm, c * n * th * tw, n, c, ho, wo, th, tw)
 
 
 def col2im(cols, geom, x):

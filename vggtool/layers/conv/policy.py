@@ -9,7 +9,7 @@
 """
 import numpy as np
 
-from .. import kernels
+from .. import cuda_kernels, kernels
 from .winograd_transforms import tiles
 
 WORKSPACE_BYTES = 64 << 20  # im2col columns / shifted-GEMM padded input and output of one chunk
@@ -98,13 +98,20 @@ def c_kernels_usable(layer):
     return layer.xp is np and kernels.enabled() and layer.dtype in (np.float32, np.float64)
 
 
+def cuda_kernels_usable(layer):
+    """The named CUDA kernels can run this layer's transforms (a GPU layer, kernels on, float32/64)."""
+    return layer.xp is not np and cuda_kernels.enabled() and layer.dtype in (np.float32, np.float64)
+
+
 def choose_algorithm(layer, requested):
     """'im2col', 'shifted', 'winograd2' or 'winograd4' for `layer` (geom, group, channels, num_output,
     bottom_shape, xp, dtype) asked for `requested` (a canonical name from vggtool.config). F(4x4) runs
-    only with the C kernels; without them 'winograd4' gives 'winograd2'."""
+    only with the C kernels (CPU) or the named CUDA kernels (GPU); without them 'winograd4' gives
+    'winograd2'."""
     geom = layer.geom
     if requested in WINOGRAD_TILE and winograd_applicable(geom, layer.group):
-        return "winograd4" if requested == "winograd4" and c_kernels_usable(layer) else "winograd2"
+        f4 = c_kernels_usable(layer) or cuda_kernels_usable(layer)
+        return "winograd4" if requested == "winograd4" and f4 else "winograd2"
     if requested == "shifted" and shifted_applicable(geom):
         return "shifted"
     if requested != "auto":

@@ -18,9 +18,10 @@ from . import winograd_transforms as wg
 
 
 def c_transforms(conv, m, *arrays):
-    """Whether F(m x m)'s transforms on these arrays run in C: F(4x4) always (the policy takes it only
-    where the C kernels run; it has no NumPy code), F(2x2) where kernels.usable says so."""
-    return m != 2 or kernels.usable(*arrays)
+    """Whether F(m x m)'s transforms on these arrays run in C: F(4x4) on the CPU always (the policy takes
+    it only where the C kernels run; it has no NumPy code; on a GPU the CUDA kernels run it), F(2x2) where
+    kernels.usable says so."""
+    return kernels.usable(*arrays) if m == 2 else conv.xp is np
 
 
 def plan(conv, x_shape, y_shape, m):
@@ -42,9 +43,9 @@ def input_tiles(conv, src, pad, th, tw, m, out=None):
         with conv.profiler.section("wino_pad_in_transform"):
             kernels.wino_input(src, pad, v)
         return v
-    if m == 2 and cuda_kernels.usable(src, v):
+    if cuda_kernels.usable(src, v):
         with conv.profiler.section("wino_pad_in_transform"):
-            cuda_kernels.wino2_input(src, pad, v)
+            cuda_kernels.wino_input(src, pad, v)
         return v
     planes = conv.workspace("conv_pad", (2, ci, n, 2 * th + 2, tw + 1))
     rows = conv.workspace("wino_rows", (2, 4, ci, n, th, tw + 1))
@@ -66,8 +67,8 @@ def _output_tiles(conv, m, dst, bias, th, tw, rectify=False, mask=None):
     if c_transforms(conv, tile, m, dst, *([] if bias is None else [bias])):
         kernels.wino_output(m, dst, bias, rectify, mask)
         return
-    if tile == 2 and cuda_kernels.usable(m, dst, *[a for a in (bias, mask) if a is not None]):
-        cuda_kernels.wino2_output(m, dst, bias, rectify, mask)
+    if cuda_kernels.usable(m, dst, *[a for a in (bias, mask) if a is not None]):
+        cuda_kernels.wino_output(m, dst, bias, rectify, mask)
         return
     co, n, ho, wo = dst.shape[1], dst.shape[0], dst.shape[2], dst.shape[3]
     out = dst.transpose(1, 0, 2, 3)
@@ -155,8 +156,8 @@ def _output_adjoint(conv, dyc, dm, th, tw):
     if c_transforms(conv, m, dyc, dm):
         kernels.wino_output_adjoint(dyc, dm)
         return
-    if m == 2 and cuda_kernels.usable(dyc, dm):
-        cuda_kernels.wino2_output_adjoint(dyc, dm)
+    if cuda_kernels.usable(dyc, dm):
+        cuda_kernels.wino_output_adjoint(dyc, dm)
         return
     cout, n, ho, wo = dyc.shape[1], dyc.shape[0], dyc.shape[2], dyc.shape[3]
     dy = dyc.transpose(1, 0, 2, 3)
