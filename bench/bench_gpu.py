@@ -214,8 +214,10 @@ def cmd_case(args):
     return 0
 
 
-def run_case(args, engine, batch, precision):
+def run_case(args, engine, batch, precision, algorithm=None):
     env = dict(os.environ, CUPY_TF32="1" if precision == "tf32" else "0")
+    if algorithm:
+        env["VGGTOOL_CONV_ALGO"] = algorithm
     cmd = [sys.executable, os.path.abspath(__file__), "case", "--engine", engine, "--device", args.device,
            "--batch", str(batch), "--size", str(args.size), "--net", args.net, "--precision", precision,
            "--reps", str(args.reps), "--warmup", str(args.warmup)]
@@ -242,6 +244,11 @@ def cmd_vgg(args):
                 r.update(engine=engine, batch=batch, precision=precision)
                 rows.append(r)
                 print(format_row(r), flush=True)
+    for algorithm in [a for a in args.extra_algorithms.split(",") if a]:  # fp32, the first batch size
+        r = run_case(args, "vggtool", batches[0], "fp32", algorithm)
+        r.update(engine=f"vggtool:{algorithm}", batch=batches[0], precision="fp32")
+        rows.append(r)
+        print(format_row(r), flush=True)
     print_ratios(rows)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
@@ -264,8 +271,8 @@ def print_ratios(rows):
     by = {(r["engine"], r["precision"], r["batch"]): r for r in rows if "error" not in r}
     for (engine, precision, batch), v in sorted(by.items()):
         t = by.get(("torch", precision, batch))
-        if engine == "vggtool" and t:
-            print(f"ratio {precision} batch {batch}: vggtool training throughput = "
+        if engine.startswith("vggtool") and t:
+            print(f"ratio {precision} batch {batch}: {engine} training throughput = "
                   f"{t['fwd_bwd_ms'] / v['fwd_bwd_ms']:.3f} x PyTorch's, forward {t['fwd_ms'] / v['fwd_ms']:.3f} x, "
                   f"peak memory {v['peak_bytes'] / max(t['peak_bytes'], 1):.2f} x", flush=True)
 
@@ -288,6 +295,8 @@ def parse(argv):
     vgg.add_argument("--out", default=None)
     vgg.add_argument("--dry-run", action="store_true")
     vgg.add_argument("--case-timeout", type=float, default=240)
+    vgg.add_argument("--extra-algorithms", default="",
+                     help="comma list: also time vggtool with VGGTOOL_CONV_ALGO set to each (fp32, first batch)")
     case = sub.choices["case"]
     case.add_argument("--engine", choices=("vggtool", "torch"), required=True)
     case.add_argument("--batch", type=int, required=True)

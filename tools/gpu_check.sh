@@ -62,9 +62,9 @@ PYEOF
 HAVE_LMDB=$($PY -c "import lmdb" 2>/dev/null && echo 1 || echo 0)
 
 if [ "$DRY" = 1 ]; then
-  DEV=cpu; VGG="--dry-run"; TIME_NET="--net A --batch 2 --size 32"; GPU_FLAG=""; DEMO_DEV=cpu; ITERS=2
+  DEV=cpu; VGG="--dry-run --extra-algorithms winograd4"; TIME_NET="--net A --batch 2 --size 32"; GPU_FLAG=""; DEMO_DEV=cpu; ITERS=2
 else
-  DEV=gpu; VGG="--batches 32,64 --size 224 --case-timeout 110"; TIME_NET="--net D --batch 32 --size 224"
+  DEV=gpu; VGG="--batches 32,64 --size 224 --case-timeout 110 --extra-algorithms winograd4"; TIME_NET="--net D --batch 32 --size 224"
   GPU_FLAG="--gpu 0"; DEMO_DEV=gpu:0; ITERS=${DEMO_ITERS:-800}
 fi
 
