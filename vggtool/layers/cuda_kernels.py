@@ -51,11 +51,7 @@ KERNELS = {
         REAL v = src[(c * n + img) * plane + s];
         if (use_bias)
             v = v + bias[c];
-        if (rectify && v < 0) /* NaN stays NaN, as NumPy's maximum(v, 0) keeps it */
-            v = 0;
-        y[i] = v;
-        if (use_mask)
-            mask[i] = v > 0;
+        store_output_SFX(y, mask, i, v, rectify, use_mask);
     """),
     "im2col": ([("in", "x"), ("out", "cols"), ("i64", "count"), ("i64", "n"), ("i64", "c"), ("i64", "h"),
                 ("i64", "w"), ("i64", "kh"), ("i64", "kw"), ("i64", "sh"), ("i64", "sw"), ("i64", "ph"),
@@ -141,13 +137,8 @@ KERNELS = {
                      s1[1] - s1[2] - s1[3] + b};
         for (int k = 0; k < 4; k++) {
             long long y = 2 * r + k / 2, x = 2 * q + k % 2;
-            if (y < ho && x < wo) {
-                REAL value = rectify && v[k] < 0 ? (REAL)0 : v[k];
-                long long at = ((img * c_all + c) * ho + y) * wo + x;
-                dst[at] = value;
-                if (use_mask)
-                    mask[at] = value > 0;
-            }
+            if (y < ho && x < wo)
+                store_output_SFX(dst, mask, ((img * c_all + c) * ho + y) * wo + x, v[k], rectify, use_mask);
         }
     """),
     "wino2_output_adjoint": ([("in", "dy"), ("out", "dm"), ("i64", "count"), ("i64", "n"), ("i64", "c_all"),
@@ -213,14 +204,9 @@ KERNELS = {
             long long y = 4 * r + row;
             for (int col = 0; col < 4; col++) {
                 long long x = 4 * q + col;
-                if (y < ho && x < wo) {
-                    REAL v = out4[col] + b;
-                    v = rectify && v < 0 ? (REAL)0 : v;
-                    long long at_ = ((img * c_all + c) * ho + y) * wo + x;
-                    dst[at_] = v;
-                    if (use_mask)
-                        mask[at_] = v > 0;
-                }
+                if (y < ho && x < wo)
+                    store_output_SFX(dst, mask, ((img * c_all + c) * ho + y) * wo + x, out4[col] + b, rectify,
+                                     use_mask);
             }
         }
     """),
@@ -247,9 +233,19 @@ KERNELS = {
     """),
 }
 
+# The output passes' store (a fused ReLU: max(v, 0), NaN kept as NumPy's maximum keeps it; its mask), and
 # F(4x4)'s 1-d transforms, the expressions of the C kernels' wino4_input_1d, wino4_output_pass1 (+ its
 # second pass) and wino4_adjoint_1d, so that both give the same bits.
 HELPERS = r"""
+HELPER void store_output_SFX(REAL *dst, unsigned char *mask, long long at, REAL v, long long rectify,
+                             long long use_mask)
+{
+    v = rectify && v < 0 ? (REAL)0 : v;
+    dst[at] = v;
+    if (use_mask)
+        mask[at] = v > 0;
+}
+
 HELPER void wino4_input_1d_SFX(const REAL *a, REAL *t)
 {
     t[0] = 4 * a[0] - 5 * a[2] + a[4];
