@@ -48,7 +48,7 @@ WINOGRAD_TILE = {"winograd2": 2, "winograd4": 4}  # output tile m of F(m x m, 3 
 WINOGRAD_FUSED_MAX_WEIGHT_BYTES = 10 << 20
 WINOGRAD_FUSED_KEEP_MAX_WEIGHT_BYTES = 5 << 19
 # ... with blocks of enough tile rows for each GEMM to have at least this many columns (VGG-16 batch 8,
-# per layer, fused / chunked: conv1_2 0.68-0.72, conv2_1 0.77-0.86, conv2_2 0.82-0.85, conv3_x 0.86-0.96
+# per layer, fused / chunked: conv1_2 0.68-0.72, conv2_1 0.77-0.86, conv2_2 0.82-0.93, conv3_x 0.86-1.06
 # with blocks of about this many tiles; blocks of 42 tiles made conv3_x 1.05x slower; conv4_x, 37.7 MB of
 # weights per block and 49 tiles per image, ran 1.1-1.6x slower fused).
 WINOGRAD_FUSED_MIN_TILES = 160
