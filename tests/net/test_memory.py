@@ -126,6 +126,18 @@ def test_format_has_one_line_per_row_and_the_totals():
     assert lines[-1].endswith(f"{CAFFE_DATA:,} (9.6 KiB)")
 
 
+def test_long_names_widen_the_columns_so_the_bytes_line_up():
+    text = NET.replace('"conv1"', '"a_convolution_layer_with_a_rather_long_name"')
+    net = Net(parse_net_text(text, "<long>"), phase="TRAIN", dtype=np.float32, seed=0)
+    net.forward_backward()
+    lines = format_report(memory_report(net)).splitlines()
+    assert any("a_convolution_layer_with_a_rather_long_name" in l for l in lines)
+    end = lines[0].index("data bytes") + len("data bytes")  # the data column is right-aligned to here
+    rows = [l for l in lines[1:] if not l.startswith(("Pool (", "Caffe's"))]
+    for line in rows:
+        assert line[end - 1].isdigit() and (line[end] == " " or len(line) == end), line
+
+
 # A shifted and an im2col convolution, both propagating down: each forward writes a channel-major GEMM
 # output and each backward a channel-major dY into the net's workspace.
 TWO_CONVS = """

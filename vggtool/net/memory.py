@@ -185,14 +185,17 @@ def _shape(shape):
 
 
 def format_report(report):
-    """The report as a text table: one line per row, then the totals and Caffe's data figure."""
-    lines = [f"{'kind':<9} {'name':<24} {'shape':<22} {'data bytes':>14} {'diff bytes':>14}  shared with"]
+    """The report as a text table: one line per row, then the totals and Caffe's data figure. The name and
+    shape columns widen to their longest entry (at least 24 and 22 characters), so the byte columns line up."""
+    name_w = max([24] + [len(row.name) for row in report.rows])
+    shape_w = max([22] + [len(row.shape) for row in report.rows])
+    lines = [f"{'kind':<9} {'name':<{name_w}} {'shape':<{shape_w}} {'data bytes':>14} {'diff bytes':>14}  shared with"]
     for row in report.rows:
         diff = "-" if row.diff_bytes is None else f"{row.diff_bytes:,}"
-        lines.append(f"{row.kind:<9} {row.name:<24} {row.shape:<22} {row.data_bytes:>14,} {diff:>14}  "
+        lines.append(f"{row.kind:<9} {row.name:<{name_w}} {row.shape:<{shape_w}} {row.data_bytes:>14,} {diff:>14}  "
                      f"{row.shared_with or ''}".rstrip())
     for label, nbytes in report.totals():
-        lines.append(f"{'total':<9} {label:<47} {nbytes:>14,}  ({_human(nbytes)})")
+        lines.append(f"{'total':<9} {label:<{name_w + 1 + shape_w}} {nbytes:>14,}  ({_human(nbytes)})")
     if report.pool is not None:
         f = report.pool
         lines.append(f"Pool (data, diffs, caches and workspace live at different moments share it): arena "
