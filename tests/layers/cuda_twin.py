@@ -31,9 +31,8 @@ def _drivers():
     out = []
     for suffix, real in (("f32", "float"), ("f64", "double")):
         for name, (params, _) in cuda_kernels.KERNELS.items():
-            decl = ", ".join(cuda_kernels._C_TYPES[k].replace("REAL", real) + a for k, a in params)
             args = ", ".join(a for _, a in params)
-            out.append(f"void run_{name}_{suffix}({decl})\n{{\n"
+            out.append(f"void run_{name}_{suffix}({cuda_kernels.parameters(name, real)})\n{{\n"
                        f"    gridDim.x = {GRID}; blockDim.x = {THREADS};\n"
                        f"    for (long long b = 0; b < {GRID}; b++)\n"
                        f"        for (long long t = 0; t < {THREADS}; t++) {{\n"

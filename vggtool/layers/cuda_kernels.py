@@ -283,6 +283,11 @@ _MASK_DTYPES = (np.dtype(np.uint8), np.dtype(np.bool_))  # one byte, written as 
 _REAL = {"f32": "float", "f64": "double"}
 
 
+def parameters(name, real):
+    """Kernel `name`'s C parameter list for the element type `real` ('float' or 'double')."""
+    return ", ".join(_C_TYPES[kind] + arg for kind, arg in KERNELS[name][0]).replace("REAL", real)
+
+
 def kernel_name(name, dtype):
     return f"{name}_{_SUFFIX[np.dtype(dtype)]}"
 
@@ -296,9 +301,8 @@ def source(cuda=True):
                                "         i += (long long)blockDim.x * gridDim.x) {\n$body    }\n}\n")
     for suffix, real in _REAL.items():
         parts.append(HELPERS.replace("HELPER", helper).replace("REAL", real).replace("SFX", suffix))
-        for name, (params, body) in KERNELS.items():
-            decl = ", ".join(_C_TYPES[kind] + arg for kind, arg in params).replace("REAL", real)
-            parts.append(template.substitute(prefix=prefix, name=name, suffix=suffix, params=decl,
+        for name, (_, body) in KERNELS.items():
+            parts.append(template.substitute(prefix=prefix, name=name, suffix=suffix, params=parameters(name, real),
                                              body=body.replace("REAL", real).replace("SFX", suffix)))
     return "\n".join(parts)
 

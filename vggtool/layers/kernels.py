@@ -41,6 +41,15 @@ def _ptr(a):
     return a.ctypes.data
 
 
+def _mask_ptr(mask, shape):
+    """The address of a fused ReLU's mask (0 for None), checked to be a contiguous one-byte array of shape."""
+    if mask is None:
+        return 0
+    if not (mask.shape == shape and mask.itemsize == 1 and mask.flags.c_contiguous):
+        raise ValueError(f"mask {mask.shape} {mask.dtype} is not a contiguous one-byte array of shape {shape}")
+    return _ptr(mask)
+
+
 def output_tile(transformed):
     """m of F(m x m, 3 x 3) from the (m + 2)^2 entries of its transformed tiles (16 -> 2, 36 -> 4)."""
     return math.isqrt(transformed) - 2
@@ -64,9 +73,7 @@ def wino_output(m, dst, bias=None, rectify=False, mask=None):
     th, tw = m.shape[3], m.shape[4]
     tile = output_tile(m.shape[0])
     bias_ptr = 0 if bias is None else _ptr(bias)
-    if mask is not None and not (mask.shape == dst.shape and mask.itemsize == 1 and mask.flags.c_contiguous):
-        raise ValueError(f"mask {mask.shape} {mask.dtype} is not a contiguous one-byte array of shape {dst.shape}")
-    mask_ptr = 0 if mask is None else _ptr(mask)
+    mask_ptr = _mask_ptr(mask, dst.shape)
     split_run(lambda c0, c1: _k.wino_output(tile, m.itemsize, _ptr(m), n, c, th, tw, _ptr(dst), ho, wo, bias_ptr,
                                             bool(rectify), mask_ptr, c0, c1), c, m.size)
 
@@ -80,16 +87,15 @@ def wino4_fused(gemm, src, pad, u, dst, bias, rectify, mask, keep, rows, b0, b1)
     n, ci, h, w = src.shape
     co, ho, wo = dst.shape[1], dst.shape[2], dst.shape[3]
     th, tw = -(-ho // 4), -(-wo // 4)
-    for name, a in (("src", src), ("u", u), ("dst", dst), ("bias", bias), ("keep", keep)):
-        if a is not None and not (type(a) is np.ndarray and a.dtype == src.dtype and a.flags.c_contiguous):
-            raise ValueError(f"wino4_fused: {name} is not a C-contiguous {src.dtype} NumPy array")
+    if not usable(src, u, dst, *[a for a in (bias, keep) if a is not None]):
+        raise ValueError("wino4_fused: src, u, dst, bias and keep must be C-contiguous NumPy arrays of one float "
+                         "dtype, with the C kernels on")
     if u.shape != (36, co, ci) or (keep is not None and keep.size < 36 * ci * n * th * tw):
         raise ValueError(f"wino4_fused: u {u.shape} or keep does not fit src {src.shape} and dst {dst.shape}")
-    if mask is not None and not (mask.shape == dst.shape and mask.itemsize == 1 and mask.flags.c_contiguous):
-        raise ValueError(f"mask {mask.shape} {mask.dtype} is not a contiguous one-byte array of shape {dst.shape}")
+    mask_ptr = _mask_ptr(mask, dst.shape)
     _k.wino4_fused(src.itemsize, gemm[0], bool(gemm[1]), _ptr(src), n, ci, h, w, pad[0], pad[1], th, tw, _ptr(u), co,
-                   _ptr(dst), ho, wo, 0 if bias is None else _ptr(bias), bool(rectify),
-                   0 if mask is None else _ptr(mask), rows, b0, b1, 0 if keep is None else _ptr(keep))
+                   _ptr(dst), ho, wo, 0 if bias is None else _ptr(bias), bool(rectify), mask_ptr, rows, b0, b1,
+                   0 if keep is None else _ptr(keep))
 
 
 def wino_output_adjoint(dy, dm):
